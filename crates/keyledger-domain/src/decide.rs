@@ -1,0 +1,568 @@
+//! `decide`: the rules R1–R13 as one pure, synchronous function.
+
+use std::collections::BTreeSet;
+
+use crate::actor::{Actor, ActorKind, Role};
+use crate::attest::{ValidatedKey, WrappedBy, WrappedDek};
+use crate::command::{Command, CommandKind, CommandName, RewrapEvidence};
+use crate::connection::{ConnectionField, ConnectionRecord};
+use crate::event::*;
+use crate::health::HealthStatus;
+use crate::ids::{DekId, OrgId};
+use crate::key_identifier::KeyIdentifier;
+use crate::plan::Plan;
+use crate::secret::Protected;
+use crate::state::{CustomerKey, Organization, State};
+
+/// A command the rules refuse. Each variant maps to one CONTRACT.md error code
+/// ([`DomainError::code`]); nothing was recorded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DomainError {
+    /// R3: the actor lacks the role, or the organization is outside its scope. Do not retry.
+    #[error("the actor may not do this")]
+    Forbidden,
+    /// No such organization. Register it first.
+    #[error("organization not found")]
+    OrganizationNotFound,
+    /// The tenant is not one of the organization's.
+    #[error("tenant not found")]
+    TenantNotFound,
+    /// R1: the organization (or tenant) is registered already.
+    #[error("{what} is already registered")]
+    AlreadyRegistered { what: &'static str },
+    /// R5: customer-managed key is on; use edit or rotate.
+    #[error("a customer-managed key is already enabled; edit or rotate it instead")]
+    CmkAlreadyEnabled,
+    /// R5: customer-managed key is off.
+    #[error("no customer-managed key is enabled")]
+    CmkNotEnabled,
+    /// R8: the plan was downgraded; only switching to provider-managed is allowed.
+    #[error("the customer-managed key is locked because the plan was downgraded")]
+    CmkLockedByPlan,
+    /// R2/R8: the plan is not in the enterprise family.
+    #[error("the {plan} plan does not include customer-managed keys")]
+    PlanNotEligible { plan: String },
+    /// R11: the key and its data are declared lost (or the declaration is already made).
+    #[error("customer data under this key was declared lost")]
+    DataLost,
+    /// R7: rotating to the key version in use.
+    #[error("the new key is the key already in use")]
+    SameKey,
+    /// The command is malformed for the rules (a 400 naming the field).
+    #[error("{field}: {message}")]
+    InvalidRequest { field: &'static str, message: String },
+    /// The attested evidence does not match the current state. The application builds the
+    /// evidence from the state it passes in, so this is a bug there: report, do not retry.
+    #[error("key-test evidence does not match the organization's state: {0}")]
+    EvidenceMismatch(&'static str),
+}
+
+impl DomainError {
+    /// The CONTRACT.md error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            DomainError::Forbidden => "forbidden",
+            DomainError::OrganizationNotFound => "organization_not_found",
+            DomainError::TenantNotFound => "tenant_not_found",
+            DomainError::AlreadyRegistered { .. } => "already_registered",
+            DomainError::CmkAlreadyEnabled => "cmk_already_enabled",
+            DomainError::CmkNotEnabled => "cmk_not_enabled",
+            DomainError::CmkLockedByPlan => "cmk_locked_by_plan",
+            DomainError::PlanNotEligible { .. } => "plan_not_eligible",
+            DomainError::DataLost => "data_lost",
+            DomainError::SameKey => "same_key",
+            DomainError::InvalidRequest { .. } => "invalid_request",
+            DomainError::EvidenceMismatch(_) => "internal_error",
+        }
+    }
+
+    fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        DomainError::InvalidRequest {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+/// R3: who may issue which command.
+fn authorize(actor: &Actor, org: OrgId, name: CommandName) -> Result<(), DomainError> {
+    let allowed: &[Role] = match name {
+        CommandName::RegisterOrganization | CommandName::AddTenant | CommandName::RemoveTenant => {
+            &[Role::Platform]
+        }
+        CommandName::ChangePlan => &[Role::Billing],
+        CommandName::TestConnection
+        | CommandName::EnableCustomerManagedKey
+        | CommandName::EditConnection
+        | CommandName::RotateKey
+        | CommandName::SwitchToProviderManagedKey => &[Role::OrgAdmin],
+        CommandName::DeclareDataLost | CommandName::ProbeKeyHealth => &[Role::OrgAdmin, Role::Support],
+        CommandName::RecordKeyHealth => &[Role::System],
+    };
+    let role_ok = allowed.iter().any(|r| actor.has_role(*r));
+    let system_ok = !allowed.contains(&Role::System) || actor.kind == ActorKind::System;
+    if role_ok && system_ok && actor.reaches_org(org) {
+        Ok(())
+    } else {
+        Err(DomainError::Forbidden)
+    }
+}
+
+/// The checks that do not need key-test results: authorization and state preconditions.
+/// The application runs this before it calls the vault, so a refused command costs no
+/// vault round trip; `decide` runs it again.
+pub fn precheck(state: &State, actor: &Actor, org_id: OrgId, name: CommandName) -> Result<(), DomainError> {
+    authorize(actor, org_id, name)?;
+    if name == CommandName::RegisterOrganization {
+        return match state.org {
+            Some(_) => Err(DomainError::AlreadyRegistered { what: "organization" }),
+            None => Ok(()),
+        };
+    }
+    let org = state.org.as_ref().ok_or(DomainError::OrganizationNotFound)?;
+    match name {
+        CommandName::TestConnection | CommandName::EnableCustomerManagedKey => {
+            if org.customer_key().is_some() && name == CommandName::EnableCustomerManagedKey {
+                return Err(DomainError::CmkAlreadyEnabled);
+            }
+            if !org.plan.allows_customer_managed_key() {
+                return Err(DomainError::PlanNotEligible {
+                    plan: org.plan.kind().to_string(),
+                });
+            }
+        }
+        CommandName::EditConnection | CommandName::RotateKey => {
+            let key = org.customer_key().ok_or(DomainError::CmkNotEnabled)?;
+            if lost_key_in_use(org, key) {
+                return Err(DomainError::DataLost);
+            }
+            if key.locked {
+                return Err(DomainError::CmkLockedByPlan);
+            }
+        }
+        CommandName::SwitchToProviderManagedKey
+        | CommandName::ProbeKeyHealth
+        | CommandName::RecordKeyHealth => {
+            org.customer_key().ok_or(DomainError::CmkNotEnabled)?;
+        }
+        CommandName::DeclareDataLost => {
+            let key = org.customer_key().ok_or(DomainError::CmkNotEnabled)?;
+            if lost_key_in_use(org, key) {
+                return Err(DomainError::DataLost);
+            }
+        }
+        CommandName::RegisterOrganization
+        | CommandName::AddTenant
+        | CommandName::RemoveTenant
+        | CommandName::ChangePlan => {}
+    }
+    Ok(())
+}
+
+fn lost_key_in_use(org: &Organization, key: &CustomerKey) -> bool {
+    org.data_loss
+        .as_ref()
+        .is_some_and(|l| l.key_identifier.same_key_version(key.key()))
+}
+
+/// Decides which events a command produces, or why it is refused. Pure and synchronous: the
+/// key tests already happened and their results are in the command.
+pub fn decide(state: &State, command: Command) -> Result<Vec<Event>, DomainError> {
+    let Command {
+        org_id,
+        actor,
+        at,
+        kind,
+    } = command;
+    precheck(state, &actor, org_id, kind.name())?;
+    if let CommandKind::DeclareDataLost { ticket, .. } = &kind {
+        support_needs_ticket(&actor, ticket)?;
+    }
+    match (kind, &state.org) {
+        (
+            CommandKind::RegisterOrganization {
+                name,
+                plan,
+                tenants,
+                initial_dek,
+            },
+            _,
+        ) => register(org_id, name, plan, tenants, initial_dek, at),
+        (other, Some(org)) => decide_for(org, other, at),
+        // precheck refuses every other command on an unregistered organization.
+        (_, None) => Err(DomainError::OrganizationNotFound),
+    }
+}
+
+fn decide_for(
+    org: &Organization,
+    kind: CommandKind,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<Event>, DomainError> {
+    match kind {
+        CommandKind::RegisterOrganization { .. } => {
+            Err(DomainError::AlreadyRegistered { what: "organization" })
+        }
+        CommandKind::AddTenant { tenant } => {
+            check_name("name", &tenant.name)?;
+            if org.has_tenant(tenant.tenant_id) {
+                return Err(DomainError::AlreadyRegistered { what: "tenant" });
+            }
+            Ok(vec![Event::TenantAdded(TenantAdded {
+                tenant_id: tenant.tenant_id,
+                name: tenant.name,
+            })])
+        }
+        CommandKind::RemoveTenant { tenant_id } => {
+            if !org.has_tenant(tenant_id) {
+                return Err(DomainError::TenantNotFound);
+            }
+            Ok(vec![Event::TenantRemoved(TenantRemoved { tenant_id })])
+        }
+        CommandKind::ChangePlan { plan, reason } => change_plan(org, plan, reason),
+        CommandKind::EnableCustomerManagedKey { key, dek } => enable(org, key, dek, at),
+        CommandKind::EditConnection { key, rotation } => {
+            let current = org.customer_key().ok_or(DomainError::CmkNotEnabled)?;
+            if key.key().same_key_version(current.key()) {
+                edit(current, key)
+            } else {
+                // R6: changing the key through "Edit connection" is a rotation.
+                let evidence = rotation.ok_or(DomainError::EvidenceMismatch(
+                    "the key changed but no rotation evidence was given",
+                ))?;
+                rotate(org, current, key, evidence)
+            }
+        }
+        CommandKind::RotateKey { key, evidence } => {
+            let current = org.customer_key().ok_or(DomainError::CmkNotEnabled)?;
+            rotate(org, current, key, evidence)
+        }
+        CommandKind::SwitchToProviderManagedKey {
+            evidence,
+            new_dek,
+            abandon_lost_data,
+        } => switch_to_provider(org, evidence, new_dek, abandon_lost_data, at),
+        CommandKind::DeclareDataLost { reason, ticket } => declare_lost(org, reason, ticket, at),
+        CommandKind::RecordKeyHealth { status, detail } => {
+            let current = org.customer_key().ok_or(DomainError::CmkNotEnabled)?;
+            if current.health.status == status {
+                return Ok(vec![]);
+            }
+            Ok(vec![Event::KeyHealthChanged(KeyHealthChanged {
+                from: current.health.status,
+                to: status,
+                detail,
+                observed_at: at,
+            })])
+        }
+    }
+}
+
+fn check_name(field: &'static str, name: &str) -> Result<(), DomainError> {
+    if name.trim().is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
+        return Err(DomainError::invalid(
+            field,
+            "must be 1 to 200 printable characters",
+        ));
+    }
+    Ok(())
+}
+
+fn check_reason(field: &'static str, text: &str) -> Result<(), DomainError> {
+    if text.trim().is_empty() || text.chars().count() > 1000 {
+        return Err(DomainError::invalid(field, "must be 1 to 1000 characters"));
+    }
+    Ok(())
+}
+
+fn register(
+    org_id: OrgId,
+    name: String,
+    plan: Plan,
+    tenants: Vec<Tenant>,
+    initial_dek: WrappedDek,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<Event>, DomainError> {
+    check_name("name", &name)?;
+    let mut seen = BTreeSet::new();
+    for t in &tenants {
+        check_name("tenants.name", &t.name)?;
+        if !seen.insert(t.tenant_id) {
+            return Err(DomainError::invalid(
+                "tenants",
+                format!("tenant {} is listed twice", t.tenant_id),
+            ));
+        }
+    }
+    let (wrapped_by, edek) = initial_dek.into_parts();
+    if !matches!(wrapped_by, WrappedBy::Provider { .. }) {
+        return Err(DomainError::EvidenceMismatch(
+            "the first DEK must be wrapped by the internal key",
+        ));
+    }
+    Ok(vec![
+        Event::OrganizationRegistered(OrganizationRegistered {
+            org_id,
+            name,
+            plan,
+            tenants,
+            registered_at: at,
+        }),
+        Event::DataKeyGenerated(DataKeyGenerated {
+            dek_id: DekId::FIRST,
+            wrapped_by,
+            edek: Protected::Open(edek),
+            generated_at: at,
+        }),
+    ])
+}
+
+/// R8: a downgrade locks an enabled customer key, an upgrade unlocks it.
+fn change_plan(org: &Organization, plan: Plan, reason: String) -> Result<Vec<Event>, DomainError> {
+    check_reason("reason", &reason)?;
+    if plan == org.plan {
+        return Ok(vec![]);
+    }
+    let mut events = vec![Event::PlanChanged(PlanChanged {
+        from: org.plan.clone(),
+        to: plan.clone(),
+        reason,
+    })];
+    if let Some(key) = org.customer_key() {
+        let eligible = plan.allows_customer_managed_key();
+        if !eligible && !key.locked {
+            events.push(Event::CustomerManagedKeyLocked(CustomerManagedKeyLocked {
+                reason: LockReason::PlanDowngraded,
+            }));
+        } else if eligible && key.locked {
+            events.push(Event::CustomerManagedKeyUnlocked(CustomerManagedKeyUnlocked {}));
+        }
+    }
+    Ok(events)
+}
+
+/// R4, R5: "Test and save".
+fn enable(
+    org: &Organization,
+    key: ValidatedKey,
+    dek: WrappedDek,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<Event>, DomainError> {
+    let (wrapped_by, edek) = dek.into_parts();
+    if !wrapped_by.is_customer(key.key()) {
+        return Err(DomainError::EvidenceMismatch(
+            "the new DEK is not wrapped by the validated key",
+        ));
+    }
+    Ok(vec![
+        Event::CustomerManagedKeyEnabled(CustomerManagedKeyEnabled {
+            connection: ConnectionRecord::from(key.connection()),
+            key: key.properties().clone(),
+            validated_at: key.validated_at(),
+        }),
+        Event::DataKeyGenerated(DataKeyGenerated {
+            dek_id: org.next_dek_id(),
+            wrapped_by,
+            edek: Protected::Open(edek),
+            generated_at: at,
+        }),
+    ])
+}
+
+/// R6 with the same key: the new connection passed R4 against it.
+fn edit(current: &CustomerKey, key: ValidatedKey) -> Result<Vec<Event>, DomainError> {
+    let Some(old) = current.connection.to_connection() else {
+        return Err(DomainError::EvidenceMismatch(
+            "the current client secret is not open",
+        ));
+    };
+    let changed: Vec<ConnectionField> = key
+        .connection()
+        .changed_fields(&old)
+        .into_iter()
+        .filter(|f| *f != ConnectionField::KeyIdentifier)
+        .collect();
+    if changed.is_empty() {
+        return Ok(vec![]);
+    }
+    Ok(vec![Event::CustomerManagedKeyConnectionEdited(
+        CustomerManagedKeyConnectionEdited {
+            client_secret_changed: changed.contains(&ConnectionField::ClientSecret),
+            changed_fields: changed,
+            connection: ConnectionRecord::from(key.connection()),
+            validated_at: key.validated_at(),
+        },
+    )])
+}
+
+/// Checks that `evidence` unwrapped exactly the DEKs under `from` and re-wrapped each under
+/// `to`, and returns them in DEK order.
+fn check_rewrap(
+    org: &Organization,
+    from: &KeyIdentifier,
+    to: &WrappedBy,
+    evidence: RewrapEvidence,
+) -> Result<Vec<RewrappedDataKey>, DomainError> {
+    let expected: BTreeSet<DekId> = org.deks_under(from).into_iter().collect();
+    if !evidence.unwrapped.key().same_key_version(from) || *evidence.unwrapped.dek_ids() != expected {
+        return Err(DomainError::EvidenceMismatch(
+            "the unwrap proof does not cover the DEKs under the key",
+        ));
+    }
+    let rewrapped_ids: BTreeSet<DekId> = evidence.rewrapped.iter().map(|(id, _)| *id).collect();
+    if rewrapped_ids != expected || evidence.rewrapped.len() != expected.len() {
+        return Err(DomainError::EvidenceMismatch(
+            "the re-wrapped DEKs are not the DEKs under the key",
+        ));
+    }
+    let mut out = Vec::with_capacity(expected.len());
+    let mut rewrapped = evidence.rewrapped;
+    rewrapped.sort_by_key(|(id, _)| *id);
+    for (dek_id, wrapped) in rewrapped {
+        let (by, edek) = wrapped.into_parts();
+        if by != *to {
+            return Err(DomainError::EvidenceMismatch(
+                "a DEK was re-wrapped by another key",
+            ));
+        }
+        out.push(RewrappedDataKey {
+            dek_id,
+            edek: Protected::Open(edek),
+        });
+    }
+    Ok(out)
+}
+
+/// R7: both keys valid. The old one is proven by the unwrap proof, the new one by the
+/// validated key.
+fn rotate(
+    org: &Organization,
+    current: &CustomerKey,
+    key: ValidatedKey,
+    evidence: RewrapEvidence,
+) -> Result<Vec<Event>, DomainError> {
+    if key.key().same_key_version(current.key()) {
+        return Err(DomainError::SameKey);
+    }
+    let to = WrappedBy::Customer {
+        key_identifier: key.key().clone(),
+    };
+    let data_keys = check_rewrap(org, current.key(), &to, evidence)?;
+    let old = current
+        .connection
+        .to_connection()
+        .ok_or(DomainError::EvidenceMismatch(
+            "the current client secret is not open",
+        ))?;
+    let changed = key.connection().changed_fields(&old);
+    let mut events = vec![Event::CustomerManagedKeyRotated(CustomerManagedKeyRotated {
+        from_key: current.key().clone(),
+        to_key: key.key().clone(),
+        client_secret_changed: changed.contains(&ConnectionField::ClientSecret),
+        changed_fields: changed,
+        connection: ConnectionRecord::from(key.connection()),
+        key: key.properties().clone(),
+        rewrapped_dek_ids: data_keys.iter().map(|d| d.dek_id).collect(),
+        validated_at: key.validated_at(),
+    })];
+    if !data_keys.is_empty() {
+        events.push(Event::DataKeysRewrapped(DataKeysRewrapped {
+            wrapped_by: to,
+            data_keys,
+        }));
+    }
+    Ok(events)
+}
+
+/// R9, and R11's way out after a data-loss declaration.
+fn switch_to_provider(
+    org: &Organization,
+    evidence: Option<RewrapEvidence>,
+    new_dek: WrappedDek,
+    abandon_lost_data: bool,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<Event>, DomainError> {
+    let current = org.customer_key().ok_or(DomainError::CmkNotEnabled)?;
+    let lost = lost_key_in_use(org, current);
+    let (new_by, new_edek) = new_dek.into_parts();
+    let WrappedBy::Provider { .. } = &new_by else {
+        return Err(DomainError::EvidenceMismatch(
+            "the new DEK must be wrapped by the internal key",
+        ));
+    };
+    let rewrapped = match (lost, abandon_lost_data) {
+        (true, false) => return Err(DomainError::DataLost),
+        (false, true) => {
+            return Err(DomainError::invalid(
+                "abandon_lost_data",
+                "only allowed after customer data was declared lost",
+            ));
+        }
+        // Every DEK under the lost key is lost; nothing is left to re-wrap.
+        (true, true) => Vec::new(),
+        (false, false) => {
+            let evidence =
+                evidence.ok_or(DomainError::EvidenceMismatch("switching needs an unwrap proof"))?;
+            check_rewrap(org, current.key(), &new_by, evidence)?
+        }
+    };
+    let mut events = vec![Event::SwitchedToProviderManagedKey(
+        SwitchedToProviderManagedKey {
+            previous_key: current.key().clone(),
+            abandoned_lost_data: abandon_lost_data,
+            switched_at: at,
+        },
+    )];
+    if !rewrapped.is_empty() {
+        events.push(Event::DataKeysRewrapped(DataKeysRewrapped {
+            wrapped_by: new_by.clone(),
+            data_keys: rewrapped,
+        }));
+    }
+    events.push(Event::DataKeyGenerated(DataKeyGenerated {
+        dek_id: org.next_dek_id(),
+        wrapped_by: new_by,
+        edek: Protected::Open(new_edek),
+        generated_at: at,
+    }));
+    Ok(events)
+}
+
+/// R11: only after the key is reported missing; irreversible.
+fn declare_lost(
+    org: &Organization,
+    reason: String,
+    ticket: Option<String>,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<Event>, DomainError> {
+    let current = org.customer_key().ok_or(DomainError::CmkNotEnabled)?;
+    check_reason("reason", &reason)?;
+    if let Some(t) = &ticket {
+        check_reason("ticket", t)?;
+    }
+    if current.health.status != HealthStatus::KeyNotFound {
+        return Err(DomainError::invalid(
+            "reason",
+            "data loss can only be declared while the key health is key_not_found",
+        ));
+    }
+    Ok(vec![Event::CustomerDataDeclaredLost(CustomerDataDeclaredLost {
+        key_identifier: current.key().clone(),
+        lost_dek_ids: org.deks_under(current.key()),
+        reason,
+        ticket,
+        declared_at: at,
+    })])
+}
+
+/// R11: support must cite a ticket. Checked here because it depends on the actor's role.
+pub(crate) fn support_needs_ticket(actor: &Actor, ticket: &Option<String>) -> Result<(), DomainError> {
+    if !actor.has_role(Role::OrgAdmin) && actor.has_role(Role::Support) && ticket.is_none() {
+        return Err(DomainError::invalid(
+            "ticket",
+            "support must give a ticket reference",
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,401 @@
+//! The event catalogue (DESIGN.md §3), version 1 of each type, and decoding of stored events
+//! (with upcasting of older versions).
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::attest::{KeyProperties, WrappedBy};
+use crate::connection::{ConnectionField, ConnectionRecord};
+use crate::health::HealthStatus;
+use crate::ids::{DekId, OrgId, TenantId};
+use crate::key_identifier::KeyIdentifier;
+use crate::plan::Plan;
+use crate::secret::{Edek, Protected, ProtectedSlot, REDACTED};
+use crate::upcast;
+
+/// A tenant of an organization.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Tenant {
+    pub tenant_id: TenantId,
+    pub name: String,
+}
+
+/// R1: an organization exists, provider-managed.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OrganizationRegistered {
+    pub org_id: OrgId,
+    pub name: String,
+    pub plan: Plan,
+    pub tenants: Vec<Tenant>,
+    pub registered_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantAdded {
+    pub tenant_id: TenantId,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantRemoved {
+    pub tenant_id: TenantId,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanChanged {
+    pub from: Plan,
+    pub to: Plan,
+    pub reason: String,
+}
+
+/// Why a customer-managed key was locked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LockReason {
+    PlanDowngraded,
+}
+
+/// R8: the plan left the enterprise family while CMK was on.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerManagedKeyLocked {
+    pub reason: LockReason,
+}
+
+/// R8: the plan is enterprise again.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerManagedKeyUnlocked {}
+
+/// R4: "Test and save" passed.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerManagedKeyEnabled {
+    pub connection: ConnectionRecord,
+    pub key: KeyProperties,
+    pub validated_at: DateTime<Utc>,
+}
+
+/// R6: the connection changed but the key did not.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerManagedKeyConnectionEdited {
+    pub changed_fields: Vec<ConnectionField>,
+    pub client_secret_changed: bool,
+    pub connection: ConnectionRecord,
+    pub validated_at: DateTime<Utc>,
+}
+
+/// R7: every DEK under `from_key` now sits under `to_key`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerManagedKeyRotated {
+    pub from_key: KeyIdentifier,
+    pub to_key: KeyIdentifier,
+    pub changed_fields: Vec<ConnectionField>,
+    pub client_secret_changed: bool,
+    pub connection: ConnectionRecord,
+    pub key: KeyProperties,
+    pub rewrapped_dek_ids: Vec<DekId>,
+    pub validated_at: DateTime<Utc>,
+}
+
+/// R9/R11: back to the provider's internal key.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchedToProviderManagedKey {
+    pub previous_key: KeyIdentifier,
+    /// True when lost DEKs were left behind after a data-loss declaration (R11).
+    pub abandoned_lost_data: bool,
+    pub switched_at: DateTime<Utc>,
+}
+
+/// A new DEK, wrapped by `wrapped_by`. The EDEK is sealed at rest.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DataKeyGenerated {
+    pub dek_id: DekId,
+    pub wrapped_by: WrappedBy,
+    pub edek: Protected<Edek>,
+    pub generated_at: DateTime<Utc>,
+}
+
+/// One re-wrapped DEK.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RewrappedDataKey {
+    pub dek_id: DekId,
+    pub edek: Protected<Edek>,
+}
+
+/// Existing DEKs now wrapped by `wrapped_by`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DataKeysRewrapped {
+    pub wrapped_by: WrappedBy,
+    pub data_keys: Vec<RewrappedDataKey>,
+}
+
+/// R10: the health status changed.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyHealthChanged {
+    pub from: HealthStatus,
+    pub to: HealthStatus,
+    #[serde(default)]
+    pub detail: Option<String>,
+    pub observed_at: DateTime<Utc>,
+}
+
+/// R11: the key is gone for good and these DEKs with it. Irreversible.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerDataDeclaredLost {
+    pub key_identifier: KeyIdentifier,
+    pub lost_dek_ids: Vec<DekId>,
+    pub reason: String,
+    #[serde(default)]
+    pub ticket: Option<String>,
+    pub declared_at: DateTime<Utc>,
+}
+
+macro_rules! events {
+    ($($name:ident),* $(,)?) => {
+        /// Every event type, version 1.
+        #[derive(Debug, Clone)]
+        pub enum Event {
+            $($name($name),)*
+        }
+
+        impl Event {
+            /// The stable type name stored with the event.
+            pub fn event_type(&self) -> &'static str {
+                match self {
+                    $(Event::$name(_) => stringify!($name),)*
+                }
+            }
+
+            /// The payload as stored. Fails when a protected field is still open.
+            pub fn payload_json(&self) -> Result<Value, serde_json::Error> {
+                match self {
+                    $(Event::$name(p) => serde_json::to_value(p),)*
+                }
+            }
+
+            fn from_current(event_type: &str, payload: Value) -> Result<Event, DecodeError> {
+                let malformed = |e: serde_json::Error| DecodeError::Malformed {
+                    event_type: event_type.to_owned(),
+                    message: e.to_string(),
+                };
+                match event_type {
+                    $(stringify!($name) => serde_json::from_value(payload).map(Event::$name).map_err(malformed),)*
+                    other => Err(DecodeError::UnknownEventType { event_type: other.to_owned() }),
+                }
+            }
+        }
+
+        /// The names of every event type, in catalogue order.
+        pub const EVENT_TYPES: &[&str] = &[$(stringify!($name)),*];
+
+        /// The JSON Schema of one event type's current payload.
+        pub fn payload_schema(event_type: &str) -> Option<schemars::Schema> {
+            match event_type {
+                $(stringify!($name) => Some(schemars::schema_for!($name)),)*
+                _ => None,
+            }
+        }
+    };
+}
+
+events!(
+    OrganizationRegistered,
+    TenantAdded,
+    TenantRemoved,
+    PlanChanged,
+    CustomerManagedKeyLocked,
+    CustomerManagedKeyUnlocked,
+    CustomerManagedKeyEnabled,
+    CustomerManagedKeyConnectionEdited,
+    CustomerManagedKeyRotated,
+    SwitchedToProviderManagedKey,
+    DataKeyGenerated,
+    DataKeysRewrapped,
+    KeyHealthChanged,
+    CustomerDataDeclaredLost,
+);
+
+/// The schema version every event type is written with today.
+pub const CURRENT_SCHEMA_VERSION: u32 = 1;
+
+/// Why a stored event could not be turned into an [`Event`]. Each names the event type; the
+/// store adds the stream, version and event id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// This build does not know the type: the log was written by a newer keyledger, or it is
+    /// corrupt. Do not skip it; upgrade or investigate.
+    #[error("unknown event type {event_type:?}")]
+    UnknownEventType { event_type: String },
+    /// Written with a schema version newer than this build understands. Upgrade keyledger.
+    #[error("{event_type} has schema version {found}, newer than the supported {supported}")]
+    FutureSchemaVersion {
+        event_type: String,
+        found: u32,
+        supported: u32,
+    },
+    /// An old version with no upcaster: a gap in the upcaster chain (a bug).
+    #[error("{event_type} version {found} cannot be upcast")]
+    NoUpcaster { event_type: String, found: u32 },
+    /// The payload does not match its schema.
+    #[error("{event_type} payload is malformed: {message}")]
+    Malformed { event_type: String, message: String },
+}
+
+impl Event {
+    /// Decodes a stored payload of any known version, upcasting older versions first.
+    pub fn decode(event_type: &str, schema_version: u32, payload: Value) -> Result<Event, DecodeError> {
+        if !EVENT_TYPES.contains(&event_type) {
+            return Err(DecodeError::UnknownEventType {
+                event_type: event_type.to_owned(),
+            });
+        }
+        if schema_version > CURRENT_SCHEMA_VERSION {
+            return Err(DecodeError::FutureSchemaVersion {
+                event_type: event_type.to_owned(),
+                found: schema_version,
+                supported: CURRENT_SCHEMA_VERSION,
+            });
+        }
+        let payload = upcast::to_current(event_type, schema_version, payload)?;
+        Event::from_current(event_type, payload)
+    }
+
+    pub fn schema_version(&self) -> u32 {
+        CURRENT_SCHEMA_VERSION
+    }
+
+    /// Visits every protected field with a path that names it inside the payload (used as
+    /// AAD when sealing, so a sealed value cannot be moved to another field).
+    pub fn for_each_protected(&mut self, mut f: impl FnMut(&str, &mut dyn ProtectedSlot)) {
+        match self {
+            Event::CustomerManagedKeyEnabled(e) => {
+                f("connection.client_secret", &mut e.connection.client_secret)
+            }
+            Event::CustomerManagedKeyConnectionEdited(e) => {
+                f("connection.client_secret", &mut e.connection.client_secret)
+            }
+            Event::CustomerManagedKeyRotated(e) => {
+                f("connection.client_secret", &mut e.connection.client_secret)
+            }
+            Event::DataKeyGenerated(e) => f("edek", &mut e.edek),
+            Event::DataKeysRewrapped(e) => {
+                for (i, k) in e.data_keys.iter_mut().enumerate() {
+                    f(&format!("data_keys[{i}].edek"), &mut k.edek);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The same event with every protected field redacted.
+    pub fn redacted(&self) -> Event {
+        let mut e = self.clone();
+        e.for_each_protected(|_, slot| slot.redact());
+        e
+    }
+
+    /// The public payload (stream, audit, API): no secret and no wrapped key material.
+    /// Protected fields are removed; connections say `client_secret_set: true` instead.
+    pub fn public_payload(&self) -> Value {
+        let mut v = match self.redacted().payload_json() {
+            Ok(v) => v,
+            // Redacted events always serialize; keep the invariant visible if that ever changes.
+            Err(e) => serde_json::json!({ "error": format!("unserializable payload: {e}") }),
+        };
+        strip_redacted(&mut v);
+        v
+    }
+
+    /// The org a registration is for (other events belong to their stream's org).
+    pub fn registered_org(&self) -> Option<OrgId> {
+        match self {
+            Event::OrganizationRegistered(e) => Some(e.org_id),
+            _ => None,
+        }
+    }
+}
+
+fn strip_redacted(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            let redacted: Vec<String> = map
+                .iter()
+                .filter(|(_, v)| v.as_str() == Some(REDACTED))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in redacted {
+                map.remove(&k);
+                if k == "client_secret" {
+                    map.insert("client_secret_set".into(), Value::Bool(true));
+                }
+            }
+            map.values_mut().for_each(strip_redacted);
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_redacted),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn catalogue_has_fourteen_types() {
+        assert_eq!(EVENT_TYPES.len(), 14);
+    }
+
+    #[test]
+    fn unknown_type_is_a_typed_error() {
+        let e = Event::decode("KeyStolen", 1, json!({})).unwrap_err();
+        assert_eq!(
+            e,
+            DecodeError::UnknownEventType {
+                event_type: "KeyStolen".into()
+            }
+        );
+    }
+
+    #[test]
+    fn future_version_is_a_typed_error() {
+        let e = Event::decode("TenantRemoved", 2, json!({})).unwrap_err();
+        assert!(matches!(
+            e,
+            DecodeError::FutureSchemaVersion {
+                found: 2,
+                supported: 1,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn malformed_payload_is_a_typed_error() {
+        let e = Event::decode("TenantRemoved", 1, json!({"tenant_id": 5})).unwrap_err();
+        assert!(matches!(e, DecodeError::Malformed { .. }));
+    }
+
+    #[test]
+    fn unknown_fields_are_malformed_not_ignored() {
+        let e = Event::decode("CustomerManagedKeyUnlocked", 1, json!({"x": 1})).unwrap_err();
+        assert!(matches!(e, DecodeError::Malformed { .. }));
+    }
+}

@@ -1,0 +1,371 @@
+//! Identifier, version and position newtypes. Parse, don't validate: every constructor from
+//! outside input returns a typed [`IdError`].
+
+use std::fmt;
+use std::str::FromStr;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use uuid::Uuid;
+
+/// Why an identifier could not be parsed. Callers report it as a 400 naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdError {
+    /// The text is not a UUID (`8-4-4-4-12` hex digits).
+    #[error("{what} is not a valid UUID")]
+    NotUuid { what: &'static str },
+    /// The nil UUID is never a valid identifier.
+    #[error("{what} must not be the nil UUID")]
+    NilUuid { what: &'static str },
+    /// A stream id must read `org-<uuid>`.
+    #[error("stream id must look like org-<uuid>")]
+    BadStreamId,
+    /// Idempotency and command ids are 1 to 200 visible ASCII characters.
+    #[error("command id must be 1 to 200 visible ASCII characters")]
+    BadCommandId,
+}
+
+fn parse_uuid(s: &str, what: &'static str) -> Result<Uuid, IdError> {
+    // Only the hyphenated form is accepted: other forms (braced, urn, simple) are ambiguous
+    // in URLs and logs.
+    if s.len() != 36 {
+        return Err(IdError::NotUuid { what });
+    }
+    let id = Uuid::try_parse(s).map_err(|_| IdError::NotUuid { what })?;
+    if id.is_nil() {
+        return Err(IdError::NilUuid { what });
+    }
+    Ok(id)
+}
+
+macro_rules! uuid_id {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
+        #[schemars(transparent)]
+        pub struct $name(Uuid);
+
+        impl $name {
+            /// A fresh, time-ordered (v7) identifier.
+            pub fn new_v7() -> Self {
+                Self(Uuid::now_v7())
+            }
+            /// Wraps an existing UUID. The nil UUID is refused.
+            pub fn from_uuid(id: Uuid) -> Result<Self, IdError> {
+                if id.is_nil() {
+                    return Err(IdError::NilUuid { what: $what });
+                }
+                Ok(Self(id))
+            }
+            pub fn as_uuid(&self) -> Uuid {
+                self.0
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = IdError;
+            fn from_str(s: &str) -> Result<Self, IdError> {
+                parse_uuid(s, $what).map(Self)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.hyphenated().fmt(f)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), self.0.hyphenated())
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+uuid_id!(
+    /// An organization: the unit that owns one encryption configuration and one event stream.
+    OrgId,
+    "organization id"
+);
+uuid_id!(
+    /// A tenant of an organization. Audit rows are per tenant.
+    TenantId,
+    "tenant id"
+);
+uuid_id!(
+    /// The identity of one stored event (UUIDv7).
+    EventId,
+    "event id"
+);
+uuid_id!(
+    /// Ties together the events caused by one request.
+    CorrelationId,
+    "correlation id"
+);
+uuid_id!(
+    /// The Azure directory (Entra ID tenant) that holds the customer's app registration.
+    DirectoryId,
+    "directory id"
+);
+uuid_id!(
+    /// The Azure application (client) id of the customer's app registration.
+    ApplicationId,
+    "application id"
+);
+
+/// The stream of one organization: `org-<uuid>`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StreamId(OrgId);
+
+impl StreamId {
+    pub fn for_org(org: OrgId) -> Self {
+        Self(org)
+    }
+    pub fn org_id(&self) -> OrgId {
+        self.0
+    }
+}
+
+impl FromStr for StreamId {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, IdError> {
+        let rest = s.strip_prefix("org-").ok_or(IdError::BadStreamId)?;
+        rest.parse().map(Self).map_err(|_| IdError::BadStreamId)
+    }
+}
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "org-{}", self.0)
+    }
+}
+
+impl fmt::Debug for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StreamId({self})")
+    }
+}
+
+impl Serialize for StreamId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for StreamId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for StreamId {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "StreamId".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^org-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+        })
+    }
+}
+
+/// A 1-based position inside one stream. `StreamVersion::NONE` (0) means "no events yet".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct StreamVersion(pub u64);
+
+impl StreamVersion {
+    pub const NONE: StreamVersion = StreamVersion(0);
+    pub fn next(self) -> StreamVersion {
+        StreamVersion(self.0 + 1)
+    }
+}
+
+impl fmt::Display for StreamVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl JsonSchema for StreamVersion {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "StreamVersion".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "type": "integer", "minimum": 0 })
+    }
+}
+
+/// A position in the global, commit-ordered log. Assigned by the store; `0` means "before the
+/// first event".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct GlobalPosition(pub u64);
+
+impl GlobalPosition {
+    pub const START: GlobalPosition = GlobalPosition(0);
+}
+
+impl JsonSchema for GlobalPosition {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "GlobalPosition".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "type": "integer", "minimum": 0 })
+    }
+}
+
+impl fmt::Display for GlobalPosition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The id of one data encryption key (DEK) of an organization. DEK 1 is created at registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct DekId(pub u32);
+
+impl DekId {
+    pub const FIRST: DekId = DekId(1);
+    pub fn next(self) -> DekId {
+        DekId(self.0 + 1)
+    }
+}
+
+impl fmt::Display for DekId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The idempotency key of a command (`Idempotency-Key`). A repeat with the same id appends
+/// nothing.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, JsonSchema)]
+#[serde(transparent)]
+pub struct CommandId(String);
+
+impl CommandId {
+    pub fn parse(s: &str) -> Result<Self, IdError> {
+        let ok = !s.is_empty() && s.len() <= 200 && s.bytes().all(|b| b.is_ascii_graphic());
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(IdError::BadCommandId)
+        }
+    }
+    /// A fresh random command id, for commands the engine issues itself.
+    pub fn generate() -> Self {
+        Self(Uuid::now_v7().hyphenated().to_string())
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for CommandId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CommandId({})", self.0)
+    }
+}
+
+impl fmt::Display for CommandId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<'de> Deserialize<'de> for CommandId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        CommandId::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "0190f2a4-5b6c-7d8e-9f00-112233445566";
+
+    #[test]
+    fn org_id_parses_hyphenated_uuid() {
+        let id: OrgId = GOOD.parse().unwrap();
+        assert_eq!(id.to_string(), GOOD);
+    }
+
+    #[test]
+    fn org_id_rejects_garbage() {
+        assert_eq!(
+            "not-a-uuid".parse::<OrgId>(),
+            Err(IdError::NotUuid {
+                what: "organization id"
+            })
+        );
+    }
+
+    #[test]
+    fn org_id_rejects_non_hyphenated_forms() {
+        assert!("0190f2a45b6c7d8e9f00112233445566".parse::<OrgId>().is_err());
+        assert!(format!("{{{GOOD}}}").parse::<OrgId>().is_err());
+        assert!(format!("urn:uuid:{GOOD}").parse::<OrgId>().is_err());
+    }
+
+    #[test]
+    fn org_id_rejects_nil() {
+        assert_eq!(
+            "00000000-0000-0000-0000-000000000000".parse::<TenantId>(),
+            Err(IdError::NilUuid { what: "tenant id" })
+        );
+    }
+
+    #[test]
+    fn org_id_rejects_trailing_garbage_and_whitespace() {
+        assert!(format!("{GOOD} ").parse::<OrgId>().is_err());
+        assert!(format!(" {GOOD}").parse::<OrgId>().is_err());
+        assert!(format!("{GOOD}0").parse::<OrgId>().is_err());
+    }
+
+    #[test]
+    fn stream_id_round_trips_and_rejects_other_prefixes() {
+        let s: StreamId = format!("org-{GOOD}").parse().unwrap();
+        assert_eq!(s.to_string(), format!("org-{GOOD}"));
+        assert_eq!(
+            format!("tenant-{GOOD}").parse::<StreamId>(),
+            Err(IdError::BadStreamId)
+        );
+        assert_eq!("org-".parse::<StreamId>(), Err(IdError::BadStreamId));
+    }
+
+    #[test]
+    fn command_id_bounds() {
+        assert!(CommandId::parse("k-1").is_ok());
+        assert_eq!(CommandId::parse(""), Err(IdError::BadCommandId));
+        assert_eq!(CommandId::parse("has space"), Err(IdError::BadCommandId));
+        assert_eq!(CommandId::parse(&"x".repeat(201)), Err(IdError::BadCommandId));
+        assert_eq!(CommandId::parse("é"), Err(IdError::BadCommandId));
+    }
+
+    #[test]
+    fn ids_deserialize_with_typed_errors() {
+        let err = serde_json::from_str::<OrgId>("\"nope\"").unwrap_err();
+        assert!(err.to_string().contains("organization id is not a valid UUID"));
+    }
+}

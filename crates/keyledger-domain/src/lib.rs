@@ -1,0 +1,45 @@
+//! The pure domain of keyledger: the encryption state of an organization as events.
+//!
+//! - [`decide`] turns a [`Command`] into events or a [`DomainError`] (rules R1–R13 of
+//!   DESIGN.md §2);
+//! - [`evolve`] folds events into a [`State`];
+//! - key-test results enter commands as attested values ([`ValidatedKey`], [`UnwrapProof`],
+//!   [`WrappedDek`]) that only the key-access port can make.
+//!
+//! No IO, no async, no clock: time comes in with each command.
+
+pub mod actor;
+pub mod attest;
+pub mod command;
+pub mod connection;
+pub mod decide;
+pub mod envelope;
+pub mod event;
+pub mod health;
+pub mod ids;
+pub mod key_identifier;
+pub mod plan;
+pub mod schema;
+pub mod secret;
+pub mod state;
+mod upcast;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use actor::{Actor, ActorKind, Reach, Role, Scope};
+pub use attest::{KeyProperties, UnwrapProof, ValidatedKey, WrappedBy, WrappedDek};
+pub use command::{Command, CommandKind, CommandName, RewrapEvidence};
+pub use connection::{Connection, ConnectionField, ConnectionRecord};
+pub use decide::{DomainError, decide, precheck};
+pub use envelope::{EnvelopeActor, EventMetadata, GENESIS_HASH, StoredEvent};
+pub use event::{DecodeError, EVENT_TYPES, Event, Tenant};
+pub use health::HealthStatus;
+pub use ids::{
+    ApplicationId, CommandId, CorrelationId, DekId, DirectoryId, EventId, GlobalPosition, IdError, OrgId,
+    StreamId, StreamVersion, TenantId,
+};
+pub use key_identifier::{HostAllowList, KeyIdentifier, KeyIdentifierError};
+pub use plan::{Plan, PlanError, PlanKind};
+pub use secret::{Edek, Protected, ProtectedSlot, SealedBox};
+pub use state::{State, evolve};

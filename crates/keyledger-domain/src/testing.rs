@@ -1,0 +1,508 @@
+//! Test support (feature `testing`): a typestate given/when/then harness over `decide` and
+//! `evolve`, and fixtures for actors, keys, connections and attested values.
+//!
+//! ```ignore
+//! given(History::new().register(Plan::enterprise("standard")).events())
+//!     .when(cmd(admin(), enable_kind(&key_a())))
+//!     .then_types(&["CustomerManagedKeyEnabled", "DataKeyGenerated"]);
+//! ```
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+
+use crate::actor::{Actor, ActorKind, Reach, Role, Scope};
+use crate::attest::{KeyProperties, UnwrapProof, ValidatedKey, WrappedBy, WrappedDek};
+use crate::command::{Command, CommandKind, RewrapEvidence};
+use crate::connection::Connection;
+use crate::decide::{DomainError, decide};
+use crate::event::{Event, Tenant};
+use crate::health::HealthStatus;
+use crate::ids::{ApplicationId, DirectoryId, OrgId, TenantId};
+use crate::key_identifier::KeyIdentifier;
+use crate::plan::Plan;
+use crate::secret::Edek;
+use crate::state::{State, evolve};
+
+// ---------------------------------------------------------------------------------------------
+// The harness
+
+/// Starts a scenario from a history of events.
+pub fn given(events: impl IntoIterator<Item = Event>) -> Given {
+    let events: Vec<Event> = events.into_iter().collect();
+    let state = events.iter().fold(State::default(), evolve);
+    Given { state }
+}
+
+/// A state folded from the given events.
+#[derive(Debug)]
+pub struct Given {
+    state: State,
+}
+
+impl Given {
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// The command under test. `build` sees the given state, so evidence can be derived
+    /// from it.
+    pub fn when(self, command: Command) -> When {
+        let result = decide(&self.state, command);
+        When {
+            state: self.state,
+            result,
+        }
+    }
+
+    pub fn when_with(self, build: impl FnOnce(&State) -> Command) -> When {
+        let command = build(&self.state);
+        self.when(command)
+    }
+}
+
+/// The outcome of `decide`, waiting for its assertions.
+#[derive(Debug)]
+pub struct When {
+    state: State,
+    result: Result<Vec<Event>, DomainError>,
+}
+
+impl When {
+    /// The emitted events equal `expected` (compared in redacted JSON form).
+    #[track_caller]
+    pub fn then(self, expected: &[Event]) -> Then {
+        let events = self.expect_ok();
+        let got: Vec<Value> = events.iter().map(render).collect();
+        let want: Vec<Value> = expected.iter().map(render).collect();
+        assert_eq!(got, want, "emitted events differ");
+        Then::new(self.state, events)
+    }
+
+    /// The emitted event types are exactly `types`, in order.
+    #[track_caller]
+    pub fn then_types(self, types: &[&str]) -> Then {
+        let events = self.expect_ok();
+        let got: Vec<&str> = events.iter().map(Event::event_type).collect();
+        assert_eq!(got, types, "emitted event types differ");
+        Then::new(self.state, events)
+    }
+
+    /// The command is accepted and records nothing (an idempotent no-op).
+    #[track_caller]
+    pub fn then_nothing(self) {
+        let events = self.expect_ok();
+        assert!(events.is_empty(), "expected no events, got {:?}", types(&events));
+    }
+
+    /// The command is refused with exactly `expected`.
+    #[track_caller]
+    pub fn then_err(self, expected: DomainError) {
+        match self.result {
+            Err(e) => assert_eq!(e, expected),
+            Ok(events) => panic!("expected {expected:?}, got events {:?}", types(&events)),
+        }
+    }
+
+    /// The command is refused with the given CONTRACT.md code.
+    #[track_caller]
+    pub fn then_err_code(self, code: &str) {
+        match self.result {
+            Err(e) => assert_eq!(e.code(), code, "refused with {e:?}"),
+            Ok(events) => panic!("expected {code}, got events {:?}", types(&events)),
+        }
+    }
+
+    #[track_caller]
+    fn expect_ok(&self) -> Vec<Event> {
+        match &self.result {
+            Ok(events) => events.clone(),
+            Err(e) => panic!("expected events, the command was refused: {e:?} ({e})"),
+        }
+    }
+}
+
+/// Accepted events, applied to the given state for further checks.
+#[derive(Debug)]
+pub struct Then {
+    state: State,
+    events: Vec<Event>,
+}
+
+impl Then {
+    fn new(given: State, events: Vec<Event>) -> Self {
+        let state = events.iter().fold(given, evolve);
+        Self { state, events }
+    }
+
+    /// Checks the state after the events.
+    #[track_caller]
+    pub fn and_state(self, check: impl FnOnce(&State)) -> Self {
+        check(&self.state);
+        self
+    }
+
+    /// Checks the events themselves.
+    #[track_caller]
+    pub fn and_events(self, check: impl FnOnce(&[Event])) -> Self {
+        check(&self.events);
+        self
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+}
+
+/// An event as `{"type", "payload"}` with protected fields redacted: the form used to compare
+/// events and in replay fixtures.
+pub fn render(e: &Event) -> Value {
+    let payload = e
+        .redacted()
+        .payload_json()
+        .unwrap_or_else(|err| json!({ "unserializable": err.to_string() }));
+    json!({ "type": e.event_type(), "payload": payload })
+}
+
+fn types(events: &[Event]) -> Vec<&'static str> {
+    events.iter().map(Event::event_type).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures
+
+/// The organization of every scenario.
+pub fn org_id() -> OrgId {
+    uuid_id("01900000-0000-7000-8000-0000000000aa")
+}
+pub fn other_org_id() -> OrgId {
+    uuid_id("01900000-0000-7000-8000-0000000000bb")
+}
+pub fn tenant_a() -> Tenant {
+    Tenant {
+        tenant_id: uuid_id("01900000-0000-7000-8000-00000000000a"),
+        name: "Default".into(),
+    }
+}
+pub fn tenant_b() -> Tenant {
+    Tenant {
+        tenant_id: uuid_id("01900000-0000-7000-8000-00000000000b"),
+        name: "Finance".into(),
+    }
+}
+pub fn tenant_id(n: u8) -> TenantId {
+    uuid_id(&format!("01900000-0000-7000-8000-0000000001{n:02x}"))
+}
+
+#[track_caller]
+fn uuid_id<T: std::str::FromStr>(s: &str) -> T
+where
+    T::Err: std::fmt::Debug,
+{
+    s.parse().expect("fixture id")
+}
+
+/// The time of the first command of a scenario.
+pub fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 3, 1, 9, 0, 0)
+        .single()
+        .expect("fixture time")
+}
+pub fn at_minutes(m: i64) -> DateTime<Utc> {
+    t0() + Duration::minutes(m)
+}
+
+fn org_scope(org: OrgId) -> Scope {
+    Scope {
+        organizations: Reach::Only(BTreeSet::from([org])),
+        tenants: Reach::All,
+    }
+}
+
+pub fn admin() -> Actor {
+    Actor::new(
+        ActorKind::User,
+        "alice@example.com",
+        [Role::OrgAdmin],
+        org_scope(org_id()),
+    )
+}
+pub fn admin_of_other_org() -> Actor {
+    Actor::new(
+        ActorKind::User,
+        "mallory@example.com",
+        [Role::OrgAdmin],
+        org_scope(other_org_id()),
+    )
+}
+pub fn auditor() -> Actor {
+    Actor::new(
+        ActorKind::User,
+        "audrey@example.com",
+        [Role::Auditor],
+        org_scope(org_id()),
+    )
+}
+pub fn support() -> Actor {
+    Actor::new(
+        ActorKind::User,
+        "sam@support.example.com",
+        [Role::Support],
+        Scope::everything(),
+    )
+}
+pub fn platform() -> Actor {
+    Actor::new(
+        ActorKind::Service,
+        "provisioning",
+        [Role::Platform],
+        Scope::everything(),
+    )
+}
+pub fn billing() -> Actor {
+    Actor::new(
+        ActorKind::Service,
+        "billing",
+        [Role::Billing],
+        Scope::everything(),
+    )
+}
+pub fn system() -> Actor {
+    Actor::system()
+}
+
+/// `https://contoso.vault.azure.net/keys/NAME/VERSION`.
+pub fn key(name: &str, version: &str) -> KeyIdentifier {
+    KeyIdentifier::parse_shape(&format!("https://contoso.vault.azure.net/keys/{name}/{version}"))
+        .expect("fixture key")
+}
+pub fn key_a() -> KeyIdentifier {
+    key("cmk", "0000000000000000000000000000000a")
+}
+pub fn key_b() -> KeyIdentifier {
+    key("cmk", "0000000000000000000000000000000b")
+}
+pub fn key_c() -> KeyIdentifier {
+    key("cmk-2027", "0000000000000000000000000000000c")
+}
+
+pub const FIXTURE_SECRET: &str = "fixture-client-secret";
+
+pub fn connection(key: &KeyIdentifier) -> Connection {
+    Connection {
+        directory_id: uuid_id::<DirectoryId>("01900000-0000-7000-8000-0000000000d1"),
+        application_id: uuid_id::<ApplicationId>("01900000-0000-7000-8000-0000000000a1"),
+        client_secret: SecretString::from(FIXTURE_SECRET),
+        key_identifier: key.clone(),
+    }
+}
+
+pub fn properties() -> KeyProperties {
+    KeyProperties {
+        kty: "RSA".into(),
+        key_size: 2048,
+        key_ops: vec!["wrapKey".into(), "unwrapKey".into()],
+        expires_at: None,
+        not_before: None,
+    }
+}
+
+pub fn validated(connection: Connection, at: DateTime<Utc>) -> ValidatedKey {
+    ValidatedKey::attest(connection, properties(), at).expect("fixture keys carry a version")
+}
+
+pub fn provider_dek() -> WrappedDek {
+    WrappedDek::attest(
+        WrappedBy::Provider {
+            internal_key_id: "ik-1".into(),
+        },
+        Edek(vec![0xAA; 60]),
+    )
+}
+pub fn customer_dek(key: &KeyIdentifier) -> WrappedDek {
+    WrappedDek::attest(
+        WrappedBy::Customer {
+            key_identifier: key.clone(),
+        },
+        Edek(vec![0xCC; 256]),
+    )
+}
+
+/// Evidence that every DEK under the state's current key unwrapped and was re-wrapped by `to`.
+pub fn rewrap_all(state: &State, to: &WrappedBy) -> RewrapEvidence {
+    let org = state.org().expect("registered");
+    let current = org.customer_key().expect("customer key enabled");
+    let ids = org.deks_under(current.key());
+    RewrapEvidence {
+        unwrapped: UnwrapProof::attest(current.key().clone(), ids.iter().copied().collect()),
+        rewrapped: ids
+            .into_iter()
+            .map(|id| (id, WrappedDek::attest(to.clone(), Edek(vec![0xEE; 256]))))
+            .collect(),
+    }
+}
+
+/// A command on the scenario's organization at `t0`.
+pub fn cmd(actor: Actor, kind: CommandKind) -> Command {
+    cmd_at(actor, kind, t0())
+}
+pub fn cmd_at(actor: Actor, kind: CommandKind, at: DateTime<Utc>) -> Command {
+    Command {
+        org_id: org_id(),
+        actor,
+        at,
+        kind,
+    }
+}
+
+pub fn register_kind(plan: Plan) -> CommandKind {
+    CommandKind::RegisterOrganization {
+        name: "Contoso".into(),
+        plan,
+        tenants: vec![tenant_a(), tenant_b()],
+        initial_dek: provider_dek(),
+    }
+}
+pub fn enable_kind(key: &KeyIdentifier) -> CommandKind {
+    CommandKind::EnableCustomerManagedKey {
+        key: validated(connection(key), t0()),
+        dek: customer_dek(key),
+    }
+}
+pub fn plan_kind(plan: Plan) -> CommandKind {
+    CommandKind::ChangePlan {
+        plan,
+        reason: "billing cycle".into(),
+    }
+}
+/// Edit the current connection, changing only the client secret.
+pub fn edit_secret_kind(state: &State, new_secret: &str) -> CommandKind {
+    let current = state
+        .org()
+        .and_then(|o| o.customer_key())
+        .map(|k| k.key().clone())
+        .unwrap_or_else(key_a);
+    let mut c = connection(&current);
+    c.client_secret = SecretString::from(new_secret.to_owned());
+    CommandKind::EditConnection {
+        key: validated(c, t0()),
+        rotation: None,
+    }
+}
+pub fn rotate_kind(state: &State, to: &KeyIdentifier) -> CommandKind {
+    CommandKind::RotateKey {
+        key: validated(connection(to), t0()),
+        evidence: rewrap_all(
+            state,
+            &WrappedBy::Customer {
+                key_identifier: to.clone(),
+            },
+        ),
+    }
+}
+pub fn switch_kind(state: &State) -> CommandKind {
+    let provider = WrappedBy::Provider {
+        internal_key_id: "ik-1".into(),
+    };
+    CommandKind::SwitchToProviderManagedKey {
+        evidence: Some(rewrap_all(state, &provider)),
+        new_dek: provider_dek(),
+        abandon_lost_data: false,
+    }
+}
+pub fn abandon_switch_kind() -> CommandKind {
+    CommandKind::SwitchToProviderManagedKey {
+        evidence: None,
+        new_dek: provider_dek(),
+        abandon_lost_data: true,
+    }
+}
+pub fn health_kind(status: HealthStatus) -> CommandKind {
+    CommandKind::RecordKeyHealth { status, detail: None }
+}
+pub fn declare_lost_kind(ticket: Option<&str>) -> CommandKind {
+    CommandKind::DeclareDataLost {
+        reason: "key purged without backup".into(),
+        ticket: ticket.map(str::to_owned),
+    }
+}
+
+/// Builds a realistic history by running commands through `decide`, so given events are
+/// always events the rules would emit.
+#[derive(Debug, Default)]
+pub struct History {
+    state: State,
+    events: Vec<Event>,
+    minute: i64,
+}
+
+impl History {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs one command; panics when it is refused (a broken fixture).
+    #[track_caller]
+    pub fn run(mut self, actor: Actor, build: impl FnOnce(&State) -> CommandKind) -> Self {
+        let kind = build(&self.state);
+        let command = cmd_at(actor, kind, at_minutes(self.minute));
+        self.minute += 1;
+        match decide(&self.state, command) {
+            Ok(events) => {
+                for e in events {
+                    self.state = evolve(self.state, &e);
+                    self.events.push(e);
+                }
+            }
+            Err(e) => panic!("fixture history command refused: {e:?}"),
+        }
+        self
+    }
+
+    #[track_caller]
+    pub fn register(self, plan: Plan) -> Self {
+        self.run(platform(), |_| register_kind(plan))
+    }
+    #[track_caller]
+    pub fn enable(self, key: &KeyIdentifier) -> Self {
+        let key = key.clone();
+        self.run(admin(), move |_| enable_kind(&key))
+    }
+    #[track_caller]
+    pub fn rotate(self, to: &KeyIdentifier) -> Self {
+        let to = to.clone();
+        self.run(admin(), move |s| rotate_kind(s, &to))
+    }
+    #[track_caller]
+    pub fn plan(self, plan: Plan) -> Self {
+        self.run(billing(), |_| plan_kind(plan))
+    }
+    #[track_caller]
+    pub fn switch(self) -> Self {
+        self.run(admin(), switch_kind)
+    }
+    #[track_caller]
+    pub fn health(self, status: HealthStatus) -> Self {
+        self.run(system(), |_| health_kind(status))
+    }
+    #[track_caller]
+    pub fn declare_lost(self) -> Self {
+        self.run(admin(), |_| declare_lost_kind(None))
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+    pub fn events(self) -> Vec<Event> {
+        self.events
+    }
+}
+
+/// An enterprise organization with CMK on under `key_a`.
+pub fn cmk_org() -> History {
+    History::new()
+        .register(Plan::enterprise("standard"))
+        .enable(&key_a())
+}
