@@ -36,6 +36,15 @@ pub struct KeyProperties {
 
 /// A connection that passed every R4 check at `validated_at`. Its key identifier is pinned to
 /// the version found at validation.
+///
+/// Outside the key-access port it cannot be made, so no command can carry an untested key:
+///
+/// ```compile_fail
+/// # use keyledger_domain::*;
+/// fn forge(connection: Connection, properties: KeyProperties) -> ValidatedKey {
+///     ValidatedKey { connection, properties, validated_at: chrono::Utc::now() }
+/// }
+/// ```
 #[derive(Debug, Clone)]
 pub struct ValidatedKey {
     connection: Connection,

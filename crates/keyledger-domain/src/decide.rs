@@ -134,7 +134,7 @@ pub fn precheck(state: &State, actor: &Actor, org_id: OrgId, name: CommandName) 
         }
         CommandName::EditConnection | CommandName::RotateKey => {
             let key = org.customer_key().ok_or(DomainError::CmkNotEnabled)?;
-            if lost_key_in_use(org, key) {
+            if key.data_lost {
                 return Err(DomainError::DataLost);
             }
             if key.locked {
@@ -148,7 +148,7 @@ pub fn precheck(state: &State, actor: &Actor, org_id: OrgId, name: CommandName) 
         }
         CommandName::DeclareDataLost => {
             let key = org.customer_key().ok_or(DomainError::CmkNotEnabled)?;
-            if lost_key_in_use(org, key) {
+            if key.data_lost {
                 return Err(DomainError::DataLost);
             }
         }
@@ -158,12 +158,6 @@ pub fn precheck(state: &State, actor: &Actor, org_id: OrgId, name: CommandName) 
         | CommandName::ChangePlan => {}
     }
     Ok(())
-}
-
-fn lost_key_in_use(org: &Organization, key: &CustomerKey) -> bool {
-    org.data_loss
-        .as_ref()
-        .is_some_and(|l| l.key_identifier.same_key_version(key.key()))
 }
 
 /// Decides which events a command produces, or why it is refused. Pure and synchronous: the
@@ -484,7 +478,7 @@ fn switch_to_provider(
     at: chrono::DateTime<chrono::Utc>,
 ) -> Result<Vec<Event>, DomainError> {
     let current = org.customer_key().ok_or(DomainError::CmkNotEnabled)?;
-    let lost = lost_key_in_use(org, current);
+    let lost = current.data_lost;
     let (new_by, new_edek) = new_dek.into_parts();
     let WrappedBy::Provider { .. } = &new_by else {
         return Err(DomainError::EvidenceMismatch(

@@ -31,10 +31,14 @@ pub struct Organization {
     pub data_keys: BTreeMap<DekId, DataKey>,
     pub active_dek: DekId,
     pub key_history: Vec<KeyHistoryEntry>,
+    /// The last data-loss declaration, kept after the organization moves on (the view shows
+    /// `data_lost`).
     pub data_loss: Option<DataLoss>,
     pub registered_at: DateTime<Utc>,
 }
 
+// One state per organization in memory; the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum KeyMode {
     ProviderManaged,
@@ -50,6 +54,9 @@ pub struct CustomerKey {
     pub last_rotated_at: Option<DateTime<Utc>>,
     /// R8: the plan was downgraded; edit and rotate are refused.
     pub locked: bool,
+    /// R11: customer data under this key was declared lost. Ends with the switch that
+    /// abandons it; a later enable starts a new, intact period.
+    pub data_lost: bool,
     pub health: KeyHealth,
 }
 
@@ -118,10 +125,10 @@ impl Organization {
     }
 
     fn close_current_key(&mut self, at: DateTime<Utc>) {
-        if let Some(last) = self.key_history.last_mut() {
-            if last.to.is_none() {
-                last.to = Some(at);
-            }
+        if let Some(last) = self.key_history.last_mut()
+            && last.to.is_none()
+        {
+            last.to = Some(at);
         }
     }
 }
@@ -189,6 +196,7 @@ pub fn evolve(mut state: State, event: &Event) -> State {
                 enabled_at: e.validated_at,
                 last_rotated_at: None,
                 locked: false,
+                data_lost: false,
                 health: KeyHealth {
                     status: HealthStatus::Healthy,
                     since: e.validated_at,
@@ -259,6 +267,9 @@ pub fn evolve(mut state: State, event: &Event) -> State {
                 if let Some(d) = org.data_keys.get_mut(id) {
                     d.lost = true;
                 }
+            }
+            if let KeyMode::CustomerManaged(k) = &mut org.mode {
+                k.data_lost = true;
             }
             org.data_loss = Some(DataLoss {
                 key_identifier: e.key_identifier.clone(),

@@ -1,7 +1,10 @@
 //! Test support (feature `testing`): a typestate given/when/then harness over `decide` and
 //! `evolve`, and fixtures for actors, keys, connections and attested values.
 //!
-//! ```ignore
+//! ```
+//! use keyledger_domain::testing::*;
+//! use keyledger_domain::Plan;
+//!
 //! given(History::new().register(Plan::enterprise("standard")).events())
 //!     .when(cmd(admin(), enable_kind(&key_a())))
 //!     .then_types(&["CustomerManagedKeyEnabled", "DataKeyGenerated"]);
