@@ -509,3 +509,50 @@ pub fn cmk_org() -> History {
         .register(Plan::enterprise("standard"))
         .enable(&key_a())
 }
+
+/// Stored envelopes for `events` on the scenario's stream, positions and versions from 1, with
+/// protected fields "sealed" by a fixed XOR (tests only: not encryption) and no hash chain.
+/// For tests of code that reads stored events (projections) without a store.
+pub fn envelopes(events: Vec<Event>) -> Vec<crate::envelope::StoredEvent> {
+    use crate::envelope::{EnvelopeActor, StoredEvent};
+    use crate::ids::{GlobalPosition, StreamId, StreamVersion};
+    let stream = StreamId::for_org(org_id());
+    events
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut event)| {
+            event.for_each_protected(|_, slot| {
+                if let Some(clear) = slot.clear_bytes() {
+                    slot.set_sealed(crate::secret::SealedBox {
+                        kid: "test-xor".into(),
+                        nonce: vec![0; 12],
+                        ct: clear.iter().map(|b| b ^ 0x5A).collect(),
+                    });
+                }
+            });
+            let n = i as u64 + 1;
+            let actor = match event.event_type() {
+                "KeyHealthChanged" => Actor::system(),
+                _ => admin(),
+            };
+            StoredEvent {
+                event_id: format!("01900000-0000-7000-9000-{n:012x}")
+                    .parse()
+                    .expect("fixture id"),
+                stream_id: stream,
+                stream_version: StreamVersion(n),
+                global_position: GlobalPosition(n),
+                event_type: event.event_type().into(),
+                schema_version: event.schema_version(),
+                occurred_at: at_minutes(i as i64),
+                actor: EnvelopeActor::from_actor(&actor, None),
+                command_id: None,
+                correlation_id: None,
+                causation_id: None,
+                payload: event.payload_json().expect("sealed events serialize"),
+                prev_hash: String::new(),
+                hash: String::new(),
+            }
+        })
+        .collect()
+}

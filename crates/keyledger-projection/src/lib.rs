@@ -1,0 +1,185 @@
+//! Projections: folds over the event log (DESIGN.md §6).
+//!
+//! Each projection keeps one JSON document per organization and, for the tenant audit, an
+//! append-only list of rows. [`Projection::apply`] is the pure fold for one event; a runner
+//! loads the documents an event batch touches, folds, and writes documents, audit rows and
+//! its checkpoint in one transaction. [`Projections`] is the same fold in memory: the reference
+//! the SQL runners and rebuilds are compared against.
+
+pub mod rows;
+
+use std::collections::BTreeMap;
+
+use keyledger_domain::envelope::StoredEvent;
+use keyledger_domain::{Event, OrgId};
+use serde_json::Value;
+
+pub use rows::{
+    AuditActor, AuditEntry, AuditTenants, CustomerKeyView, DataKeyInventory, DataKeyRow, EncryptionMode,
+    EncryptionView, HealthView, KeyHealthRow, KeyHistoryView, OrganizationView, audit_details,
+};
+
+/// The four projections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Projection {
+    /// The organization view: the active key per organization.
+    OrganizationEncryption,
+    /// One row per tenant per key-relevant event (its document tracks the org's tenants).
+    TenantAudit,
+    KeyHealth,
+    DataKeyInventory,
+}
+
+/// A projection document that does not parse: the stored rows were written by another
+/// version, or edited. Rebuild the projection.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProjectionError {
+    #[error("{projection} document for organization {org} is unreadable: {source}")]
+    BadDocument {
+        projection: &'static str,
+        org: OrgId,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The event itself does not decode (unknown type or future version): upgrade keyledger.
+    #[error("event at position {position} does not decode: {source}")]
+    Decode {
+        position: u64,
+        #[source]
+        source: keyledger_domain::DecodeError,
+    },
+}
+
+/// What one event did to one projection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    /// The organization's document after the event (`None`: no document).
+    pub doc: Option<Value>,
+    /// New tenant-audit rows.
+    pub audit: Vec<AuditEntry>,
+}
+
+impl Projection {
+    pub const ALL: [Projection; 4] = [
+        Projection::OrganizationEncryption,
+        Projection::TenantAudit,
+        Projection::KeyHealth,
+        Projection::DataKeyInventory,
+    ];
+
+    /// The stable name used for tables, checkpoints and leases.
+    pub fn name(self) -> &'static str {
+        match self {
+            Projection::OrganizationEncryption => "organization_encryption",
+            Projection::TenantAudit => "tenant_audit",
+            Projection::KeyHealth => "key_health",
+            Projection::DataKeyInventory => "data_key_inventory",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    /// Folds one event into the organization's document. `event` is `stored` decoded with
+    /// its protected fields still sealed: projections never see secrets.
+    pub fn apply(
+        self,
+        doc: Option<&Value>,
+        stored: &StoredEvent,
+        event: &Event,
+    ) -> Result<Applied, ProjectionError> {
+        let org = stored.stream_id.org_id();
+        let bad = |source| ProjectionError::BadDocument {
+            projection: self.name(),
+            org,
+            source,
+        };
+        let version = stored.stream_version.0;
+        let mut audit = Vec::new();
+        let doc = match self {
+            Projection::OrganizationEncryption => {
+                let current: Option<OrganizationView> = doc
+                    .map(|d| serde_json::from_value(d.clone()).map_err(bad))
+                    .transpose()?;
+                let next = match (current, event) {
+                    (_, Event::OrganizationRegistered(e)) => Some(OrganizationView::registered(e, version)),
+                    (Some(mut v), e) => {
+                        v.apply(version, e);
+                        Some(v)
+                    }
+                    (None, _) => None,
+                };
+                next.map(to_value)
+            }
+            Projection::KeyHealth => {
+                let current: Option<KeyHealthRow> = doc
+                    .map(|d| serde_json::from_value(d.clone()).map_err(bad))
+                    .transpose()?;
+                KeyHealthRow::apply(current, org, event).map(to_value)
+            }
+            Projection::DataKeyInventory => {
+                let mut inv: DataKeyInventory = match doc {
+                    Some(d) => serde_json::from_value(d.clone()).map_err(bad)?,
+                    None => DataKeyInventory::default(),
+                };
+                inv.apply(stored.occurred_at, event);
+                (!inv.data_keys.is_empty()).then(|| to_value(inv))
+            }
+            Projection::TenantAudit => {
+                let mut tenants: AuditTenants = match doc {
+                    Some(d) => serde_json::from_value(d.clone()).map_err(bad)?,
+                    None => AuditTenants::default(),
+                };
+                audit = tenants.apply(stored, event);
+                Some(to_value(tenants))
+            }
+        };
+        Ok(Applied { doc, audit })
+    }
+}
+
+fn to_value<T: serde::Serialize>(row: T) -> Value {
+    // Rows are plain data (strings, numbers, enums): serializing them cannot fail.
+    serde_json::to_value(row).unwrap_or(Value::Null)
+}
+
+/// Every projection, folded in memory.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Projections {
+    pub docs: BTreeMap<(Projection, OrgId), Value>,
+    pub audit: Vec<AuditEntry>,
+    pub position: u64,
+}
+
+impl Projections {
+    /// Folds one stored event into every projection.
+    pub fn apply(&mut self, stored: &StoredEvent) -> Result<(), ProjectionError> {
+        let event = stored.decode().map_err(|source| ProjectionError::Decode {
+            position: stored.global_position.0,
+            source,
+        })?;
+        let org = stored.stream_id.org_id();
+        for p in Projection::ALL {
+            let applied = p.apply(self.docs.get(&(p, org)), stored, &event)?;
+            match applied.doc {
+                Some(d) => {
+                    self.docs.insert((p, org), d);
+                }
+                None => {
+                    self.docs.remove(&(p, org));
+                }
+            }
+            self.audit.extend(applied.audit);
+        }
+        self.position = stored.global_position.0;
+        Ok(())
+    }
+
+    pub fn view(&self, org: OrgId) -> Option<OrganizationView> {
+        self.docs
+            .get(&(Projection::OrganizationEncryption, org))
+            .and_then(|d| serde_json::from_value(d.clone()).ok())
+    }
+}
