@@ -1,0 +1,495 @@
+//! Configuration: a TOML file plus `KEYLEDGER_*` environment variables (CONTRACT.md
+//! "Configuration"). `KEYLEDGER_STORE__URL` sets `store.url`; a double underscore separates
+//! levels. Errors name the bad key and where its value came from.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use keyledger_domain::Role;
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration, with defaults for everything but the tokens.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub keys: KeysConfig,
+    #[serde(default)]
+    pub health: HealthConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 65536,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` or `postgres://…`.
+    pub url: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://keyledger-data/keyledger.db".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VaultKind {
+    /// The customer's Azure Key Vault through the official SDK.
+    Azure,
+    /// The in-process simulated vault (dev mode and tests).
+    Simulated,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    pub internal_key_file: PathBuf,
+    pub vault: VaultKind,
+    #[serde(default)]
+    pub azure: AzureConfig,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        Self {
+            internal_key_file: PathBuf::from("keyledger-data/internal-keys.json"),
+            vault: VaultKind::Azure,
+            azure: AzureConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AzureConfig {
+    pub authority_host: String,
+    pub allowed_vault_hosts: Vec<String>,
+    #[serde(default)]
+    pub ca_cert: Option<PathBuf>,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for AzureConfig {
+    fn default() -> Self {
+        Self {
+            authority_host: "https://login.microsoftonline.com".into(),
+            allowed_vault_hosts: keyledger_domain::HostAllowList::azure_public_clouds()
+                .entries()
+                .to_vec(),
+            ca_cert: None,
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    #[serde(with = "humantime_serde")]
+    pub probe_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub transient_grace: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            probe_interval: Duration::from_secs(5 * 60),
+            transient_grace: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+}
+
+/// One bearer token and what it may do.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub token: String,
+    pub subject: String,
+    pub roles: Vec<Role>,
+    #[serde(default = "everything")]
+    pub organizations: Vec<String>,
+    #[serde(default = "everything")]
+    pub tenants: Vec<String>,
+}
+
+fn everything() -> Vec<String> {
+    vec!["*".into()]
+}
+
+impl std::fmt::Debug for TokenConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenConfig")
+            .field("token", &"<hidden>")
+            .field("subject", &self.subject)
+            .field("roles", &self.roles)
+            .field("organizations", &self.organizations)
+            .field("tenants", &self.tenants)
+            .finish()
+    }
+}
+
+/// A configuration that cannot be used. The message names the key.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A value has the wrong type or format, or a key is unknown.
+    #[error("{0}")]
+    Invalid(String),
+    /// The values parse but do not make sense together.
+    #[error("{key}: {message}")]
+    Rule { key: String, message: String },
+}
+
+impl From<figment::Error> for ConfigError {
+    fn from(errors: figment::Error) -> Self {
+        let lines: Vec<String> = errors
+            .into_iter()
+            .map(|e| {
+                let key = e.path.join(".").to_lowercase();
+                let from = match e.metadata.as_ref() {
+                    Some(m) if m.name.contains("environment") => {
+                        format!(" (from KEYLEDGER_{})", key.to_uppercase().replace('.', "__"))
+                    }
+                    Some(m) => m
+                        .source
+                        .as_ref()
+                        .map(|s| format!(" (from {s})"))
+                        .unwrap_or_default(),
+                    None => String::new(),
+                };
+                if key.is_empty() {
+                    format!("{}{from}", e.kind)
+                } else {
+                    format!("{key}: {}{from}", e.kind)
+                }
+            })
+            .collect();
+        ConfigError::Invalid(lines.join("\n"))
+    }
+}
+
+/// Where a configuration came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// No file and no `KEYLEDGER_*` variable: dev mode (DESIGN.md §8).
+    DevMode,
+    /// A file and/or environment variables.
+    Explicit,
+}
+
+/// The `KEYLEDGER_*` variables that configure the service (not the CLI's own flags).
+fn config_vars() -> Env {
+    Env::prefixed("KEYLEDGER_").split("__")
+}
+
+/// Loads the configuration: defaults, then `file`, then `KEYLEDGER_*` variables.
+pub fn load(file: Option<&Path>) -> Result<(Config, Origin), ConfigError> {
+    let has_env = std::env::vars().any(|(k, _)| k.starts_with("KEYLEDGER_") && k.contains("__"));
+    let mut figment = Figment::from(Serialized::defaults(Config::default()));
+    if let Some(path) = file {
+        if !path.exists() {
+            return Err(ConfigError::Rule {
+                key: "--config".into(),
+                message: format!("{} does not exist", path.display()),
+            });
+        }
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    let config: Config = figment.merge(config_vars()).extract()?;
+    check(&config)?;
+    let origin = if file.is_none() && !has_env {
+        Origin::DevMode
+    } else {
+        Origin::Explicit
+    };
+    Ok((config, origin))
+}
+
+fn rule(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Rule {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// The checks serde cannot express.
+fn check(c: &Config) -> Result<(), ConfigError> {
+    if c.server.max_body_bytes < 1024 {
+        return Err(rule("server.max_body_bytes", "must be at least 1024"));
+    }
+    let url = &c.store.url;
+    if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(rule("store.url", "must start with sqlite: or postgres://"));
+    }
+    if !c.keys.azure.authority_host.starts_with("https://") {
+        return Err(rule("keys.azure.authority_host", "must be an https URL"));
+    }
+    if c.keys
+        .azure
+        .allowed_vault_hosts
+        .iter()
+        .any(|h| h.trim().is_empty() || h.contains('/'))
+    {
+        return Err(rule(
+            "keys.azure.allowed_vault_hosts",
+            "entries are host names or .suffixes, not URLs",
+        ));
+    }
+    if c.keys.azure.request_timeout.is_zero() {
+        return Err(rule("keys.azure.request_timeout", "must be more than zero"));
+    }
+    if c.health.probe_interval < Duration::from_secs(1) {
+        return Err(rule("health.probe_interval", "must be at least 1s"));
+    }
+    for (i, t) in c.auth.tokens.iter().enumerate() {
+        let key = |f: &str| format!("auth.tokens[{i}].{f}");
+        if t.token.len() < 16 {
+            return Err(rule(&key("token"), "must be at least 16 characters"));
+        }
+        if t.subject.trim().is_empty() {
+            return Err(rule(&key("subject"), "must not be empty"));
+        }
+        if t.roles.is_empty() {
+            return Err(rule(&key("roles"), "must name at least one role"));
+        }
+        if t.roles.contains(&Role::System) {
+            return Err(rule(
+                &key("roles"),
+                "the system role is the engine's own and cannot be granted",
+            ));
+        }
+        for o in &t.organizations {
+            if o != "*" && o.parse::<keyledger_domain::OrgId>().is_err() {
+                return Err(rule(
+                    &key("organizations"),
+                    format!("{o:?} is neither \"*\" nor a UUID"),
+                ));
+            }
+        }
+        for x in &t.tenants {
+            if x != "*" && x.parse::<keyledger_domain::TenantId>().is_err() {
+                return Err(rule(
+                    &key("tenants"),
+                    format!("{x:?} is neither \"*\" nor a UUID"),
+                ));
+            }
+        }
+    }
+    let mut tokens: Vec<&str> = c.auth.tokens.iter().map(|t| t.token.as_str()).collect();
+    tokens.sort_unstable();
+    if tokens.windows(2).any(|w| w[0] == w[1]) {
+        return Err(rule("auth.tokens", "two entries have the same token"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+// figment's Jail closures return its (large) error type; that is its API, not ours.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    fn load_in(jail: &Jail, toml: &str) -> Result<(Config, Origin), ConfigError> {
+        let path = jail.directory().join("keyledger.toml");
+        std::fs::write(&path, toml).unwrap();
+        load(Some(&path))
+    }
+
+    #[test]
+    fn no_file_and_no_variables_is_dev_mode_with_defaults() {
+        Jail::expect_with(|_| {
+            let (c, origin) = load(None).unwrap();
+            assert_eq!(origin, Origin::DevMode);
+            assert_eq!(c, Config::default());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_contract_example_parses() {
+        Jail::expect_with(|jail| {
+            let (c, origin) = load_in(
+                jail,
+                r#"
+[server]
+listen = "127.0.0.1:0"
+max_body_bytes = 65536
+[store]
+url = "postgres://root@127.0.0.1/keyledger"
+[keys]
+internal_key_file = "keyledger-data/internal-keys.json"
+vault = "azure"
+[keys.azure]
+authority_host = "https://login.microsoftonline.com"
+allowed_vault_hosts = [".vault.azure.net"]
+request_timeout = "10s"
+[health]
+probe_interval = "5m"
+transient_grace = "15m"
+[[auth.tokens]]
+token = "a-long-random-string"
+subject = "alice@example.com"
+roles = ["org_admin"]
+organizations = ["*"]
+tenants = ["*"]
+"#,
+            )
+            .unwrap();
+            assert_eq!(origin, Origin::Explicit);
+            assert_eq!(c.health.probe_interval, Duration::from_secs(300));
+            assert_eq!(c.auth.tokens[0].roles, vec![Role::OrgAdmin]);
+            assert_eq!(c.server.listen.port(), 0);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn environment_variables_override_the_file_and_leave_dev_mode() {
+        Jail::expect_with(|jail| {
+            jail.set_env("KEYLEDGER_STORE__URL", "postgres://root@127.0.0.1/other");
+            jail.set_env("KEYLEDGER_SERVER__LISTEN", "127.0.0.1:9999");
+            let (c, origin) = load(None).unwrap();
+            assert_eq!(origin, Origin::Explicit);
+            assert_eq!(c.store.url, "postgres://root@127.0.0.1/other");
+            assert_eq!(c.server.listen.port(), 9999);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_key() {
+        Jail::expect_with(|jail| {
+            let err = load_in(jail, "[server]\nmax_body_bytes = \"lots\"\n")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("server.max_body_bytes"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_bad_variable_names_the_key_and_the_variable() {
+        Jail::expect_with(|jail| {
+            jail.set_env("KEYLEDGER_HEALTH__PROBE_INTERVAL", "often");
+            let err = load(None).unwrap_err().to_string();
+            assert!(err.contains("health.probe_interval"), "{err}");
+            assert!(err.contains("KEYLEDGER_HEALTH__PROBE_INTERVAL"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_by_name() {
+        Jail::expect_with(|jail| {
+            let err = load_in(jail, "[server]\nlisten_on = \"127.0.0.1:1\"\n")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("listen_on"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_unknown_role_is_refused() {
+        Jail::expect_with(|jail| {
+            let err = load_in(
+                jail,
+                "[[auth.tokens]]\ntoken = \"0123456789abcdef0\"\nsubject = \"x\"\nroles = [\"root\"]\n",
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("auth.tokens"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn rules_name_the_key() {
+        Jail::expect_with(|jail| {
+            let cases = [
+                ("[store]\nurl = \"mysql://x\"\n", "store.url"),
+                (
+                    "[keys.azure]\nauthority_host = \"http://login\"\nallowed_vault_hosts = []\nrequest_timeout = \"1s\"\n",
+                    "keys.azure.authority_host",
+                ),
+                (
+                    "[[auth.tokens]]\ntoken = \"short\"\nsubject = \"x\"\nroles = [\"auditor\"]\n",
+                    "auth.tokens[0].token",
+                ),
+                (
+                    "[[auth.tokens]]\ntoken = \"0123456789abcdef0\"\nsubject = \"x\"\nroles = [\"system\"]\n",
+                    "auth.tokens[0].roles",
+                ),
+                (
+                    "[[auth.tokens]]\ntoken = \"0123456789abcdef0\"\nsubject = \"x\"\nroles = [\"auditor\"]\ntenants = [\"t1\"]\n",
+                    "auth.tokens[0].tenants",
+                ),
+            ];
+            for (toml, key) in cases {
+                let err = load_in(jail, toml).unwrap_err().to_string();
+                assert!(err.starts_with(key), "{toml}: {err}");
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn errors_and_debug_never_show_a_token() {
+        Jail::expect_with(|jail| {
+            let (c, _) = load_in(
+                jail,
+                "[[auth.tokens]]\ntoken = \"super-secret-token-value\"\nsubject = \"x\"\nroles = [\"auditor\"]\n",
+            )
+            .unwrap();
+            assert!(!format!("{c:?}").contains("super-secret-token-value"));
+            let err = load_in(
+                jail,
+                "[[auth.tokens]]\ntoken = \"super-secret-token-value\"\nsubject = \"\"\nroles = [\"auditor\"]\n",
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(!err.contains("super-secret-token-value"), "{err}");
+            Ok(())
+        });
+    }
+}
