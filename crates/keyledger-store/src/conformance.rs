@@ -196,16 +196,29 @@ async fn append_one<S: EventStore + ?Sized>(
         .await
 }
 
-async fn read_everything<S: EventStore + ?Sized>(store: &S) -> Vec<StoredEvent> {
-    let mut out = Vec::new();
-    let mut after = GlobalPosition::START;
+/// Reads the whole log once `expected` events are readable. A backend may hold back events
+/// behind a fence while unrelated transactions are open (PostgreSQL), so this polls.
+async fn read_expecting<S: EventStore + ?Sized>(store: &S, expected: usize) -> Vec<StoredEvent> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let page = store.read_all(after, 500).await.expect("read_all");
-        let Some(last) = page.last() else { break };
-        after = last.global_position;
-        out.extend(page);
+        let mut out = Vec::new();
+        let mut after = GlobalPosition::START;
+        loop {
+            let page = store.read_all(after, 500).await.expect("read_all");
+            let Some(last) = page.last() else { break };
+            after = last.global_position;
+            out.extend(page);
+        }
+        if out.len() >= expected || tokio::time::Instant::now() > deadline {
+            assert_eq!(
+                out.len(),
+                expected,
+                "read_all returns exactly the appended events"
+            );
+            return out;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    out
 }
 
 fn tenant_name(event: &Event) -> &str {
@@ -272,7 +285,7 @@ pub async fn append_then_read_round_trips<F: Fixture>() {
         .expect("read_stream from 2");
     assert_eq!(from_two.len(), 2);
     assert_eq!(from_two[0].stream_version, StreamVersion(2));
-    assert_eq!(read_everything(&store).await, events);
+    assert_eq!(read_expecting(&store, 3).await, events);
     let report = store.verify(VerifyScope::All).await.expect("verify");
     assert!(report.is_intact());
     assert_eq!(report.events_checked, 3);
@@ -388,7 +401,7 @@ pub async fn repeated_command_id_returns_first_result<F: Fixture>() {
     let events = store.read_stream(stream, StreamVersion::NONE).await.unwrap();
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].command_id.as_ref(), Some(&cmd));
-    assert_eq!(read_everything(&store).await.len(), 1);
+    read_expecting(&store, 1).await;
     // Another command id appends normally.
     let other = store
         .append(
@@ -446,15 +459,20 @@ pub async fn read_all_sees_every_event_once_under_concurrent_writers<F: Fixture>
         tokio::spawn(async move {
             let mut seen: Vec<StoredEvent> = Vec::new();
             let mut after = GlobalPosition::START;
-            loop {
-                let finished = done.load(std::sync::atomic::Ordering::SeqCst) == WRITERS;
+            let total = WRITERS * PER_WRITER as usize;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            // Until every event was seen (or far past the deadline, then the asserts report it),
+            // and a while after, so a duplicate would show.
+            let mut extra_polls = 0;
+            while extra_polls < 20 && tokio::time::Instant::now() < deadline {
                 let page = store.read_all(after, 7).await.expect("read_all");
                 if let Some(last) = page.last() {
                     after = last.global_position;
                     seen.extend(page);
-                } else if finished {
-                    break;
                 } else {
+                    if seen.len() >= total && done.load(std::sync::atomic::Ordering::SeqCst) == WRITERS {
+                        extra_polls += 1;
+                    }
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
             }
@@ -480,8 +498,7 @@ pub async fn read_all_sees_every_event_once_under_concurrent_writers<F: Fixture>
         w.await.expect("writer");
     }
     let seen = reader.await.expect("reader");
-    let all = read_everything(&store).await;
-    assert_eq!(all.len(), WRITERS * PER_WRITER as usize);
+    let all = read_expecting(&store, WRITERS * PER_WRITER as usize).await;
     let ids: Vec<_> = seen.iter().map(|e| e.event_id).collect();
     let unique: HashSet<_> = ids.iter().collect();
     assert_eq!(unique.len(), ids.len(), "the poller saw an event twice");
@@ -549,7 +566,7 @@ pub async fn subscribe_catches_up_then_goes_live_across_restart<F: Fixture>() {
     assert_eq!(names, (0..13).map(|v| format!("e{v}")).collect::<Vec<_>>());
     assert_eq!(
         got.iter().map(|e| e.event_id).collect::<Vec<_>>(),
-        read_everything(&store)
+        read_expecting(&store, 13)
             .await
             .iter()
             .map(|e| e.event_id)
@@ -814,7 +831,7 @@ pub async fn unknown_type_or_future_version_is_a_typed_error<F: Fixture>() {
         .read_stream(stream, StreamVersion::NONE)
         .await
         .expect("reads do not fail");
-    assert_eq!(read_everything(&store).await.len(), 2);
+    read_expecting(&store, 2).await;
     match store.open(&events[0]) {
         Err(StoreError::Decode {
             stream: s,

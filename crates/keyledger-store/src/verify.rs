@@ -91,7 +91,8 @@ impl ChainChecker {
     }
 }
 
-const PAGE: usize = 5000;
+/// Events per page when verifying.
+pub const PAGE: usize = 5000;
 
 /// Verification through the read API; works for every backend.
 pub async fn verify_by_reading<S: EventStore + ?Sized>(
@@ -107,17 +108,27 @@ pub async fn verify_by_reading<S: EventStore + ?Sized>(
                 }
             }
         }
-        VerifyScope::All => {
-            let mut after = GlobalPosition::START;
-            loop {
-                let page = store.read_all(after, PAGE).await?;
-                let Some(last) = page.last() else { break };
-                after = last.global_position;
-                for e in &page {
-                    if let Some(b) = checker.check(e) {
-                        return Ok(report(&checker, Some(b)));
-                    }
-                }
+        VerifyScope::All => return verify_pages(|after| store.read_all(after, PAGE)).await,
+    }
+    Ok(report(&checker, None))
+}
+
+/// Verifies the whole log read page by page in global order through `next_page(after)`
+/// (for backends whose verification reads differently from `read_all`).
+pub async fn verify_pages<F, Fut>(mut next_page: F) -> Result<VerifyReport, StoreError>
+where
+    F: FnMut(GlobalPosition) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<StoredEvent>, StoreError>>,
+{
+    let mut checker = ChainChecker::default();
+    let mut after = GlobalPosition::START;
+    loop {
+        let page = next_page(after).await?;
+        let Some(last) = page.last() else { break };
+        after = last.global_position;
+        for e in &page {
+            if let Some(b) = checker.check(e) {
+                return Ok(report(&checker, Some(b)));
             }
         }
     }
