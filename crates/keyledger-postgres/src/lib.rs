@@ -1,0 +1,405 @@
+//! The PostgreSQL event store, for scale: many keyledger instances on one database
+//! (DESIGN.md §5).
+//!
+//! Global order uses a transaction-id fence (ADR 0001): an event's position is
+//! `xid * 65536 + index`, and readers only read below `pg_snapshot_xmin(pg_current_snapshot())`,
+//! so a catch-up reader never skips an event that commits later.
+//!
+//! An append costs two round trips: one query reads the stream head (last version and hash)
+//! and the command id's earlier result; one statement inserts the events and the command id.
+//! The `(stream_id, stream_version)` unique constraint settles races; a violation is classified
+//! by its error kind and re-read as a typed conflict or an idempotent repeat.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use keyledger_domain::{CommandId, GlobalPosition, StoredEvent, StreamId, StreamVersion};
+use keyledger_store::row::{EnvelopeColumns, to_i64};
+use keyledger_store::subscribe::{CommitSignal, PollConfig, poll_subscription};
+use keyledger_store::{
+    AppendResult, EventStore, EventStream, KeyRing, NewEvent, StoreError, StreamHead, VerifyReport,
+    VerifyScope,
+};
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::{Executor, Postgres, Row as _};
+
+#[cfg(feature = "test-hooks")]
+pub mod testing;
+
+/// The embedded migrations (`migrations/postgres/`).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
+
+/// How to connect.
+#[derive(Debug, Clone)]
+pub struct PostgresOptions {
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+    /// Live subscription polling (commits of other instances, and events held behind the
+    /// fence by an open transaction).
+    pub poll: PollConfig,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(30),
+            poll: PollConfig::default(),
+        }
+    }
+}
+
+/// An event store in a PostgreSQL database.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+    ring: Arc<KeyRing>,
+    signal: CommitSignal,
+    poll: PollConfig,
+}
+
+fn backend(e: sqlx::Error) -> StoreError {
+    StoreError::backend(e)
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.kind() == sqlx::error::ErrorKind::UniqueViolation)
+}
+
+const HEAD_SQL: &str = "SELECT e.stream_version, e.hash, \
+       c.stream_id AS c_stream, c.first_version, c.last_version, c.first_position, c.last_position \
+     FROM (SELECT 1) AS one \
+     LEFT JOIN LATERAL (SELECT stream_version, hash FROM events WHERE stream_id = $1 \
+                        ORDER BY stream_version DESC LIMIT 1) AS e ON true \
+     LEFT JOIN commands AS c ON c.command_id = $2";
+
+const INSERT_SQL: &str = "WITH ins AS ( \
+       INSERT INTO events (position, event_id, stream_id, stream_version, event_type, schema_version, \
+         occurred_at, actor, command_id, correlation_id, causation_id, payload, prev_hash, hash) \
+       SELECT (pg_current_xact_id()::text::bigint << 16) + t.ord, t.event_id, $14, t.stream_version, \
+         t.event_type, t.schema_version, t.occurred_at, t.actor, t.command_id, t.correlation_id, \
+         t.causation_id, t.payload, t.prev_hash, t.hash \
+       FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::int[], $5::text[], $6::text[], $7::text[], \
+                   $8::text[], $9::text[], $10::text[], $11::text[], $12::text[]) WITH ORDINALITY \
+         AS t(event_id, stream_version, event_type, schema_version, occurred_at, actor, command_id, \
+              correlation_id, causation_id, payload, prev_hash, hash, ord) \
+       RETURNING position), \
+     cmd AS ( \
+       INSERT INTO commands (command_id, stream_id, first_version, last_version, first_position, last_position) \
+       SELECT $13, $14, $15, $16, min(position), max(position) FROM ins HAVING $13::text IS NOT NULL \
+       RETURNING 1) \
+     SELECT min(position) AS first_position, max(position) AS last_position, \
+            (SELECT count(*) FROM cmd) AS commands FROM ins";
+
+const SELECT_EVENTS: &str = "SELECT position, event_id, stream_id, stream_version, event_type, schema_version, \
+     occurred_at, actor, command_id, correlation_id, causation_id, payload, prev_hash, hash FROM events";
+
+/// What the head query found.
+struct Head {
+    head: StreamHead,
+    previous: Option<AppendResult>,
+}
+
+impl PostgresStore {
+    /// Connects to `url` and runs the migrations.
+    pub async fn connect(url: &str, ring: Arc<KeyRing>) -> Result<Self, StoreError> {
+        Self::connect_with(url, ring, PostgresOptions::default()).await
+    }
+
+    pub async fn connect_with(
+        url: &str,
+        ring: Arc<KeyRing>,
+        options: PostgresOptions,
+    ) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            .connect(url)
+            .await
+            .map_err(backend)?;
+        Self::from_pool(pool, ring, options.poll).await
+    }
+
+    /// Uses an existing pool; runs the migrations.
+    pub async fn from_pool(pool: PgPool, ring: Arc<KeyRing>, poll: PollConfig) -> Result<Self, StoreError> {
+        MIGRATOR.run(&pool).await.map_err(StoreError::backend)?;
+        Ok(Self {
+            pool,
+            ring,
+            signal: CommitSignal::default(),
+            poll,
+        })
+    }
+
+    /// The same database seen through another key ring.
+    pub fn with_key_ring(&self, ring: Arc<KeyRing>) -> Self {
+        Self { ring, ..self.clone() }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn head<'e>(
+        &self,
+        exec: impl Executor<'e, Database = Postgres>,
+        stream: &str,
+        command_id: Option<&CommandId>,
+    ) -> Result<Head, StoreError> {
+        let r = sqlx::query(HEAD_SQL)
+            .bind(stream)
+            .bind(command_id.map(CommandId::as_str))
+            .fetch_one(exec)
+            .await
+            .map_err(backend)?;
+        let version: Option<i64> = r.try_get("stream_version").map_err(backend)?;
+        let head = match version {
+            Some(v) => StreamHead {
+                version: StreamVersion(non_negative(v)),
+                hash: r.try_get("hash").map_err(backend)?,
+            },
+            None => StreamHead::empty(),
+        };
+        let c_stream: Option<String> = r.try_get("c_stream").map_err(backend)?;
+        let previous = match c_stream {
+            None => None,
+            Some(s) => {
+                let get = |c: &str| -> Result<u64, StoreError> {
+                    Ok(non_negative(r.try_get::<i64, _>(c).map_err(backend)?))
+                };
+                Some(AppendResult {
+                    stream: s
+                        .parse()
+                        .map_err(|e| StoreError::backend(format!("commands.stream_id: {e}")))?,
+                    first_version: StreamVersion(get("first_version")?),
+                    last_version: StreamVersion(get("last_version")?),
+                    first_position: GlobalPosition(get("first_position")?),
+                    last_position: GlobalPosition(get("last_position")?),
+                })
+            }
+        };
+        Ok(Head { head, previous })
+    }
+
+    async fn insert<'e>(
+        exec: impl Executor<'e, Database = Postgres>,
+        stream: StreamId,
+        prepared: &[StoredEvent],
+        command_id: Option<&CommandId>,
+    ) -> Result<AppendResult, sqlx::Error> {
+        let cols: Vec<EnvelopeColumns> = prepared
+            .iter()
+            .map(EnvelopeColumns::from_event)
+            .collect::<Result<_, _>>()
+            .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        let texts = |f: fn(&EnvelopeColumns) -> String| cols.iter().map(f).collect::<Vec<String>>();
+        let opts =
+            |f: fn(&EnvelopeColumns) -> Option<String>| cols.iter().map(f).collect::<Vec<Option<String>>>();
+        // Invariant: prepare_append refuses an empty batch, so both ends exist.
+        let (first, last) = (&prepared[0], &prepared[prepared.len() - 1]);
+        let r = sqlx::query(INSERT_SQL)
+            .bind(texts(|c| c.event_id.clone()))
+            .bind(cols.iter().map(|c| c.stream_version).collect::<Vec<i64>>())
+            .bind(texts(|c| c.event_type.clone()))
+            .bind(
+                cols.iter()
+                    .map(|c| i32::try_from(c.schema_version).unwrap_or(i32::MAX))
+                    .collect::<Vec<i32>>(),
+            )
+            .bind(texts(|c| c.occurred_at.clone()))
+            .bind(texts(|c| c.actor.clone()))
+            .bind(opts(|c| c.command_id.clone()))
+            .bind(opts(|c| c.correlation_id.clone()))
+            .bind(opts(|c| c.causation_id.clone()))
+            .bind(texts(|c| c.payload.clone()))
+            .bind(texts(|c| c.prev_hash.clone()))
+            .bind(texts(|c| c.hash.clone()))
+            .bind(command_id.map(CommandId::as_str))
+            .bind(stream.to_string())
+            .bind(first.stream_version.0 as i64)
+            .bind(last.stream_version.0 as i64)
+            .fetch_one(exec)
+            .await?;
+        let first_position: i64 = r.try_get("first_position")?;
+        let last_position: i64 = r.try_get("last_position")?;
+        Ok(AppendResult {
+            stream,
+            first_version: first.stream_version,
+            last_version: last.stream_version,
+            first_position: GlobalPosition(non_negative(first_position)),
+            last_position: GlobalPosition(non_negative(last_position)),
+        })
+    }
+
+    /// After a unique violation: the command id won by a concurrent repeat, or a conflict.
+    async fn settle_race(
+        &self,
+        stream: StreamId,
+        expected: StreamVersion,
+        command_id: Option<&CommandId>,
+    ) -> Result<AppendResult, StoreError> {
+        let again = self.head(&self.pool, &stream.to_string(), command_id).await?;
+        if let Some(previous) = again.previous {
+            return Ok(previous);
+        }
+        Err(StoreError::Conflict {
+            stream,
+            expected,
+            actual: again.head.version,
+        })
+    }
+
+    /// Test hook: appends inside a transaction that stays open (holding its xid, below the
+    /// fence of every reader) until `release` fires, then commits. `inserted` fires once the
+    /// rows are written.
+    #[cfg(feature = "test-hooks")]
+    pub async fn append_holding(
+        &self,
+        stream: StreamId,
+        expected: StreamVersion,
+        events: Vec<NewEvent>,
+        inserted: tokio::sync::oneshot::Sender<()>,
+        release: tokio::sync::oneshot::Receiver<()>,
+    ) -> Result<AppendResult, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let found = self.head(&mut *tx, &stream.to_string(), None).await?;
+        let prepared =
+            keyledger_store::prepare_append(&self.ring, stream, expected, &found.head, events, None)?;
+        let result = Self::insert(&mut *tx, stream, &prepared, None)
+            .await
+            .map_err(backend)?;
+        let _ = inserted.send(());
+        let _ = release.await;
+        tx.commit().await.map_err(backend)?;
+        self.signal.notify();
+        Ok(result)
+    }
+}
+
+impl PostgresStore {
+    /// Every committed event after `after`, ignoring the fence (not safe for checkpointing
+    /// readers: a later commit can land before the last position returned).
+    async fn read_committed(
+        &self,
+        after: GlobalPosition,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "{SELECT_EVENTS} WHERE position > $1 ORDER BY position LIMIT $2"
+        ))
+        .bind(to_i64(after.0)?)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(event_row).collect()
+    }
+}
+
+fn non_negative(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or_default()
+}
+
+fn event_row(r: &PgRow) -> Result<StoredEvent, StoreError> {
+    let position: i64 = r.try_get(0).map_err(backend)?;
+    EnvelopeColumns {
+        event_id: r.try_get(1).map_err(backend)?,
+        stream_id: r.try_get(2).map_err(backend)?,
+        stream_version: r.try_get(3).map_err(backend)?,
+        event_type: r.try_get(4).map_err(backend)?,
+        schema_version: i64::from(r.try_get::<i32, _>(5).map_err(backend)?),
+        occurred_at: r.try_get(6).map_err(backend)?,
+        actor: r.try_get(7).map_err(backend)?,
+        command_id: r.try_get(8).map_err(backend)?,
+        correlation_id: r.try_get(9).map_err(backend)?,
+        causation_id: r.try_get(10).map_err(backend)?,
+        payload: r.try_get(11).map_err(backend)?,
+        prev_hash: r.try_get(12).map_err(backend)?,
+        hash: r.try_get(13).map_err(backend)?,
+    }
+    .into_event(position)
+}
+
+#[async_trait]
+impl EventStore for PostgresStore {
+    async fn append(
+        &self,
+        stream: StreamId,
+        expected: StreamVersion,
+        events: Vec<NewEvent>,
+        command_id: Option<CommandId>,
+    ) -> Result<AppendResult, StoreError> {
+        let command_id = command_id.as_ref();
+        let found = self.head(&self.pool, &stream.to_string(), command_id).await?;
+        if let Some(previous) = found.previous {
+            return Ok(previous);
+        }
+        // The head read and the insert need no common transaction: versions are dense and
+        // unique, so if version head+1 is still free at insert time, the head read is current.
+        let prepared =
+            keyledger_store::prepare_append(&self.ring, stream, expected, &found.head, events, command_id)?;
+        match Self::insert(&self.pool, stream, &prepared, command_id).await {
+            Ok(result) => {
+                self.signal.notify();
+                Ok(result)
+            }
+            Err(e) if is_unique_violation(&e) => self.settle_race(stream, expected, command_id).await,
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn read_stream(
+        &self,
+        stream: StreamId,
+        from: StreamVersion,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "{SELECT_EVENTS} WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version"
+        ))
+        .bind(stream.to_string())
+        .bind(to_i64(from.0)?)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(event_row).collect()
+    }
+
+    async fn read_all(&self, after: GlobalPosition, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        // The fence: every transaction that can still commit has an xid >= xmin, so its events
+        // sit at positions >= xmin << 16 and are never read before it commits.
+        let rows = sqlx::query(&format!(
+            "{SELECT_EVENTS} WHERE position > $1 \
+               AND position < (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 16) \
+             ORDER BY position LIMIT $2"
+        ))
+        .bind(to_i64(after.0)?)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(event_row).collect()
+    }
+
+    async fn verify(&self, scope: VerifyScope) -> Result<VerifyReport, StoreError> {
+        match scope {
+            VerifyScope::Stream(_) => keyledger_store::verify::verify_by_reading(self, scope).await,
+            // Verification is not a catch-up reader: it checks everything committed, including
+            // events still held behind the fence.
+            VerifyScope::All => {
+                keyledger_store::verify::verify_pages(|after| {
+                    self.read_committed(after, keyledger_store::verify::PAGE)
+                })
+                .await
+            }
+        }
+    }
+
+    fn subscribe(&self, after: GlobalPosition) -> EventStream {
+        poll_subscription(self.clone(), after, &self.signal, self.poll)
+    }
+
+    fn key_ring(&self) -> &KeyRing {
+        &self.ring
+    }
+}

@@ -1,0 +1,334 @@
+//! The SQLite event store: one file in WAL mode, the embedded default backend (DESIGN.md §5).
+//!
+//! - One writer connection: appends are serialized, so the rowid global position is commit
+//!   order and catch-up readers never skip an event.
+//! - A pool of read connections: WAL lets them read while the writer commits.
+//! - An append reads only the stream's head (last version and hash) through the
+//!   `(stream_id, stream_version)` index; it never loads the stream.
+
+use std::path::Path;
+use std::str::FromStr as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use keyledger_domain::{CommandId, GlobalPosition, StoredEvent, StreamId, StreamVersion};
+use keyledger_store::row::{EnvelopeColumns, to_i64};
+use keyledger_store::subscribe::{CommitSignal, PollConfig, poll_subscription};
+use keyledger_store::{AppendResult, EventStore, EventStream, KeyRing, NewEvent, StoreError, StreamHead};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row as _, Sqlite, Transaction};
+
+/// The embedded migrations (`migrations/sqlite/`).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
+
+/// When a commit is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `synchronous=FULL`: a commit survives power loss once `append` returns.
+    #[default]
+    Full,
+    /// `synchronous=NORMAL`: WAL commits are not fsynced one by one; a power loss can drop the
+    /// last commits (never corrupts). Faster; for dev mode and throwaway data.
+    Normal,
+}
+
+/// How to open the store.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    pub durability: Durability,
+    /// Read connections (the writer has its own).
+    pub read_connections: u32,
+    /// How long a writer waits for a lock held by another process.
+    pub busy_timeout: Duration,
+    /// Live subscription polling (for commits of other processes).
+    pub poll: PollConfig,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            durability: Durability::default(),
+            read_connections: 4,
+            busy_timeout: Duration::from_secs(5),
+            poll: PollConfig::default(),
+        }
+    }
+}
+
+/// An event store in one SQLite file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    write: SqlitePool,
+    read: SqlitePool,
+    ring: Arc<KeyRing>,
+    signal: CommitSignal,
+    poll: PollConfig,
+}
+
+fn backend(e: sqlx::Error) -> StoreError {
+    StoreError::backend(e)
+}
+
+impl SqliteStore {
+    /// Opens (creating when absent) the database file at `path` and runs the migrations.
+    pub async fn open(path: &Path, ring: Arc<KeyRing>) -> Result<Self, StoreError> {
+        Self::open_with(path, ring, SqliteOptions::default()).await
+    }
+
+    /// Opens with explicit options.
+    pub async fn open_with(
+        path: &Path,
+        ring: Arc<KeyRing>,
+        options: SqliteOptions,
+    ) -> Result<Self, StoreError> {
+        let connect = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(backend)?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(match options.durability {
+                Durability::Full => SqliteSynchronous::Full,
+                Durability::Normal => SqliteSynchronous::Normal,
+            })
+            .busy_timeout(options.busy_timeout)
+            .foreign_keys(true);
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(60))
+            .connect_with(connect.clone())
+            .await
+            .map_err(backend)?;
+        MIGRATOR.run(&write).await.map_err(StoreError::backend)?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(options.read_connections.max(1))
+            .acquire_timeout(Duration::from_secs(60))
+            .connect_with(connect.read_only(true))
+            .await
+            .map_err(backend)?;
+        Ok(Self {
+            write,
+            read,
+            ring,
+            signal: CommitSignal::default(),
+            poll: options.poll,
+        })
+    }
+
+    /// The same database seen through another key ring.
+    pub fn with_key_ring(&self, ring: Arc<KeyRing>) -> Self {
+        Self { ring, ..self.clone() }
+    }
+
+    /// The writer pool (one connection), for backend-specific maintenance and tests.
+    pub fn write_pool(&self) -> &SqlitePool {
+        &self.write
+    }
+
+    /// Closes both pools (checkpointing the WAL).
+    pub async fn close(&self) {
+        self.read.close().await;
+        self.write.close().await;
+    }
+
+    async fn command_result(
+        tx: &mut Transaction<'static, Sqlite>,
+        command_id: &CommandId,
+    ) -> Result<Option<AppendResult>, StoreError> {
+        let row = sqlx::query(
+            "SELECT stream_id, first_version, last_version, first_position, last_position \
+             FROM commands WHERE command_id = ?",
+        )
+        .bind(command_id.as_str())
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(backend)?;
+        row.map(|r| command_row(&r)).transpose()
+    }
+
+    async fn append_in_tx(
+        &self,
+        tx: &mut Transaction<'static, Sqlite>,
+        stream: StreamId,
+        expected: StreamVersion,
+        events: Vec<NewEvent>,
+        command_id: Option<&CommandId>,
+    ) -> Result<AppendResult, StoreError> {
+        if let Some(c) = command_id {
+            if let Some(previous) = Self::command_result(tx, c).await? {
+                return Ok(previous);
+            }
+        }
+        let stream_text = stream.to_string();
+        let head = sqlx::query(
+            "SELECT stream_version, hash FROM events WHERE stream_id = ? \
+             ORDER BY stream_version DESC LIMIT 1",
+        )
+        .bind(&stream_text)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(backend)?
+        .map(|r| -> Result<StreamHead, StoreError> {
+            Ok(StreamHead {
+                version: StreamVersion(non_negative(r.try_get("stream_version").map_err(backend)?)),
+                hash: r.try_get("hash").map_err(backend)?,
+            })
+        })
+        .transpose()?
+        .unwrap_or_else(StreamHead::empty);
+        let prepared =
+            keyledger_store::prepare_append(&self.ring, stream, expected, &head, events, command_id)?;
+        let mut positions = Vec::with_capacity(prepared.len());
+        for e in &prepared {
+            let c = EnvelopeColumns::from_event(e)?;
+            let position: i64 = sqlx::query_scalar(
+                "INSERT INTO events (event_id, stream_id, stream_version, event_type, schema_version, \
+                 occurred_at, actor, command_id, correlation_id, causation_id, payload, prev_hash, hash) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING position",
+            )
+            .bind(c.event_id)
+            .bind(c.stream_id)
+            .bind(c.stream_version)
+            .bind(c.event_type)
+            .bind(c.schema_version)
+            .bind(c.occurred_at)
+            .bind(c.actor)
+            .bind(c.command_id)
+            .bind(c.correlation_id)
+            .bind(c.causation_id)
+            .bind(c.payload)
+            .bind(c.prev_hash)
+            .bind(c.hash)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(backend)?;
+            positions.push(GlobalPosition(non_negative(position)));
+        }
+        // Invariant: prepare_append refuses an empty batch, so both ends exist.
+        let (first, last) = (&prepared[0], &prepared[prepared.len() - 1]);
+        let result = AppendResult {
+            stream,
+            first_version: first.stream_version,
+            last_version: last.stream_version,
+            first_position: positions[0],
+            last_position: positions[positions.len() - 1],
+        };
+        if let Some(c) = command_id {
+            sqlx::query(
+                "INSERT INTO commands (command_id, stream_id, first_version, last_version, \
+                 first_position, last_position) VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(c.as_str())
+            .bind(&stream_text)
+            .bind(to_i64(result.first_version.0)?)
+            .bind(to_i64(result.last_version.0)?)
+            .bind(to_i64(result.first_position.0)?)
+            .bind(to_i64(result.last_position.0)?)
+            .execute(&mut **tx)
+            .await
+            .map_err(backend)?;
+        }
+        Ok(result)
+    }
+}
+
+fn non_negative(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or_default()
+}
+
+fn command_row(r: &SqliteRow) -> Result<AppendResult, StoreError> {
+    let stream: String = r.try_get("stream_id").map_err(backend)?;
+    let get = |c: &str| -> Result<u64, StoreError> { Ok(non_negative(r.try_get(c).map_err(backend)?)) };
+    Ok(AppendResult {
+        stream: stream
+            .parse()
+            .map_err(|e| StoreError::backend(format!("commands.stream_id: {e}")))?,
+        first_version: StreamVersion(get("first_version")?),
+        last_version: StreamVersion(get("last_version")?),
+        first_position: GlobalPosition(get("first_position")?),
+        last_position: GlobalPosition(get("last_position")?),
+    })
+}
+
+const SELECT_EVENTS: &str = "SELECT position, event_id, stream_id, stream_version, event_type, schema_version, \
+     occurred_at, actor, command_id, correlation_id, causation_id, payload, prev_hash, hash FROM events";
+
+fn event_row(r: &SqliteRow) -> Result<StoredEvent, StoreError> {
+    let position: i64 = r.try_get(0).map_err(backend)?;
+    EnvelopeColumns {
+        event_id: r.try_get(1).map_err(backend)?,
+        stream_id: r.try_get(2).map_err(backend)?,
+        stream_version: r.try_get(3).map_err(backend)?,
+        event_type: r.try_get(4).map_err(backend)?,
+        schema_version: r.try_get(5).map_err(backend)?,
+        occurred_at: r.try_get(6).map_err(backend)?,
+        actor: r.try_get(7).map_err(backend)?,
+        command_id: r.try_get(8).map_err(backend)?,
+        correlation_id: r.try_get(9).map_err(backend)?,
+        causation_id: r.try_get(10).map_err(backend)?,
+        payload: r.try_get(11).map_err(backend)?,
+        prev_hash: r.try_get(12).map_err(backend)?,
+        hash: r.try_get(13).map_err(backend)?,
+    }
+    .into_event(position)
+}
+
+#[async_trait]
+impl EventStore for SqliteStore {
+    async fn append(
+        &self,
+        stream: StreamId,
+        expected: StreamVersion,
+        events: Vec<NewEvent>,
+        command_id: Option<CommandId>,
+    ) -> Result<AppendResult, StoreError> {
+        // IMMEDIATE takes the write lock up front, so the head read and the inserts see one
+        // state even when another process writes the same file.
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(backend)?;
+        let result = self
+            .append_in_tx(&mut tx, stream, expected, events, command_id.as_ref())
+            .await?;
+        tx.commit().await.map_err(backend)?;
+        self.signal.notify();
+        Ok(result)
+    }
+
+    async fn read_stream(
+        &self,
+        stream: StreamId,
+        from: StreamVersion,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "{SELECT_EVENTS} WHERE stream_id = ? AND stream_version >= ? ORDER BY stream_version"
+        ))
+        .bind(stream.to_string())
+        .bind(to_i64(from.0)?)
+        .fetch_all(&self.read)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(event_row).collect()
+    }
+
+    async fn read_all(&self, after: GlobalPosition, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "{SELECT_EVENTS} WHERE position > ? ORDER BY position LIMIT ?"
+        ))
+        .bind(to_i64(after.0)?)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.read)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(event_row).collect()
+    }
+
+    fn subscribe(&self, after: GlobalPosition) -> EventStream {
+        poll_subscription(self.clone(), after, &self.signal, self.poll)
+    }
+
+    fn key_ring(&self) -> &KeyRing {
+        &self.ring
+    }
+}

@@ -1,0 +1,134 @@
+//! Typed errors of the store port. Callers branch on the variant, never on the message text.
+
+use keyledger_domain::{DecodeError, EventId, GlobalPosition, StreamId, StreamVersion};
+
+/// A boxed error from a storage backend (sqlx, IO).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The stream is not at the expected version: another command appended first. Reload the
+    /// stream, decide again and retry (HTTP: 412 `version_mismatch` when the caller gave
+    /// `If-Match`, otherwise retry internally).
+    #[error("stream {stream} is at version {actual}, not the expected {expected}")]
+    Conflict {
+        stream: StreamId,
+        expected: StreamVersion,
+        actual: StreamVersion,
+    },
+    /// An append with no events. A caller bug: a command that decides nothing appends nothing.
+    #[error("an append needs at least one event")]
+    EmptyAppend,
+    /// More events in one append than the backend accepts in one transaction. Split the command.
+    #[error("an append holds {count} events, more than the limit of {limit}")]
+    BatchTooLarge { count: usize, limit: usize },
+    /// A protected field could not be sealed before storing. Nothing was stored. Check the
+    /// internal key ring; this is an operator problem, not a client one.
+    #[error("cannot seal {field} of event {version} of {stream}: {source}")]
+    Seal {
+        stream: StreamId,
+        version: StreamVersion,
+        field: String,
+        #[source]
+        source: SealError,
+    },
+    /// A stored protected field could not be opened: the internal key is missing from the ring
+    /// or is the wrong one. Restore the key ring file; do not treat the event as empty.
+    #[error("cannot open {field} of {stream} version {version} (event {event_id}): {source}")]
+    Open {
+        stream: StreamId,
+        version: StreamVersion,
+        event_id: EventId,
+        field: String,
+        #[source]
+        source: OpenError,
+    },
+    /// A stored event cannot be decoded by this build (unknown type, future schema version,
+    /// malformed payload). Do not skip it: upgrade keyledger or investigate the log.
+    #[error("cannot decode {stream} version {version} (event {event_id}): {source}")]
+    Decode {
+        stream: StreamId,
+        version: StreamVersion,
+        event_id: EventId,
+        #[source]
+        source: DecodeError,
+    },
+    /// A stored row cannot be read back as an envelope (tampering or a bug). Run `verify` and
+    /// investigate; the position names the row.
+    #[error("stored row at position {position} is unreadable: {detail}")]
+    Corrupt {
+        position: GlobalPosition,
+        detail: String,
+    },
+    /// The backend failed (connection lost, disk full, pool timeout). Usually transient: retry
+    /// with backoff; the append either committed whole or not at all, and a retry with the same
+    /// command id is safe.
+    #[error("storage backend error")]
+    Backend(#[source] BoxError),
+}
+
+impl StoreError {
+    /// Wraps a backend error.
+    pub fn backend(e: impl Into<BoxError>) -> Self {
+        StoreError::Backend(e.into())
+    }
+}
+
+/// Why a protected field could not be sealed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SealError {
+    /// The field was already sealed or redacted when it reached the store. Callers append
+    /// events with open protected fields; a sealed value is bound to another position.
+    #[error("the field is not open")]
+    NotOpen,
+    /// The cipher refused (never expected with a valid key). Treat as a bug.
+    #[error("encryption failed")]
+    Cipher,
+    /// The sealed event could not be serialized (a bug in the event type).
+    #[error("payload serialization failed: {0}")]
+    Serialize(String),
+}
+
+/// Why a sealed field could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The key id is not in the ring: the ring file lacks a key that sealed stored data.
+    /// Restore the key from backup.
+    #[error("internal key {kid:?} is not in the key ring")]
+    UnknownKey { kid: String },
+    /// Authentication failed: the key with this id is not the one that sealed the value, or
+    /// the ciphertext (or its stream, version or field) was altered.
+    #[error("authentication failed with internal key {kid:?}")]
+    Authentication { kid: String },
+    /// The nonce does not have 96 bits: the stored value is corrupt.
+    #[error("bad nonce length {0}")]
+    BadNonce(usize),
+    /// The clear bytes are not a valid value for the field (e.g. a secret that is not UTF-8).
+    #[error("opened bytes are not a valid value of the field")]
+    InvalidValue,
+}
+
+/// Why the internal key ring file could not be loaded or created.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyRingError {
+    /// Reading or writing the file failed. Check the path and its permissions.
+    #[error("key ring file {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file can be read by group or others. Fix it with `chmod 600`; keyledger refuses to
+    /// use keys that may have leaked.
+    #[error("key ring file {path} has mode {mode:o}; it must be 600")]
+    InsecurePermissions { path: String, mode: u32 },
+    /// The file is not a valid key ring (bad JSON, wrong key length, duplicate ids, no key).
+    /// The detail never contains key material.
+    #[error("key ring file {path} is invalid: {detail}")]
+    Invalid { path: String, detail: String },
+}

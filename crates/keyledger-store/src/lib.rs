@@ -1,0 +1,90 @@
+//! The event store port of keyledger (DESIGN.md §5) and what every backend shares:
+//!
+//! - [`EventStore`]: append with optimistic concurrency and idempotent command ids, reads per
+//!   stream and in global commit order, a live subscription and chain verification;
+//! - [`chain`]: envelopes, the per-stream SHA-256 hash chain and sealing of protected fields;
+//! - [`KeyRing`]: the internal AES-256-GCM key ring and its file;
+//! - [`InMemoryStore`]: the backend for tests;
+//! - `conformance` (feature): one test suite, mounted by every backend.
+
+pub mod chain;
+pub mod error;
+pub mod keyring;
+pub mod memory;
+pub mod row;
+pub mod subscribe;
+pub mod verify;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use keyledger_domain::{CommandId, Event, GlobalPosition, StoredEvent, StreamId, StreamVersion};
+
+pub use chain::{NewEvent, StreamHead, envelope_hash, open_event, prepare_append};
+pub use error::{BoxError, KeyRingError, OpenError, SealError, StoreError};
+pub use keyring::{InternalKey, KeyRing};
+pub use memory::InMemoryStore;
+pub use verify::{ChainBreak, ChainProblem, VerifyReport, VerifyScope};
+
+/// What an append stored: the versions and global positions of its first and last event.
+/// An idempotent repeat of the same command id returns the first append's result unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendResult {
+    pub stream: StreamId,
+    pub first_version: StreamVersion,
+    pub last_version: StreamVersion,
+    pub first_position: GlobalPosition,
+    pub last_position: GlobalPosition,
+}
+
+/// A stream of stored events from [`EventStore::subscribe`]. It ends after yielding an error;
+/// resubscribe from the last position seen.
+pub type EventStream = BoxStream<'static, Result<StoredEvent, StoreError>>;
+
+/// The store port. Implementations are cheap to clone (they share a pool).
+#[async_trait]
+pub trait EventStore: Send + Sync {
+    /// Appends `events` atomically after `expected`, sealing their protected fields, chaining
+    /// their hashes and assigning event ids, versions and global positions.
+    ///
+    /// - a stream not at `expected` gives [`StoreError::Conflict`] and stores nothing;
+    /// - a `command_id` already seen returns that append's result and stores nothing.
+    async fn append(
+        &self,
+        stream: StreamId,
+        expected: StreamVersion,
+        events: Vec<NewEvent>,
+        command_id: Option<CommandId>,
+    ) -> Result<AppendResult, StoreError>;
+
+    /// The events of `stream` from version `from` (inclusive; 0 or 1 means all), in order.
+    async fn read_stream(
+        &self,
+        stream: StreamId,
+        from: StreamVersion,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// Up to `limit` events with a global position above `after`, in global order. A reader
+    /// that checkpoints the last position it saw never skips an event committed later.
+    async fn read_all(&self, after: GlobalPosition, limit: usize) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// Every event after `after` (catch-up), then new ones as they commit (live), with no gap
+    /// and no duplicate.
+    fn subscribe(&self, after: GlobalPosition) -> EventStream;
+
+    /// The key ring that seals and opens this store's protected fields.
+    fn key_ring(&self) -> &KeyRing;
+
+    /// Decodes a stored event and opens its protected fields.
+    fn open(&self, stored: &StoredEvent) -> Result<Event, StoreError> {
+        open_event(self.key_ring(), stored)
+    }
+
+    /// Recomputes the hash chain of one stream or of every stream and names the first bad
+    /// event.
+    async fn verify(&self, scope: VerifyScope) -> Result<VerifyReport, StoreError> {
+        verify::verify_by_reading(self, scope).await
+    }
+}
