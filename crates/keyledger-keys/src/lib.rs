@@ -5,6 +5,7 @@
 //! Adapters: `keyledger-azure` (the official Azure SDK, against real Key Vault, the HTTPS
 //! emulator, or the simulated vault in process).
 
+pub mod evidence;
 pub mod port;
 pub mod reason;
 pub mod retry;

@@ -11,6 +11,7 @@ pub mod chain;
 pub mod error;
 pub mod keyring;
 pub mod memory;
+pub mod provider;
 pub mod row;
 pub mod subscribe;
 pub mod verify;

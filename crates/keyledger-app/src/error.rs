@@ -1,0 +1,83 @@
+//! What a request can fail with. Domain refusals and key-test failures are the caller's to
+//! fix; store failures are ours.
+
+use std::time::Duration;
+
+use keyledger_domain::{DomainError, StreamVersion};
+use keyledger_keys::{Check, KeyAccessError, Reason};
+use keyledger_store::StoreError;
+
+/// Which key a failed key test was about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRole {
+    /// The key in use (rotation's old key, or the key a switch unwraps with).
+    Old,
+    /// The key being enabled, edited or rotated to.
+    New,
+}
+
+impl KeyRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyRole::Old => "old",
+            KeyRole::New => "new",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AppError {
+    /// The rules refuse the command (a CONTRACT.md 4xx code). Nothing was recorded.
+    #[error(transparent)]
+    Rejected(#[from] DomainError),
+    /// A key test failed definitively (422 `key_validation_failed`). Fix the key or the
+    /// connection and try again. Nothing was recorded.
+    #[error("the {} key failed its test: {}", key.as_str(), error.reason)]
+    KeyValidationFailed {
+        key: KeyRole,
+        error: KeyAccessError,
+        checks: Vec<Check>,
+    },
+    /// The vault could not be reached, throttled us, or failed (503 `key_vault_unavailable`).
+    /// Retry after `retry_after`. Nothing was recorded.
+    #[error("the key vault is unavailable: {}", error.reason)]
+    VaultUnavailable {
+        key: KeyRole,
+        error: KeyAccessError,
+        retry_after: Duration,
+    },
+    /// `If-Match` named another version (412 `version_mismatch`). Reload and decide again.
+    #[error("the organization is at version {actual}, not {expected}")]
+    VersionMismatch {
+        expected: StreamVersion,
+        actual: StreamVersion,
+    },
+    /// Other writers kept winning the race for the stream (503). Retry later.
+    #[error("too many concurrent changes to this organization; retry")]
+    Contended,
+    /// An invariant of keyledger itself broke (500, details in the logs only). A bug.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+    /// The store failed (500, details in the logs only).
+    #[error("event store failure: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl AppError {
+    pub(crate) fn from_key(key: KeyRole, error: KeyAccessError, checks: Vec<Check>) -> Self {
+        if error.reason.is_transient() {
+            let retry_after = match error.reason {
+                Reason::Throttled => Duration::from_secs(10),
+                _ => Duration::from_secs(5),
+            };
+            AppError::VaultUnavailable {
+                key,
+                error,
+                retry_after,
+            }
+        } else {
+            AppError::KeyValidationFailed { key, error, checks }
+        }
+    }
+}

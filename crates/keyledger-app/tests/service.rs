@@ -1,0 +1,547 @@
+//! The application service over the in-memory store and a small in-memory vault. (The same
+//! flows through the official SDK against the simulated vault, on SQLite and PostgreSQL, are
+//! the acceptance tests.)
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use chrono::Utc;
+use keyledger_app::*;
+use keyledger_domain::testing::{self, admin, billing, platform, system, tenant_a, tenant_b};
+use keyledger_domain::*;
+use keyledger_keys::{Dek, KeyAccess, KeyAccessError, KeyDescription, KeyOperation, Reason};
+use keyledger_projection::EncryptionMode;
+use keyledger_store::{EventStore, InMemoryStore, KeyRing};
+use secrecy::SecretString;
+use zeroize::Zeroizing;
+
+/// A vault of named keys with versions. Wrapping XORs with a byte derived from the version:
+/// enough to show which version wrapped a DEK, not cryptography.
+#[derive(Default)]
+struct FakeVault {
+    keys: Mutex<HashMap<String, FakeKey>>,
+    calls: Mutex<u32>,
+    down: Mutex<bool>,
+}
+
+#[derive(Clone)]
+struct FakeKey {
+    versions: Vec<String>,
+    disabled: Vec<String>,
+    deleted: bool,
+}
+
+impl FakeVault {
+    fn add(&self, name: &str, version: &str) {
+        let mut keys = self.keys.lock().unwrap();
+        let k = keys.entry(name.into()).or_insert(FakeKey {
+            versions: vec![],
+            disabled: vec![],
+            deleted: false,
+        });
+        k.versions.push(version.into());
+    }
+    fn disable(&self, name: &str, version: &str) {
+        self.keys
+            .lock()
+            .unwrap()
+            .get_mut(name)
+            .unwrap()
+            .disabled
+            .push(version.into());
+    }
+    fn delete(&self, name: &str) {
+        self.keys.lock().unwrap().get_mut(name).unwrap().deleted = true;
+    }
+    fn calls(&self) -> u32 {
+        *self.calls.lock().unwrap()
+    }
+    fn resolve(&self, c: &Connection) -> Result<(KeyIdentifier, u8), KeyAccessError> {
+        *self.calls.lock().unwrap() += 1;
+        if *self.down.lock().unwrap() {
+            return Err(KeyAccessError::new(Reason::VaultError));
+        }
+        use secrecy::ExposeSecret;
+        if c.client_secret.expose_secret() == "wrong" {
+            return Err(KeyAccessError::new(Reason::CredentialsInvalid));
+        }
+        let keys = self.keys.lock().unwrap();
+        let k = keys
+            .get(c.key_identifier.name())
+            .filter(|k| !k.deleted)
+            .ok_or(KeyAccessError::new(Reason::KeyNotFound))?;
+        let version = match c.key_identifier.version() {
+            Some(v) if k.versions.iter().any(|x| x == v) => v.to_owned(),
+            Some(_) => return Err(KeyAccessError::new(Reason::KeyNotFound)),
+            None => k
+                .versions
+                .last()
+                .cloned()
+                .ok_or(KeyAccessError::new(Reason::KeyNotFound))?,
+        };
+        if k.disabled.contains(&version) {
+            return Err(KeyAccessError::new(Reason::KeyDisabled));
+        }
+        let tag = version
+            .bytes()
+            .fold(0x5Au8, |a, b| a.wrapping_mul(31).wrapping_add(b));
+        Ok((c.key_identifier.with_version(&version).unwrap(), tag))
+    }
+}
+
+#[async_trait]
+impl KeyAccess for FakeVault {
+    async fn describe(&self, c: &Connection) -> Result<KeyDescription, KeyAccessError> {
+        let (kid, _) = self.resolve(c)?;
+        Ok(KeyDescription {
+            key_identifier: kid,
+            kty: "RSA".into(),
+            key_size: Some(2048),
+            key_ops: vec!["wrapKey".into(), "unwrapKey".into()],
+            enabled: true,
+            expires_at: None,
+            not_before: None,
+        })
+    }
+    async fn wrap(&self, c: &Connection, dek: &Dek) -> Result<WrappedDek, KeyAccessError> {
+        let (kid, tag) = self.resolve(c)?;
+        let edek = dek.expose().iter().map(|b| b ^ tag).collect();
+        Ok(testing_wrapped(kid, edek))
+    }
+    async fn unwrap(&self, c: &Connection, edek: &Edek) -> Result<Dek, KeyAccessError> {
+        let (_, tag) = self.resolve(c)?;
+        let _ = KeyOperation::UnwrapKey;
+        Ok(Dek::from_bytes(Zeroizing::new(
+            edek.0.iter().map(|b| b ^ tag).collect(),
+        )))
+    }
+}
+
+fn testing_wrapped(kid: KeyIdentifier, edek: Vec<u8>) -> WrappedDek {
+    WrappedDek::attest(WrappedBy::Customer { key_identifier: kid }, Edek(edek))
+}
+
+const SECRET: &str = "app-test-client-secret";
+
+fn kid(name: &str, version: &str) -> KeyIdentifier {
+    KeyIdentifier::parse_shape(&format!("https://contoso.vault.azure.net/keys/{name}/{version}")).unwrap()
+}
+
+fn connection(key: &KeyIdentifier) -> Connection {
+    let mut c = testing::connection(key);
+    c.client_secret = SecretString::from(SECRET);
+    c
+}
+
+struct Fixture {
+    app: App,
+    store: Arc<InMemoryStore>,
+    vault: Arc<FakeVault>,
+}
+
+fn fixture() -> Fixture {
+    let store = Arc::new(InMemoryStore::new(Arc::new(KeyRing::generate())));
+    let vault = Arc::new(FakeVault::default());
+    vault.add("cmk", "v1");
+    vault.add("cmk", "v2");
+    vault.add("cmk-2027", "v1");
+    let app = App::new(
+        store.clone(),
+        vault.clone(),
+        Arc::new(ManualClock::new(Utc::now())),
+        AppConfig::default(),
+    );
+    Fixture { app, store, vault }
+}
+
+fn request(actor: Actor, action: Action) -> Request {
+    Request {
+        org_id: testing::org_id(),
+        actor,
+        source_ip: Some("192.0.2.1".into()),
+        command_id: None,
+        correlation_id: None,
+        if_match: None,
+        action,
+    }
+}
+
+async fn run(f: &Fixture, actor: Actor, action: Action) -> Result<Outcome, AppError> {
+    f.app.handle(request(actor, action)).await
+}
+
+async fn registered() -> Fixture {
+    let f = fixture();
+    run(
+        &f,
+        platform(),
+        Action::Register {
+            name: "Contoso".into(),
+            plan: Plan::enterprise("standard"),
+            tenants: vec![tenant_a(), tenant_b()],
+        },
+    )
+    .await
+    .unwrap();
+    f
+}
+
+async fn enabled() -> Fixture {
+    let f = registered().await;
+    run(
+        &f,
+        admin(),
+        Action::EnableCustomerManagedKey(connection(&kid("cmk", "v1").versionless())),
+    )
+    .await
+    .unwrap();
+    f
+}
+
+async fn version(f: &Fixture) -> u64 {
+    f.store
+        .read_stream(StreamId::for_org(testing::org_id()), StreamVersion(1))
+        .await
+        .unwrap()
+        .len() as u64
+}
+
+fn rotate_to(key: KeyIdentifier) -> Action {
+    Action::RotateCustomerManagedKey(ConnectionPatch {
+        key_identifier: Some(key),
+        ..Default::default()
+    })
+}
+
+#[tokio::test]
+async fn register_starts_provider_managed() {
+    let f = registered().await;
+    let view = f.app.view(testing::org_id()).await.unwrap().unwrap();
+    assert_eq!(view.version, 2);
+    assert_eq!(view.encryption.mode, EncryptionMode::ProviderManaged);
+    assert!(view.encryption.can_enable_customer_managed_key);
+}
+
+#[tokio::test]
+async fn test_and_save_pins_the_latest_version_and_records_a_customer_dek() {
+    let f = enabled().await;
+    let view = f.app.view(testing::org_id()).await.unwrap().unwrap();
+    let k = view.encryption.customer_managed_key.unwrap();
+    assert_eq!(k.key_version.as_deref(), Some("v2"), "latest version pinned");
+    assert_eq!(view.encryption.active_data_key_id, DekId(2));
+    assert_eq!(view.version, 4);
+}
+
+#[tokio::test]
+async fn a_failed_test_and_save_appends_nothing_and_names_the_reason() {
+    let f = registered().await;
+    f.vault.disable("cmk", "v2");
+    let err = run(
+        &f,
+        admin(),
+        Action::EnableCustomerManagedKey(connection(&kid("cmk", "v2"))),
+    )
+    .await
+    .unwrap_err();
+    match err {
+        AppError::KeyValidationFailed { key, error, .. } => {
+            assert_eq!(key, KeyRole::New);
+            assert_eq!(error.reason, Reason::KeyDisabled);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(version(&f).await, 2);
+}
+
+#[tokio::test]
+async fn an_unreachable_vault_is_transient_and_appends_nothing() {
+    let f = registered().await;
+    *f.vault.down.lock().unwrap() = true;
+    let err = run(
+        &f,
+        admin(),
+        Action::EnableCustomerManagedKey(connection(&kid("cmk", "v1"))),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, AppError::VaultUnavailable { .. }), "{err:?}");
+    assert_eq!(version(&f).await, 2);
+}
+
+#[tokio::test]
+async fn rotation_with_both_keys_valid_rewraps_and_the_new_key_unwraps() {
+    let f = enabled().await;
+    let out = run(&f, admin(), rotate_to(kid("cmk-2027", "v1"))).await.unwrap();
+    assert_eq!(out.appended, 2);
+    let k = out.view.encryption.customer_managed_key.unwrap();
+    assert_eq!(k.key_name, "cmk-2027");
+    assert_eq!(out.view.key_history.len(), 2);
+    // The DEK now unwraps with the new key: rotate back proves it (it unwraps with cmk-2027).
+    let back = run(&f, admin(), rotate_to(kid("cmk", "v2"))).await.unwrap();
+    assert_eq!(back.view.key_history.len(), 3);
+}
+
+#[tokio::test]
+async fn rotation_refused_when_the_new_key_is_disabled_names_the_new_key() {
+    let f = enabled().await;
+    f.vault.disable("cmk-2027", "v1");
+    let before = version(&f).await;
+    match run(&f, admin(), rotate_to(kid("cmk-2027", "v1")))
+        .await
+        .unwrap_err()
+    {
+        AppError::KeyValidationFailed { key, error, .. } => {
+            assert_eq!((key, error.reason), (KeyRole::New, Reason::KeyDisabled));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(version(&f).await, before);
+}
+
+#[tokio::test]
+async fn rotation_refused_when_the_old_key_is_gone_names_the_old_key() {
+    let f = enabled().await;
+    f.vault.delete("cmk");
+    let before = version(&f).await;
+    match run(&f, admin(), rotate_to(kid("cmk-2027", "v1")))
+        .await
+        .unwrap_err()
+    {
+        AppError::KeyValidationFailed { key, error, .. } => {
+            assert_eq!((key, error.reason), (KeyRole::Old, Reason::KeyNotFound));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(version(&f).await, before);
+}
+
+#[tokio::test]
+async fn rotation_to_the_key_in_use_is_refused_before_any_vault_call() {
+    let f = enabled().await;
+    let calls = f.vault.calls();
+    let err = run(&f, admin(), rotate_to(kid("cmk", "v2"))).await.unwrap_err();
+    assert!(matches!(err, AppError::Rejected(DomainError::SameKey)), "{err:?}");
+    assert_eq!(f.vault.calls(), calls);
+}
+
+#[tokio::test]
+async fn editing_the_secret_is_recorded_without_it() {
+    let f = enabled().await;
+    let out = run(
+        &f,
+        admin(),
+        Action::EditCustomerManagedKey(ConnectionPatch {
+            client_secret: Some(SecretString::from("the-new-secret")),
+            ..Default::default()
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.appended, 1);
+    let raw = String::from_utf8_lossy(&f.store.raw_bytes()).to_string();
+    assert!(!raw.contains("the-new-secret"));
+    assert!(!raw.contains(SECRET));
+}
+
+#[tokio::test]
+async fn an_edit_with_a_new_key_is_a_rotation() {
+    let f = enabled().await;
+    let out = run(
+        &f,
+        admin(),
+        Action::EditCustomerManagedKey(ConnectionPatch {
+            key_identifier: Some(kid("cmk-2027", "v1")),
+            ..Default::default()
+        }),
+    )
+    .await
+    .unwrap();
+    let events = f
+        .store
+        .read_stream(StreamId::for_org(testing::org_id()), StreamVersion(5))
+        .await
+        .unwrap();
+    assert_eq!(events[0].event_type, "CustomerManagedKeyRotated");
+    assert_eq!(
+        out.view.encryption.customer_managed_key.unwrap().key_name,
+        "cmk-2027"
+    );
+}
+
+#[tokio::test]
+async fn the_downgrade_path_of_the_seed() {
+    let f = enabled().await;
+    let plan = |p: Plan| Action::ChangePlan {
+        plan: p,
+        reason: "billing".into(),
+    };
+    let out = run(&f, billing(), plan(Plan::free())).await.unwrap();
+    assert!(out.view.encryption.locked);
+    let edit = Action::EditCustomerManagedKey(ConnectionPatch {
+        client_secret: Some(SecretString::from("x")),
+        ..Default::default()
+    });
+    let err = run(&f, admin(), edit).await.unwrap_err();
+    assert!(
+        matches!(err, AppError::Rejected(DomainError::CmkLockedByPlan)),
+        "{err:?}"
+    );
+    let out = run(
+        &f,
+        admin(),
+        Action::SwitchToProviderManagedKey {
+            abandon_lost_data: false,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.view.encryption.mode, EncryptionMode::ProviderManaged);
+    let err = run(
+        &f,
+        admin(),
+        Action::EnableCustomerManagedKey(connection(&kid("cmk", "v1"))),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, AppError::Rejected(DomainError::PlanNotEligible { .. })),
+        "{err:?}"
+    );
+    run(&f, billing(), plan(Plan::enterprise("standard")))
+        .await
+        .unwrap();
+    let out = run(
+        &f,
+        admin(),
+        Action::EnableCustomerManagedKey(connection(&kid("cmk", "v1"))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.view.encryption.mode, EncryptionMode::CustomerManaged);
+}
+
+#[tokio::test]
+async fn a_switch_rewraps_under_the_internal_key_which_opens_them() {
+    let f = enabled().await;
+    run(
+        &f,
+        admin(),
+        Action::SwitchToProviderManagedKey {
+            abandon_lost_data: false,
+        },
+    )
+    .await
+    .unwrap();
+    let state = f.app.state(testing::org_id()).await.unwrap();
+    let org = state.org().unwrap();
+    for dek in org.data_keys.values() {
+        let WrappedBy::Provider { internal_key_id } = &dek.wrapped_by else {
+            panic!("dek {} still customer-wrapped", dek.dek_id)
+        };
+        let Protected::Open(edek) = &dek.edek else {
+            panic!("open")
+        };
+        let clear = keyledger_store::provider::unwrap_dek(
+            f.store.key_ring(),
+            testing::org_id(),
+            dek.dek_id,
+            internal_key_id,
+            edek,
+        )
+        .unwrap();
+        assert_eq!(clear.len(), 32);
+    }
+}
+
+#[tokio::test]
+async fn a_stale_if_match_is_a_version_mismatch() {
+    let f = enabled().await;
+    let mut r = request(
+        billing(),
+        Action::ChangePlan {
+            plan: Plan::free(),
+            reason: "x".into(),
+        },
+    );
+    r.if_match = Some(StreamVersion(2));
+    let err = f.app.handle(r).await.unwrap_err();
+    assert!(matches!(err, AppError::VersionMismatch { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn health_changes_come_from_the_engine() {
+    let f = enabled().await;
+    let out = run(
+        &f,
+        system(),
+        Action::RecordKeyHealth {
+            status: HealthStatus::KeyDisabled,
+            detail: None,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        out.view.encryption.health.unwrap().status,
+        HealthStatus::KeyDisabled
+    );
+    let again = run(
+        &f,
+        system(),
+        Action::RecordKeyHealth {
+            status: HealthStatus::KeyDisabled,
+            detail: None,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.appended, 0);
+}
+
+#[tokio::test]
+async fn two_instances_serialize_concurrent_commands_by_version() {
+    let f = enabled().await;
+    let other = Arc::new(App::new(
+        f.store.clone(),
+        f.vault.clone(),
+        Arc::new(SystemClock),
+        AppConfig::default(),
+    ));
+    let first = Arc::new(f.app);
+    let mut tasks = Vec::new();
+    for i in 0..20u32 {
+        let app = if i % 2 == 0 { first.clone() } else { other.clone() };
+        tasks.push(tokio::spawn(async move {
+            let plan = if i % 2 == 0 {
+                Plan::enterprise("a")
+            } else {
+                Plan::enterprise("b")
+            };
+            app.handle(request(
+                billing(),
+                Action::ChangePlan {
+                    plan,
+                    reason: format!("r{i}"),
+                },
+            ))
+            .await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let events = f
+        .store
+        .read_stream(StreamId::for_org(testing::org_id()), StreamVersion(1))
+        .await
+        .unwrap();
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e.stream_version.0, i as u64 + 1);
+    }
+    // Each instance sees the other's writes.
+    let a = first.view(testing::org_id()).await.unwrap().unwrap();
+    let b = other.view(testing::org_id()).await.unwrap().unwrap();
+    assert_eq!(a, b);
+    assert_eq!(a.version, events.len() as u64);
+}
