@@ -15,10 +15,12 @@
 
 pub mod clock;
 pub mod error;
+pub mod health;
 pub mod request;
 mod service;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{AppError, KeyRole};
+pub use health::{HealthConfig, HealthMonitor, ProbeResult};
 pub use request::{Action, ConnectionPatch, Outcome, Request, TestReport};
 pub use service::{App, AppConfig};

@@ -23,6 +23,7 @@ struct FakeVault {
     keys: Mutex<HashMap<String, FakeKey>>,
     calls: Mutex<u32>,
     down: Mutex<bool>,
+    secret_expired: Mutex<bool>,
 }
 
 #[derive(Clone)]
@@ -51,6 +52,15 @@ impl FakeVault {
             .disabled
             .push(version.into());
     }
+    fn enable(&self, name: &str, version: &str) {
+        self.keys
+            .lock()
+            .unwrap()
+            .get_mut(name)
+            .unwrap()
+            .disabled
+            .retain(|v| v != version);
+    }
     fn delete(&self, name: &str) {
         self.keys.lock().unwrap().get_mut(name).unwrap().deleted = true;
     }
@@ -63,6 +73,9 @@ impl FakeVault {
             return Err(KeyAccessError::new(Reason::VaultError));
         }
         use secrecy::ExposeSecret;
+        if *self.secret_expired.lock().unwrap() {
+            return Err(KeyAccessError::new(Reason::CredentialsExpired));
+        }
         if c.client_secret.expose_secret() == "wrong" {
             return Err(KeyAccessError::new(Reason::CredentialsInvalid));
         }
@@ -136,6 +149,7 @@ fn connection(key: &KeyIdentifier) -> Connection {
 
 struct Fixture {
     app: App,
+    clock: Arc<ManualClock>,
     store: Arc<InMemoryStore>,
     vault: Arc<FakeVault>,
 }
@@ -146,13 +160,14 @@ fn fixture() -> Fixture {
     vault.add("cmk", "v1");
     vault.add("cmk", "v2");
     vault.add("cmk-2027", "v1");
-    let app = App::new(
-        store.clone(),
-        vault.clone(),
-        Arc::new(ManualClock::new(Utc::now())),
-        AppConfig::default(),
-    );
-    Fixture { app, store, vault }
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    let app = App::new(store.clone(), vault.clone(), clock.clone(), AppConfig::default());
+    Fixture {
+        app,
+        clock,
+        store,
+        vault,
+    }
 }
 
 fn request(actor: Actor, action: Action) -> Request {
@@ -544,4 +559,85 @@ async fn two_instances_serialize_concurrent_commands_by_version() {
     let b = other.view(testing::org_id()).await.unwrap().unwrap();
     assert_eq!(a, b);
     assert_eq!(a.version, events.len() as u64);
+}
+
+async fn monitored() -> (Fixture, Arc<HealthMonitor>) {
+    let f = enabled().await;
+    let app = Arc::new(App::new(
+        f.store.clone(),
+        f.vault.clone(),
+        f.clock.clone(),
+        AppConfig::default(),
+    ));
+    let monitor = Arc::new(HealthMonitor::new(app, f.vault.clone(), HealthConfig::default()));
+    (f, monitor)
+}
+
+#[tokio::test]
+async fn health_follows_the_troubleshooting_table() {
+    let (f, m) = monitored().await;
+    let org = testing::org_id();
+    let probe = m.probe(org).await.unwrap();
+    assert_eq!((probe.status, probe.changed), (HealthStatus::Healthy, false));
+    f.vault.disable("cmk", "v2");
+    assert_eq!(m.probe(org).await.unwrap().status, HealthStatus::KeyDisabled);
+    f.vault.enable("cmk", "v2");
+    assert_eq!(m.probe(org).await.unwrap().status, HealthStatus::Healthy);
+    *f.vault.secret_expired.lock().unwrap() = true;
+    assert_eq!(
+        m.probe(org).await.unwrap().status,
+        HealthStatus::CredentialsExpired
+    );
+    *f.vault.secret_expired.lock().unwrap() = false;
+    assert_eq!(m.probe(org).await.unwrap().status, HealthStatus::Healthy);
+    f.vault.delete("cmk");
+    assert_eq!(m.probe(org).await.unwrap().status, HealthStatus::KeyNotFound);
+}
+
+#[tokio::test]
+async fn an_outage_reads_as_unreachable_only_after_the_grace_period() {
+    let (f, m) = monitored().await;
+    let org = testing::org_id();
+    *f.vault.down.lock().unwrap() = true;
+    for _ in 0..10 {
+        let p = m.probe(org).await.unwrap();
+        assert_eq!(p.status, HealthStatus::Healthy, "a 503 blip is not a revocation");
+        assert!(!p.changed);
+        f.clock.advance(chrono::Duration::minutes(1));
+    }
+    f.clock.advance(chrono::Duration::minutes(5));
+    let p = m.probe(org).await.unwrap();
+    assert_eq!((p.status, p.changed), (HealthStatus::VaultUnreachable, true));
+    *f.vault.down.lock().unwrap() = false;
+    assert_eq!(m.probe(org).await.unwrap().status, HealthStatus::Healthy);
+    // Only the two changes were recorded.
+    let events = f
+        .store
+        .read_stream(StreamId::for_org(org), StreamVersion(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.event_type == "KeyHealthChanged")
+            .count(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn probing_a_provider_managed_org_is_refused() {
+    let f = registered().await;
+    let app = Arc::new(App::new(
+        f.store.clone(),
+        f.vault.clone(),
+        f.clock.clone(),
+        AppConfig::default(),
+    ));
+    let m = HealthMonitor::new(app, f.vault.clone(), HealthConfig::default());
+    let err = m.probe(testing::org_id()).await.unwrap_err();
+    assert!(
+        matches!(err, AppError::Rejected(DomainError::CmkNotEnabled)),
+        "{err:?}"
+    );
 }

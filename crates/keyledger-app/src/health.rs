@@ -1,0 +1,244 @@
+//! The key-health monitor (R10): probes each customer key, records `KeyHealthChanged` only on
+//! a change, holds transient failures for a grace period, and flags keys near expiry.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use keyledger_domain::{Actor, DomainError, HealthStatus, OrgId, Protected};
+use keyledger_keys::{Dek, KeyAccess, KeyAccessError, Reason};
+
+use crate::error::AppError;
+use crate::request::{Action, Request};
+use crate::service::App;
+
+/// How the monitor probes.
+#[derive(Debug, Clone)]
+pub struct HealthConfig {
+    pub probe_interval: Duration,
+    /// Transient failures become `vault_unreachable` only after lasting this long.
+    pub transient_grace: Duration,
+    /// A key expiring within this window is `key_near_expiry`.
+    pub near_expiry: Duration,
+    /// Probes in flight at once, so a vault's rate limit is respected.
+    pub concurrency: usize,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            probe_interval: Duration::from_secs(5 * 60),
+            transient_grace: Duration::from_secs(15 * 60),
+            near_expiry: Duration::from_secs(30 * 24 * 3600),
+            concurrency: 4,
+        }
+    }
+}
+
+/// What one probe observed and what is recorded now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeResult {
+    pub status: HealthStatus,
+    pub since: DateTime<Utc>,
+    pub detail: Option<String>,
+    pub last_probe_at: DateTime<Utc>,
+    /// Whether this probe recorded a `KeyHealthChanged`.
+    pub changed: bool,
+}
+
+#[derive(Debug, Default)]
+struct Memory {
+    /// When the current run of transient failures began, per organization.
+    transient_since: HashMap<OrgId, DateTime<Utc>>,
+    last_probe_at: HashMap<OrgId, DateTime<Utc>>,
+}
+
+/// The monitor. Share it behind an `Arc`.
+pub struct HealthMonitor {
+    app: Arc<App>,
+    keys: Arc<dyn KeyAccess>,
+    config: HealthConfig,
+    memory: Mutex<Memory>,
+}
+
+impl std::fmt::Debug for HealthMonitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HealthMonitor")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The status a definitive failure means.
+fn status_for(reason: Reason) -> HealthStatus {
+    match reason {
+        Reason::CredentialsInvalid => HealthStatus::CredentialsInvalid,
+        Reason::CredentialsExpired => HealthStatus::CredentialsExpired,
+        Reason::KeyDisabled | Reason::KeyNotYetValid => HealthStatus::KeyDisabled,
+        Reason::KeyExpired => HealthStatus::KeyExpired,
+        Reason::KeyNotFound => HealthStatus::KeyNotFound,
+        Reason::VaultUnreachable | Reason::Throttled | Reason::VaultError => HealthStatus::VaultUnreachable,
+        // Not allowed, unsupported, missing permission: the key cannot be used as configured.
+        _ => HealthStatus::PermissionDenied,
+    }
+}
+
+impl HealthMonitor {
+    pub fn new(app: Arc<App>, keys: Arc<dyn KeyAccess>, config: HealthConfig) -> Self {
+        Self {
+            app,
+            keys,
+            config,
+            memory: Mutex::new(Memory::default()),
+        }
+    }
+
+    /// Probes one organization now and records a change of status.
+    pub async fn probe(&self, org: OrgId) -> Result<ProbeResult, AppError> {
+        let now = self.app.clock().now();
+        let state = self.app.state(org).await?;
+        let key = state
+            .org()
+            .ok_or(DomainError::OrganizationNotFound)?
+            .customer_key()
+            .ok_or(DomainError::CmkNotEnabled)?
+            .clone();
+        let current = key.health.status;
+        let observed = self.observe(&state, now).await;
+        let (status, detail) = {
+            let mut memory = self.memory.lock().unwrap_or_else(|p| p.into_inner());
+            memory.last_probe_at.insert(org, now);
+            match observed {
+                Ok(status) => {
+                    memory.transient_since.remove(&org);
+                    (status, None)
+                }
+                Err(e) if e.reason.is_transient() => {
+                    let since = *memory.transient_since.entry(org).or_insert(now);
+                    let lasted = (now - since).to_std().unwrap_or_default();
+                    if lasted >= self.config.transient_grace {
+                        (HealthStatus::VaultUnreachable, Some(e.reason.code().to_owned()))
+                    } else {
+                        // A blip must not read as a revocation: keep what was recorded.
+                        (current, key.health.detail.clone())
+                    }
+                }
+                Err(e) => {
+                    memory.transient_since.remove(&org);
+                    (status_for(e.reason), Some(e.reason.code().to_owned()))
+                }
+            }
+        };
+        let outcome = self
+            .app
+            .handle(Request {
+                org_id: org,
+                actor: Actor::system(),
+                source_ip: None,
+                command_id: None,
+                correlation_id: None,
+                if_match: None,
+                action: Action::RecordKeyHealth { status, detail },
+            })
+            .await?;
+        let health = outcome.view.encryption.health.ok_or(DomainError::CmkNotEnabled)?;
+        Ok(ProbeResult {
+            status: health.status,
+            since: health.since,
+            detail: health.detail,
+            last_probe_at: now,
+            changed: outcome.appended > 0,
+        })
+    }
+
+    /// When the organization was last probed by this process.
+    pub fn last_probe_at(&self, org: OrgId) -> Option<DateTime<Utc>> {
+        self.memory
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_probe_at
+            .get(&org)
+            .copied()
+    }
+
+    /// Reads the key, checks its attributes, and unwraps one DEK under it (or wraps and unwraps
+    /// fresh bytes when none is left): the operations the platform needs.
+    async fn observe(
+        &self,
+        state: &keyledger_domain::State,
+        now: DateTime<Utc>,
+    ) -> Result<HealthStatus, KeyAccessError> {
+        let Some(org) = state.org() else {
+            return Err(KeyAccessError::new(Reason::KeyNotFound));
+        };
+        let Some(key) = org.customer_key() else {
+            return Err(KeyAccessError::new(Reason::KeyNotFound));
+        };
+        let Some(connection) = key.connection.to_connection() else {
+            return Err(KeyAccessError::with_detail(
+                Reason::CredentialsInvalid,
+                "the stored secret is not open",
+            ));
+        };
+        let description = self.keys.describe(&connection).await?;
+        if !description.enabled {
+            return Err(KeyAccessError::new(Reason::KeyDisabled));
+        }
+        if description.not_before.is_some_and(|nbf| nbf > now) {
+            return Err(KeyAccessError::new(Reason::KeyNotYetValid));
+        }
+        let dek = org
+            .deks_under(key.key())
+            .into_iter()
+            .find_map(|id| match &org.data_keys[&id].edek {
+                Protected::Open(edek) => Some(edek.clone()),
+                _ => None,
+            });
+        match dek {
+            Some(edek) => {
+                self.keys.unwrap(&connection, &edek).await?;
+            }
+            None => {
+                let probe = Dek::generate();
+                let wrapped = self.keys.wrap(&connection, &probe).await?;
+                self.keys.unwrap(&connection, wrapped.edek()).await?;
+            }
+        }
+        Ok(match description.expires_at {
+            Some(exp) if exp <= now => HealthStatus::KeyExpired,
+            Some(exp) if (exp - now).to_std().unwrap_or_default() <= self.config.near_expiry => {
+                HealthStatus::KeyNearExpiry
+            }
+            _ => HealthStatus::Healthy,
+        })
+    }
+
+    /// Probes `orgs` once, spread over `spread` and at most `concurrency` at a time.
+    pub async fn probe_round(
+        self: &Arc<Self>,
+        orgs: Vec<OrgId>,
+        spread: Duration,
+    ) -> Vec<(OrgId, Result<ProbeResult, AppError>)> {
+        let permits = Arc::new(tokio::sync::Semaphore::new(self.config.concurrency.max(1)));
+        let count = orgs.len().max(1) as u32;
+        let mut tasks = Vec::with_capacity(orgs.len());
+        for (i, org) in orgs.into_iter().enumerate() {
+            let monitor = self.clone();
+            let permits = permits.clone();
+            let delay = spread / count * i as u32;
+            tasks.push(tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _permit = permits.acquire_owned().await;
+                (org, monitor.probe(org).await)
+            }));
+        }
+        let mut out = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            if let Ok(r) = t.await {
+                out.push(r);
+            }
+        }
+        out
+    }
+}
