@@ -7,6 +7,7 @@
 //! the SQL runners and rebuilds are compared against.
 
 pub mod rows;
+pub mod runner;
 
 use std::collections::BTreeMap;
 
@@ -18,6 +19,7 @@ pub use rows::{
     AuditActor, AuditEntry, AuditTenants, CustomerKeyView, DataKeyInventory, DataKeyRow, EncryptionMode,
     EncryptionView, HealthView, KeyHealthRow, KeyHistoryView, OrganizationView, audit_details,
 };
+pub use runner::{Changes, MemoryRows, MemorySink, ProjectionSink, Runner, RunnerError, SinkError};
 
 /// The four projections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -1,0 +1,244 @@
+//! Projection runners: follow the store, fold batches of events, and write each batch's rows
+//! with the checkpoint in one transaction of the sink, so a crash neither loses an update nor
+//! applies one twice.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use futures::StreamExt as _;
+use keyledger_domain::envelope::StoredEvent;
+use keyledger_domain::{GlobalPosition, OrgId};
+use keyledger_store::{EventStore, StoreError};
+use serde_json::Value;
+
+use crate::{AuditEntry, Projection, ProjectionError};
+
+/// Everything one batch changed in one projection, written atomically with its checkpoint.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Changes {
+    /// Per organization: the new document, or `None` to delete it.
+    pub docs: BTreeMap<OrgId, Option<Value>>,
+    pub audit: Vec<AuditEntry>,
+    /// The position of the last event folded.
+    pub checkpoint: u64,
+}
+
+/// Why a sink failed. Usually transient (the database); the runner stops and a restart resumes
+/// from the last committed checkpoint.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SinkError {
+    #[error("projection storage failed: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A deliberately injected failure (tests of crash safety).
+    #[error("injected failure")]
+    Injected,
+}
+
+/// Where a projection's rows live (SQLite or PostgreSQL tables, or memory).
+#[async_trait]
+pub trait ProjectionSink: Send + Sync {
+    /// The position of the last event this projection has folded (0: none).
+    async fn checkpoint(&self, projection: Projection) -> Result<u64, SinkError>;
+    /// The current documents of `orgs`; absent ones are left out.
+    async fn load(&self, projection: Projection, orgs: &[OrgId]) -> Result<HashMap<OrgId, Value>, SinkError>;
+    /// Writes `changes` and moves the checkpoint, all or nothing.
+    async fn commit(&self, projection: Projection, changes: Changes) -> Result<(), SinkError>;
+    /// Deletes every row of the projection and sets its checkpoint to 0, all or nothing.
+    async fn reset(&self, projection: Projection) -> Result<(), SinkError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunnerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Fold(#[from] ProjectionError),
+}
+
+/// Runs one projection.
+pub struct Runner {
+    store: Arc<dyn EventStore>,
+    sink: Arc<dyn ProjectionSink>,
+    projection: Projection,
+    batch: usize,
+}
+
+impl std::fmt::Debug for Runner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runner")
+            .field("projection", &self.projection)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runner {
+    pub fn new(store: Arc<dyn EventStore>, sink: Arc<dyn ProjectionSink>, projection: Projection) -> Self {
+        Self {
+            store,
+            sink,
+            projection,
+            batch: 1000,
+        }
+    }
+
+    pub fn with_batch(mut self, batch: usize) -> Self {
+        self.batch = batch.max(1);
+        self
+    }
+
+    /// Folds `events` (consecutive, after the checkpoint) and commits them as one batch.
+    async fn apply_batch(&self, events: &[StoredEvent]) -> Result<(), RunnerError> {
+        let Some(last) = events.last() else { return Ok(()) };
+        let orgs: Vec<OrgId> = events
+            .iter()
+            .map(|e| e.stream_id.org_id())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut docs: HashMap<OrgId, Value> = self.sink.load(self.projection, &orgs).await?;
+        let mut changes = Changes {
+            checkpoint: last.global_position.0,
+            ..Changes::default()
+        };
+        for stored in events {
+            let org = stored.stream_id.org_id();
+            let event = stored.decode().map_err(|source| ProjectionError::Decode {
+                position: stored.global_position.0,
+                source,
+            })?;
+            let applied = self.projection.apply(docs.get(&org), stored, &event)?;
+            match &applied.doc {
+                Some(d) => {
+                    docs.insert(org, d.clone());
+                }
+                None => {
+                    docs.remove(&org);
+                }
+            }
+            changes.docs.insert(org, applied.doc);
+            changes.audit.extend(applied.audit);
+        }
+        self.sink.commit(self.projection, changes).await?;
+        Ok(())
+    }
+
+    /// Folds everything after the checkpoint, then returns the new checkpoint.
+    pub async fn catch_up(&self) -> Result<u64, RunnerError> {
+        let mut after = self.sink.checkpoint(self.projection).await?;
+        loop {
+            let events = self.store.read_all(GlobalPosition(after), self.batch).await?;
+            let Some(last) = events.last() else {
+                return Ok(after);
+            };
+            let next = last.global_position.0;
+            self.apply_batch(&events).await?;
+            after = next;
+        }
+    }
+
+    /// Deletes the projection's rows and folds the whole log from position 0. `progress` is
+    /// called after each batch with the position reached.
+    pub async fn rebuild(&self, mut progress: impl FnMut(u64) + Send) -> Result<u64, RunnerError> {
+        self.sink.reset(self.projection).await?;
+        let mut after = 0;
+        loop {
+            let events = self.store.read_all(GlobalPosition(after), self.batch).await?;
+            let Some(last) = events.last() else {
+                return Ok(after);
+            };
+            let next = last.global_position.0;
+            self.apply_batch(&events).await?;
+            after = next;
+            progress(after);
+        }
+    }
+
+    /// Follows the store live until `shutdown` resolves or an error occurs.
+    pub async fn run(
+        &self,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), RunnerError> {
+        let after = self.sink.checkpoint(self.projection).await?;
+        let mut stream = self
+            .store
+            .subscribe(GlobalPosition(after))
+            .ready_chunks(self.batch);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                next = stream.next() => {
+                    let Some(chunk) = next else { return Ok(()) };
+                    let events: Vec<StoredEvent> = chunk.into_iter().collect::<Result<_, _>>()?;
+                    self.apply_batch(&events).await?;
+                }
+            }
+        }
+    }
+}
+
+/// Projection rows in memory, with the same all-or-nothing commits as the SQL sinks.
+#[derive(Debug, Default)]
+pub struct MemorySink {
+    inner: Mutex<MemoryRows>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MemoryRows {
+    pub docs: BTreeMap<(Projection, OrgId), Value>,
+    pub audit: Vec<AuditEntry>,
+    pub checkpoints: BTreeMap<Projection, u64>,
+}
+
+impl MemorySink {
+    pub fn rows(&self) -> MemoryRows {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+#[async_trait]
+impl ProjectionSink for MemorySink {
+    async fn checkpoint(&self, projection: Projection) -> Result<u64, SinkError> {
+        Ok(self.rows().checkpoints.get(&projection).copied().unwrap_or(0))
+    }
+
+    async fn load(&self, projection: Projection, orgs: &[OrgId]) -> Result<HashMap<OrgId, Value>, SinkError> {
+        let rows = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(orgs
+            .iter()
+            .filter_map(|o| rows.docs.get(&(projection, *o)).map(|d| (*o, d.clone())))
+            .collect())
+    }
+
+    async fn commit(&self, projection: Projection, changes: Changes) -> Result<(), SinkError> {
+        let mut rows = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        for (org, doc) in changes.docs {
+            match doc {
+                Some(d) => {
+                    rows.docs.insert((projection, org), d);
+                }
+                None => {
+                    rows.docs.remove(&(projection, org));
+                }
+            }
+        }
+        rows.audit.extend(changes.audit);
+        rows.checkpoints.insert(projection, changes.checkpoint);
+        Ok(())
+    }
+
+    async fn reset(&self, projection: Projection) -> Result<(), SinkError> {
+        let mut rows = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        rows.docs.retain(|(p, _), _| *p != projection);
+        if projection == Projection::TenantAudit {
+            rows.audit.clear();
+        }
+        rows.checkpoints.insert(projection, 0);
+        Ok(())
+    }
+}
