@@ -169,6 +169,9 @@ pub struct CustomerDataDeclaredLost {
 macro_rules! events {
     ($($name:ident),* $(,)?) => {
         /// Every event type, version 1.
+        // Events are short-lived values moved once into the store; boxing the large variants
+        // would only add allocations.
+        #[allow(clippy::large_enum_variant)]
         #[derive(Debug, Clone)]
         pub enum Event {
             $($name($name),)*

@@ -263,10 +263,10 @@ async fn append_in_tx(
     events: Vec<NewEvent>,
     command_id: Option<&CommandId>,
 ) -> Result<AppendResult, StoreError> {
-    if let Some(c) = command_id {
-        if let Some(previous) = command_result(tx, c).await? {
-            return Ok(previous);
-        }
+    if let Some(c) = command_id
+        && let Some(previous) = command_result(tx, c).await?
+    {
+        return Ok(previous);
     }
     let stream_text = stream.to_string();
     let head = sqlx::query(

@@ -354,9 +354,9 @@ async fn main() {
         bench_backend("sqlite", &store, &args, &mut out).await;
         store.close().await;
     }
-    if args.postgres {
-        if let Err(e) = run_postgres(&args, &mut out).await {
-            out.add(format!("postgres: skipped: {e}"));
-        }
+    if args.postgres
+        && let Err(e) = run_postgres(&args, &mut out).await
+    {
+        out.add(format!("postgres: skipped: {e}"));
     }
 }
