@@ -1,7 +1,10 @@
 //! The SQLite event store: one file in WAL mode, the embedded default backend (DESIGN.md §5).
 //!
-//! - One writer connection: appends are serialized, so the rowid global position is commit
-//!   order and catch-up readers never skip an event.
+//! - One writer connection, owned by a writer task: appends are serialized, so the rowid
+//!   global position is commit order and catch-up readers never skip an event.
+//! - Group commit: the writer task takes every append waiting in its queue (up to
+//!   [`MAX_GROUP`]) into one transaction, each append in its own savepoint, so one fsync serves
+//!   many appends while each append stays atomic and is checked on its own.
 //! - A pool of read connections: WAL lets them read while the writer commits.
 //! - An append reads only the stream's head (last version and hash) through the
 //!   `(stream_id, stream_version)` index; it never loads the stream.
@@ -20,6 +23,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
 use sqlx::{Row as _, Sqlite, Transaction};
+use tokio::sync::{mpsc, oneshot};
 
 /// The embedded migrations (`migrations/sqlite/`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
@@ -62,6 +66,7 @@ impl Default for SqliteOptions {
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     write: SqlitePool,
+    writer: mpsc::Sender<WriteRequest>,
     read: SqlitePool,
     ring: Arc<KeyRing>,
     signal: CommitSignal,
@@ -109,11 +114,15 @@ impl SqliteStore {
             .connect_with(connect.read_only(true))
             .await
             .map_err(backend)?;
+        let signal = CommitSignal::default();
+        let (writer, requests) = mpsc::channel(1024);
+        tokio::spawn(writer_loop(write.clone(), signal.clone(), requests));
         Ok(Self {
             write,
+            writer,
             read,
             ring,
-            signal: CommitSignal::default(),
+            signal,
             poll: options.poll,
         })
     }
@@ -133,106 +142,201 @@ impl SqliteStore {
         self.read.close().await;
         self.write.close().await;
     }
+}
 
-    async fn command_result(
-        tx: &mut Transaction<'static, Sqlite>,
-        command_id: &CommandId,
-    ) -> Result<Option<AppendResult>, StoreError> {
-        let row = sqlx::query(
-            "SELECT stream_id, first_version, last_version, first_position, last_position \
-             FROM commands WHERE command_id = ?",
-        )
-        .bind(command_id.as_str())
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(backend)?;
-        row.map(|r| command_row(&r)).transpose()
+/// One append waiting for the writer task.
+struct WriteRequest {
+    ring: Arc<KeyRing>,
+    stream: StreamId,
+    expected: StreamVersion,
+    events: Vec<NewEvent>,
+    command_id: Option<CommandId>,
+    reply: oneshot::Sender<Result<AppendResult, StoreError>>,
+}
+
+/// The most appends committed in one transaction.
+pub const MAX_GROUP: usize = 256;
+
+/// Owns the write side: takes every waiting append into one transaction (group commit).
+async fn writer_loop(pool: SqlitePool, signal: CommitSignal, mut requests: mpsc::Receiver<WriteRequest>) {
+    let mut batch = Vec::with_capacity(MAX_GROUP);
+    while requests.recv_many(&mut batch, MAX_GROUP).await > 0 {
+        commit_group(&pool, &signal, &mut batch).await;
     }
+}
 
-    async fn append_in_tx(
-        &self,
-        tx: &mut Transaction<'static, Sqlite>,
-        stream: StreamId,
-        expected: StreamVersion,
-        events: Vec<NewEvent>,
-        command_id: Option<&CommandId>,
-    ) -> Result<AppendResult, StoreError> {
-        if let Some(c) = command_id {
-            if let Some(previous) = Self::command_result(tx, c).await? {
-                return Ok(previous);
+async fn commit_group(pool: &SqlitePool, signal: &CommitSignal, batch: &mut Vec<WriteRequest>) {
+    // IMMEDIATE takes the write lock up front, so the head reads and the inserts see one state
+    // even when another process writes the same file.
+    let mut tx = match pool.begin_with("BEGIN IMMEDIATE").await {
+        Ok(tx) => tx,
+        Err(e) => {
+            let text = e.to_string();
+            for req in batch.drain(..) {
+                let _ = req.reply.send(Err(StoreError::backend(text.clone())));
+            }
+            return;
+        }
+    };
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut pending = batch.drain(..);
+    while let Some(req) = pending.next() {
+        let WriteRequest {
+            ring,
+            stream,
+            expected,
+            events,
+            command_id,
+            reply,
+        } = req;
+        match append_in_savepoint(&mut tx, &ring, stream, expected, events, command_id.as_ref()).await {
+            Ok(result) => outcomes.push((reply, result)),
+            Err(e) => {
+                // Dropping the transaction rolls the whole group back.
+                let text = e.to_string();
+                let _ = reply.send(Err(StoreError::backend(text.clone())));
+                for (reply, _) in outcomes {
+                    let _ = reply.send(Err(StoreError::backend(text.clone())));
+                }
+                for req in pending {
+                    let _ = req.reply.send(Err(StoreError::backend(text.clone())));
+                }
+                return;
             }
         }
-        let stream_text = stream.to_string();
-        let head = sqlx::query(
-            "SELECT stream_version, hash FROM events WHERE stream_id = ? \
+    }
+    match tx.commit().await {
+        Ok(()) => {
+            signal.notify();
+            for (reply, result) in outcomes {
+                let _ = reply.send(result);
+            }
+        }
+        Err(e) => {
+            let text = e.to_string();
+            for (reply, result) in outcomes {
+                let _ = reply.send(result.and(Err(StoreError::backend(text.clone()))));
+            }
+        }
+    }
+}
+
+/// One append inside the group transaction, atomic on its own through a savepoint. The outer
+/// error means the savepoint itself failed: the group transaction must not commit.
+async fn append_in_savepoint(
+    tx: &mut Transaction<'static, Sqlite>,
+    ring: &KeyRing,
+    stream: StreamId,
+    expected: StreamVersion,
+    events: Vec<NewEvent>,
+    command_id: Option<&CommandId>,
+) -> Result<Result<AppendResult, StoreError>, sqlx::Error> {
+    sqlx::query("SAVEPOINT append").execute(&mut **tx).await?;
+    let result = append_in_tx(tx, ring, stream, expected, events, command_id).await;
+    if result.is_err() {
+        sqlx::query("ROLLBACK TO append").execute(&mut **tx).await?;
+    }
+    sqlx::query("RELEASE append").execute(&mut **tx).await?;
+    Ok(result)
+}
+
+async fn command_result(
+    tx: &mut Transaction<'static, Sqlite>,
+    command_id: &CommandId,
+) -> Result<Option<AppendResult>, StoreError> {
+    let row = sqlx::query(
+        "SELECT stream_id, first_version, last_version, first_position, last_position \
+             FROM commands WHERE command_id = ?",
+    )
+    .bind(command_id.as_str())
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(backend)?;
+    row.map(|r| command_row(&r)).transpose()
+}
+
+async fn append_in_tx(
+    tx: &mut Transaction<'static, Sqlite>,
+    ring: &KeyRing,
+    stream: StreamId,
+    expected: StreamVersion,
+    events: Vec<NewEvent>,
+    command_id: Option<&CommandId>,
+) -> Result<AppendResult, StoreError> {
+    if let Some(c) = command_id
+        && let Some(previous) = command_result(tx, c).await?
+    {
+        return Ok(previous);
+    }
+    let stream_text = stream.to_string();
+    let head = sqlx::query(
+        "SELECT stream_version, hash FROM events WHERE stream_id = ? \
              ORDER BY stream_version DESC LIMIT 1",
-        )
-        .bind(&stream_text)
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(backend)?
-        .map(|r| -> Result<StreamHead, StoreError> {
-            Ok(StreamHead {
-                version: StreamVersion(non_negative(r.try_get("stream_version").map_err(backend)?)),
-                hash: r.try_get("hash").map_err(backend)?,
-            })
+    )
+    .bind(&stream_text)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(backend)?
+    .map(|r| -> Result<StreamHead, StoreError> {
+        Ok(StreamHead {
+            version: StreamVersion(non_negative(r.try_get("stream_version").map_err(backend)?)),
+            hash: r.try_get("hash").map_err(backend)?,
         })
-        .transpose()?
-        .unwrap_or_else(StreamHead::empty);
-        let prepared =
-            keyledger_store::prepare_append(&self.ring, stream, expected, &head, events, command_id)?;
-        let mut positions = Vec::with_capacity(prepared.len());
-        for e in &prepared {
-            let c = EnvelopeColumns::from_event(e)?;
-            let position: i64 = sqlx::query_scalar(
-                "INSERT INTO events (event_id, stream_id, stream_version, event_type, schema_version, \
+    })
+    .transpose()?
+    .unwrap_or_else(StreamHead::empty);
+    let prepared = keyledger_store::prepare_append(ring, stream, expected, &head, events, command_id)?;
+    let mut positions = Vec::with_capacity(prepared.len());
+    for e in &prepared {
+        let c = EnvelopeColumns::from_event(e)?;
+        let position: i64 = sqlx::query_scalar(
+            "INSERT INTO events (event_id, stream_id, stream_version, event_type, schema_version, \
                  occurred_at, actor, command_id, correlation_id, causation_id, payload, prev_hash, hash) \
                  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING position",
-            )
-            .bind(c.event_id)
-            .bind(c.stream_id)
-            .bind(c.stream_version)
-            .bind(c.event_type)
-            .bind(c.schema_version)
-            .bind(c.occurred_at)
-            .bind(c.actor)
-            .bind(c.command_id)
-            .bind(c.correlation_id)
-            .bind(c.causation_id)
-            .bind(c.payload)
-            .bind(c.prev_hash)
-            .bind(c.hash)
-            .fetch_one(&mut **tx)
-            .await
-            .map_err(backend)?;
-            positions.push(GlobalPosition(non_negative(position)));
-        }
-        // Invariant: prepare_append refuses an empty batch, so both ends exist.
-        let (first, last) = (&prepared[0], &prepared[prepared.len() - 1]);
-        let result = AppendResult {
-            stream,
-            first_version: first.stream_version,
-            last_version: last.stream_version,
-            first_position: positions[0],
-            last_position: positions[positions.len() - 1],
-        };
-        if let Some(c) = command_id {
-            sqlx::query(
-                "INSERT INTO commands (command_id, stream_id, first_version, last_version, \
-                 first_position, last_position) VALUES (?, ?, ?, ?, ?, ?)",
-            )
-            .bind(c.as_str())
-            .bind(&stream_text)
-            .bind(to_i64(result.first_version.0)?)
-            .bind(to_i64(result.last_version.0)?)
-            .bind(to_i64(result.first_position.0)?)
-            .bind(to_i64(result.last_position.0)?)
-            .execute(&mut **tx)
-            .await
-            .map_err(backend)?;
-        }
-        Ok(result)
+        )
+        .bind(c.event_id)
+        .bind(c.stream_id)
+        .bind(c.stream_version)
+        .bind(c.event_type)
+        .bind(c.schema_version)
+        .bind(c.occurred_at)
+        .bind(c.actor)
+        .bind(c.command_id)
+        .bind(c.correlation_id)
+        .bind(c.causation_id)
+        .bind(c.payload)
+        .bind(c.prev_hash)
+        .bind(c.hash)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(backend)?;
+        positions.push(GlobalPosition(non_negative(position)));
     }
+    // Invariant: prepare_append refuses an empty batch, so both ends exist.
+    let (first, last) = (&prepared[0], &prepared[prepared.len() - 1]);
+    let result = AppendResult {
+        stream,
+        first_version: first.stream_version,
+        last_version: last.stream_version,
+        first_position: positions[0],
+        last_position: positions[positions.len() - 1],
+    };
+    if let Some(c) = command_id {
+        sqlx::query(
+            "INSERT INTO commands (command_id, stream_id, first_version, last_version, \
+                 first_position, last_position) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(c.as_str())
+        .bind(&stream_text)
+        .bind(to_i64(result.first_version.0)?)
+        .bind(to_i64(result.last_version.0)?)
+        .bind(to_i64(result.first_position.0)?)
+        .bind(to_i64(result.last_position.0)?)
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
+    }
+    Ok(result)
 }
 
 fn non_negative(v: i64) -> u64 {
@@ -285,15 +389,18 @@ impl EventStore for SqliteStore {
         events: Vec<NewEvent>,
         command_id: Option<CommandId>,
     ) -> Result<AppendResult, StoreError> {
-        // IMMEDIATE takes the write lock up front, so the head read and the inserts see one
-        // state even when another process writes the same file.
-        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(backend)?;
-        let result = self
-            .append_in_tx(&mut tx, stream, expected, events, command_id.as_ref())
-            .await?;
-        tx.commit().await.map_err(backend)?;
-        self.signal.notify();
-        Ok(result)
+        let (reply, result) = oneshot::channel();
+        let request = WriteRequest {
+            ring: self.ring.clone(),
+            stream,
+            expected,
+            events,
+            command_id,
+            reply,
+        };
+        let stopped = || StoreError::backend("the SQLite writer task has stopped");
+        self.writer.send(request).await.map_err(|_| stopped())?;
+        result.await.map_err(|_| stopped())?
     }
 
     async fn read_stream(

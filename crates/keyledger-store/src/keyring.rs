@@ -48,22 +48,21 @@ impl InternalKey {
     /// A fresh random key with a new id.
     pub fn generate() -> Self {
         let mut bytes = Aes256Gcm::generate_key(OsRng);
-        let mut material = [0u8; 32];
+        let mut material = Zeroizing::new([0u8; 32]);
         material.copy_from_slice(bytes.as_slice());
         bytes.as_mut_slice().zeroize();
         let kid = format!("ik-{}", uuid::Uuid::now_v7().simple());
-        Self::from_parts(kid, Utc::now(), Box::new(material))
+        Self::from_parts(kid, Utc::now(), &material)
     }
 
     /// A key with the given id and material (imports, tests).
     pub fn from_secret(kid: String, created_at: DateTime<Utc>, material: &SecretBox<[u8; 32]>) -> Self {
-        Self::from_parts(kid, created_at, Box::new(*material.expose_secret()))
+        Self::from_parts(kid, created_at, material.expose_secret())
     }
 
-    fn from_parts(kid: String, created_at: DateTime<Utc>, mut material: Box<[u8; 32]>) -> Self {
+    fn from_parts(kid: String, created_at: DateTime<Utc>, material: &[u8; 32]) -> Self {
         let cipher = Aes256Gcm::new(aes_gcm::Key::<Aes256Gcm>::from_slice(material.as_slice()));
-        let secret = SecretBox::new(Box::new(*material));
-        material.zeroize();
+        let secret = SecretBox::init_with_mut(|b: &mut [u8; 32]| b.copy_from_slice(material));
         Self {
             kid,
             created_at,
@@ -211,12 +210,12 @@ impl KeyRing {
             if bytes.len() != 32 {
                 return Err(invalid("a key is not 32 bytes"));
             }
-            let mut material = Box::new([0u8; 32]);
+            let mut material = Zeroizing::new([0u8; 32]);
             material.copy_from_slice(&bytes);
             keys.push(InternalKey::from_parts(
                 entry.kid.clone(),
                 entry.created_at,
-                material,
+                &material,
             ));
         }
         Self::from_keys(keys).ok_or_else(|| invalid("no key, or a repeated key id"))
