@@ -9,6 +9,9 @@
 pub mod rows;
 pub mod runner;
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
 use std::collections::BTreeMap;
 
 use keyledger_domain::envelope::StoredEvent;

@@ -217,6 +217,17 @@ impl ProjectionSink for MemorySink {
 
     async fn commit(&self, projection: Projection, changes: Changes) -> Result<(), SinkError> {
         let mut rows = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        // Audit rows are unique per (tenant, position), as in the SQL tables; check first so a
+        // failing commit changes nothing.
+        let mut keys: BTreeSet<(keyledger_domain::TenantId, u64)> =
+            rows.audit.iter().map(|a| (a.tenant_id, a.position)).collect();
+        for a in &changes.audit {
+            if !keys.insert((a.tenant_id, a.position)) {
+                return Err(SinkError::Backend(
+                    "duplicate audit row (tenant, position)".into(),
+                ));
+            }
+        }
         for (org, doc) in changes.docs {
             match doc {
                 Some(d) => {

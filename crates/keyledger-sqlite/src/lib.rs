@@ -25,6 +25,9 @@ use sqlx::sqlite::{
 use sqlx::{Row as _, Sqlite, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
+pub mod projections;
+pub use projections::SqliteProjections;
+
 /// The embedded migrations (`migrations/sqlite/`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
 
@@ -130,6 +133,11 @@ impl SqliteStore {
     /// The same database seen through another key ring.
     pub fn with_key_ring(&self, ring: Arc<KeyRing>) -> Self {
         Self { ring, ..self.clone() }
+    }
+
+    /// The read pool.
+    pub fn read_pool(&self) -> &SqlitePool {
+        &self.read
     }
 
     /// The writer pool (one connection), for backend-specific maintenance and tests.

@@ -1,0 +1,163 @@
+//! The projection-sink conformance suite (feature `conformance`): written once, mounted for the
+//! memory, SQLite and PostgreSQL sinks with [`sink_conformance!`](crate::sink_conformance).
+
+use std::sync::Arc;
+
+use keyledger_domain::envelope::{EnvelopeActor, EventMetadata};
+use keyledger_domain::testing::{self, History};
+use keyledger_domain::{GlobalPosition, OrgId, StreamId, StreamVersion};
+use keyledger_store::{EventStore, NewEvent};
+
+use crate::{Changes, Projection, ProjectionSink, Runner};
+
+/// Appends a history's events to the scenario's stream, one append per event.
+pub async fn append_history(store: &dyn EventStore, history: History) {
+    let stream = StreamId::for_org(testing::org_id());
+    for (i, event) in history.events().into_iter().enumerate() {
+        let metadata = EventMetadata {
+            occurred_at: testing::at_minutes(i as i64),
+            actor: EnvelopeActor::from_actor(&testing::admin(), None),
+            command_id: None,
+            correlation_id: None,
+            causation_id: None,
+        };
+        store
+            .append(
+                stream,
+                StreamVersion(i as u64),
+                vec![NewEvent { event, metadata }],
+                None,
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// Folds a realistic history through a runner into `sink`.
+async fn folded(store: Arc<dyn EventStore>, sink: Arc<dyn ProjectionSink>) {
+    append_history(
+        store.as_ref(),
+        testing::cmk_org().rotate(&testing::key_b()).switch(),
+    )
+    .await;
+    for p in Projection::ALL {
+        Runner::new(store.clone(), sink.clone(), p)
+            .with_batch(3)
+            .catch_up()
+            .await
+            .unwrap();
+    }
+}
+
+/// Commits move the checkpoint with the rows; loads see them.
+pub async fn commits_rows_and_checkpoint_together(store: Arc<dyn EventStore>, sink: Arc<dyn ProjectionSink>) {
+    folded(store.clone(), sink.clone()).await;
+    let last = store
+        .read_all(GlobalPosition(0), usize::MAX)
+        .await
+        .unwrap()
+        .last()
+        .unwrap()
+        .global_position
+        .0;
+    for p in Projection::ALL {
+        assert_eq!(sink.checkpoint(p).await.unwrap(), last, "{}", p.name());
+    }
+    let docs = sink
+        .load(Projection::OrganizationEncryption, &[testing::org_id()])
+        .await
+        .unwrap();
+    let view: crate::OrganizationView = serde_json::from_value(docs[&testing::org_id()].clone()).unwrap();
+    assert_eq!(view.key_history.len(), 2);
+    // A document deleted by the fold is gone (key health ends with the switch).
+    assert!(
+        sink.load(Projection::KeyHealth, &[testing::org_id()])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// A commit that fails part-way writes nothing and keeps the checkpoint.
+pub async fn a_failed_commit_writes_nothing(store: Arc<dyn EventStore>, sink: Arc<dyn ProjectionSink>) {
+    folded(store, sink.clone()).await;
+    let before_cp = sink.checkpoint(Projection::TenantAudit).await.unwrap();
+    let org: OrgId = testing::other_org_id();
+    let existing = {
+        // An audit row that is already stored: inserting it again violates its key.
+        let mut changes = Changes::default();
+        changes.docs.insert(org, Some(serde_json::json!({"tenants": []})));
+        changes.checkpoint = before_cp + 1_000_000;
+        changes
+    };
+    let dup = crate::AuditEntry {
+        id: "dup".into(),
+        tenant_id: testing::tenant_a().tenant_id,
+        org_id: testing::org_id(),
+        occurred_at: testing::t0(),
+        actor: crate::AuditActor {
+            kind: keyledger_domain::ActorKind::User,
+            id: "x".into(),
+        },
+        action: "CustomerManagedKeyEnabled".into(),
+        details: serde_json::json!({}),
+        event_id: "01900000-0000-7000-9000-000000000003".parse().unwrap(),
+        position: 1,
+    };
+    let mut first = existing.clone();
+    first.audit = vec![dup.clone()];
+    first.checkpoint = before_cp;
+    // Store the row once (any outcome), then try a commit holding it twice.
+    let _ = sink.commit(Projection::TenantAudit, first).await;
+    let cp = sink.checkpoint(Projection::TenantAudit).await.unwrap();
+    let mut failing = existing;
+    failing.docs.insert(
+        testing::other_org_id(),
+        Some(serde_json::json!({"tenants": ["changed"]})),
+    );
+    failing.audit = vec![dup.clone(), dup];
+    assert!(sink.commit(Projection::TenantAudit, failing).await.is_err());
+    assert_eq!(sink.checkpoint(Projection::TenantAudit).await.unwrap(), cp);
+    let doc = sink.load(Projection::TenantAudit, &[org]).await.unwrap();
+    assert_ne!(doc.get(&org), Some(&serde_json::json!({"tenants": ["changed"]})));
+}
+
+/// Reset empties a projection and zeroes its checkpoint; the others are untouched.
+pub async fn reset_empties_one_projection(store: Arc<dyn EventStore>, sink: Arc<dyn ProjectionSink>) {
+    folded(store, sink.clone()).await;
+    sink.reset(Projection::OrganizationEncryption).await.unwrap();
+    assert_eq!(
+        sink.checkpoint(Projection::OrganizationEncryption).await.unwrap(),
+        0
+    );
+    assert!(
+        sink.load(Projection::OrganizationEncryption, &[testing::org_id()])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(sink.checkpoint(Projection::DataKeyInventory).await.unwrap() > 0);
+}
+
+/// Mounts the suite: `sink_conformance!(async_factory)` where the factory returns
+/// `(Arc<dyn EventStore>, Arc<dyn ProjectionSink>, guard)`.
+#[macro_export]
+macro_rules! sink_conformance {
+    ($factory:expr) => {
+        #[tokio::test]
+        async fn commits_rows_and_checkpoint_together() {
+            let (store, sink, _guard) = $factory().await;
+            $crate::conformance::commits_rows_and_checkpoint_together(store, sink).await;
+        }
+        #[tokio::test]
+        async fn a_failed_commit_writes_nothing() {
+            let (store, sink, _guard) = $factory().await;
+            $crate::conformance::a_failed_commit_writes_nothing(store, sink).await;
+        }
+        #[tokio::test]
+        async fn reset_empties_one_projection() {
+            let (store, sink, _guard) = $factory().await;
+            $crate::conformance::reset_empties_one_projection(store, sink).await;
+        }
+    };
+}

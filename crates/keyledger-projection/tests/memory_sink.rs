@@ -1,0 +1,16 @@
+//! The sink conformance suite on the in-memory sink.
+
+use std::sync::Arc;
+
+use keyledger_projection::{MemorySink, ProjectionSink};
+use keyledger_store::{EventStore, InMemoryStore, KeyRing};
+
+async fn memory() -> (Arc<dyn EventStore>, Arc<dyn ProjectionSink>, ()) {
+    (
+        Arc::new(InMemoryStore::new(Arc::new(KeyRing::generate()))),
+        Arc::new(MemorySink::default()),
+        (),
+    )
+}
+
+keyledger_projection::sink_conformance!(memory);

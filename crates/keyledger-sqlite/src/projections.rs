@@ -1,0 +1,196 @@
+//! Projection tables in the SQLite file: the sink of the projection runners.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use keyledger_domain::OrgId;
+use keyledger_projection::{AuditEntry, Changes, Projection, ProjectionSink, SinkError};
+use serde_json::Value;
+use sqlx::Row as _;
+use sqlx::sqlite::SqlitePool;
+
+use crate::SqliteStore;
+
+fn sink_err(e: impl std::error::Error + Send + Sync + 'static) -> SinkError {
+    SinkError::Backend(Box::new(e))
+}
+
+/// The projection rows of one SQLite store.
+#[derive(Debug, Clone)]
+pub struct SqliteProjections {
+    write: SqlitePool,
+    read: SqlitePool,
+}
+
+impl SqliteProjections {
+    pub fn new(store: &SqliteStore) -> Self {
+        Self {
+            write: store.write_pool().clone(),
+            read: store.read_pool().clone(),
+        }
+    }
+
+    /// Every document of a projection, by organization (tests and rebuild comparisons).
+    pub async fn documents(&self, projection: Projection) -> Result<Vec<(OrgId, Value)>, SinkError> {
+        let rows =
+            sqlx::query("SELECT org_id, doc FROM projection_documents WHERE projection = ? ORDER BY org_id")
+                .bind(projection.name())
+                .fetch_all(&self.read)
+                .await
+                .map_err(sink_err)?;
+        rows.iter()
+            .map(|r| {
+                let org: String = r.get(0);
+                let doc: String = r.get(1);
+                Ok((
+                    org.parse().map_err(sink_err)?,
+                    serde_json::from_str(&doc).map_err(sink_err)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// One document.
+    pub async fn document(&self, projection: Projection, org: OrgId) -> Result<Option<Value>, SinkError> {
+        Ok(self.load(projection, &[org]).await?.remove(&org))
+    }
+
+    /// Audit rows of a tenant after `after` (a position), oldest first.
+    pub async fn audit(
+        &self,
+        tenant: keyledger_domain::TenantId,
+        after: u64,
+        limit: u32,
+        action: Option<&str>,
+    ) -> Result<Vec<AuditEntry>, SinkError> {
+        let rows = sqlx::query(
+            "SELECT entry FROM tenant_audit WHERE tenant_id = ? AND position > ? AND (? IS NULL OR action = ?) \
+             ORDER BY position LIMIT ?",
+        )
+        .bind(tenant.to_string())
+        .bind(i64::try_from(after).unwrap_or(i64::MAX))
+        .bind(action)
+        .bind(action)
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await
+        .map_err(sink_err)?;
+        rows.iter()
+            .map(|r| serde_json::from_str(r.get::<&str, _>(0)).map_err(sink_err))
+            .collect()
+    }
+}
+
+#[async_trait]
+impl ProjectionSink for SqliteProjections {
+    async fn checkpoint(&self, projection: Projection) -> Result<u64, SinkError> {
+        let row = sqlx::query("SELECT position FROM projection_checkpoints WHERE projection = ?")
+            .bind(projection.name())
+            .fetch_optional(&self.read)
+            .await
+            .map_err(sink_err)?;
+        Ok(row.map(|r| r.get::<i64, _>(0)).unwrap_or(0).max(0) as u64)
+    }
+
+    async fn load(&self, projection: Projection, orgs: &[OrgId]) -> Result<HashMap<OrgId, Value>, SinkError> {
+        let mut out = HashMap::with_capacity(orgs.len());
+        // SQLite limits bound parameters; 500 per query stays far below it.
+        for chunk in orgs.chunks(500) {
+            let placeholders = vec!["?"; chunk.len()].join(",");
+            let sql = format!(
+                "SELECT org_id, doc FROM projection_documents WHERE projection = ? AND org_id IN ({placeholders})"
+            );
+            let mut q = sqlx::query(&sql).bind(projection.name());
+            for org in chunk {
+                q = q.bind(org.to_string());
+            }
+            for r in q.fetch_all(&self.write).await.map_err(sink_err)? {
+                let org: String = r.get(0);
+                let doc: String = r.get(1);
+                out.insert(
+                    org.parse().map_err(sink_err)?,
+                    serde_json::from_str(&doc).map_err(sink_err)?,
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    async fn commit(&self, projection: Projection, changes: Changes) -> Result<(), SinkError> {
+        let name = projection.name();
+        let mut tx = self.write.begin().await.map_err(sink_err)?;
+        for (org, doc) in &changes.docs {
+            match doc {
+                Some(d) => {
+                    sqlx::query(
+                        "INSERT INTO projection_documents (projection, org_id, doc) VALUES (?, ?, ?) \
+                         ON CONFLICT (projection, org_id) DO UPDATE SET doc = excluded.doc",
+                    )
+                    .bind(name)
+                    .bind(org.to_string())
+                    .bind(d.to_string())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(sink_err)?;
+                }
+                None => {
+                    sqlx::query("DELETE FROM projection_documents WHERE projection = ? AND org_id = ?")
+                        .bind(name)
+                        .bind(org.to_string())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(sink_err)?;
+                }
+            }
+        }
+        for a in &changes.audit {
+            sqlx::query(
+                "INSERT INTO tenant_audit (tenant_id, position, org_id, occurred_at, action, entry) \
+                 VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(a.tenant_id.to_string())
+            .bind(i64::try_from(a.position).map_err(sink_err)?)
+            .bind(a.org_id.to_string())
+            .bind(keyledger_domain::envelope::canonical_time(a.occurred_at))
+            .bind(&a.action)
+            .bind(serde_json::to_string(a).map_err(sink_err)?)
+            .execute(&mut *tx)
+            .await
+            .map_err(sink_err)?;
+        }
+        sqlx::query(
+            "INSERT INTO projection_checkpoints (projection, position) VALUES (?, ?) \
+             ON CONFLICT (projection) DO UPDATE SET position = excluded.position",
+        )
+        .bind(name)
+        .bind(i64::try_from(changes.checkpoint).map_err(sink_err)?)
+        .execute(&mut *tx)
+        .await
+        .map_err(sink_err)?;
+        tx.commit().await.map_err(sink_err)
+    }
+
+    async fn reset(&self, projection: Projection) -> Result<(), SinkError> {
+        let mut tx = self.write.begin().await.map_err(sink_err)?;
+        sqlx::query("DELETE FROM projection_documents WHERE projection = ?")
+            .bind(projection.name())
+            .execute(&mut *tx)
+            .await
+            .map_err(sink_err)?;
+        if projection == Projection::TenantAudit {
+            sqlx::query("DELETE FROM tenant_audit")
+                .execute(&mut *tx)
+                .await
+                .map_err(sink_err)?;
+        }
+        sqlx::query(
+            "INSERT INTO projection_checkpoints (projection, position) VALUES (?, 0) \
+             ON CONFLICT (projection) DO UPDATE SET position = 0",
+        )
+        .bind(projection.name())
+        .execute(&mut *tx)
+        .await
+        .map_err(sink_err)?;
+        tx.commit().await.map_err(sink_err)
+    }
+}
