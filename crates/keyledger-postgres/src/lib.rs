@@ -24,8 +24,11 @@ use keyledger_store::{
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{Executor, Postgres, Row as _};
 
+pub mod projections;
 #[cfg(feature = "test-hooks")]
 pub mod testing;
+
+pub use projections::{Lease, PgProjections};
 
 /// The embedded migrations (`migrations/postgres/`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");

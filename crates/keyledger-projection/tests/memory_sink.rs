@@ -5,12 +5,12 @@ use std::sync::Arc;
 use keyledger_projection::{MemorySink, ProjectionSink};
 use keyledger_store::{EventStore, InMemoryStore, KeyRing};
 
-async fn memory() -> (Arc<dyn EventStore>, Arc<dyn ProjectionSink>, ()) {
-    (
+async fn memory() -> Option<(Arc<dyn EventStore>, Arc<dyn ProjectionSink>, ())> {
+    Some((
         Arc::new(InMemoryStore::new(Arc::new(KeyRing::generate()))),
         Arc::new(MemorySink::default()),
         (),
-    )
+    ))
 }
 
 keyledger_projection::sink_conformance!(memory);

@@ -6,13 +6,13 @@ use keyledger_projection::ProjectionSink;
 use keyledger_sqlite::{SqliteProjections, SqliteStore};
 use keyledger_store::{EventStore, KeyRing};
 
-async fn sqlite() -> (Arc<dyn EventStore>, Arc<dyn ProjectionSink>, tempfile::TempDir) {
+async fn sqlite() -> Option<(Arc<dyn EventStore>, Arc<dyn ProjectionSink>, tempfile::TempDir)> {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("k.db"), Arc::new(KeyRing::generate()))
         .await
         .unwrap();
     let sink = Arc::new(SqliteProjections::new(&store));
-    (Arc::new(store), sink, dir)
+    Some((Arc::new(store), sink, dir))
 }
 
 keyledger_projection::sink_conformance!(sqlite);

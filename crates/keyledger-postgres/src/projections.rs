@@ -1,0 +1,252 @@
+//! Projection tables in PostgreSQL, and the advisory-lock lease that makes one runner per
+//! projection lead among several instances.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use keyledger_domain::OrgId;
+use keyledger_projection::{AuditEntry, Changes, Projection, ProjectionSink, SinkError};
+use serde_json::Value;
+use sqlx::postgres::{PgConnection, PgPool};
+use sqlx::{Connection as _, Row as _};
+
+use crate::PostgresStore;
+
+fn sink_err(e: impl std::error::Error + Send + Sync + 'static) -> SinkError {
+    SinkError::Backend(Box::new(e))
+}
+
+/// The projection rows of one PostgreSQL database.
+#[derive(Debug, Clone)]
+pub struct PgProjections {
+    pool: PgPool,
+}
+
+impl PgProjections {
+    pub fn new(store: &PostgresStore) -> Self {
+        Self {
+            pool: store.pool().clone(),
+        }
+    }
+
+    /// Audit rows of a tenant after `after` (a position), oldest first.
+    pub async fn audit(
+        &self,
+        tenant: keyledger_domain::TenantId,
+        after: u64,
+        limit: u32,
+        action: Option<&str>,
+    ) -> Result<Vec<AuditEntry>, SinkError> {
+        let rows = sqlx::query(
+            "SELECT entry::text FROM tenant_audit WHERE tenant_id = $1 AND position > $2 \
+             AND ($3::text IS NULL OR action = $3) ORDER BY position LIMIT $4",
+        )
+        .bind(tenant.to_string())
+        .bind(i64::try_from(after).unwrap_or(i64::MAX))
+        .bind(action)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(sink_err)?;
+        rows.iter()
+            .map(|r| serde_json::from_str(r.get::<&str, _>(0)).map_err(sink_err))
+            .collect()
+    }
+}
+
+#[async_trait]
+impl ProjectionSink for PgProjections {
+    async fn checkpoint(&self, projection: Projection) -> Result<u64, SinkError> {
+        let row = sqlx::query("SELECT position FROM projection_checkpoints WHERE projection = $1")
+            .bind(projection.name())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(sink_err)?;
+        Ok(row.map(|r| r.get::<i64, _>(0)).unwrap_or(0).max(0) as u64)
+    }
+
+    async fn load(&self, projection: Projection, orgs: &[OrgId]) -> Result<HashMap<OrgId, Value>, SinkError> {
+        let ids: Vec<String> = orgs.iter().map(ToString::to_string).collect();
+        let rows = sqlx::query(
+            "SELECT org_id, doc::text FROM projection_documents WHERE projection = $1 AND org_id = ANY($2)",
+        )
+        .bind(projection.name())
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(sink_err)?;
+        rows.iter()
+            .map(|r| {
+                let org: &str = r.get(0);
+                let doc: &str = r.get(1);
+                Ok((
+                    org.parse().map_err(sink_err)?,
+                    serde_json::from_str(doc).map_err(sink_err)?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn commit(&self, projection: Projection, changes: Changes) -> Result<(), SinkError> {
+        let name = projection.name();
+        let mut upsert_orgs = Vec::new();
+        let mut upsert_docs = Vec::new();
+        let mut delete_orgs = Vec::new();
+        for (org, doc) in &changes.docs {
+            match doc {
+                Some(d) => {
+                    upsert_orgs.push(org.to_string());
+                    upsert_docs.push(d.to_string());
+                }
+                None => delete_orgs.push(org.to_string()),
+            }
+        }
+        let mut tx = self.pool.begin().await.map_err(sink_err)?;
+        sqlx::query(
+            "INSERT INTO projection_documents (projection, org_id, doc) \
+             SELECT $1, o, d::jsonb FROM unnest($2::text[], $3::text[]) AS t(o, d) \
+             ON CONFLICT (projection, org_id) DO UPDATE SET doc = excluded.doc",
+        )
+        .bind(name)
+        .bind(&upsert_orgs)
+        .bind(&upsert_docs)
+        .execute(&mut *tx)
+        .await
+        .map_err(sink_err)?;
+        sqlx::query("DELETE FROM projection_documents WHERE projection = $1 AND org_id = ANY($2)")
+            .bind(name)
+            .bind(&delete_orgs)
+            .execute(&mut *tx)
+            .await
+            .map_err(sink_err)?;
+        if !changes.audit.is_empty() {
+            let mut tenants = Vec::new();
+            let mut positions = Vec::new();
+            let mut orgs = Vec::new();
+            let mut times = Vec::new();
+            let mut actions = Vec::new();
+            let mut entries = Vec::new();
+            for a in &changes.audit {
+                tenants.push(a.tenant_id.to_string());
+                positions.push(i64::try_from(a.position).map_err(sink_err)?);
+                orgs.push(a.org_id.to_string());
+                times.push(a.occurred_at);
+                actions.push(a.action.clone());
+                entries.push(serde_json::to_string(a).map_err(sink_err)?);
+            }
+            sqlx::query(
+                "INSERT INTO tenant_audit (tenant_id, position, org_id, occurred_at, action, entry) \
+                 SELECT t, p, o, w, a, e::jsonb \
+                 FROM unnest($1::text[], $2::bigint[], $3::text[], $4::timestamptz[], $5::text[], $6::text[]) \
+                   AS x(t, p, o, w, a, e)",
+            )
+            .bind(&tenants)
+            .bind(&positions)
+            .bind(&orgs)
+            .bind(&times)
+            .bind(&actions)
+            .bind(&entries)
+            .execute(&mut *tx)
+            .await
+            .map_err(sink_err)?;
+        }
+        sqlx::query(
+            "INSERT INTO projection_checkpoints (projection, position) VALUES ($1, $2) \
+             ON CONFLICT (projection) DO UPDATE SET position = excluded.position",
+        )
+        .bind(name)
+        .bind(i64::try_from(changes.checkpoint).map_err(sink_err)?)
+        .execute(&mut *tx)
+        .await
+        .map_err(sink_err)?;
+        tx.commit().await.map_err(sink_err)
+    }
+
+    async fn reset(&self, projection: Projection) -> Result<(), SinkError> {
+        let mut tx = self.pool.begin().await.map_err(sink_err)?;
+        sqlx::query("DELETE FROM projection_documents WHERE projection = $1")
+            .bind(projection.name())
+            .execute(&mut *tx)
+            .await
+            .map_err(sink_err)?;
+        if projection == Projection::TenantAudit {
+            sqlx::query("DELETE FROM tenant_audit")
+                .execute(&mut *tx)
+                .await
+                .map_err(sink_err)?;
+        }
+        sqlx::query(
+            "INSERT INTO projection_checkpoints (projection, position) VALUES ($1, 0) \
+             ON CONFLICT (projection) DO UPDATE SET position = 0",
+        )
+        .bind(projection.name())
+        .execute(&mut *tx)
+        .await
+        .map_err(sink_err)?;
+        tx.commit().await.map_err(sink_err)
+    }
+}
+
+/// Leadership of one projection among instances: a session-level advisory lock held on a
+/// dedicated connection. It is released when this value drops or the process dies (the server
+/// closes the session), and another instance's [`Lease::acquire`] then succeeds.
+#[derive(Debug)]
+pub struct Lease {
+    connection: PgConnection,
+    key: i64,
+}
+
+fn lease_key(projection: Projection) -> i64 {
+    // A stable 64-bit key per projection name (FNV-1a), in keyledger's own namespace.
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in b"keyledger:projection:"
+        .iter()
+        .chain(projection.name().as_bytes())
+    {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h as i64
+}
+
+impl Lease {
+    /// Tries to take the lease once; `None` when another instance holds it.
+    pub async fn try_acquire(url: &str, projection: Projection) -> Result<Option<Lease>, SinkError> {
+        let mut connection = PgConnection::connect(url).await.map_err(sink_err)?;
+        let key = lease_key(projection);
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(key)
+            .fetch_one(&mut connection)
+            .await
+            .map_err(sink_err)?;
+        Ok(got.then_some(Lease { connection, key }))
+    }
+
+    /// Waits until the lease is free, trying every `every`.
+    pub async fn acquire(
+        url: &str,
+        projection: Projection,
+        every: std::time::Duration,
+    ) -> Result<Lease, SinkError> {
+        loop {
+            if let Some(lease) = Self::try_acquire(url, projection).await? {
+                return Ok(lease);
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    /// Whether the lease is still held: the session that holds the lock is alive.
+    pub async fn is_held(&mut self) -> bool {
+        self.connection.ping().await.is_ok()
+    }
+
+    /// Gives the lease up.
+    pub async fn release(mut self) {
+        let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(self.key)
+            .execute(&mut self.connection)
+            .await;
+        let _ = self.connection.close().await;
+    }
+}
