@@ -169,6 +169,9 @@ pub struct CustomerDataDeclaredLost {
 macro_rules! events {
     ($($name:ident),* $(,)?) => {
         /// Every event type, version 1.
+        // Events are built once per command and moved, not copied in bulk: boxing the large
+        // variants would only add noise.
+        #[allow(clippy::large_enum_variant)]
         #[derive(Debug, Clone)]
         pub enum Event {
             $($name($name),)*

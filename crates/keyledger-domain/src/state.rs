@@ -35,6 +35,8 @@ pub struct Organization {
     pub registered_at: DateTime<Utc>,
 }
 
+// One state per organization in memory; the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum KeyMode {
     ProviderManaged,
@@ -118,10 +120,10 @@ impl Organization {
     }
 
     fn close_current_key(&mut self, at: DateTime<Utc>) {
-        if let Some(last) = self.key_history.last_mut() {
-            if last.to.is_none() {
-                last.to = Some(at);
-            }
+        if let Some(last) = self.key_history.last_mut()
+            && last.to.is_none()
+        {
+            last.to = Some(at);
         }
     }
 }
