@@ -71,7 +71,10 @@ pub enum Reason {
 impl Reason {
     /// Whether a retry may succeed without anyone changing anything.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Reason::VaultUnreachable | Reason::Throttled | Reason::VaultError)
+        matches!(
+            self,
+            Reason::VaultUnreachable | Reason::Throttled | Reason::VaultError
+        )
     }
 
     /// The stable snake_case code used in API errors (`reason`) and health details.

@@ -57,7 +57,10 @@ impl RetryPolicy {
         loop {
             let result = match tokio::time::timeout(self.request_timeout, op()).await {
                 Ok(r) => r,
-                Err(_) => Err(KeyAccessError::with_detail(Reason::VaultUnreachable, "request timed out")),
+                Err(_) => Err(KeyAccessError::with_detail(
+                    Reason::VaultUnreachable,
+                    "request timed out",
+                )),
             };
             match result {
                 Ok(v) => return Ok(v),
@@ -98,13 +101,17 @@ impl<K> Retrying<K> {
 #[async_trait]
 impl<K: KeyAccess> KeyAccess for Retrying<K> {
     async fn describe(&self, connection: &Connection) -> Result<KeyDescription, KeyAccessError> {
-        self.policy.run("describe", || self.inner.describe(connection)).await
+        self.policy
+            .run("describe", || self.inner.describe(connection))
+            .await
     }
     async fn wrap(&self, connection: &Connection, dek: &Dek) -> Result<WrappedDek, KeyAccessError> {
         self.policy.run("wrap", || self.inner.wrap(connection, dek)).await
     }
     async fn unwrap(&self, connection: &Connection, edek: &Edek) -> Result<Dek, KeyAccessError> {
-        self.policy.run("unwrap", || self.inner.unwrap(connection, edek)).await
+        self.policy
+            .run("unwrap", || self.inner.unwrap(connection, edek))
+            .await
     }
 }
 

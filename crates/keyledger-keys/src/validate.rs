@@ -62,7 +62,9 @@ pub async fn test_connection<K: KeyAccess + ?Sized>(
     let outcome = run_checks(access, connection, now, &mut checks).await;
     match &outcome {
         Ok(k) => tracing::info!(key = %k.key(), "key connection test passed"),
-        Err(e) => tracing::info!(key = %connection.key_identifier, reason = %e.reason, "key connection test failed"),
+        Err(e) => {
+            tracing::info!(key = %connection.key_identifier, reason = %e.reason, "key connection test failed")
+        }
     }
     ConnectionTest { checks, outcome }
 }
@@ -73,7 +75,11 @@ async fn run_checks<K: KeyAccess + ?Sized>(
     now: DateTime<Utc>,
     checks: &mut Vec<Check>,
 ) -> Result<ValidatedKey, KeyAccessError> {
-    fn check(checks: &mut Vec<Check>, name: CheckName, result: Result<(), KeyAccessError>) -> Result<(), KeyAccessError> {
+    fn check(
+        checks: &mut Vec<Check>,
+        name: CheckName,
+        result: Result<(), KeyAccessError>,
+    ) -> Result<(), KeyAccessError> {
         checks.push(Check {
             name,
             ok: result.is_ok(),
@@ -114,13 +120,20 @@ async fn run_checks<K: KeyAccess + ?Sized>(
     check(
         checks,
         CheckName::Enabled,
-        if key.enabled { Ok(()) } else { Err(KeyAccessError::new(Reason::KeyDisabled)) },
+        if key.enabled {
+            Ok(())
+        } else {
+            Err(KeyAccessError::new(Reason::KeyDisabled))
+        },
     )?;
     check(
         checks,
         CheckName::NotExpired,
         match key.expires_at {
-            Some(exp) if exp <= now => Err(KeyAccessError::with_detail(Reason::KeyExpired, format!("exp {exp}"))),
+            Some(exp) if exp <= now => Err(KeyAccessError::with_detail(
+                Reason::KeyExpired,
+                format!("exp {exp}"),
+            )),
             _ => Ok(()),
         },
     )?;
@@ -128,11 +141,17 @@ async fn run_checks<K: KeyAccess + ?Sized>(
         checks,
         CheckName::NotBefore,
         match key.not_before {
-            Some(nbf) if nbf > now => Err(KeyAccessError::with_detail(Reason::KeyNotYetValid, format!("nbf {nbf}"))),
+            Some(nbf) if nbf > now => Err(KeyAccessError::with_detail(
+                Reason::KeyNotYetValid,
+                format!("nbf {nbf}"),
+            )),
             _ => Ok(()),
         },
     )?;
-    let missing: Vec<&str> = ["wrapKey", "unwrapKey"].into_iter().filter(|op| !key.has_op(op)).collect();
+    let missing: Vec<&str> = ["wrapKey", "unwrapKey"]
+        .into_iter()
+        .filter(|op| !key.has_op(op))
+        .collect();
     check(
         checks,
         CheckName::KeyOps,
@@ -155,17 +174,24 @@ async fn run_checks<K: KeyAccess + ?Sized>(
         let dek = Dek::generate();
         let wrapped = access.wrap(&pinned, &dek).await?;
         if !wrapped.wrapped_by().is_customer(&key.key_identifier) {
-            return Err(KeyAccessError::with_detail(Reason::VaultError, "wrap used another key version"));
+            return Err(KeyAccessError::with_detail(
+                Reason::VaultError,
+                "wrap used another key version",
+            ));
         }
         let back = access.unwrap(&pinned, wrapped.edek()).await?;
         if back != dek {
-            return Err(KeyAccessError::with_detail(Reason::VaultError, "unwrap returned other bytes"));
+            return Err(KeyAccessError::with_detail(
+                Reason::VaultError,
+                "unwrap returned other bytes",
+            ));
         }
         Ok(())
     }
     .await;
     check(checks, CheckName::WrapUnwrap, round_trip)?;
 
-    ValidatedKey::attest(pinned, key.properties(), now)
-        .map_err(|_| KeyAccessError::with_detail(Reason::VaultError, "vault returned a key id without a version"))
+    ValidatedKey::attest(pinned, key.properties(), now).map_err(|_| {
+        KeyAccessError::with_detail(Reason::VaultError, "vault returned a key id without a version")
+    })
 }

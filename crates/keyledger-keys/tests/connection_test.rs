@@ -70,7 +70,11 @@ impl KeyAccess for FakeVault {
     async fn wrap(&self, c: &Connection, dek: &Dek) -> Result<WrappedDek, KeyAccessError> {
         self.calls.lock().unwrap().push("wrap");
         pop(&self.fail_wrap)?;
-        assert_eq!(c.key_identifier.version(), Some(VERSION), "wrap must use the pinned version");
+        assert_eq!(
+            c.key_identifier.version(),
+            Some(VERSION),
+            "wrap must use the pinned version"
+        );
         let edek = dek.expose().iter().map(|b| b ^ 0x5A).collect();
         Ok(WrappedDek::attest(
             WrappedBy::Customer {
@@ -148,9 +152,17 @@ async fn a_disabled_key_stops_at_enabled() {
     assert_eq!(t.outcome.as_ref().unwrap_err().reason, Reason::KeyDisabled);
     assert_eq!(
         names(&t),
-        [(CheckName::ReadKey, true), (CheckName::KeyType, true), (CheckName::Enabled, false)]
+        [
+            (CheckName::ReadKey, true),
+            (CheckName::KeyType, true),
+            (CheckName::Enabled, false)
+        ]
     );
-    assert_eq!(vault.calls(), ["describe"], "no wrap is attempted after a failed check");
+    assert_eq!(
+        vault.calls(),
+        ["describe"],
+        "no wrap is attempted after a failed check"
+    );
 }
 
 #[tokio::test]
@@ -191,7 +203,11 @@ async fn small_or_non_rsa_keys_are_unsupported() {
             d.key_size = size;
         });
         let t = test_connection(&vault, &connection(None), now()).await;
-        assert_eq!(t.outcome.as_ref().unwrap_err().reason, Reason::UnsupportedKey, "{kty}");
+        assert_eq!(
+            t.outcome.as_ref().unwrap_err().reason,
+            Reason::UnsupportedKey,
+            "{kty}"
+        );
         assert_eq!(t.checks.last().unwrap().name, CheckName::KeyType);
     }
 }
@@ -199,7 +215,11 @@ async fn small_or_non_rsa_keys_are_unsupported() {
 #[tokio::test]
 async fn a_read_failure_is_the_first_check() {
     let vault = FakeVault::new();
-    vault.fail_describe.lock().unwrap().push(Reason::CredentialsExpired);
+    vault
+        .fail_describe
+        .lock()
+        .unwrap()
+        .push(Reason::CredentialsExpired);
     let t = test_connection(&vault, &connection(None), now()).await;
     assert_eq!(t.outcome.as_ref().unwrap_err().reason, Reason::CredentialsExpired);
     assert_eq!(names(&t), [(CheckName::ReadKey, false)]);
@@ -208,7 +228,12 @@ async fn a_read_failure_is_the_first_check() {
 #[tokio::test]
 async fn another_version_than_asked_is_refused() {
     let vault = FakeVault::new();
-    let t = test_connection(&vault, &connection(Some("ffffffffffffffffffffffffffffffff")), now()).await;
+    let t = test_connection(
+        &vault,
+        &connection(Some("ffffffffffffffffffffffffffffffff")),
+        now(),
+    )
+    .await;
     assert_eq!(t.outcome.as_ref().unwrap_err().reason, Reason::KeyNotFound);
 }
 
@@ -221,10 +246,13 @@ async fn wrap_and_unwrap_permission_failures_are_reported_with_the_operation() {
     vault.fail_unwrap.lock().unwrap().push(denied);
     let t = test_connection(&vault, &connection(None), now()).await;
     assert_eq!(t.outcome.as_ref().unwrap_err().reason, denied);
-    assert_eq!(t.checks.last().unwrap(), &keyledger_keys::Check {
-        name: CheckName::WrapUnwrap,
-        ok: false
-    });
+    assert_eq!(
+        t.checks.last().unwrap(),
+        &keyledger_keys::Check {
+            name: CheckName::WrapUnwrap,
+            ok: false
+        }
+    );
 }
 
 #[tokio::test]
@@ -239,7 +267,11 @@ async fn a_round_trip_that_returns_other_bytes_fails() {
 #[tokio::test(start_paused = true)]
 async fn with_retry_a_throttled_wrap_is_retried_and_passes() {
     let vault = FakeVault::new();
-    vault.fail_wrap.lock().unwrap().extend([Reason::Throttled, Reason::VaultError]);
+    vault
+        .fail_wrap
+        .lock()
+        .unwrap()
+        .extend([Reason::Throttled, Reason::VaultError]);
     let retrying = Retrying::new(
         vault,
         RetryPolicy {
@@ -251,7 +283,10 @@ async fn with_retry_a_throttled_wrap_is_retried_and_passes() {
     );
     let t = test_connection(&retrying, &connection(None), now()).await;
     assert!(t.is_ok(), "{:?}", t.outcome);
-    assert_eq!(retrying.inner().calls(), ["describe", "wrap", "wrap", "wrap", "unwrap"]);
+    assert_eq!(
+        retrying.inner().calls(),
+        ["describe", "wrap", "wrap", "wrap", "unwrap"]
+    );
 }
 
 #[tokio::test]
