@@ -576,3 +576,22 @@ async fn clients_are_cached_per_connection_and_evicted() {
     // A new client: challenge, token, then the request again.
     assert_eq!(env.vault.request_count() - after_first, 4);
 }
+
+#[tokio::test]
+async fn rsa_3072_and_4096_keys_pass() {
+    let env = env();
+    for (name, bits) in [("cmk-3072", 3072), ("cmk-4096", 4096)] {
+        env.vault.create_key(BASE, NewKey::rsa(name, bits)).unwrap();
+        let connection = Connection {
+            key_identifier: KeyIdentifier::parse(
+                &format!("{BASE}/keys/{name}"),
+                &HostAllowList::azure_public_clouds(),
+            )
+            .unwrap(),
+            ..env.connection(SECRET)
+        };
+        let t = test_connection(&env.access, &connection, env.now()).await;
+        let key = t.outcome.unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(key.properties().key_size, bits);
+    }
+}
