@@ -200,6 +200,24 @@ async fn replay_file(name: &str) -> usize {
                 "{what}: Content-Type"
             );
         }
+        if let Some(cc) = recorded_headers.get("Cache-Control") {
+            assert_eq!(
+                got_headers.get(header::CACHE_CONTROL).unwrap(),
+                cc.as_str().unwrap(),
+                "{what}: Cache-Control"
+            );
+        }
+        for present in ["x-ms-request-id", "x-ms-keyvault-service-version"] {
+            if recorded_headers.keys().any(|k| k.eq_ignore_ascii_case(present)) {
+                assert!(got_headers.contains_key(present), "{what}: no {present}");
+            }
+        }
+        if !recorded_headers.contains_key("WWW-Authenticate") {
+            assert!(
+                !got_headers.contains_key(header::WWW_AUTHENTICATE),
+                "{what}: unexpected challenge"
+            );
+        }
         if let Some(challenge) = recorded_headers.get("WWW-Authenticate") {
             let got = got_headers
                 .get(header::WWW_AUTHENTICATE)
