@@ -36,9 +36,11 @@ pub struct AzureConfig {
     pub ca_cert_pem: Option<Vec<u8>>,
     /// Per-request timeout, also enforced by [`RetryPolicy::request_timeout`].
     pub request_timeout: Duration,
-    /// The SDK's check that the 401 challenge's `resource` matches the vault's domain. Keep it
-    /// on for real Key Vault; an emulator at `https://127.0.0.1:PORT` can only work with it off
-    /// (no `resource` host is a parent domain of an IP address).
+    /// The SDK's check that the 401 challenge's `resource` matches the vault's domain
+    /// (`KeyClientOptions::verify_challenge_resource`). On by default. It is skipped anyway for
+    /// a vault at an IP address or `localhost` (an emulator, which the allow list must name
+    /// exactly): no `resource` host can be a parent domain of those, so the check could only
+    /// fail.
     pub verify_challenge_resource: bool,
 }
 
@@ -220,7 +222,10 @@ impl AzureKeyAccess {
         .map_err(|e| map_error(KeyOperation::Get, &e))?;
         let options = KeyClientOptions {
             client_options: self.client_options(),
-            verify_challenge_resource: Some(self.config.verify_challenge_resource),
+            verify_challenge_resource: Some(
+                self.config.verify_challenge_resource
+                    && !is_ip_or_localhost(connection.key_identifier.host()),
+            ),
             ..Default::default()
         };
         KeyClient::new(&connection.key_identifier.vault_url(), credential, Some(options))
@@ -251,6 +256,17 @@ impl AzureKeyAccess {
             .with_version(version)
             .map_err(|_| bad("an invalid key version"))
     }
+}
+
+/// A host that has no parent domain for the challenge check: an IP literal or `localhost`.
+fn is_ip_or_localhost(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok()
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok()
 }
 
 fn cache_key(connection: &Connection) -> CacheKey {
@@ -354,5 +370,37 @@ impl KeyAccess for AzureKeyAccess {
             .result
             .ok_or_else(|| KeyAccessError::with_detail(Reason::VaultError, "unwrap returned no value"))?;
         Ok(Dek::from_bytes(Zeroizing::new(clear)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenge_check_is_skipped_only_for_ip_and_localhost_hosts() {
+        assert!(is_ip_or_localhost("127.0.0.1"));
+        assert!(is_ip_or_localhost("[::1]"));
+        assert!(is_ip_or_localhost("LOCALHOST"));
+        assert!(!is_ip_or_localhost("contoso.vault.azure.net"));
+        assert!(!is_ip_or_localhost("localhost.evil.example"));
+    }
+
+    #[test]
+    fn rsa_bits_ignores_leading_zero_bytes() {
+        let mut n = vec![0u8];
+        n.extend(std::iter::repeat_n(0xFF, 256));
+        assert_eq!(rsa_bits(Some(&n)), Some(2048));
+        assert_eq!(rsa_bits(Some(&[0x01, 0x00])), Some(9));
+        assert_eq!(rsa_bits(None), None);
+    }
+
+    #[test]
+    fn config_debug_shows_no_certificate_bytes() {
+        let c = AzureConfig {
+            ca_cert_pem: Some(b"-----BEGIN CERTIFICATE-----".to_vec()),
+            ..AzureConfig::default()
+        };
+        assert!(!format!("{c:?}").contains("BEGIN"));
     }
 }

@@ -12,9 +12,7 @@ pub mod adapter;
 pub mod errors;
 #[cfg(feature = "in-process")]
 pub mod in_process;
-pub mod settings;
 
 pub use adapter::{AzureConfig, AzureKeyAccess, BuildError};
 #[cfg(feature = "in-process")]
 pub use in_process::InProcessTransport;
-pub use settings::{AzureSettings, SettingsError};

@@ -97,7 +97,7 @@ async fn run(n: usize, bits: u32) -> Result<(), String> {
         allowed_vault_hosts: allow.clone(),
         ca_cert_pem: Some(ca),
         request_timeout: Duration::from_secs(10),
-        verify_challenge_resource: false,
+        verify_challenge_resource: true,
     };
     let access = AzureKeyAccess::new(config)
         .map_err(|e| e.to_string())?
