@@ -408,3 +408,55 @@ async fn the_data_plane_router_has_no_control_api() {
     let resp = r.oneshot(req).await.unwrap();
     assert_ne!(resp.status().as_u16(), 204);
 }
+
+#[tokio::test]
+async fn state_survives_save_and_load() {
+    let s = sim();
+    let t = s.token().await;
+    let create = json!({"kty":"RSA","key_size":2048});
+    let (_, _, a) = s
+        .call(
+            Method::POST,
+            "/keys/keep/create?api-version=2025-07-01",
+            Some(&t),
+            Some(create.clone()),
+        )
+        .await;
+    s.call(
+        Method::POST,
+        "/keys/gone/create?api-version=2025-07-01",
+        Some(&t),
+        Some(create),
+    )
+    .await;
+    s.call(
+        Method::DELETE,
+        "/keys/gone?api-version=2025-07-01",
+        Some(&t),
+        None,
+    )
+    .await;
+    let saved = s.vault.save_state().unwrap();
+
+    let fresh = sim();
+    fresh.vault.load_state(&saved).unwrap();
+    let t = fresh.token().await;
+    let (status, _, b) = fresh
+        .call(Method::GET, "/keys/keep?api-version=2025-07-01", Some(&t), None)
+        .await;
+    assert_eq!(
+        (status, &b["key"]),
+        (200, &a["key"]),
+        "same key material and version"
+    );
+    let (status, _, _) = fresh
+        .call(
+            Method::POST,
+            "/deletedkeys/gone/recover?api-version=2025-07-01",
+            Some(&t),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(fresh.vault.load_state(b"{}").is_err());
+}

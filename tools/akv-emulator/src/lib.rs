@@ -2,7 +2,10 @@
 //! self-signed CA, plus the control API of CONTRACT.md for loopback peers.
 //!
 //! [`start`] binds, writes `STATE_DIR/ca.pem`, and serves until the returned [`Emulator`] is
-//! shut down or dropped. The `akv-emulator` binary is a thin wrapper that prints the start-up
+//! shut down or dropped. The state directory also keeps the CA key (`ca-key.pem`, so a restart
+//! keeps clients' trust) and, after a clean shutdown, the vault's keys and apps
+//! (`state.json`, loaded at the next start). Both files hold secrets in clear and are written
+//! with mode 0600: test data only. The `akv-emulator` binary is a thin wrapper that prints the start-up
 //! line.
 
 use std::net::SocketAddr;
@@ -26,9 +29,9 @@ pub enum StartError {
     /// The listen address could not be bound, or the state directory written.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
-    /// Certificate generation or TLS configuration failed.
-    #[error("tls: {0}")]
-    Tls(String),
+    /// Certificate generation, TLS configuration, or the state file failed.
+    #[error("tls or state: {0}")]
+    Setup(String),
 }
 
 /// A running emulator.
@@ -39,6 +42,7 @@ pub struct Emulator {
     pub authority_host: String,
     pub ca_cert: PathBuf,
     pub vault: Arc<Vault>,
+    state_file: PathBuf,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -46,24 +50,32 @@ pub struct Emulator {
 impl Emulator {
     /// The start-up line: `{"vault_url":…,"authority_host":…,"ca_cert":…}`.
     pub fn startup_line(&self) -> String {
-        json!({
-            "vault_url": self.vault_url,
-            "authority_host": self.authority_host,
-            "ca_cert": self.ca_cert.display().to_string(),
-        })
-        .to_string()
+        // Keys in the order CONTRACT.md shows them (serde_json's map would sort them).
+        let q = |v: &str| json!(v).to_string();
+        format!(
+            "{{\"vault_url\":{},\"authority_host\":{},\"ca_cert\":{}}}",
+            q(&self.vault_url),
+            q(&self.authority_host),
+            q(&self.ca_cert.display().to_string())
+        )
     }
 
-    /// Stops accepting and waits for the accept loop to end.
-    pub async fn shutdown(self) {
+    /// Stops accepting, waits for the accept loop to end, and saves the vault state.
+    pub async fn shutdown(self) -> Result<(), StartError> {
         let _ = self.shutdown.send(true);
         let _ = self.task.await;
+        let state = self
+            .vault
+            .save_state()
+            .map_err(|e| StartError::Setup(e.message))?;
+        write_private(&self.state_file, &state)?;
+        Ok(())
     }
 
     /// Serves until `signal` completes.
-    pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) {
+    pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) -> Result<(), StartError> {
         signal.await;
-        self.shutdown().await;
+        self.shutdown().await
     }
 }
 
@@ -75,9 +87,8 @@ struct Tls {
 /// A CA and a leaf for `127.0.0.1`, `localhost` and the listen IP, signed by that CA. (A
 /// self-signed leaf given as a root is refused by rustls-platform-verifier, so the CA is
 /// separate.)
-fn make_tls(ip: std::net::IpAddr) -> Result<Tls, StartError> {
-    let err = |e: rcgen::Error| StartError::Tls(e.to_string());
-    let ca_key = rcgen::KeyPair::generate().map_err(err)?;
+fn make_tls(ip: std::net::IpAddr, ca_key: rcgen::KeyPair) -> Result<Tls, StartError> {
+    let err = |e: rcgen::Error| StartError::Setup(e.to_string());
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(err)?;
     ca_params
         .distinguished_name
@@ -108,14 +119,27 @@ fn make_tls(ip: std::net::IpAddr) -> Result<Tls, StartError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| StartError::Tls(e.to_string()))?
+        .map_err(|e| StartError::Setup(e.to_string()))?
         .with_no_client_auth()
         .with_single_cert(chain, key)
-        .map_err(|e| StartError::Tls(e.to_string()))?;
+        .map_err(|e| StartError::Setup(e.to_string()))?;
     Ok(Tls {
         ca_pem: ca_cert.pem(),
         config,
     })
+}
+
+/// Writes a file readable by its owner only.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    options.open(path)?.write_all(bytes)
 }
 
 /// The injected "vault unreachable" fault, as a service error that makes hyper close the
@@ -135,8 +159,19 @@ impl std::error::Error for Unreachable {}
 pub async fn start(listen: SocketAddr, state_dir: &Path) -> Result<Emulator, StartError> {
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
-    let tls = make_tls(addr.ip())?;
     std::fs::create_dir_all(state_dir)?;
+    // The same CA key across restarts: a client that trusts an earlier ca.pem (same subject,
+    // same key) keeps trusting the emulator.
+    let ca_key_file = state_dir.join("ca-key.pem");
+    let ca_key = match std::fs::read_to_string(&ca_key_file) {
+        Ok(pem) => rcgen::KeyPair::from_pem(&pem).map_err(|e| StartError::Setup(e.to_string()))?,
+        Err(_) => {
+            let key = rcgen::KeyPair::generate().map_err(|e| StartError::Setup(e.to_string()))?;
+            write_private(&ca_key_file, key.serialize_pem().as_bytes())?;
+            key
+        }
+    };
+    let tls = make_tls(addr.ip(), ca_key)?;
     let ca_cert = state_dir.join("ca.pem");
     std::fs::write(&ca_cert, &tls.ca_pem)?;
 
@@ -151,6 +186,12 @@ pub async fn start(listen: SocketAddr, state_dir: &Path) -> Result<Emulator, Sta
         ..VaultConfig::default()
     };
     let vault = Vault::new(config, Clock::system());
+    let state_file = state_dir.join("state.json");
+    if let Ok(bytes) = std::fs::read(&state_file) {
+        vault
+            .load_state(&bytes)
+            .map_err(|e| StartError::Io(std::io::Error::other(e.message)))?;
+    }
     let (shutdown, rx) = watch::channel(false);
     let acceptor = TlsAcceptor::from(Arc::new(tls.config));
     let task = tokio::spawn(accept_loop(listener, acceptor, vault.clone(), rx));
@@ -160,6 +201,7 @@ pub async fn start(listen: SocketAddr, state_dir: &Path) -> Result<Emulator, Sta
         authority_host: base,
         ca_cert,
         vault,
+        state_file,
         shutdown,
         task,
     })

@@ -28,11 +28,29 @@ impl Drop for Running {
     }
 }
 
-fn start() -> Running {
-    let state_dir = std::env::temp_dir().join(format!("akv-emulator-test-{}", std::process::id()));
+impl Running {
+    /// SIGTERM, as an operator would stop it; the emulator saves its state and exits 0.
+    fn terminate(mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exit = self.child.wait().unwrap();
+        assert!(exit.success(), "emulator exit status {exit:?}");
+    }
+}
+
+fn state_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("akv-emulator-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn start(state_dir: &std::path::Path) -> Running {
     let mut child = Command::new(env!("CARGO_BIN_EXE_akv-emulator"))
         .args(["--listen", "127.0.0.1:0", "--state-dir"])
-        .arg(&state_dir)
+        .arg(state_dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -52,17 +70,15 @@ fn start() -> Running {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sdk_talks_to_the_emulator_over_https() {
-    let emu = start();
+    let dir = state_dir();
+    let emu = start(&dir);
     let vault_url = emu.startup["vault_url"].as_str().unwrap().to_owned();
     let authority = emu.startup["authority_host"].as_str().unwrap().to_owned();
     assert!(vault_url.starts_with("https://127.0.0.1:"), "{vault_url}");
     let ca_pem = std::fs::read(emu.startup["ca_cert"].as_str().unwrap()).unwrap();
 
     // Control API over HTTPS, trusting only the emulator's CA.
-    let http = reqwest::Client::builder()
-        .tls_certs_only([reqwest::Certificate::from_pem(&ca_pem).unwrap()])
-        .build()
-        .unwrap();
+    let http = http_for(&ca_pem);
     let tenant = "72f988bf-86f1-41af-91ab-2d7cd011db47";
     let r = http
         .post(format!("{vault_url}/_emulator/apps"))
@@ -196,4 +212,51 @@ async fn the_sdk_talks_to_the_emulator_over_https() {
     .retrying(policy);
     let e = untrusting.describe(&connection).await.unwrap_err();
     assert_eq!(e.reason, Reason::VaultUnreachable, "{e}");
+
+    // Stop and start again on a new port with the same state directory: the key (same
+    // version), the app and the CA key survive; the ca.pem read before still verifies.
+    emu.terminate();
+    let state = dir.join("state.json");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "state.json holds secrets");
+    }
+    let emu = start(&dir);
+    let vault_url = emu.startup["vault_url"].as_str().unwrap().to_owned();
+    let access = AzureKeyAccess::new(AzureConfig {
+        authority_host: emu.startup["authority_host"].as_str().unwrap().to_owned(),
+        allowed_vault_hosts: allow.clone(),
+        ca_cert_pem: Some(ca_pem.clone()),
+        request_timeout: Duration::from_secs(10),
+        verify_challenge_resource: true,
+    })
+    .unwrap();
+    let moved = Connection {
+        key_identifier: KeyIdentifier::parse(&format!("{vault_url}/keys/cmk/{version}"), &allow).unwrap(),
+        ..connection
+    };
+    assert_eq!(
+        access.unwrap(&moved, wrapped.edek()).await.unwrap_err().reason,
+        Reason::KeyDisabled,
+        "still disabled after the restart"
+    );
+    let r = http_for(&ca_pem)
+        .patch(format!("{vault_url}/_emulator/keys/cmk/{version}"))
+        .json(&json!({"enabled": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(access.unwrap(&moved, wrapped.edek()).await.unwrap(), dek);
+    emu.terminate();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn http_for(ca_pem: &[u8]) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca_pem).unwrap()])
+        .build()
+        .unwrap()
 }

@@ -104,7 +104,7 @@ async fn run(n: usize, bits: u32) -> Result<(), String> {
         .retrying(policy);
     let c = connection(&emulator.vault, &emulator.vault_url, &allow)?;
     let (https, t2) = measure(&access, &c, n).await?;
-    emulator.shutdown().await;
+    emulator.shutdown().await.map_err(|e| e.to_string())?;
     let _ = std::fs::remove_dir_all(PathBuf::from(&dir));
 
     println!("test_connection round trips (read + checks + wrap + unwrap), RSA-{bits}, {n} iterations each:");
