@@ -47,6 +47,31 @@ fn inner_code(err: &Error) -> Option<String> {
     detail.inner_error.and_then(|i| i.code)
 }
 
+/// The wait a 429 or 503 asks for: `retry-after-ms`, `x-ms-retry-after-ms`, or `Retry-After`
+/// in seconds (the HTTP-date form is ignored).
+fn retry_after(err: &Error) -> Option<std::time::Duration> {
+    use azure_core::http::headers::{HeaderName, RETRY_AFTER, RETRY_AFTER_MS, X_MS_RETRY_AFTER_MS};
+    let ErrorKind::HttpResponse {
+        status, raw_response, ..
+    } = err.kind()
+    else {
+        return None;
+    };
+    if !matches!(u16::from(*status), 429 | 503) {
+        return None;
+    }
+    let headers = raw_response.as_ref()?.headers();
+    let number = |name: HeaderName| {
+        headers
+            .get_optional_str(&name)
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    number(RETRY_AFTER_MS)
+        .or_else(|| number(X_MS_RETRY_AFTER_MS))
+        .map(std::time::Duration::from_millis)
+        .or_else(|| number(RETRY_AFTER).map(std::time::Duration::from_secs))
+}
+
 /// Maps an error from an SDK call made for `operation`.
 pub fn map_error(operation: KeyOperation, err: &Error) -> KeyAccessError {
     let from_credential = matches!(err.kind(), ErrorKind::Credential);
@@ -59,11 +84,12 @@ pub fn map_error(operation: KeyOperation, err: &Error) -> KeyAccessError {
         };
         let status = u16::from(*status);
         let code = error_code.as_deref().unwrap_or("");
+        let wait = retry_after(http);
         if from_credential {
-            return map_entra(status, code);
+            return map_entra(status, code).retry_after(wait);
         }
         let inner = inner_code(http);
-        return map_vault(operation, status, code, inner.as_deref());
+        return map_vault(operation, status, code, inner.as_deref()).retry_after(wait);
     }
     if has_io(err) {
         return KeyAccessError::with_detail(Reason::VaultUnreachable, "network or TLS failure");

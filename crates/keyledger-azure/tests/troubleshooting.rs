@@ -409,6 +409,11 @@ async fn throttling_is_retried_within_the_bound_then_reported() {
     assert_eq!(e.reason, Reason::Throttled);
     assert!(e.is_transient());
     assert_eq!(
+        e.retry_after,
+        Some(Duration::from_secs(1)),
+        "Retry-After: 1 from the vault"
+    );
+    assert_eq!(
         env.vault.request_count() - before,
         3,
         "exactly max_attempts requests"
