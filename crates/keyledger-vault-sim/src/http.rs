@@ -403,6 +403,7 @@ struct CreateApp {
 
 async fn ctl_create_app(State(vault): State<Arc<Vault>>, body: Bytes) -> Response {
     match serde_json::from_slice::<CreateApp>(&body) {
+        Ok(c) if !known_permissions(&c.app.key_permissions) => ctl_bad_request(UNKNOWN_PERMISSION),
         Ok(c) => {
             let client_id = c.app.client_id.clone();
             vault.register_app(c.app);
@@ -420,6 +421,9 @@ async fn ctl_patch_app(
     body: Bytes,
 ) -> Response {
     match serde_json::from_slice::<AppPatch>(&body) {
+        Ok(p) if p.key_permissions.as_ref().is_some_and(|k| !known_permissions(k)) => {
+            ctl_bad_request(UNKNOWN_PERMISSION)
+        }
         Ok(p) => {
             if vault.update_app(&client_id, p) {
                 json_response(StatusCode::OK, &json!({ "client_id": client_id }))
@@ -437,6 +441,14 @@ async fn ctl_delete_app(State(vault): State<Arc<Vault>>, Path(client_id): Path<S
     } else {
         StatusCode::NOT_FOUND.into_response()
     }
+}
+
+const UNKNOWN_PERMISSION: &str = "key_permissions must be among get, list, create, update, delete, recover, purge, backup, restore, wrapKey, unwrapKey, encrypt, decrypt";
+
+fn known_permissions(perms: &std::collections::BTreeSet<String>) -> bool {
+    perms
+        .iter()
+        .all(|p| crate::model::KEY_PERMISSIONS.contains(&p.as_str()))
 }
 
 fn ctl_base(headers: &HeaderMap, uri: &Uri) -> String {

@@ -14,6 +14,6 @@ pub mod model;
 pub use clock::Clock;
 pub use http::{control_router, router, router_with_control};
 pub use model::{
-    AkvError, AppPatch, AppRegistration, CryptoOp, DEFAULT_RSA_KEY_OPS, EntraError, Faults, KEY_PERMISSIONS,
-    KeyPatch, NewKey, Vault, VaultConfig,
+    AkvError, AppPatch, AppRegistration, CryptoOp, DEFAULT_RSA_KEY_OPS, DemoConnection, EntraError, Faults,
+    KEY_PERMISSIONS, KeyPatch, NewKey, Vault, VaultConfig,
 };

@@ -485,6 +485,40 @@ impl fmt::Debug for Vault {
     }
 }
 
+/// The demo connection of [`Vault::seed_demo`]. Debug hides the secret.
+#[derive(Clone)]
+pub struct DemoConnection {
+    pub directory_id: String,
+    pub application_id: String,
+    pub client_secret: Zeroizing<String>,
+    /// Versionless: the connection test pins the version.
+    pub key_identifier: String,
+}
+
+impl fmt::Debug for DemoConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DemoConnection")
+            .field("directory_id", &self.directory_id)
+            .field("application_id", &self.application_id)
+            .field("client_secret", &"<hidden>")
+            .field("key_identifier", &self.key_identifier)
+            .finish()
+    }
+}
+
+/// A random version-4-shaped UUID string (client ids).
+fn uuid_like() -> String {
+    let h = random_hex(16);
+    format!(
+        "{}-{}-4{}-8{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        &h[17..20],
+        &h[20..32]
+    )
+}
+
 /// The caller a bearer token stands for.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -561,6 +595,31 @@ impl Vault {
 
     pub fn register_app(&self, app: AppRegistration) {
         self.lock().apps.insert(app.client_id.clone(), app);
+    }
+
+    /// Dev mode (DESIGN.md §8): an app registration with every key permission and a fresh
+    /// random secret, and an RSA-2048 key `demo-cmk`. Returns what an administrator would type
+    /// into "Test and save".
+    pub fn seed_demo(&self, base: &str) -> Result<DemoConnection, AkvError> {
+        let client_id = uuid_like();
+        let client_secret = Zeroizing::new(format!("demo-{}", random_hex(24)));
+        self.register_app(AppRegistration::new(
+            &self.config.tenant_id,
+            &client_id,
+            client_secret.as_str(),
+            KEY_PERMISSIONS,
+        ));
+        let bundle = self.create_key(base, NewKey::rsa("demo-cmk", 2048))?;
+        let kid = bundle["key"]["kid"].as_str().unwrap_or_default();
+        Ok(DemoConnection {
+            directory_id: self.config.tenant_id.clone(),
+            application_id: client_id,
+            client_secret,
+            key_identifier: kid
+                .rsplit_once('/')
+                .map(|(k, _)| k.to_owned())
+                .unwrap_or_default(),
+        })
     }
 
     pub fn update_app(&self, client_id: &str, patch: AppPatch) -> bool {

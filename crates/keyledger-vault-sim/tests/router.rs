@@ -460,3 +460,41 @@ async fn state_survives_save_and_load() {
     assert_eq!(status, 200);
     assert!(fresh.vault.load_state(b"{}").is_err());
 }
+
+#[tokio::test]
+async fn the_demo_seed_gives_a_working_connection() {
+    let s = sim();
+    let demo = s.vault.seed_demo("https://contoso.vault.azure.net").unwrap();
+    assert!(format!("{demo:?}").contains("<hidden>"));
+    assert!(!format!("{demo:?}").contains(demo.client_secret.as_str()));
+    assert_eq!(
+        demo.key_identifier,
+        "https://contoso.vault.azure.net/keys/demo-cmk"
+    );
+    let (status, _) = s
+        .token_with(&demo.directory_id, &demo.application_id, &demo.client_secret)
+        .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn the_control_api_refuses_unknown_permissions() {
+    let s = sim();
+    let body = json!({"tenant_id": s.tenant, "client_id":"44444444-0000-4000-8000-000000000000","client_secret":"c","key_permissions":["wrap"]});
+    assert_eq!(
+        s.call(Method::POST, "/_emulator/apps", None, Some(body)).await.0,
+        400
+    );
+    let patch = json!({"key_permissions":["get","sudo"]});
+    assert_eq!(
+        s.call(
+            Method::PATCH,
+            &format!("/_emulator/apps/{CLIENT}"),
+            None,
+            Some(patch)
+        )
+        .await
+        .0,
+        400
+    );
+}
