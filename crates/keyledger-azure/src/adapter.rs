@@ -92,14 +92,25 @@ struct CacheKey {
 struct CachedClient {
     secret: SecretString,
     client: Arc<KeyClient>,
+    last_used: u64,
 }
+
+/// How many clients are cached by default; past it the least recently used is dropped.
+pub const DEFAULT_CLIENT_CACHE_LIMIT: usize = 1024;
 
 /// [`KeyAccess`] on the official Azure SDK. Wrap it in [`Retrying`] (see [`Self::retrying`]):
 /// SDK retries are turned off so that the bound and the backoff are keyledger's.
 pub struct AzureKeyAccess {
     config: AzureConfig,
     transport: Transport,
-    clients: Mutex<HashMap<CacheKey, CachedClient>>,
+    clients: Mutex<Cache>,
+    cache_limit: usize,
+}
+
+#[derive(Default)]
+struct Cache {
+    entries: HashMap<CacheKey, CachedClient>,
+    clock: u64,
 }
 
 impl fmt::Debug for AzureKeyAccess {
@@ -132,7 +143,15 @@ impl AzureKeyAccess {
             config,
             transport,
             clients: Mutex::default(),
+            cache_limit: DEFAULT_CLIENT_CACHE_LIMIT,
         }
+    }
+
+    /// Caps the client cache (at least 1). Connections that were edited away are dropped
+    /// least-recently-used first.
+    pub fn with_client_cache_limit(mut self, limit: usize) -> Self {
+        self.cache_limit = limit.max(1);
+        self
     }
 
     /// This adapter with keyledger's bounded, jittered retry and per-request timeout.
@@ -147,16 +166,16 @@ impl AzureKeyAccess {
 
     /// How many SDK clients (each with its credential and token cache) are cached.
     pub fn cached_clients(&self) -> usize {
-        self.lock().len()
+        self.lock().entries.len()
     }
 
     /// Drops the cached client and credential of `connection` (call it when a connection is
     /// edited or removed).
     pub fn evict(&self, connection: &Connection) {
-        self.lock().remove(&cache_key(connection));
+        self.lock().entries.remove(&cache_key(connection));
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CacheKey, CachedClient>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
         // The map holds only fully built entries; a poisoned lock still has consistent data.
         self.clients.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -181,21 +200,36 @@ impl AzureKeyAccess {
     fn client(&self, connection: &Connection) -> Result<Arc<KeyClient>, KeyAccessError> {
         self.check_allowed(&connection.key_identifier)?;
         let key = cache_key(connection);
-        let mut clients = self.lock();
-        if let Some(c) = clients.get(&key)
+        let mut cache = self.lock();
+        cache.clock += 1;
+        let now = cache.clock;
+        if let Some(c) = cache.entries.get_mut(&key)
             && c.secret.expose_secret() == connection.client_secret.expose_secret()
         {
+            c.last_used = now;
             return Ok(c.client.clone());
         }
         // New connection, or the secret changed: the old credential (and its token) is dropped.
         let client = Arc::new(self.build_client(connection)?);
-        clients.insert(
+        cache.entries.insert(
             key,
             CachedClient {
                 secret: connection.client_secret.clone(),
                 client: client.clone(),
+                last_used: now,
             },
         );
+        while cache.entries.len() > self.cache_limit {
+            let oldest = cache
+                .entries
+                .iter()
+                .min_by_key(|(_, c)| c.last_used)
+                .map(|(k, _)| k.clone());
+            match oldest {
+                Some(k) => cache.entries.remove(&k),
+                None => break,
+            };
+        }
         Ok(client)
     }
 

@@ -600,3 +600,33 @@ async fn rsa_3072_and_4096_keys_pass() {
         assert_eq!(key.properties().key_size, bits);
     }
 }
+
+#[tokio::test]
+async fn the_client_cache_is_bounded_least_recently_used_first() {
+    let env = env();
+    let access = AzureKeyAccess::with_transport(
+        AzureConfig::default(),
+        InProcessTransport::transport(env.vault.clone()),
+    )
+    .with_client_cache_limit(2);
+    let a = env.connection(SECRET);
+    let other_app = |id: &str| Connection {
+        application_id: id.parse().unwrap(),
+        ..env.connection(SECRET)
+    };
+    let b = other_app("0b6f5d4e-1111-4222-8333-000000000002");
+    let c = other_app("0b6f5d4e-1111-4222-8333-000000000003");
+    access.describe(&a).await.unwrap();
+    // Unknown apps fail at the token endpoint, but their clients were built and cached.
+    let _ = access.describe(&b).await;
+    access.describe(&a).await.unwrap(); // a is now the most recent
+    let _ = access.describe(&c).await; // evicts b
+    assert_eq!(access.cached_clients(), 2);
+    let before = env.vault.request_count();
+    access.describe(&a).await.unwrap();
+    assert_eq!(
+        env.vault.request_count() - before,
+        1,
+        "a kept its client and token"
+    );
+}
