@@ -399,11 +399,13 @@ impl KeyAccess for AzureKeyAccess {
             .map_err(|e| map_error(KeyOperation::UnwrapKey, &e))?
             .into_model()
             .map_err(|e| map_error(KeyOperation::UnwrapKey, &e))?;
+        // Owned by a zeroizing buffer first, so it is wiped even when the kid check fails.
+        let clear =
+            Zeroizing::new(result.result.ok_or_else(|| {
+                KeyAccessError::with_detail(Reason::VaultError, "unwrap returned no value")
+            })?);
         self.returned_key(id, result.kid.as_deref())?;
-        let clear = result
-            .result
-            .ok_or_else(|| KeyAccessError::with_detail(Reason::VaultError, "unwrap returned no value"))?;
-        Ok(Dek::from_bytes(Zeroizing::new(clear)))
+        Ok(Dek::from_bytes(clear))
     }
 }
 
