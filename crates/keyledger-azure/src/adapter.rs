@@ -154,6 +154,17 @@ impl AzureKeyAccess {
         self
     }
 
+    /// `keys.vault = "simulated"` (dev mode): the official SDK against a simulated vault in
+    /// process, with the public-cloud defaults (use a `*.vault.azure.net` base URL for the
+    /// vault's keys, e.g. from [`keyledger_vault_sim::Vault::seed_demo`]).
+    #[cfg(feature = "in-process")]
+    pub fn simulated(vault: Arc<keyledger_vault_sim::Vault>) -> Self {
+        Self::with_transport(
+            AzureConfig::default(),
+            crate::in_process::InProcessTransport::transport(vault),
+        )
+    }
+
     /// This adapter with keyledger's bounded, jittered retry and per-request timeout.
     pub fn retrying(self, mut policy: RetryPolicy) -> Retrying<Self> {
         policy.request_timeout = self.config.request_timeout;

@@ -630,3 +630,19 @@ async fn the_client_cache_is_bounded_least_recently_used_first() {
         "a kept its client and token"
     );
 }
+
+#[tokio::test]
+async fn dev_mode_demo_connection_passes_through_the_sdk() {
+    let vault = Vault::new(VaultConfig::default(), Clock::system());
+    let demo = vault.seed_demo("https://demo.vault.azure.net").unwrap();
+    let access = AzureKeyAccess::simulated(vault.clone()).retrying(RetryPolicy::default());
+    let connection = Connection {
+        directory_id: demo.directory_id.parse().unwrap(),
+        application_id: demo.application_id.parse().unwrap(),
+        client_secret: SecretString::from(demo.client_secret.to_string()),
+        key_identifier: KeyIdentifier::parse(&demo.key_identifier, &HostAllowList::azure_public_clouds())
+            .unwrap(),
+    };
+    let t = test_connection(&access, &connection, Utc::now()).await;
+    assert!(t.is_ok(), "{:?}", t.outcome);
+}
