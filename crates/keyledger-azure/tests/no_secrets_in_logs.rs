@@ -15,6 +15,40 @@ use secrecy::SecretString;
 const SECRET: &str = "Sup3r-S3cret~ClientValue.42";
 const CLIENT: &str = "0b6f5d4e-1111-4222-8333-444455556666";
 
+/// Passes calls through and keeps a copy of every DEK that goes in or out, so the DEK made
+/// inside `test_connection` can be searched for too.
+struct SeeDeks<K> {
+    inner: K,
+    seen: Mutex<Vec<Vec<u8>>>,
+}
+
+#[async_trait::async_trait]
+impl<K: KeyAccess> KeyAccess for SeeDeks<K> {
+    async fn describe(
+        &self,
+        c: &Connection,
+    ) -> Result<keyledger_keys::KeyDescription, keyledger_keys::KeyAccessError> {
+        self.inner.describe(c).await
+    }
+    async fn wrap(
+        &self,
+        c: &Connection,
+        dek: &Dek,
+    ) -> Result<keyledger_domain::WrappedDek, keyledger_keys::KeyAccessError> {
+        self.seen.lock().unwrap().push(dek.expose().to_vec());
+        self.inner.wrap(c, dek).await
+    }
+    async fn unwrap(
+        &self,
+        c: &Connection,
+        edek: &keyledger_domain::Edek,
+    ) -> Result<Dek, keyledger_keys::KeyAccessError> {
+        let dek = self.inner.unwrap(c, edek).await?;
+        self.seen.lock().unwrap().push(dek.expose().to_vec());
+        Ok(dek)
+    }
+}
+
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);
 
@@ -66,11 +100,14 @@ async fn neither_the_client_secret_nor_a_dek_reaches_the_logs() {
     vault
         .create_key("https://contoso.vault.azure.net", NewKey::rsa("cmk", 2048))
         .unwrap();
-    let access = AzureKeyAccess::with_transport(
-        AzureConfig::default(),
-        InProcessTransport::transport(vault.clone()),
-    )
-    .retrying(RetryPolicy::default());
+    let access = SeeDeks {
+        inner: AzureKeyAccess::with_transport(
+            AzureConfig::default(),
+            InProcessTransport::transport(vault.clone()),
+        )
+        .retrying(RetryPolicy::default()),
+        seen: Mutex::default(),
+    };
     let connection = Connection {
         directory_id: tenant.parse().unwrap(),
         application_id: CLIENT.parse().unwrap(),
@@ -109,11 +146,18 @@ async fn neither_the_client_secret_nor_a_dek_reaches_the_logs() {
     }
     // Debug output of everything a caller might log.
     text.push_str(&format!(
-        "{t:?}\n{failed:?}\n{connection:?}\n{access:?}\n{dek:?}\n{back:?}\n{wrapped:?}\n{vault:?}"
+        "{t:?}\n{failed:?}\n{connection:?}\n{:?}\n{dek:?}\n{back:?}\n{wrapped:?}\n{vault:?}",
+        access.inner
     ));
 
     assert!(!text.contains(SECRET), "client secret leaked");
-    for form in forms(dek.expose()) {
-        assert!(!text.contains(&form), "DEK leaked as {form}");
+    let seen = access.seen.lock().unwrap().clone();
+    // test_connection's own round trip (in and out), then ours (in and out).
+    assert_eq!(seen.len(), 4);
+    assert_eq!(seen[2], dek.expose());
+    for secret_dek in &seen {
+        for form in forms(secret_dek) {
+            assert!(!text.contains(&form), "DEK leaked as {form}");
+        }
     }
 }
