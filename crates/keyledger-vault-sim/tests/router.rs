@@ -498,3 +498,39 @@ async fn the_control_api_refuses_unknown_permissions() {
         400
     );
 }
+
+#[tokio::test]
+async fn a_fault_rate_fails_about_that_share_of_requests() {
+    let s = sim();
+    s.vault.set_faults(keyledger_vault_sim::Faults {
+        status: Some(500),
+        rate: Some(0.5),
+        ..Default::default()
+    });
+    let mut failed = 0;
+    for _ in 0..200 {
+        let (status, _, _) = s
+            .call(Method::GET, "/keys/none?api-version=2025-07-01", None, None)
+            .await;
+        match status {
+            500 => failed += 1,
+            401 => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    // Binomial(200, 0.5): outside 60..=140 has a probability far below 1e-8.
+    assert!((60..=140).contains(&failed), "{failed} of 200 failed");
+}
+
+#[tokio::test]
+async fn latency_is_added_to_every_request() {
+    let s = sim();
+    s.vault.set_faults(keyledger_vault_sim::Faults {
+        latency_ms: Some(120),
+        ..Default::default()
+    });
+    let started = std::time::Instant::now();
+    s.call(Method::GET, "/keys/none?api-version=2025-07-01", None, None)
+        .await;
+    assert!(started.elapsed() >= std::time::Duration::from_millis(120));
+}
