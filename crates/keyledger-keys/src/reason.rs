@@ -131,18 +131,31 @@ impl fmt::Display for Reason {
 pub struct KeyAccessError {
     pub reason: Reason,
     pub detail: Option<String>,
+    /// How long the service asked callers to wait (`Retry-After` on 429 and 503). The retry
+    /// policy waits at least this long, up to its `max_delay`.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl KeyAccessError {
     pub fn new(reason: Reason) -> Self {
-        Self { reason, detail: None }
+        Self {
+            reason,
+            detail: None,
+            retry_after: None,
+        }
     }
 
     pub fn with_detail(reason: Reason, detail: impl Into<String>) -> Self {
         Self {
             reason,
             detail: Some(detail.into()),
+            retry_after: None,
         }
+    }
+
+    pub fn retry_after(mut self, wait: Option<std::time::Duration>) -> Self {
+        self.retry_after = wait;
+        self
     }
 
     pub fn is_transient(&self) -> bool {

@@ -65,7 +65,9 @@ impl RetryPolicy {
             match result {
                 Ok(v) => return Ok(v),
                 Err(e) if e.is_transient() && attempt < attempts => {
-                    let delay = self.backoff(attempt);
+                    // The service's Retry-After is a floor, our max_delay the ceiling.
+                    let asked = e.retry_after.unwrap_or_default().min(self.max_delay);
+                    let delay = self.backoff(attempt).max(asked);
                     tracing::debug!(operation = what, attempt, reason = %e.reason, ?delay, "transient key access failure, retrying");
                     tokio::time::sleep(delay).await;
                     attempt += 1;
@@ -166,6 +168,34 @@ mod tests {
             .await;
         assert_eq!(r.unwrap(), 7);
         assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_is_a_floor_capped_by_max_delay() {
+        let calls = AtomicU32::new(0);
+        let started = tokio::time::Instant::now();
+        let r = policy()
+            .run("t", || async {
+                if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                    Err(KeyAccessError::new(Reason::Throttled).retry_after(Some(Duration::from_millis(250))))
+                } else {
+                    Ok(())
+                }
+            })
+            .await;
+        assert!(r.is_ok());
+        assert!(started.elapsed() >= Duration::from_millis(250));
+
+        // A server asking for an hour does not stall us past max_delay (300 ms).
+        let started = tokio::time::Instant::now();
+        let _ = policy()
+            .run("t", || async {
+                Err::<(), _>(
+                    KeyAccessError::new(Reason::Throttled).retry_after(Some(Duration::from_secs(3600))),
+                )
+            })
+            .await;
+        assert!(started.elapsed() <= Duration::from_millis(900) + Duration::from_millis(50));
     }
 
     #[tokio::test(start_paused = true)]

@@ -104,7 +104,8 @@ async fn run_checks<K: KeyAccess + ?Sized>(
     let key = described?;
 
     let rsa = matches!(key.kty.as_str(), "RSA" | "RSA-HSM");
-    let big_enough = key.key_size.is_none_or(|bits| bits >= MIN_RSA_BITS);
+    // An RSA key whose size the vault did not reveal is refused rather than guessed.
+    let big_enough = key.key_size.is_some_and(|bits| bits >= MIN_RSA_BITS);
     check(
         checks,
         CheckName::KeyType,

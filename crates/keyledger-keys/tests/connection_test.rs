@@ -196,7 +196,12 @@ async fn missing_key_ops_fail_as_unsupported() {
 
 #[tokio::test]
 async fn small_or_non_rsa_keys_are_unsupported() {
-    for (kty, size) in [("RSA", Some(1024)), ("EC", None), ("oct-HSM", None)] {
+    for (kty, size) in [
+        ("RSA", Some(1024)),
+        ("RSA", None),
+        ("EC", None),
+        ("oct-HSM", None),
+    ] {
         let vault = FakeVault::new();
         vault.edit(|d| {
             d.kty = kty.into();
