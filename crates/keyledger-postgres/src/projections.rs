@@ -28,9 +28,11 @@ impl PgProjections {
             pool: store.pool().clone(),
         }
     }
+}
 
-    /// Audit rows of a tenant after `after` (a position), oldest first.
-    pub async fn audit(
+#[async_trait]
+impl ProjectionSink for PgProjections {
+    async fn audit(
         &self,
         tenant: keyledger_domain::TenantId,
         after: u64,
@@ -52,10 +54,7 @@ impl PgProjections {
             .map(|r| serde_json::from_str(r.get::<&str, _>(0)).map_err(sink_err))
             .collect()
     }
-}
 
-#[async_trait]
-impl ProjectionSink for PgProjections {
     async fn checkpoint(&self, projection: Projection) -> Result<u64, SinkError> {
         let row = sqlx::query("SELECT position FROM projection_checkpoints WHERE projection = $1")
             .bind(projection.name())

@@ -47,6 +47,15 @@ pub trait ProjectionSink: Send + Sync {
     async fn commit(&self, projection: Projection, changes: Changes) -> Result<(), SinkError>;
     /// Deletes every row of the projection and sets its checkpoint to 0, all or nothing.
     async fn reset(&self, projection: Projection) -> Result<(), SinkError>;
+    /// Tenant-audit rows of `tenant` with a position above `after`, oldest first, at most
+    /// `limit`, optionally only one `action` (event type).
+    async fn audit(
+        &self,
+        tenant: keyledger_domain::TenantId,
+        after: u64,
+        limit: u32,
+        action: Option<&str>,
+    ) -> Result<Vec<AuditEntry>, SinkError>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -241,6 +250,25 @@ impl ProjectionSink for MemorySink {
         rows.audit.extend(changes.audit);
         rows.checkpoints.insert(projection, changes.checkpoint);
         Ok(())
+    }
+
+    async fn audit(
+        &self,
+        tenant: keyledger_domain::TenantId,
+        after: u64,
+        limit: u32,
+        action: Option<&str>,
+    ) -> Result<Vec<AuditEntry>, SinkError> {
+        let rows = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<AuditEntry> = rows
+            .audit
+            .iter()
+            .filter(|a| a.tenant_id == tenant && a.position > after && action.is_none_or(|x| a.action == x))
+            .cloned()
+            .collect();
+        out.sort_by_key(|a| a.position);
+        out.truncate(limit as usize);
+        Ok(out)
     }
 
     async fn reset(&self, projection: Projection) -> Result<(), SinkError> {

@@ -54,9 +54,11 @@ impl SqliteProjections {
     pub async fn document(&self, projection: Projection, org: OrgId) -> Result<Option<Value>, SinkError> {
         Ok(self.load(projection, &[org]).await?.remove(&org))
     }
+}
 
-    /// Audit rows of a tenant after `after` (a position), oldest first.
-    pub async fn audit(
+#[async_trait]
+impl ProjectionSink for SqliteProjections {
+    async fn audit(
         &self,
         tenant: keyledger_domain::TenantId,
         after: u64,
@@ -79,10 +81,7 @@ impl SqliteProjections {
             .map(|r| serde_json::from_str(r.get::<&str, _>(0)).map_err(sink_err))
             .collect()
     }
-}
 
-#[async_trait]
-impl ProjectionSink for SqliteProjections {
     async fn checkpoint(&self, projection: Projection) -> Result<u64, SinkError> {
         let row = sqlx::query("SELECT position FROM projection_checkpoints WHERE projection = ?")
             .bind(projection.name())
