@@ -117,11 +117,23 @@ impl Env {
 
     /// Catches every projection up and returns (audit actions of tenant A, inventory).
     async fn projected(&self) -> (Vec<String>, DataKeyInventory) {
+        // On PostgreSQL a catch-up reader stays behind the oldest transaction still open on
+        // the server (the xid fence), so catching up to this organization's last event may take
+        // a few rounds.
+        let stream = StreamId::for_org(self.org);
+        let events = self.store.read_stream(stream, StreamVersion(1)).await.unwrap();
+        let last = events.last().unwrap().global_position.0;
         for p in Projection::ALL {
-            Runner::new(self.store.clone(), self.sink.clone(), p)
-                .catch_up()
-                .await
-                .unwrap();
+            let runner = Runner::new(self.store.clone(), self.sink.clone(), p);
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while runner.catch_up().await.unwrap() < last {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{} did not catch up",
+                    p.name()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
         let audit_a = self
             .sink
@@ -393,6 +405,82 @@ async fn seed_flow(env: Env) {
     assert_eq!(v.encryption.mode, EncryptionMode::ProviderManaged);
 }
 
+/// The seed's troubleshooting table as health transitions, through the simulated vault, with
+/// controlled clocks (no sleeps).
+async fn health_transitions(env: Env, clock: Arc<ManualClock>) {
+    env.ok(
+        platform(),
+        Action::Register {
+            name: "Contoso".into(),
+            plan: Plan::enterprise("standard"),
+            tenants: vec![tenant_a()],
+        },
+    )
+    .await;
+    env.ok(
+        admin(),
+        Action::EnableCustomerManagedKey(env.connection("cmk", SECRET)),
+    )
+    .await;
+    let app = Arc::new(App::new(
+        env.store.clone(),
+        keys_for(env.vault.clone()),
+        clock.clone(),
+        AppConfig::default(),
+    ));
+    let monitor = HealthMonitor::new(app.clone(), keys_for(env.vault.clone()), HealthConfig::default());
+    let probe = || monitor.probe(env.org);
+    let enabled = |on: bool| KeyPatch {
+        enabled: Some(on),
+        ..Default::default()
+    };
+    assert_eq!(probe().await.unwrap().status, HealthStatus::Healthy);
+    env.vault.update_key(BASE, "cmk", None, enabled(false)).unwrap();
+    assert_eq!(probe().await.unwrap().status, HealthStatus::KeyDisabled);
+    env.vault.update_key(BASE, "cmk", None, enabled(true)).unwrap();
+    assert_eq!(probe().await.unwrap().status, HealthStatus::Healthy);
+    // The client secret expires.
+    // Entra ID refuses it when a token is next requested; the access token already issued stays
+    // valid until it expires, as in Azure. A fresh credential (a new process, or the next token
+    // refresh) sees the failure.
+    let past = env.vault.clock().now() - chrono::Duration::hours(1);
+    env.vault
+        .update_app(CLIENT, AppPatch::default().expires(Some(past)));
+    let fresh = HealthMonitor::new(app.clone(), keys_for(env.vault.clone()), HealthConfig::default());
+    let p = fresh.probe(env.org).await.unwrap();
+    assert_eq!(p.status, HealthStatus::CredentialsExpired, "{p:?}");
+    env.vault.update_app(CLIENT, AppPatch::default().expires(None));
+    assert_eq!(fresh.probe(env.org).await.unwrap().status, HealthStatus::Healthy);
+    // Ten minutes of 503: still healthy. Past the 15-minute grace: vault_unreachable.
+    env.vault.set_faults(keyledger_vault_sim::Faults {
+        status: Some(503),
+        ..Default::default()
+    });
+    for _ in 0..=10 {
+        let p = probe().await.unwrap();
+        assert_eq!((p.status, p.changed), (HealthStatus::Healthy, false));
+        clock.advance(chrono::Duration::minutes(1));
+    }
+    clock.advance(chrono::Duration::minutes(5));
+    let p = probe().await.unwrap();
+    assert_eq!((p.status, p.changed), (HealthStatus::VaultUnreachable, true));
+    env.vault.clear_faults();
+    assert_eq!(probe().await.unwrap().status, HealthStatus::Healthy);
+    // Only changes were recorded: disabled, healthy, expired, healthy, unreachable, healthy.
+    let events = env
+        .store
+        .read_stream(StreamId::for_org(env.org), StreamVersion(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.event_type == "KeyHealthChanged")
+            .count(),
+        6
+    );
+}
+
 mod sqlite {
     use super::*;
 
@@ -415,6 +503,19 @@ mod sqlite {
             );
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_the_troubleshooting_table_through_the_simulated_vault() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = keyledger_sqlite::SqliteStore::open(&dir.path().join("k.db"), Arc::new(KeyRing::generate()))
+        .await
+        .unwrap();
+    let sink = Arc::new(keyledger_sqlite::SqliteProjections::new(&store));
+    let clock = Arc::new(ManualClock::new(
+        Utc.with_ymd_and_hms(2026, 6, 1, 12, 0, 0).unwrap(),
+    ));
+    health_transitions(Env::new(Arc::new(store), sink), clock).await;
 }
 
 mod postgres {
