@@ -281,6 +281,15 @@ impl ProjectionSink for CrashingSink {
     async fn reset(&self, p: Projection) -> Result<(), SinkError> {
         self.inner.reset(p).await
     }
+    async fn audit(
+        &self,
+        tenant: TenantId,
+        after: u64,
+        limit: u32,
+        action: Option<&str>,
+    ) -> Result<Vec<AuditEntry>, SinkError> {
+        self.inner.audit(tenant, after, limit, action).await
+    }
 }
 
 #[tokio::test]
