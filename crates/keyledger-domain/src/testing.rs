@@ -232,6 +232,15 @@ pub fn admin() -> Actor {
         org_scope(org_id()),
     )
 }
+/// An organization administrator scoped to every organization (multi-org tests).
+pub fn admin_of_any_org() -> Actor {
+    Actor::new(
+        ActorKind::User,
+        "alice@example.com",
+        [Role::OrgAdmin],
+        Scope::everything(),
+    )
+}
 pub fn admin_of_other_org() -> Actor {
     Actor::new(
         ActorKind::User,

@@ -249,3 +249,24 @@ impl Lease {
         let _ = self.connection.close().await;
     }
 }
+
+/// Runs `projection` while this instance holds its lease: waits for the lease, then follows the
+/// store until `shutdown` resolves. Another instance running the same function takes over when
+/// this one dies (its session, and so the lock, ends).
+pub async fn run_led(
+    url: &str,
+    store: std::sync::Arc<dyn keyledger_store::EventStore>,
+    sink: std::sync::Arc<dyn ProjectionSink>,
+    projection: Projection,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), keyledger_projection::RunnerError> {
+    tokio::pin!(shutdown);
+    let lease = tokio::select! {
+        () = &mut shutdown => return Ok(()),
+        lease = Lease::acquire(url, projection, std::time::Duration::from_millis(200)) => lease?,
+    };
+    let runner = keyledger_projection::Runner::new(store, sink, projection);
+    let result = runner.run(shutdown).await;
+    lease.release().await;
+    result
+}
