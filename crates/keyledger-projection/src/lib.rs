@@ -87,8 +87,80 @@ impl Projection {
         Self::ALL.into_iter().find(|p| p.name() == name)
     }
 
-    /// Folds one event into the organization's document. `event` is `stored` decoded with
-    /// its protected fields still sealed: projections never see secrets.
+    /// Reads a stored document of this projection.
+    pub fn parse(self, org: OrgId, doc: &Value) -> Result<Doc, ProjectionError> {
+        let bad = |source| ProjectionError::BadDocument {
+            projection: self.name(),
+            org,
+            source,
+        };
+        let doc = doc.clone();
+        Ok(match self {
+            Projection::OrganizationEncryption => {
+                Doc::Organization(serde_json::from_value(doc).map_err(bad)?)
+            }
+            Projection::KeyHealth => Doc::KeyHealth(serde_json::from_value(doc).map_err(bad)?),
+            Projection::DataKeyInventory => Doc::Inventory(serde_json::from_value(doc).map_err(bad)?),
+            Projection::TenantAudit => Doc::Tenants(serde_json::from_value(doc).map_err(bad)?),
+        })
+    }
+
+    /// Folds one event into the organization's typed document. `event` is `stored` decoded
+    /// with its protected fields still sealed: projections never see secrets. Returns the new
+    /// document (`None`: no document) and any new audit rows.
+    pub fn fold(
+        self,
+        doc: Option<Doc>,
+        stored: &StoredEvent,
+        event: &Event,
+    ) -> (Option<Doc>, Vec<AuditEntry>) {
+        let org = stored.stream_id.org_id();
+        let version = stored.stream_version.0;
+        match (self, doc) {
+            (Projection::OrganizationEncryption, current) => {
+                let next = match (current, event) {
+                    (_, Event::OrganizationRegistered(e)) => Some(OrganizationView::registered(e, version)),
+                    (Some(Doc::Organization(mut v)), e) => {
+                        v.apply(version, e);
+                        Some(v)
+                    }
+                    _ => None,
+                };
+                (next.map(Doc::Organization), Vec::new())
+            }
+            (Projection::KeyHealth, current) => {
+                let current = match current {
+                    Some(Doc::KeyHealth(r)) => Some(r),
+                    _ => None,
+                };
+                (
+                    KeyHealthRow::apply(current, org, event).map(Doc::KeyHealth),
+                    Vec::new(),
+                )
+            }
+            (Projection::DataKeyInventory, current) => {
+                let mut inv = match current {
+                    Some(Doc::Inventory(i)) => i,
+                    _ => DataKeyInventory::default(),
+                };
+                inv.apply(stored.occurred_at, event);
+                (
+                    (!inv.data_keys.is_empty()).then_some(Doc::Inventory(inv)),
+                    Vec::new(),
+                )
+            }
+            (Projection::TenantAudit, current) => {
+                let mut tenants = match current {
+                    Some(Doc::Tenants(t)) => t,
+                    _ => AuditTenants::default(),
+                };
+                let audit = tenants.apply(stored, event);
+                (Some(Doc::Tenants(tenants)), audit)
+            }
+        }
+    }
+
+    /// [`Projection::fold`] on stored (JSON) documents.
     pub fn apply(
         self,
         doc: Option<&Value>,
@@ -96,52 +168,32 @@ impl Projection {
         event: &Event,
     ) -> Result<Applied, ProjectionError> {
         let org = stored.stream_id.org_id();
-        let bad = |source| ProjectionError::BadDocument {
-            projection: self.name(),
-            org,
-            source,
-        };
-        let version = stored.stream_version.0;
-        let mut audit = Vec::new();
-        let doc = match self {
-            Projection::OrganizationEncryption => {
-                let current: Option<OrganizationView> = doc
-                    .map(|d| serde_json::from_value(d.clone()).map_err(bad))
-                    .transpose()?;
-                let next = match (current, event) {
-                    (_, Event::OrganizationRegistered(e)) => Some(OrganizationView::registered(e, version)),
-                    (Some(mut v), e) => {
-                        v.apply(version, e);
-                        Some(v)
-                    }
-                    (None, _) => None,
-                };
-                next.map(to_value)
-            }
-            Projection::KeyHealth => {
-                let current: Option<KeyHealthRow> = doc
-                    .map(|d| serde_json::from_value(d.clone()).map_err(bad))
-                    .transpose()?;
-                KeyHealthRow::apply(current, org, event).map(to_value)
-            }
-            Projection::DataKeyInventory => {
-                let mut inv: DataKeyInventory = match doc {
-                    Some(d) => serde_json::from_value(d.clone()).map_err(bad)?,
-                    None => DataKeyInventory::default(),
-                };
-                inv.apply(stored.occurred_at, event);
-                (!inv.data_keys.is_empty()).then(|| to_value(inv))
-            }
-            Projection::TenantAudit => {
-                let mut tenants: AuditTenants = match doc {
-                    Some(d) => serde_json::from_value(d.clone()).map_err(bad)?,
-                    None => AuditTenants::default(),
-                };
-                audit = tenants.apply(stored, event);
-                Some(to_value(tenants))
-            }
-        };
-        Ok(Applied { doc, audit })
+        let current = doc.map(|d| self.parse(org, d)).transpose()?;
+        let (next, audit) = self.fold(current, stored, event);
+        Ok(Applied {
+            doc: next.map(|d| d.to_value()),
+            audit,
+        })
+    }
+}
+
+/// A projection document, typed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Doc {
+    Organization(OrganizationView),
+    KeyHealth(KeyHealthRow),
+    Inventory(DataKeyInventory),
+    Tenants(AuditTenants),
+}
+
+impl Doc {
+    pub fn to_value(&self) -> Value {
+        match self {
+            Doc::Organization(v) => to_value(v),
+            Doc::KeyHealth(v) => to_value(v),
+            Doc::Inventory(v) => to_value(v),
+            Doc::Tenants(v) => to_value(v),
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use keyledger_domain::{GlobalPosition, OrgId};
 use keyledger_store::{EventStore, StoreError};
 use serde_json::Value;
 
-use crate::{AuditEntry, Projection, ProjectionError};
+use crate::{AuditEntry, Doc, Projection, ProjectionError};
 
 /// Everything one batch changed in one projection, written atomically with its checkpoint.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -109,29 +109,32 @@ impl Runner {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let mut docs: HashMap<OrgId, Value> = self.sink.load(self.projection, &orgs).await?;
-        let mut changes = Changes {
-            checkpoint: last.global_position.0,
-            ..Changes::default()
-        };
+        let loaded: HashMap<OrgId, Value> = self.sink.load(self.projection, &orgs).await?;
+        // Documents stay typed for the whole batch: parsed once, serialized once.
+        let mut docs: HashMap<OrgId, Option<Doc>> = HashMap::with_capacity(orgs.len());
+        for (org, value) in &loaded {
+            docs.insert(*org, Some(self.projection.parse(*org, value)?));
+        }
+        let mut audit = Vec::new();
         for stored in events {
             let org = stored.stream_id.org_id();
             let event = stored.decode().map_err(|source| ProjectionError::Decode {
                 position: stored.global_position.0,
                 source,
             })?;
-            let applied = self.projection.apply(docs.get(&org), stored, &event)?;
-            match &applied.doc {
-                Some(d) => {
-                    docs.insert(org, d.clone());
-                }
-                None => {
-                    docs.remove(&org);
-                }
-            }
-            changes.docs.insert(org, applied.doc);
-            changes.audit.extend(applied.audit);
+            let current = docs.remove(&org).flatten();
+            let (next, rows) = self.projection.fold(current, stored, &event);
+            docs.insert(org, next);
+            audit.extend(rows);
         }
+        let changes = Changes {
+            docs: docs
+                .into_iter()
+                .map(|(org, d)| (org, d.map(|d| d.to_value())))
+                .collect(),
+            audit,
+            checkpoint: last.global_position.0,
+        };
         self.sink.commit(self.projection, changes).await?;
         Ok(())
     }

@@ -1,0 +1,560 @@
+//! Application benchmark (issue "Application service"): command latency and throughput for
+//! plan changes and for enable/rotate (key tests against the in-process simulated vault through
+//! the official SDK adapter), on SQLite and PostgreSQL; the cost of a command on a 10,000-event
+//! stream against a new one; and the projection rebuild rate over a large log.
+//!
+//! ```sh
+//! cargo run --release -p app-bench -- [--backend sqlite|postgres|both] [--commands 2000]
+//!     [--concurrency 32] [--rate 500] [--rebuild-events 1000000] [--long-stream 10000]
+//! ```
+//!
+//! PostgreSQL runs in a fresh database on `KEYLEDGER_TEST_POSTGRES_URL` (default
+//! postgres://root@127.0.0.1:5432/postgres), dropped afterwards.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use keyledger_app::{Action, App, AppConfig, ConnectionPatch, Request, SystemClock};
+use keyledger_azure::AzureKeyAccess;
+use keyledger_domain::{
+    Actor, ActorKind, Connection, EnvelopeActor, EventMetadata, GlobalPosition, HealthStatus, HostAllowList,
+    KeyIdentifier, OrgId, Plan, Role, Scope, StreamId, Tenant,
+};
+use keyledger_projection::{Projection, ProjectionSink, Runner};
+use keyledger_store::{EventStore, KeyRing, NewEvent};
+use keyledger_vault_sim::{Clock as SimClock, Vault, VaultConfig};
+use secrecy::SecretString;
+use sqlx::Connection as _;
+
+#[derive(Debug, Clone)]
+struct Args {
+    sqlite: bool,
+    postgres: bool,
+    commands: usize,
+    concurrency: usize,
+    rate: u32,
+    rebuild_events: u64,
+    long_stream: u64,
+    postgres_url: String,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        sqlite: true,
+        postgres: true,
+        commands: 2000,
+        concurrency: 32,
+        rate: 500,
+        rebuild_events: 1_000_000,
+        long_stream: 10_000,
+        postgres_url: std::env::var("KEYLEDGER_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into()),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        let num = |v: String, f: &str| v.parse::<u64>().map_err(|e| format!("{f}: {e}"));
+        match flag.as_str() {
+            "--backend" => match value()?.as_str() {
+                "sqlite" => a.postgres = false,
+                "postgres" => a.sqlite = false,
+                "both" => {}
+                other => return Err(format!("--backend: unknown {other}")),
+            },
+            "--commands" => a.commands = num(value()?, &flag)? as usize,
+            "--concurrency" => a.concurrency = num(value()?, &flag)? as usize,
+            "--rate" => a.rate = num(value()?, &flag)? as u32,
+            "--rebuild-events" => a.rebuild_events = num(value()?, &flag)?,
+            "--long-stream" => a.long_stream = num(value()?, &flag)?,
+            "--postgres-url" => a.postgres_url = value()?,
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    Ok(a)
+}
+
+const BASE: &str = "https://contoso.vault.azure.net";
+
+struct Backend {
+    name: &'static str,
+    store: Arc<dyn EventStore>,
+    sink: Arc<dyn ProjectionSink>,
+}
+
+struct Latencies(Vec<Duration>);
+
+impl Latencies {
+    fn pct(&mut self, p: f64) -> Duration {
+        self.0.sort_unstable();
+        let i = ((self.0.len() as f64 - 1.0) * p).round() as usize;
+        self.0.get(i).copied().unwrap_or_default()
+    }
+    fn report(&mut self, what: &str, backend: &str, elapsed: Duration) {
+        let n = self.0.len();
+        println!(
+            "{backend:8} {what:44} {n:6} cmds  {:9.0} cmds/s  p50 {:7.2} ms  p99 {:7.2} ms",
+            n as f64 / elapsed.as_secs_f64(),
+            self.pct(0.50).as_secs_f64() * 1000.0,
+            self.pct(0.99).as_secs_f64() * 1000.0,
+        );
+    }
+}
+
+fn org(i: u64) -> OrgId {
+    OrgId::from_uuid(uuid::Uuid::from_u128(
+        0x0190_0000_0000_7000_8000_0000_0000_0000 | u128::from(i) + 1,
+    ))
+    .expect("not nil")
+}
+
+fn actor(role: Role) -> Actor {
+    Actor::new(ActorKind::Service, "bench", [role], Scope::everything())
+}
+
+fn request(o: OrgId, role: Role, action: Action) -> Request {
+    Request {
+        org_id: o,
+        actor: actor(role),
+        source_ip: None,
+        command_id: None,
+        correlation_id: None,
+        if_match: None,
+        action,
+    }
+}
+
+struct Sim {
+    vault: Arc<Vault>,
+    tenant: String,
+}
+
+fn sim() -> Sim {
+    let vault = Vault::new(VaultConfig::default(), SimClock::system());
+    let tenant = vault.config().tenant_id.clone();
+    vault.register_app(keyledger_vault_sim::AppRegistration::new(
+        &tenant,
+        "0b6f5d4e-1111-4222-8333-444455556666",
+        "bench-secret",
+        &["get", "wrapKey", "unwrapKey"],
+    ));
+    for name in ["cmk-a", "cmk-b"] {
+        vault
+            .create_key(BASE, keyledger_vault_sim::NewKey::rsa(name, 2048))
+            .expect("create key");
+    }
+    Sim { vault, tenant }
+}
+
+fn connection(s: &Sim, name: &str) -> Connection {
+    Connection {
+        directory_id: s.tenant.parse().expect("uuid"),
+        application_id: "0b6f5d4e-1111-4222-8333-444455556666".parse().expect("uuid"),
+        client_secret: SecretString::from("bench-secret"),
+        key_identifier: KeyIdentifier::parse(
+            &format!("{BASE}/keys/{name}"),
+            &HostAllowList::azure_public_clouds(),
+        )
+        .expect("key id"),
+    }
+}
+
+fn app(b: &Backend, s: &Sim) -> Arc<App> {
+    Arc::new(App::new(
+        b.store.clone(),
+        Arc::new(AzureKeyAccess::simulated(s.vault.clone())),
+        Arc::new(SystemClock),
+        AppConfig::default(),
+    ))
+}
+
+async fn register(app: &App, o: OrgId) {
+    app.handle(request(
+        o,
+        Role::Platform,
+        Action::Register {
+            name: "Bench".into(),
+            plan: Plan::enterprise("standard"),
+            tenants: vec![Tenant {
+                tenant_id: uuid::Uuid::now_v7().to_string().parse().expect("uuid"),
+                name: "T".into(),
+            }],
+        },
+    ))
+    .await
+    .expect("register");
+}
+
+/// Plan changes from `concurrency` closed-loop clients on distinct organizations.
+async fn plan_changes(b: &Backend, s: &Sim, args: &Args) {
+    let app = app(b, s);
+    let orgs = args.concurrency as u64;
+    for i in 0..orgs {
+        register(&app, org(i)).await;
+    }
+    let per = args.commands / args.concurrency;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..args.concurrency {
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per);
+            for n in 0..per {
+                let plan = if n % 2 == 0 {
+                    Plan::enterprise("a")
+                } else {
+                    Plan::enterprise("b")
+                };
+                let t = Instant::now();
+                app.handle(request(
+                    org(c as u64),
+                    Role::Billing,
+                    Action::ChangePlan {
+                        plan,
+                        reason: "bench".into(),
+                    },
+                ))
+                .await
+                .expect("plan change");
+                lat.push(t.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("task"));
+    }
+    Latencies(all).report(
+        &format!("plan change, {} clients", args.concurrency),
+        b.name,
+        start.elapsed(),
+    );
+
+    // Open loop at a fixed rate: latency at a given load, not at saturation.
+    let interval = Duration::from_secs_f64(1.0 / f64::from(args.rate.max(1)));
+    let total = (args.rate as usize * 5).min(args.commands * 2);
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(total);
+    for n in 0..total {
+        let due = start + interval * n as u32;
+        tokio::time::sleep_until(due.into()).await;
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move {
+            let plan = if n % 2 == 0 {
+                Plan::enterprise("c")
+            } else {
+                Plan::enterprise("d")
+            };
+            let t = Instant::now();
+            app.handle(request(
+                org(n as u64 % orgs),
+                Role::Billing,
+                Action::ChangePlan {
+                    plan,
+                    reason: "r".into(),
+                },
+            ))
+            .await
+            .expect("plan change");
+            t.elapsed()
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.push(t.await.expect("task"));
+    }
+    Latencies(all).report(
+        &format!("plan change, open loop at {}/s", args.rate),
+        b.name,
+        start.elapsed(),
+    );
+}
+
+/// Enable then rotate back and forth: each runs the live key test (RSA-2048 through the SDK).
+async fn enable_rotate(b: &Backend, s: &Sim, args: &Args) {
+    let app = app(b, s);
+    let n = (args.commands / 10).max(20) as u64;
+    let base = 10_000;
+    for i in 0..n {
+        register(&app, org(base + i)).await;
+    }
+    let mut lat = Vec::new();
+    let start = Instant::now();
+    for i in 0..n {
+        let t = Instant::now();
+        app.handle(request(
+            org(base + i),
+            Role::OrgAdmin,
+            Action::EnableCustomerManagedKey(connection(s, "cmk-a")),
+        ))
+        .await
+        .expect("enable");
+        lat.push(t.elapsed());
+    }
+    Latencies(lat).report("enable (test and save)", b.name, start.elapsed());
+    let mut lat = Vec::new();
+    let start = Instant::now();
+    for i in 0..n {
+        let key = connection(s, if i % 2 == 0 { "cmk-b" } else { "cmk-a" }).key_identifier;
+        let t = Instant::now();
+        let patch = ConnectionPatch {
+            key_identifier: Some(key),
+            ..Default::default()
+        };
+        app.handle(request(
+            org(base + i),
+            Role::OrgAdmin,
+            Action::RotateCustomerManagedKey(patch),
+        ))
+        .await
+        .ok();
+        lat.push(t.elapsed());
+    }
+    Latencies(lat).report("rotate (both keys tested)", b.name, start.elapsed());
+}
+
+/// A plan change on an organization whose stream holds `long_stream` events (health flaps)
+/// against one on a new organization, alternating.
+async fn flat_cost(b: &Backend, s: &Sim, args: &Args) {
+    let app = app(b, s);
+    let long = org(20_000);
+    let fresh = org(20_001);
+    for o in [long, fresh] {
+        register(&app, o).await;
+        app.handle(request(
+            o,
+            Role::OrgAdmin,
+            Action::EnableCustomerManagedKey(connection(s, "cmk-a")),
+        ))
+        .await
+        .expect("enable");
+    }
+    let system = Actor::system();
+    let mut n = app.view(long).await.ok().flatten().map_or(0, |v| v.version);
+    while n < args.long_stream {
+        let status = if n % 2 == 0 {
+            HealthStatus::VaultUnreachable
+        } else {
+            HealthStatus::Healthy
+        };
+        let r = Request {
+            actor: system.clone(),
+            ..request(
+                long,
+                Role::Billing,
+                Action::RecordKeyHealth { status, detail: None },
+            )
+        };
+        app.handle(r).await.expect("health");
+        n += 1;
+    }
+    let mut lat_long = Vec::new();
+    let mut lat_new = Vec::new();
+    for i in 0..400 {
+        for (o, lat) in [(long, &mut lat_long), (fresh, &mut lat_new)] {
+            let plan = if i % 2 == 0 {
+                Plan::enterprise("x")
+            } else {
+                Plan::enterprise("y")
+            };
+            let t = Instant::now();
+            app.handle(request(
+                o,
+                Role::Billing,
+                Action::ChangePlan {
+                    plan,
+                    reason: "r".into(),
+                },
+            ))
+            .await
+            .expect("plan");
+            lat.push(t.elapsed());
+        }
+    }
+    let (mut a, mut b2) = (Latencies(lat_long), Latencies(lat_new));
+    let (pa, pb) = (a.pct(0.5), b2.pct(0.5));
+    println!(
+        "{:8} plan change on a {}-event stream vs a new one: p50 {:.3} ms vs {:.3} ms, ratio {:.3}",
+        b.name,
+        args.long_stream,
+        pa.as_secs_f64() * 1000.0,
+        pb.as_secs_f64() * 1000.0,
+        pa.as_secs_f64() / pb.as_secs_f64()
+    );
+}
+
+/// Appends `events` events (registrations and health flaps, 100 per append) and rebuilds every
+/// projection from 0.
+async fn rebuild(b: &Backend, args: &Args) {
+    let system = EnvelopeActor::from_actor(&Actor::system(), None);
+    let per_org = 10_000u64;
+    let orgs = args.rebuild_events.div_ceil(per_org);
+    let start = Instant::now();
+    for i in 0..orgs {
+        let o = org(100_000 + i);
+        let mut events = Vec::new();
+        let ring = b.store.key_ring();
+        let dek = keyledger_store::provider::wrap_dek(ring, o, keyledger_domain::DekId(1), &[7u8; 32])
+            .expect("wrap");
+        let (by, edek) = dek.into_parts();
+        events.push(keyledger_domain::Event::OrganizationRegistered(
+            keyledger_domain::event::OrganizationRegistered {
+                org_id: o,
+                name: "R".into(),
+                plan: Plan::enterprise("standard"),
+                tenants: vec![Tenant {
+                    tenant_id: uuid::Uuid::now_v7().to_string().parse().expect("uuid"),
+                    name: "T".into(),
+                }],
+                registered_at: Utc::now(),
+            },
+        ));
+        events.push(keyledger_domain::Event::DataKeyGenerated(
+            keyledger_domain::event::DataKeyGenerated {
+                dek_id: keyledger_domain::DekId(1),
+                wrapped_by: by,
+                edek: keyledger_domain::Protected::Open(edek),
+                generated_at: Utc::now(),
+            },
+        ));
+        while (events.len() as u64) < per_org {
+            let tenant = uuid::Uuid::now_v7().to_string().parse().expect("uuid");
+            events.push(keyledger_domain::Event::TenantAdded(
+                keyledger_domain::event::TenantAdded {
+                    tenant_id: tenant,
+                    name: "t".into(),
+                },
+            ));
+            events.push(keyledger_domain::Event::TenantRemoved(
+                keyledger_domain::event::TenantRemoved { tenant_id: tenant },
+            ));
+        }
+        let mut version = 0u64;
+        for chunk in events.chunks(100) {
+            let batch: Vec<NewEvent> = chunk
+                .iter()
+                .map(|e| NewEvent {
+                    event: e.clone(),
+                    metadata: EventMetadata {
+                        occurred_at: keyledger_domain::envelope::truncate_to_micros(Utc::now()),
+                        actor: system.clone(),
+                        command_id: None,
+                        correlation_id: None,
+                        causation_id: None,
+                    },
+                })
+                .collect();
+            b.store
+                .append(
+                    StreamId::for_org(o),
+                    keyledger_domain::StreamVersion(version),
+                    batch,
+                    None,
+                )
+                .await
+                .expect("append");
+            version += chunk.len() as u64;
+        }
+    }
+    let appended = orgs * per_org;
+    println!(
+        "{:8} appended {appended} events for the rebuild in {:.1} s",
+        b.name,
+        start.elapsed().as_secs_f64()
+    );
+    let total = Instant::now();
+    for p in Projection::ALL {
+        let t = Instant::now();
+        let n = Runner::new(b.store.clone(), b.sink.clone(), p)
+            .with_batch(5000)
+            .rebuild(|_| {})
+            .await;
+        n.expect("rebuild");
+        let all = b.store.read_all(GlobalPosition(0), 1).await.expect("read").len();
+        let _ = all;
+        println!(
+            "{:8} rebuild {:26} {:>9.0} events/s",
+            b.name,
+            p.name(),
+            appended as f64 / t.elapsed().as_secs_f64()
+        );
+    }
+    println!(
+        "{:8} rebuild of all four projections: {:.0} events/s of log (each event folded 4 times)",
+        b.name,
+        appended as f64 / total.elapsed().as_secs_f64()
+    );
+}
+
+async fn run(b: Backend, args: &Args) {
+    let s = sim();
+    plan_changes(&b, &s, args).await;
+    enable_rotate(&b, &s, args).await;
+    flat_cost(&b, &s, args).await;
+    if args.rebuild_events > 0 {
+        rebuild(&b, args).await;
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("app-bench: {e}");
+            std::process::exit(2);
+        }
+    };
+    println!("app-bench: {args:?}");
+    if args.sqlite {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store =
+            keyledger_sqlite::SqliteStore::open(&dir.path().join("bench.db"), Arc::new(KeyRing::generate()))
+                .await
+                .expect("sqlite");
+        let sink = Arc::new(keyledger_sqlite::SqliteProjections::new(&store));
+        run(
+            Backend {
+                name: "sqlite",
+                store: Arc::new(store),
+                sink,
+            },
+            &args,
+        )
+        .await;
+    }
+    if args.postgres {
+        let name = format!("kl_app_bench_{}", uuid::Uuid::now_v7().simple());
+        let mut admin = sqlx::PgConnection::connect(&args.postgres_url)
+            .await
+            .expect("postgres server");
+        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut admin)
+            .await
+            .expect("create db");
+        let url = match args.postgres_url.rsplit_once('/') {
+            Some((root, _)) => format!("{root}/{name}"),
+            None => args.postgres_url.clone(),
+        };
+        {
+            let store = keyledger_postgres::PostgresStore::connect(&url, Arc::new(KeyRing::generate()))
+                .await
+                .expect("postgres");
+            let sink = Arc::new(keyledger_postgres::PgProjections::new(&store));
+            run(
+                Backend {
+                    name: "postgres",
+                    store: Arc::new(store),
+                    sink,
+                },
+                &args,
+            )
+            .await;
+        }
+        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            .execute(&mut admin)
+            .await
+            .ok();
+    }
+}
