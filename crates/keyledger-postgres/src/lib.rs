@@ -10,7 +10,8 @@
 //! The `(stream_id, stream_version)` unique constraint settles races; a violation is classified
 //! by its error kind and re-read as a typed conflict or an idempotent repeat.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -54,6 +55,7 @@ impl Default for PostgresOptions {
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    heads: HeadCache,
     ring: Arc<KeyRing>,
     signal: CommitSignal,
     poll: PollConfig,
@@ -95,6 +97,36 @@ const INSERT_SQL: &str = "WITH ins AS ( \
 const SELECT_EVENTS: &str = "SELECT position, event_id, stream_id, stream_version, event_type, schema_version, \
      occurred_at, actor, command_id, correlation_id, causation_id, payload, prev_hash, hash FROM events";
 
+/// The heads of streams this process appended to. A head is only a hint: an append that trusts
+/// it inserts directly (one round trip), and the `(stream_id, stream_version)` unique constraint
+/// catches a stale one. Stored rows never change, so a cached `(version, hash)` is right
+/// whenever version + 1 is still free.
+#[derive(Debug, Clone, Default)]
+struct HeadCache(Arc<Mutex<HashMap<StreamId, StreamHead>>>);
+
+/// Heads kept before the cache is cleared.
+const HEAD_CACHE_LIMIT: usize = 100_000;
+
+impl HeadCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<StreamId, StreamHead>> {
+        // A map of hints: a poisoned lock holds nothing that could be inconsistent.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn get(&self, stream: &StreamId) -> Option<StreamHead> {
+        self.lock().get(stream).cloned()
+    }
+    fn set(&self, stream: StreamId, head: StreamHead) {
+        let mut map = self.lock();
+        if map.len() >= HEAD_CACHE_LIMIT {
+            map.clear();
+        }
+        map.insert(stream, head);
+    }
+    fn forget(&self, stream: &StreamId) {
+        self.lock().remove(stream);
+    }
+}
+
 /// What the head query found.
 struct Head {
     head: StreamHead,
@@ -126,6 +158,7 @@ impl PostgresStore {
         MIGRATOR.run(&pool).await.map_err(StoreError::backend)?;
         Ok(Self {
             pool,
+            heads: HeadCache::default(),
             ring,
             signal: CommitSignal::default(),
             poll,
@@ -331,20 +364,45 @@ impl EventStore for PostgresStore {
         command_id: Option<CommandId>,
     ) -> Result<AppendResult, StoreError> {
         let command_id = command_id.as_ref();
-        let found = self.head(&self.pool, &stream.to_string(), command_id).await?;
-        if let Some(previous) = found.previous {
-            return Ok(previous);
-        }
+        // A known head saves the head query: a new stream's head is the genesis, and a cached
+        // head is trusted when it is the expected one. A wrong guess ends in a unique violation.
+        let known = if expected == StreamVersion::NONE {
+            Some(StreamHead::empty())
+        } else {
+            self.heads.get(&stream).filter(|h| h.version == expected)
+        };
+        let head = match known {
+            Some(head) => head,
+            None => {
+                let found = self.head(&self.pool, &stream.to_string(), command_id).await?;
+                if let Some(previous) = found.previous {
+                    return Ok(previous);
+                }
+                found.head
+            }
+        };
         // The head read and the insert need no common transaction: versions are dense and
         // unique, so if version head+1 is still free at insert time, the head read is current.
         let prepared =
-            keyledger_store::prepare_append(&self.ring, stream, expected, &found.head, events, command_id)?;
+            keyledger_store::prepare_append(&self.ring, stream, expected, &head, events, command_id)?;
         match Self::insert(&self.pool, stream, &prepared, command_id).await {
             Ok(result) => {
+                // Invariant: prepare_append refuses an empty batch.
+                let last = &prepared[prepared.len() - 1];
+                self.heads.set(
+                    stream,
+                    StreamHead {
+                        version: last.stream_version,
+                        hash: last.hash.clone(),
+                    },
+                );
                 self.signal.notify();
                 Ok(result)
             }
-            Err(e) if is_unique_violation(&e) => self.settle_race(stream, expected, command_id).await,
+            Err(e) if is_unique_violation(&e) => {
+                self.heads.forget(&stream);
+                self.settle_race(stream, expected, command_id).await
+            }
             Err(e) => Err(backend(e)),
         }
     }
@@ -368,10 +426,15 @@ impl EventStore for PostgresStore {
     async fn read_all(&self, after: GlobalPosition, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
         // The fence: every transaction that can still commit has an xid >= xmin, so its events
         // sit at positions >= xmin << 16 and are never read before it commits.
+        //
+        // The fence filters the ordered page instead of bounding the index range: a two-sided
+        // range with a computed bound misleads the planner into a bitmap scan of the whole
+        // remaining log plus a sort. Cutting an ordered prefix keeps the result a gap-free
+        // prefix of the log.
         let rows = sqlx::query(&format!(
-            "{SELECT_EVENTS} WHERE position > $1 \
-               AND position < (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 16) \
-             ORDER BY position LIMIT $2"
+            "SELECT * FROM ({SELECT_EVENTS} WHERE position > $1 ORDER BY position LIMIT $2) AS page \
+             WHERE position < (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 16) \
+             ORDER BY position"
         ))
         .bind(to_i64(after.0)?)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))

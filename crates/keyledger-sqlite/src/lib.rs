@@ -3,8 +3,10 @@
 //! - One writer connection, owned by a writer task: appends are serialized, so the rowid
 //!   global position is commit order and catch-up readers never skip an event.
 //! - Group commit: the writer task takes every append waiting in its queue (up to
-//!   [`MAX_GROUP`]) into one transaction, each append in its own savepoint, so one fsync serves
-//!   many appends while each append stays atomic and is checked on its own.
+//!   [`MAX_GROUP`]) into one transaction, so one fsync serves many appends. Each append is
+//!   checked on its own (command id, expected version) before it writes anything, so a refused
+//!   append does not affect the others; a write that fails half-way rolls the whole group back
+//!   and every append in it gets a backend error (safe to retry with the same command id).
 //! - A pool of read connections: WAL lets them read while the writer commits.
 //! - An append reads only the stream's head (last version and hash) through the
 //!   `(stream_id, stream_version)` index; it never loads the stream.
@@ -111,7 +113,9 @@ impl SqliteStore {
         let read = SqlitePoolOptions::new()
             .max_connections(options.read_connections.max(1))
             .acquire_timeout(Duration::from_secs(60))
-            .connect_with(connect.read_only(true))
+            // Catch-up reads pages of thousands of rows: a large row buffer lets the driver's
+            // worker thread hand them over without a wake-up per few rows.
+            .connect_with(connect.read_only(true).row_buffer_size(4096))
             .await
             .map_err(backend)?;
         let signal = CommitSignal::default();
@@ -189,7 +193,7 @@ async fn commit_group(pool: &SqlitePool, signal: &CommitSignal, batch: &mut Vec<
             command_id,
             reply,
         } = req;
-        match append_in_savepoint(&mut tx, &ring, stream, expected, events, command_id.as_ref()).await {
+        match append_checked(&mut tx, &ring, stream, expected, events, command_id.as_ref()).await {
             Ok(result) => outcomes.push((reply, result)),
             Err(e) => {
                 // Dropping the transaction rolls the whole group back.
@@ -221,23 +225,29 @@ async fn commit_group(pool: &SqlitePool, signal: &CommitSignal, batch: &mut Vec<
     }
 }
 
-/// One append inside the group transaction, atomic on its own through a savepoint. The outer
-/// error means the savepoint itself failed: the group transaction must not commit.
-async fn append_in_savepoint(
+/// One append inside the group transaction. The inner result is the append's own outcome:
+/// a refusal (conflict, seal error) happens before anything is written, so the group goes on.
+/// The outer error means a write failed half-way: the group transaction must not commit.
+async fn append_checked(
     tx: &mut Transaction<'static, Sqlite>,
     ring: &KeyRing,
     stream: StreamId,
     expected: StreamVersion,
     events: Vec<NewEvent>,
     command_id: Option<&CommandId>,
-) -> Result<Result<AppendResult, StoreError>, sqlx::Error> {
-    sqlx::query("SAVEPOINT append").execute(&mut **tx).await?;
-    let result = append_in_tx(tx, ring, stream, expected, events, command_id).await;
-    if result.is_err() {
-        sqlx::query("ROLLBACK TO append").execute(&mut **tx).await?;
-    }
-    sqlx::query("RELEASE append").execute(&mut **tx).await?;
-    Ok(result)
+) -> Result<Result<AppendResult, StoreError>, StoreError> {
+    let prepared = match check_and_prepare(tx, ring, stream, expected, events, command_id).await {
+        Ok(Prepared::Repeat(previous)) => return Ok(Ok(previous)),
+        Ok(Prepared::Events(p)) => p,
+        Err(refused) => return Ok(Err(refused)),
+    };
+    write_events(tx, stream, &prepared, command_id).await.map(Ok)
+}
+
+enum Prepared {
+    /// The command id was seen before: its first result.
+    Repeat(AppendResult),
+    Events(Vec<StoredEvent>),
 }
 
 async fn command_result(
@@ -255,25 +265,25 @@ async fn command_result(
     row.map(|r| command_row(&r)).transpose()
 }
 
-async fn append_in_tx(
+/// Reads only: the command id's earlier result, or the stream head and the prepared events.
+async fn check_and_prepare(
     tx: &mut Transaction<'static, Sqlite>,
     ring: &KeyRing,
     stream: StreamId,
     expected: StreamVersion,
     events: Vec<NewEvent>,
     command_id: Option<&CommandId>,
-) -> Result<AppendResult, StoreError> {
+) -> Result<Prepared, StoreError> {
     if let Some(c) = command_id
         && let Some(previous) = command_result(tx, c).await?
     {
-        return Ok(previous);
+        return Ok(Prepared::Repeat(previous));
     }
-    let stream_text = stream.to_string();
     let head = sqlx::query(
         "SELECT stream_version, hash FROM events WHERE stream_id = ? \
              ORDER BY stream_version DESC LIMIT 1",
     )
-    .bind(&stream_text)
+    .bind(stream.to_string())
     .fetch_optional(&mut **tx)
     .await
     .map_err(backend)?
@@ -285,9 +295,18 @@ async fn append_in_tx(
     })
     .transpose()?
     .unwrap_or_else(StreamHead::empty);
-    let prepared = keyledger_store::prepare_append(ring, stream, expected, &head, events, command_id)?;
+    keyledger_store::prepare_append(ring, stream, expected, &head, events, command_id).map(Prepared::Events)
+}
+
+/// Writes prepared events and the command id.
+async fn write_events(
+    tx: &mut Transaction<'static, Sqlite>,
+    stream: StreamId,
+    prepared: &[StoredEvent],
+    command_id: Option<&CommandId>,
+) -> Result<AppendResult, StoreError> {
     let mut positions = Vec::with_capacity(prepared.len());
-    for e in &prepared {
+    for e in prepared {
         let c = EnvelopeColumns::from_event(e)?;
         let position: i64 = sqlx::query_scalar(
             "INSERT INTO events (event_id, stream_id, stream_version, event_type, schema_version, \
@@ -327,7 +346,7 @@ async fn append_in_tx(
                  first_position, last_position) VALUES (?, ?, ?, ?, ?, ?)",
         )
         .bind(c.as_str())
-        .bind(&stream_text)
+        .bind(stream.to_string())
         .bind(to_i64(result.first_version.0)?)
         .bind(to_i64(result.last_version.0)?)
         .bind(to_i64(result.first_position.0)?)
