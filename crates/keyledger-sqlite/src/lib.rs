@@ -17,9 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use keyledger_domain::{
-    CommandId, CorrelationId, EnvelopeActor, EventId, GlobalPosition, StoredEvent, StreamId, StreamVersion,
-};
+use keyledger_domain::{CommandId, GlobalPosition, StoredEvent, StreamId, StreamVersion};
 use keyledger_store::row::{EnvelopeColumns, to_i64};
 use keyledger_store::subscribe::{CommitSignal, PollConfig, poll_subscription};
 use keyledger_store::{AppendResult, EventStore, EventStream, KeyRing, NewEvent, StoreError, StreamHead};
@@ -360,25 +358,6 @@ async fn write_events(
     Ok(result)
 }
 
-/// One event of a page read as JSON, in column order.
-#[derive(serde::Deserialize)]
-struct JsonRow(
-    u64,
-    EventId,
-    StreamId,
-    u64,
-    String,
-    u32,
-    chrono::DateTime<chrono::Utc>,
-    EnvelopeActor,
-    Option<CommandId>,
-    Option<CorrelationId>,
-    Option<String>,
-    serde_json::Value,
-    String,
-    String,
-);
-
 const SELECT_PAGE_JSON: &str = "SELECT json_group_array(json_array(position, event_id, stream_id, \
      stream_version, event_type, schema_version, occurred_at, json(actor), command_id, correlation_id, \
      causation_id, json(payload), prev_hash, hash) ORDER BY position) \
@@ -397,29 +376,7 @@ impl SqliteStore {
             .fetch_one(&self.read)
             .await
             .map_err(backend)?;
-        let Ok(rows) = serde_json::from_str::<Vec<JsonRow>>(&text) else {
-            return Ok(None);
-        };
-        Ok(Some(
-            rows.into_iter()
-                .map(|r| StoredEvent {
-                    global_position: GlobalPosition(r.0),
-                    event_id: r.1,
-                    stream_id: r.2,
-                    stream_version: StreamVersion(r.3),
-                    event_type: r.4,
-                    schema_version: r.5,
-                    occurred_at: r.6,
-                    actor: r.7,
-                    command_id: r.8,
-                    correlation_id: r.9,
-                    causation_id: r.10,
-                    payload: r.11,
-                    prev_hash: r.12,
-                    hash: r.13,
-                })
-                .collect(),
-        ))
+        Ok(keyledger_store::row::decode_json_page(&text))
     }
 }
 
