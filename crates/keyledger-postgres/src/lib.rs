@@ -94,6 +94,12 @@ const INSERT_SQL: &str = "WITH ins AS ( \
      SELECT min(position) AS first_position, max(position) AS last_position, \
             (SELECT count(*) FROM cmd) AS commands FROM ins";
 
+/// One event, no command id: the common single-event append, without array encoding.
+const INSERT_ONE_SQL: &str = "INSERT INTO events (position, event_id, stream_id, stream_version, event_type, \
+       schema_version, occurred_at, actor, command_id, correlation_id, causation_id, payload, prev_hash, hash) \
+     VALUES ((pg_current_xact_id()::text::bigint << 16) + 1, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
+       $12, $13) RETURNING position";
+
 const SELECT_EVENTS: &str = "SELECT position, event_id, stream_id, stream_version, event_type, schema_version, \
      occurred_at, actor, command_id, correlation_id, causation_id, payload, prev_hash, hash FROM events";
 
@@ -221,6 +227,33 @@ impl PostgresStore {
         prepared: &[StoredEvent],
         command_id: Option<&CommandId>,
     ) -> Result<AppendResult, sqlx::Error> {
+        if let ([one], None) = (prepared, command_id) {
+            let c = EnvelopeColumns::from_event(one).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+            let position: i64 = sqlx::query_scalar(INSERT_ONE_SQL)
+                .bind(c.event_id)
+                .bind(c.stream_id)
+                .bind(c.stream_version)
+                .bind(c.event_type)
+                .bind(i32::try_from(c.schema_version).unwrap_or(i32::MAX))
+                .bind(c.occurred_at)
+                .bind(c.actor)
+                .bind(c.command_id)
+                .bind(c.correlation_id)
+                .bind(c.causation_id)
+                .bind(c.payload)
+                .bind(c.prev_hash)
+                .bind(c.hash)
+                .fetch_one(exec)
+                .await?;
+            let position = GlobalPosition(non_negative(position));
+            return Ok(AppendResult {
+                stream,
+                first_version: one.stream_version,
+                last_version: one.stream_version,
+                first_position: position,
+                last_position: position,
+            });
+        }
         let cols: Vec<EnvelopeColumns> = prepared
             .iter()
             .map(EnvelopeColumns::from_event)
