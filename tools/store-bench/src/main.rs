@@ -37,6 +37,8 @@ struct Args {
     pgbench_seconds: u64,
     /// Only seed and measure catch-up.
     catch_up_only: bool,
+    /// Keep the SQLite database in this file (reused by later runs) instead of a temporary one.
+    sqlite_path: Option<std::path::PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -50,6 +52,7 @@ fn parse_args() -> Result<Args, String> {
         sqlite: true,
         pgbench_seconds: 10,
         catch_up_only: false,
+        sqlite_path: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -71,6 +74,7 @@ fn parse_args() -> Result<Args, String> {
             "--skip-postgres" => a.postgres = false,
             "--skip-sqlite" => a.sqlite = false,
             "--catch-up-only" => a.catch_up_only = true,
+            "--sqlite-path" => a.sqlite_path = Some(value()?.into()),
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -354,13 +358,13 @@ async fn main() {
             durability: args.sqlite_sync,
             ..Default::default()
         };
-        let store = SqliteStore::open_with(
-            &dir.path().join("bench.db"),
-            Arc::new(KeyRing::generate()),
-            options,
-        )
-        .await
-        .expect("open sqlite");
+        let path = args
+            .sqlite_path
+            .clone()
+            .unwrap_or_else(|| dir.path().join("bench.db"));
+        let store = SqliteStore::open_with(&path, Arc::new(KeyRing::generate()), options)
+            .await
+            .expect("open sqlite");
         bench_backend("sqlite", &store, &args, &mut out).await;
         store.close().await;
     }
