@@ -384,7 +384,7 @@ fn non_negative(v: i64) -> u64 {
 
 fn event_row(r: &PgRow) -> Result<StoredEvent, StoreError> {
     let position: i64 = r.try_get(0).map_err(backend)?;
-    EnvelopeColumns {
+    keyledger_store::row::EnvelopeRef {
         event_id: r.try_get(1).map_err(backend)?,
         stream_id: r.try_get(2).map_err(backend)?,
         stream_version: r.try_get(3).map_err(backend)?,
