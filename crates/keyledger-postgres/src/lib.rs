@@ -10,7 +10,8 @@
 //! The `(stream_id, stream_version)` unique constraint settles races; a violation is classified
 //! by its error kind and re-read as a typed conflict or an idempotent repeat.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -57,6 +58,7 @@ impl Default for PostgresOptions {
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    heads: HeadCache,
     ring: Arc<KeyRing>,
     signal: CommitSignal,
     poll: PollConfig,
@@ -95,8 +97,44 @@ const INSERT_SQL: &str = "WITH ins AS ( \
      SELECT min(position) AS first_position, max(position) AS last_position, \
             (SELECT count(*) FROM cmd) AS commands FROM ins";
 
+/// One event, no command id: the common single-event append, without array encoding.
+const INSERT_ONE_SQL: &str = "INSERT INTO events (position, event_id, stream_id, stream_version, event_type, \
+       schema_version, occurred_at, actor, command_id, correlation_id, causation_id, payload, prev_hash, hash) \
+     VALUES ((pg_current_xact_id()::text::bigint << 16) + 1, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
+       $12, $13) RETURNING position";
+
 const SELECT_EVENTS: &str = "SELECT position, event_id, stream_id, stream_version, event_type, schema_version, \
      occurred_at, actor, command_id, correlation_id, causation_id, payload, prev_hash, hash FROM events";
+
+/// The heads of streams this process appended to. A head is only a hint: an append that trusts
+/// it inserts directly (one round trip), and the `(stream_id, stream_version)` unique constraint
+/// catches a stale one. Stored rows never change, so a cached `(version, hash)` is right
+/// whenever version + 1 is still free.
+#[derive(Debug, Clone, Default)]
+struct HeadCache(Arc<Mutex<HashMap<StreamId, StreamHead>>>);
+
+/// Heads kept before the cache is cleared.
+const HEAD_CACHE_LIMIT: usize = 100_000;
+
+impl HeadCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<StreamId, StreamHead>> {
+        // A map of hints: a poisoned lock holds nothing that could be inconsistent.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn get(&self, stream: &StreamId) -> Option<StreamHead> {
+        self.lock().get(stream).cloned()
+    }
+    fn set(&self, stream: StreamId, head: StreamHead) {
+        let mut map = self.lock();
+        if map.len() >= HEAD_CACHE_LIMIT {
+            map.clear();
+        }
+        map.insert(stream, head);
+    }
+    fn forget(&self, stream: &StreamId) {
+        self.lock().remove(stream);
+    }
+}
 
 /// What the head query found.
 struct Head {
@@ -129,6 +167,7 @@ impl PostgresStore {
         MIGRATOR.run(&pool).await.map_err(StoreError::backend)?;
         Ok(Self {
             pool,
+            heads: HeadCache::default(),
             ring,
             signal: CommitSignal::default(),
             poll,
@@ -191,6 +230,33 @@ impl PostgresStore {
         prepared: &[StoredEvent],
         command_id: Option<&CommandId>,
     ) -> Result<AppendResult, sqlx::Error> {
+        if let ([one], None) = (prepared, command_id) {
+            let c = EnvelopeColumns::from_event(one).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+            let position: i64 = sqlx::query_scalar(INSERT_ONE_SQL)
+                .bind(c.event_id)
+                .bind(c.stream_id)
+                .bind(c.stream_version)
+                .bind(c.event_type)
+                .bind(i32::try_from(c.schema_version).unwrap_or(i32::MAX))
+                .bind(c.occurred_at)
+                .bind(c.actor)
+                .bind(c.command_id)
+                .bind(c.correlation_id)
+                .bind(c.causation_id)
+                .bind(c.payload)
+                .bind(c.prev_hash)
+                .bind(c.hash)
+                .fetch_one(exec)
+                .await?;
+            let position = GlobalPosition(non_negative(position));
+            return Ok(AppendResult {
+                stream,
+                first_version: one.stream_version,
+                last_version: one.stream_version,
+                first_position: position,
+                last_position: position,
+            });
+        }
         let cols: Vec<EnvelopeColumns> = prepared
             .iter()
             .map(EnvelopeColumns::from_event)
@@ -280,6 +346,21 @@ impl PostgresStore {
     }
 }
 
+/// A page of `read_all` below the fence, as SQL over `select` (the columns of the events).
+///
+/// The fence: every transaction that can still commit has an xid >= xmin, so its events sit at
+/// positions >= xmin << 16 and are never read before it commits. The fence filters an ordered
+/// page instead of bounding the index range: a two-sided range with a computed bound misleads
+/// the planner into a bitmap scan of the whole remaining log plus a sort. Cutting an ordered
+/// prefix keeps the result a gap-free prefix of the log.
+fn fenced_page(select: &str) -> String {
+    format!(
+        "SELECT * FROM ({select} WHERE position > $1 ORDER BY position LIMIT $2) AS page \
+         WHERE position < (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 16) \
+         ORDER BY position"
+    )
+}
+
 impl PostgresStore {
     /// Every committed event after `after`, ignoring the fence (not safe for checkpointing
     /// readers: a later commit can land before the last position returned).
@@ -306,7 +387,7 @@ fn non_negative(v: i64) -> u64 {
 
 fn event_row(r: &PgRow) -> Result<StoredEvent, StoreError> {
     let position: i64 = r.try_get(0).map_err(backend)?;
-    EnvelopeColumns {
+    keyledger_store::row::EnvelopeRef {
         event_id: r.try_get(1).map_err(backend)?,
         stream_id: r.try_get(2).map_err(backend)?,
         stream_version: r.try_get(3).map_err(backend)?,
@@ -334,20 +415,45 @@ impl EventStore for PostgresStore {
         command_id: Option<CommandId>,
     ) -> Result<AppendResult, StoreError> {
         let command_id = command_id.as_ref();
-        let found = self.head(&self.pool, &stream.to_string(), command_id).await?;
-        if let Some(previous) = found.previous {
-            return Ok(previous);
-        }
+        // A known head saves the head query: a new stream's head is the genesis, and a cached
+        // head is trusted when it is the expected one. A wrong guess ends in a unique violation.
+        let known = if expected == StreamVersion::NONE {
+            Some(StreamHead::empty())
+        } else {
+            self.heads.get(&stream).filter(|h| h.version == expected)
+        };
+        let head = match known {
+            Some(head) => head,
+            None => {
+                let found = self.head(&self.pool, &stream.to_string(), command_id).await?;
+                if let Some(previous) = found.previous {
+                    return Ok(previous);
+                }
+                found.head
+            }
+        };
         // The head read and the insert need no common transaction: versions are dense and
         // unique, so if version head+1 is still free at insert time, the head read is current.
         let prepared =
-            keyledger_store::prepare_append(&self.ring, stream, expected, &found.head, events, command_id)?;
+            keyledger_store::prepare_append(&self.ring, stream, expected, &head, events, command_id)?;
         match Self::insert(&self.pool, stream, &prepared, command_id).await {
             Ok(result) => {
+                // Invariant: prepare_append refuses an empty batch.
+                let last = &prepared[prepared.len() - 1];
+                self.heads.set(
+                    stream,
+                    StreamHead {
+                        version: last.stream_version,
+                        hash: last.hash.clone(),
+                    },
+                );
                 self.signal.notify();
                 Ok(result)
             }
-            Err(e) if is_unique_violation(&e) => self.settle_race(stream, expected, command_id).await,
+            Err(e) if is_unique_violation(&e) => {
+                self.heads.forget(&stream);
+                self.settle_race(stream, expected, command_id).await
+            }
             Err(e) => Err(backend(e)),
         }
     }
@@ -369,12 +475,11 @@ impl EventStore for PostgresStore {
     }
 
     async fn read_all(&self, after: GlobalPosition, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
-        // The fence: every transaction that can still commit has an xid >= xmin, so its events
-        // sit at positions >= xmin << 16 and are never read before it commits.
+        // Rows, not a JSON page as on SQLite: building JSON on the server measured slower here
+        // (about 90k against 120k events/s on the benchmark machine).
         let rows = sqlx::query(&format!(
-            "{SELECT_EVENTS} WHERE position > $1 \
-               AND position < (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 16) \
-             ORDER BY position LIMIT $2"
+            "SELECT * FROM ({}) AS fenced",
+            fenced_page(SELECT_EVENTS)
         ))
         .bind(to_i64(after.0)?)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
@@ -404,5 +509,45 @@ impl EventStore for PostgresStore {
 
     fn key_ring(&self) -> &KeyRing {
         &self.ring
+    }
+}
+
+#[cfg(all(test, feature = "test-hooks"))]
+mod tests {
+    use super::*;
+    use crate::testing::TestDatabase;
+    use keyledger_store::conformance::{cmk_enabled, dek_generated, new_stream, tenant_added};
+
+    #[tokio::test]
+    async fn corrupt_rows_are_named_by_position() {
+        let Some(db) = TestDatabase::create("kl_page").await else {
+            return;
+        };
+        let store = PostgresStore::connect(db.url(), Arc::new(KeyRing::generate()))
+            .await
+            .unwrap();
+        let stream = new_stream();
+        let events = vec![tenant_added("a"), cmk_enabled("s"), dek_generated(&[9; 40])];
+        let r = store
+            .append(stream, StreamVersion::NONE, events, None)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE events SET payload = '{not json' WHERE position = $1")
+            .bind(r.first_position.0 as i64)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        // The fence may hold the row back for a moment while other tests write.
+        for _ in 0..500 {
+            match store.read_all(GlobalPosition::START, 10).await {
+                Err(StoreError::Corrupt { position, .. }) => {
+                    assert_eq!(position, r.first_position);
+                    return;
+                }
+                Ok(page) if page.is_empty() => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+                other => panic!("expected a corrupt-row error, got {other:?}"),
+            }
+        }
+        panic!("the corrupt row never became readable");
     }
 }

@@ -3,7 +3,9 @@
 
 use chrono::{DateTime, Utc};
 use keyledger_domain::envelope::canonical_time;
-use keyledger_domain::{CommandId, EnvelopeActor, GlobalPosition, StoredEvent, StreamVersion};
+use keyledger_domain::{
+    CommandId, CorrelationId, EnvelopeActor, EventId, GlobalPosition, StoredEvent, StreamId, StreamVersion,
+};
 
 use crate::StoreError;
 
@@ -46,6 +48,46 @@ impl EnvelopeColumns {
 
     /// Reads a row back. Errors name the position of the unreadable row.
     pub fn into_event(self, position: i64) -> Result<StoredEvent, StoreError> {
+        EnvelopeRef {
+            event_id: &self.event_id,
+            stream_id: &self.stream_id,
+            stream_version: self.stream_version,
+            event_type: &self.event_type,
+            schema_version: self.schema_version,
+            occurred_at: &self.occurred_at,
+            actor: &self.actor,
+            command_id: self.command_id.as_deref(),
+            correlation_id: self.correlation_id.as_deref(),
+            causation_id: self.causation_id.as_deref(),
+            payload: &self.payload,
+            prev_hash: &self.prev_hash,
+            hash: &self.hash,
+        }
+        .into_event(position)
+    }
+}
+
+/// An envelope's columns borrowed from a database row (no copy of the text before parsing).
+#[derive(Debug, Clone, Copy)]
+pub struct EnvelopeRef<'a> {
+    pub event_id: &'a str,
+    pub stream_id: &'a str,
+    pub stream_version: i64,
+    pub event_type: &'a str,
+    pub schema_version: i64,
+    pub occurred_at: &'a str,
+    pub actor: &'a str,
+    pub command_id: Option<&'a str>,
+    pub correlation_id: Option<&'a str>,
+    pub causation_id: Option<&'a str>,
+    pub payload: &'a str,
+    pub prev_hash: &'a str,
+    pub hash: &'a str,
+}
+
+impl EnvelopeRef<'_> {
+    /// Parses the row. Errors name the position of the unreadable row.
+    pub fn into_event(self, position: i64) -> Result<StoredEvent, StoreError> {
         let pos = GlobalPosition(u64::try_from(position).unwrap_or_default());
         let corrupt = |what: &str, detail: String| StoreError::Corrupt {
             position: pos,
@@ -64,30 +106,78 @@ impl EnvelopeColumns {
                 u64::try_from(self.stream_version).map_err(|e| corrupt("stream_version", e.to_string()))?,
             ),
             global_position: pos,
-            event_type: self.event_type,
+            event_type: self.event_type.to_owned(),
             schema_version: u32::try_from(self.schema_version)
                 .map_err(|e| corrupt("schema_version", e.to_string()))?,
-            occurred_at: DateTime::parse_from_rfc3339(&self.occurred_at)
+            occurred_at: DateTime::parse_from_rfc3339(self.occurred_at)
                 .map_err(|e| corrupt("occurred_at", e.to_string()))?
                 .with_timezone(&Utc),
-            actor: serde_json::from_str::<EnvelopeActor>(&self.actor)
+            actor: serde_json::from_str::<EnvelopeActor>(self.actor)
                 .map_err(|e| corrupt("actor", e.to_string()))?,
             command_id: self
                 .command_id
-                .map(|c| CommandId::parse(&c))
+                .map(CommandId::parse)
                 .transpose()
                 .map_err(|e| corrupt("command_id", e.to_string()))?,
             correlation_id: self
                 .correlation_id
-                .map(|c| c.parse())
+                .map(str::parse)
                 .transpose()
                 .map_err(|e| corrupt("correlation_id", format!("{e}")))?,
-            causation_id: self.causation_id,
-            payload: serde_json::from_str(&self.payload).map_err(|e| corrupt("payload", e.to_string()))?,
-            prev_hash: self.prev_hash,
-            hash: self.hash,
+            causation_id: self.causation_id.map(str::to_owned),
+            payload: serde_json::from_str(self.payload).map_err(|e| corrupt("payload", e.to_string()))?,
+            prev_hash: self.prev_hash.to_owned(),
+            hash: self.hash.to_owned(),
         })
     }
+}
+
+/// One event of a page that the database rendered as a JSON array of arrays, in the column
+/// order `position, event_id, stream_id, stream_version, event_type, schema_version,
+/// occurred_at, actor (JSON), command_id, correlation_id, causation_id, payload (JSON),
+/// prev_hash, hash`. Decoding a whole page in one serde pass avoids the drivers' per-row cost.
+#[derive(serde::Deserialize)]
+struct JsonRow(
+    u64,
+    EventId,
+    StreamId,
+    u64,
+    String,
+    u32,
+    DateTime<Utc>,
+    EnvelopeActor,
+    Option<CommandId>,
+    Option<CorrelationId>,
+    Option<String>,
+    serde_json::Value,
+    String,
+    String,
+);
+
+/// Decodes a JSON page (see [`JsonRow`]'s column order). `None` when it does not decode; the
+/// caller then reads row by row, which names a corrupt row.
+pub fn decode_json_page(text: &str) -> Option<Vec<StoredEvent>> {
+    let rows: Vec<JsonRow> = serde_json::from_str(text).ok()?;
+    Some(
+        rows.into_iter()
+            .map(|r| StoredEvent {
+                global_position: GlobalPosition(r.0),
+                event_id: r.1,
+                stream_id: r.2,
+                stream_version: StreamVersion(r.3),
+                event_type: r.4,
+                schema_version: r.5,
+                occurred_at: r.6,
+                actor: r.7,
+                command_id: r.8,
+                correlation_id: r.9,
+                causation_id: r.10,
+                payload: r.11,
+                prev_hash: r.12,
+                hash: r.13,
+            })
+            .collect(),
+    )
 }
 
 /// A u64 counter as a SQL integer.

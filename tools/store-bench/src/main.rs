@@ -35,6 +35,10 @@ struct Args {
     postgres: bool,
     sqlite: bool,
     pgbench_seconds: u64,
+    /// Only seed and measure catch-up.
+    catch_up_only: bool,
+    /// Keep the SQLite database in this file (reused by later runs) instead of a temporary one.
+    sqlite_path: Option<std::path::PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -47,6 +51,8 @@ fn parse_args() -> Result<Args, String> {
         postgres: true,
         sqlite: true,
         pgbench_seconds: 10,
+        catch_up_only: false,
+        sqlite_path: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -67,6 +73,8 @@ fn parse_args() -> Result<Args, String> {
             "--postgres-url" => a.postgres_url = value()?,
             "--skip-postgres" => a.postgres = false,
             "--skip-sqlite" => a.sqlite = false,
+            "--catch-up-only" => a.catch_up_only = true,
+            "--sqlite-path" => a.sqlite_path = Some(value()?.into()),
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -221,7 +229,8 @@ async fn bench_backend<S: EventStore + Clone + 'static>(
     out: &mut Results,
 ) -> f64 {
     let mut at32 = 0.0;
-    for writers in [1usize, 8, 32] {
+    let writer_counts: &[usize] = if args.catch_up_only { &[] } else { &[1, 8, 32] };
+    for &writers in writer_counts {
         let rate = append_throughput(store, writers, args.seconds).await;
         out.add(format!(
             "{name}: append, {writers:>2} writers: {rate:>9.0} events/s"
@@ -230,13 +239,15 @@ async fn bench_backend<S: EventStore + Clone + 'static>(
             at32 = rate;
         }
     }
-    let (long, fresh) = append_latency(store, 10_000, 1000).await;
-    out.add(format!(
-        "{name}: append latency, new stream {:.1} us, stream of 10,000 events {:.1} us, ratio {:.3}",
-        fresh.as_secs_f64() * 1e6,
-        long.as_secs_f64() * 1e6,
-        long.as_secs_f64() / fresh.as_secs_f64()
-    ));
+    if !args.catch_up_only {
+        let (long, fresh) = append_latency(store, 10_000, 1000).await;
+        out.add(format!(
+            "{name}: append latency, new stream {:.1} us, stream of 10,000 events {:.1} us, ratio {:.3}",
+            fresh.as_secs_f64() * 1e6,
+            long.as_secs_f64() * 1e6,
+            long.as_secs_f64() / fresh.as_secs_f64()
+        ));
+    }
     let (existing, _) = catch_up(store, 5000).await;
     let missing = args.events.saturating_sub(existing);
     let seed_rate = seed(store, missing).await;
@@ -307,6 +318,9 @@ async fn run_postgres(args: &Args, out: &mut Results) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())?;
         store.pool().close().await;
+        if args.catch_up_only {
+            return Ok(());
+        }
         let tps = pgbench(&url, args.pgbench_seconds)?;
         out.add(format!(
             "postgres: pgbench single-row INSERT, 32 clients: {tps:>9.0} tx/s"
@@ -344,13 +358,13 @@ async fn main() {
             durability: args.sqlite_sync,
             ..Default::default()
         };
-        let store = SqliteStore::open_with(
-            &dir.path().join("bench.db"),
-            Arc::new(KeyRing::generate()),
-            options,
-        )
-        .await
-        .expect("open sqlite");
+        let path = args
+            .sqlite_path
+            .clone()
+            .unwrap_or_else(|| dir.path().join("bench.db"));
+        let store = SqliteStore::open_with(&path, Arc::new(KeyRing::generate()), options)
+            .await
+            .expect("open sqlite");
         bench_backend("sqlite", &store, &args, &mut out).await;
         store.close().await;
     }
