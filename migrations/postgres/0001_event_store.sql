@@ -1,4 +1,4 @@
--- The event store (DESIGN.md §3, §5). See docs/adr/0001-postgres-global-order.md.
+-- The event store (DESIGN.md §3, §5). See docs/adr/0005-postgres-global-order.md.
 --
 -- The global position embeds the writing transaction's id: position = xid * 65536 + index of
 -- the event in its append (1-based). Ordering by position is ordering by (xid, index), and a

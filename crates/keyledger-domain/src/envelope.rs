@@ -108,7 +108,7 @@ impl StoredEvent {
 
     /// Decodes the payload (upcasting older versions). Protected fields stay sealed.
     pub fn decode(&self) -> Result<Event, DecodeError> {
-        Event::decode(&self.event_type, self.schema_version, self.payload.clone())
+        Event::decode_ref(&self.event_type, self.schema_version, &self.payload)
     }
 }
 

@@ -192,13 +192,13 @@ macro_rules! events {
                 }
             }
 
-            fn from_current(event_type: &str, payload: Value) -> Result<Event, DecodeError> {
+            fn from_current(event_type: &str, payload: &Value) -> Result<Event, DecodeError> {
                 let malformed = |e: serde_json::Error| DecodeError::Malformed {
                     event_type: event_type.to_owned(),
                     message: e.to_string(),
                 };
                 match event_type {
-                    $(stringify!($name) => serde_json::from_value(payload).map(Event::$name).map_err(malformed),)*
+                    $(stringify!($name) => <$name as Deserialize>::deserialize(payload).map(Event::$name).map_err(malformed),)*
                     other => Err(DecodeError::UnknownEventType { event_type: other.to_owned() }),
                 }
             }
@@ -264,6 +264,25 @@ pub enum DecodeError {
 impl Event {
     /// Decodes a stored payload of any known version, upcasting older versions first.
     pub fn decode(event_type: &str, schema_version: u32, payload: Value) -> Result<Event, DecodeError> {
+        Self::check_version(event_type, schema_version)?;
+        if schema_version == CURRENT_SCHEMA_VERSION {
+            return Event::from_current(event_type, &payload);
+        }
+        let payload = upcast::to_current(event_type, schema_version, payload)?;
+        Event::from_current(event_type, &payload)
+    }
+
+    /// [`Event::decode`] without taking the payload: current-version payloads are read in
+    /// place (the catch-up and rebuild path).
+    pub fn decode_ref(event_type: &str, schema_version: u32, payload: &Value) -> Result<Event, DecodeError> {
+        Self::check_version(event_type, schema_version)?;
+        if schema_version == CURRENT_SCHEMA_VERSION {
+            return Event::from_current(event_type, payload);
+        }
+        Self::decode(event_type, schema_version, payload.clone())
+    }
+
+    fn check_version(event_type: &str, schema_version: u32) -> Result<(), DecodeError> {
         if !EVENT_TYPES.contains(&event_type) {
             return Err(DecodeError::UnknownEventType {
                 event_type: event_type.to_owned(),
@@ -276,8 +295,7 @@ impl Event {
                 supported: CURRENT_SCHEMA_VERSION,
             });
         }
-        let payload = upcast::to_current(event_type, schema_version, payload)?;
-        Event::from_current(event_type, payload)
+        Ok(())
     }
 
     pub fn schema_version(&self) -> u32 {

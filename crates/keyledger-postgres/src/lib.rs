@@ -1,7 +1,7 @@
 //! The PostgreSQL event store, for scale: many keyledger instances on one database
 //! (DESIGN.md §5).
 //!
-//! Global order uses a transaction-id fence (ADR 0001): an event's position is
+//! Global order uses a transaction-id fence (ADR 0005): an event's position is
 //! `xid * 65536 + index`, and readers only read below `pg_snapshot_xmin(pg_current_snapshot())`,
 //! so a catch-up reader never skips an event that commits later.
 //!

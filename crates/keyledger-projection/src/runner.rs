@@ -170,6 +170,36 @@ impl Runner {
         }
     }
 
+    /// Rebuilds every projection from position 0, reading the log once: each batch is folded
+    /// into all of them. `progress` is called after each batch with the position reached.
+    pub async fn rebuild_all(
+        store: Arc<dyn EventStore>,
+        sink: Arc<dyn ProjectionSink>,
+        batch: usize,
+        mut progress: impl FnMut(u64) + Send,
+    ) -> Result<u64, RunnerError> {
+        let runners: Vec<Runner> = Projection::ALL
+            .into_iter()
+            .map(|p| Runner::new(store.clone(), sink.clone(), p).with_batch(batch))
+            .collect();
+        for r in &runners {
+            r.sink.reset(r.projection).await?;
+        }
+        let mut after = 0;
+        loop {
+            let events = store.read_all(GlobalPosition(after), batch.max(1)).await?;
+            let Some(last) = events.last() else {
+                return Ok(after);
+            };
+            let next = last.global_position.0;
+            for r in &runners {
+                r.apply_batch(&events).await?;
+            }
+            after = next;
+            progress(after);
+        }
+    }
+
     /// Follows the store live until `shutdown` resolves or an error occurs.
     pub async fn run(
         &self,

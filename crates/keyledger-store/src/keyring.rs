@@ -1,7 +1,7 @@
 //! The internal key ring: the provider's own AES-256 keys that seal protected fields (client
 //! secrets, EDEKs) in stored events (DESIGN.md §1). The newest key seals; every key opens.
 //!
-//! The ring lives in a JSON file created with mode 0600 when absent (ADR 0003):
+//! The ring lives in a JSON file created with mode 0600 when absent (ADR 0006):
 //!
 //! ```json
 //! {"format":"keyledger-internal-keys/v1",
