@@ -178,6 +178,8 @@ impl Projection {
 }
 
 /// A projection document, typed.
+// One per organization in a batch, moved rather than copied: boxing would only add allocations.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Doc {
     Organization(OrganizationView),
