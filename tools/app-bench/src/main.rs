@@ -103,7 +103,7 @@ impl Latencies {
 
 fn org(i: u64) -> OrgId {
     OrgId::from_uuid(uuid::Uuid::from_u128(
-        0x0190_0000_0000_7000_8000_0000_0000_0000 | u128::from(i) + 1,
+        0x0190_0000_0000_7000_8000_0000_0000_0000 | (u128::from(i) + 1),
     ))
     .expect("not nil")
 }
