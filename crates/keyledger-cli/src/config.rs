@@ -216,14 +216,19 @@ pub enum Origin {
     Explicit,
 }
 
-/// The `KEYLEDGER_*` variables that configure the service (not the CLI's own flags).
+/// The `KEYLEDGER_*` variables that configure the service. Every key sits in a table, so a
+/// configuration variable always has a `__` (`KEYLEDGER_STORE__URL`); others, such as the test
+/// suite's `KEYLEDGER_REQUIRE_POSTGRES`, are not configuration.
 fn config_vars() -> Env {
-    Env::prefixed("KEYLEDGER_").split("__")
+    Env::prefixed("KEYLEDGER_")
+        .filter(|k| k.as_str().contains("__"))
+        .split("__")
 }
 
 /// Loads the configuration: defaults, then `file`, then `KEYLEDGER_*` variables.
 pub fn load(file: Option<&Path>) -> Result<(Config, Origin), ConfigError> {
     let has_env = std::env::vars().any(|(k, _)| k.starts_with("KEYLEDGER_") && k.contains("__"));
+    // (the same rule as `config_vars`)
     let mut figment = Figment::from(Serialized::defaults(Config::default()));
     if let Some(path) = file {
         if !path.exists() {
@@ -392,6 +397,18 @@ tenants = ["*"]
             assert_eq!(origin, Origin::Explicit);
             assert_eq!(c.store.url, "postgres://root@127.0.0.1/other");
             assert_eq!(c.server.listen.port(), 9999);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn variables_without_a_table_are_not_configuration() {
+        Jail::expect_with(|jail| {
+            jail.set_env("KEYLEDGER_REQUIRE_POSTGRES", "1");
+            jail.set_env("KEYLEDGER_TEST_POSTGRES_URL", "postgres://x");
+            let (c, origin) = load(None).unwrap();
+            assert_eq!(origin, Origin::DevMode);
+            assert_eq!(c, Config::default());
             Ok(())
         });
     }
