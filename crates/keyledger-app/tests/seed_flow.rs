@@ -125,15 +125,8 @@ impl Env {
         let last = events.last().unwrap().global_position.0;
         for p in Projection::ALL {
             let runner = Runner::new(self.store.clone(), self.sink.clone(), p);
-            let deadline = std::time::Instant::now() + Duration::from_secs(20);
-            while runner.catch_up().await.unwrap() < last {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "{} did not catch up",
-                    p.name()
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            let done = runner.catch_up_to(last, Duration::from_secs(30)).await.unwrap();
+            assert!(done, "{} did not catch up", p.name());
         }
         let audit_a = self
             .sink

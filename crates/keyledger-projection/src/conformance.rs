@@ -40,12 +40,23 @@ async fn folded(store: Arc<dyn EventStore>, sink: Arc<dyn ProjectionSink>) {
         testing::cmk_org().rotate(&testing::key_b()).switch(),
     )
     .await;
+    let stream = StreamId::for_org(testing::org_id());
+    let last = store
+        .read_stream(stream, StreamVersion(1))
+        .await
+        .unwrap()
+        .last()
+        .unwrap()
+        .global_position
+        .0;
     for p in Projection::ALL {
-        Runner::new(store.clone(), sink.clone(), p)
-            .with_batch(3)
-            .catch_up()
-            .await
-            .unwrap();
+        let runner = Runner::new(store.clone(), sink.clone(), p).with_batch(3);
+        assert!(
+            runner
+                .catch_up_to(last, std::time::Duration::from_secs(30))
+                .await
+                .unwrap()
+        );
     }
 }
 

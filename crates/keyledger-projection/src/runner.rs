@@ -153,6 +153,26 @@ impl Runner {
         }
     }
 
+    /// Catches up until the checkpoint reaches `position` (an event known to be committed).
+    /// On PostgreSQL a catch-up reader stays behind the oldest transaction still open on the
+    /// server, so this may take a few rounds; gives up with `false` after `timeout`.
+    pub async fn catch_up_to(
+        &self,
+        position: u64,
+        timeout: std::time::Duration,
+    ) -> Result<bool, RunnerError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.catch_up().await? >= position {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// Deletes the projection's rows and folds the whole log from position 0. `progress` is
     /// called after each batch with the position reached.
     pub async fn rebuild(&self, mut progress: impl FnMut(u64) + Send) -> Result<u64, RunnerError> {
