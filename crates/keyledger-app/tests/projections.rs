@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use chrono::Utc;
 use common::FakeVault;
 use keyledger_app::*;
-use keyledger_domain::testing::{self, admin, billing, platform, system};
+use keyledger_domain::testing::{self, billing, platform, system};
 use keyledger_domain::*;
 use keyledger_postgres::testing::TestDatabase;
 use keyledger_projection::*;
