@@ -214,6 +214,64 @@ impl HealthMonitor {
         })
     }
 
+    /// Probes every customer-managed organization every `probe_interval` until `shutdown`:
+    /// follows the store to know which organizations have a customer key, and spreads each
+    /// round's probes over most of the interval, at most `concurrency` at a time.
+    pub async fn run(
+        self: Arc<Self>,
+        store: Arc<dyn keyledger_store::EventStore>,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) {
+        use futures::StreamExt as _;
+        let orgs: Arc<Mutex<std::collections::BTreeSet<OrgId>>> = Arc::default();
+        let follower = {
+            let orgs = orgs.clone();
+            let mut events = store.subscribe(keyledger_domain::GlobalPosition(0));
+            tokio::spawn(async move {
+                while let Some(Ok(stored)) = events.next().await {
+                    let org = stored.stream_id.org_id();
+                    let mut set = orgs.lock().unwrap_or_else(|p| p.into_inner());
+                    match stored.event_type.as_str() {
+                        "CustomerManagedKeyEnabled" => {
+                            set.insert(org);
+                        }
+                        "SwitchedToProviderManagedKey" => {
+                            set.remove(&org);
+                        }
+                        _ => {}
+                    }
+                }
+            })
+        };
+        tokio::pin!(shutdown);
+        let interval = self.config.probe_interval;
+        loop {
+            let round: Vec<OrgId> = orgs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .copied()
+                .collect();
+            let started = tokio::time::Instant::now();
+            let probes = self.probe_round(round, interval.mul_f64(0.8));
+            tokio::select! {
+                () = &mut shutdown => break,
+                results = probes => {
+                    for (org, r) in results {
+                        if let Err(e) = r {
+                            tracing::warn!(%org, error = %e, "key health probe failed");
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = tokio::time::sleep_until(started + interval) => {}
+            }
+        }
+        follower.abort();
+    }
+
     /// Probes `orgs` once, spread over `spread` and at most `concurrency` at a time.
     pub async fn probe_round(
         self: &Arc<Self>,

@@ -522,3 +522,58 @@ async fn probing_a_provider_managed_org_is_refused() {
         "{err:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_monitor_probes_every_customer_managed_org_each_interval() {
+    let f = enabled().await;
+    // A second, provider-managed organization is not probed.
+    let other = testing::other_org_id();
+    f.app
+        .handle(Request {
+            org_id: other,
+            ..request(
+                platform(),
+                Action::Register {
+                    name: "Other".into(),
+                    plan: Plan::free(),
+                    tenants: vec![],
+                },
+            )
+        })
+        .await
+        .unwrap();
+    let app = Arc::new(App::new(
+        f.store.clone(),
+        f.vault.clone(),
+        f.clock.clone(),
+        AppConfig::default(),
+    ));
+    let config = HealthConfig {
+        probe_interval: std::time::Duration::from_millis(100),
+        ..HealthConfig::default()
+    };
+    let monitor = Arc::new(HealthMonitor::new(app, f.vault.clone(), config));
+    f.vault.disable("cmk", "v2");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(monitor.clone().run(f.store.clone(), async move {
+        let _ = stop_rx.await;
+    }));
+    let org = testing::org_id();
+    let mut recorded = false;
+    for _ in 0..200 {
+        let view = f.app.view(org).await.unwrap().unwrap();
+        if view.encryption.health.unwrap().status == HealthStatus::KeyDisabled {
+            recorded = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let _ = stop_tx.send(());
+    task.await.unwrap();
+    assert!(recorded, "the scheduled probe recorded the disabled key");
+    assert!(monitor.last_probe_at(org).is_some());
+    assert!(
+        monitor.last_probe_at(other).is_none(),
+        "provider-managed orgs are not probed"
+    );
+}
