@@ -7,6 +7,16 @@ use sha2::{Digest as _, Sha256};
 
 use crate::problem::Problem;
 
+/// A request without a valid bearer token (401 `unauthenticated`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unauthenticated;
+
+impl From<Unauthenticated> for Problem {
+    fn from(_: Unauthenticated) -> Self {
+        Problem::unauthenticated()
+    }
+}
+
 /// One configured token and what it grants.
 #[derive(Clone)]
 pub struct TokenGrant {
@@ -78,12 +88,12 @@ impl Tokens {
     }
 
     /// The actor of an `Authorization` header value, or 401 `unauthenticated`.
-    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Actor, Problem> {
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Actor, Unauthenticated> {
         let token = authorization
             .and_then(|h| h.strip_prefix("Bearer "))
             .map(str::trim)
             .filter(|t| !t.is_empty())
-            .ok_or_else(Problem::unauthenticated)?;
+            .ok_or(Unauthenticated)?;
         let d = digest(token);
         let mut found = None;
         for (candidate, actor) in &self.entries {
@@ -97,7 +107,7 @@ impl Tokens {
                 found = Some(actor);
             }
         }
-        found.cloned().ok_or_else(Problem::unauthenticated)
+        found.cloned().ok_or(Unauthenticated)
     }
 }
 
@@ -151,7 +161,7 @@ mod tests {
             Some("Bearer "),
             Some("Bearer nope"),
         ] {
-            let p = tokens().authenticate(h).unwrap_err();
+            let p = Problem::from(tokens().authenticate(h).unwrap_err());
             assert_eq!((p.status, p.code), (401, "unauthenticated"), "{h:?}");
         }
     }

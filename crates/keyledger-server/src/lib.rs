@@ -5,5 +5,5 @@
 pub mod auth;
 pub mod problem;
 
-pub use auth::{TokenGrant, Tokens};
+pub use auth::{TokenGrant, Tokens, Unauthenticated};
 pub use problem::{FieldError, Problem};
