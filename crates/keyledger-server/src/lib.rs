@@ -1,8 +1,9 @@
 //! The keyledger HTTP API (CONTRACT.md), on axum. So far: problem+json errors for every
-//! application error, and bearer-token authentication. Routes, the SSE stream and `run` come
+//! application error, bearer-token authentication, and CloudEvents for the stream. Routes, the SSE stream and `run` come
 //! with the HTTP issue.
 
 pub mod auth;
+pub mod cloudevent;
 pub mod problem;
 
 pub use auth::{TokenGrant, Tokens, Unauthenticated};
