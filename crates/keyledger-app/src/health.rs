@@ -70,20 +70,6 @@ impl std::fmt::Debug for HealthMonitor {
     }
 }
 
-/// The status a definitive failure means.
-fn status_for(reason: Reason) -> HealthStatus {
-    match reason {
-        Reason::CredentialsInvalid => HealthStatus::CredentialsInvalid,
-        Reason::CredentialsExpired => HealthStatus::CredentialsExpired,
-        Reason::KeyDisabled | Reason::KeyNotYetValid => HealthStatus::KeyDisabled,
-        Reason::KeyExpired => HealthStatus::KeyExpired,
-        Reason::KeyNotFound => HealthStatus::KeyNotFound,
-        Reason::VaultUnreachable | Reason::Throttled | Reason::VaultError => HealthStatus::VaultUnreachable,
-        // Not allowed, unsupported, missing permission: the key cannot be used as configured.
-        _ => HealthStatus::PermissionDenied,
-    }
-}
-
 impl HealthMonitor {
     pub fn new(app: Arc<App>, keys: Arc<dyn KeyAccess>, config: HealthConfig) -> Self {
         Self {
@@ -126,7 +112,7 @@ impl HealthMonitor {
                 }
                 Err(e) => {
                     memory.transient_since.remove(&org);
-                    (status_for(e.reason), Some(e.reason.code().to_owned()))
+                    (e.reason.health_status(), Some(e.reason.code().to_owned()))
                 }
             }
         };

@@ -343,14 +343,6 @@ impl Event {
         strip_redacted(&mut v);
         v
     }
-
-    /// The org a registration is for (other events belong to their stream's org).
-    pub fn registered_org(&self) -> Option<OrgId> {
-        match self {
-            Event::OrganizationRegistered(e) => Some(e.org_id),
-            _ => None,
-        }
-    }
 }
 
 fn strip_redacted(v: &mut Value) {

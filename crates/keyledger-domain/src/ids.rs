@@ -271,10 +271,6 @@ impl CommandId {
             Err(IdError::BadCommandId)
         }
     }
-    /// A fresh random command id, for commands the engine issues itself.
-    pub fn generate() -> Self {
-        Self(Uuid::now_v7().hyphenated().to_string())
-    }
     pub fn as_str(&self) -> &str {
         &self.0
     }

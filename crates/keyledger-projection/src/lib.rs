@@ -83,10 +83,6 @@ impl Projection {
         }
     }
 
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|p| p.name() == name)
-    }
-
     /// Reads a stored document of this projection.
     pub fn parse(self, org: OrgId, doc: &Value) -> Result<Doc, ProjectionError> {
         let bad = |source| ProjectionError::BadDocument {

@@ -175,19 +175,8 @@ impl Runner {
 
     /// Deletes the projection's rows and folds the whole log from position 0. `progress` is
     /// called after each batch with the position reached.
-    pub async fn rebuild(&self, mut progress: impl FnMut(u64) + Send) -> Result<u64, RunnerError> {
-        self.sink.reset(self.projection).await?;
-        let mut after = 0;
-        loop {
-            let events = self.store.read_all(GlobalPosition(after), self.batch).await?;
-            let Some(last) = events.last() else {
-                return Ok(after);
-            };
-            let next = last.global_position.0;
-            self.apply_batch(&events).await?;
-            after = next;
-            progress(after);
-        }
+    pub async fn rebuild(&self, progress: impl FnMut(u64) + Send) -> Result<u64, RunnerError> {
+        Self::rebuild_together(std::slice::from_ref(self), progress).await
     }
 
     /// Rebuilds every projection from position 0, reading the log once: each batch is folded
@@ -196,23 +185,35 @@ impl Runner {
         store: Arc<dyn EventStore>,
         sink: Arc<dyn ProjectionSink>,
         batch: usize,
-        mut progress: impl FnMut(u64) + Send,
+        progress: impl FnMut(u64) + Send,
     ) -> Result<u64, RunnerError> {
         let runners: Vec<Runner> = Projection::ALL
             .into_iter()
             .map(|p| Runner::new(store.clone(), sink.clone(), p).with_batch(batch))
             .collect();
-        for r in &runners {
+        Self::rebuild_together(&runners, progress).await
+    }
+
+    /// Resets each runner's projection, then folds the log from 0 into all of them, batch by
+    /// batch, reading it once (through the first runner's store and batch size).
+    async fn rebuild_together(
+        runners: &[Runner],
+        mut progress: impl FnMut(u64) + Send,
+    ) -> Result<u64, RunnerError> {
+        let Some(first) = runners.first() else {
+            return Ok(0);
+        };
+        for r in runners {
             r.sink.reset(r.projection).await?;
         }
         let mut after = 0;
         loop {
-            let events = store.read_all(GlobalPosition(after), batch.max(1)).await?;
+            let events = first.store.read_all(GlobalPosition(after), first.batch).await?;
             let Some(last) = events.last() else {
                 return Ok(after);
             };
             let next = last.global_position.0;
-            for r in &runners {
+            for r in runners {
                 r.apply_batch(&events).await?;
             }
             after = next;
