@@ -129,6 +129,7 @@ async fn two_instances_share_one_database() {
     }
     // Serialized by version: every stream is 1..=n with no gap, and each instance sees it all.
     let mut total = 0;
+    let mut plan_changes = 0;
     for i in 0..orgs {
         let events = store_a
             .read_stream(StreamId::for_org(org(i)), StreamVersion(1))
@@ -138,6 +139,7 @@ async fn two_instances_share_one_database() {
             assert_eq!(e.stream_version.0, k as u64 + 1);
         }
         total += events.len();
+        plan_changes += events.iter().filter(|e| e.event_type == "PlanChanged").count();
         let a = app_a.view(org(i)).await.unwrap().unwrap();
         let b = app_b.view(org(i)).await.unwrap().unwrap();
         assert_eq!(a, b);
@@ -149,12 +151,11 @@ async fn two_instances_share_one_database() {
         assert_eq!(a.version as usize, events.len());
     }
     // Accepted plan changes: each one that changed the plan appended one PlanChanged.
-    let changes: usize = {
-        let all = store_a.read_all(GlobalPosition(0), usize::MAX).await.unwrap();
-        assert!(all.len() <= total);
-        total
-    };
-    assert!(changes > orgs as usize * 2);
+    // The racing plan changes were recorded (those that changed the plan), not just the setup.
+    assert!(
+        plan_changes > orgs as usize * 2,
+        "{plan_changes} plan changes of {total} events"
+    );
 
     // Wait for the leaders to reach the end of the log, then compare with a rebuild.
     let sink = PgProjections::new(&store_a);

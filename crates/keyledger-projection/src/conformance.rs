@@ -92,16 +92,9 @@ pub async fn commits_rows_and_checkpoint_together(store: Arc<dyn EventStore>, si
 /// A commit that fails part-way writes nothing and keeps the checkpoint.
 pub async fn a_failed_commit_writes_nothing(store: Arc<dyn EventStore>, sink: Arc<dyn ProjectionSink>) {
     folded(store, sink.clone()).await;
-    let before_cp = sink.checkpoint(Projection::TenantAudit).await.unwrap();
+    let checkpoint = sink.checkpoint(Projection::TenantAudit).await.unwrap();
     let org: OrgId = testing::other_org_id();
-    let existing = {
-        // An audit row that is already stored: inserting it again violates its key.
-        let mut changes = Changes::default();
-        changes.docs.insert(org, Some(serde_json::json!({"tenants": []})));
-        changes.checkpoint = before_cp + 1_000_000;
-        changes
-    };
-    let dup = crate::AuditEntry {
+    let row = crate::AuditEntry {
         id: "dup".into(),
         tenant_id: testing::tenant_a().tenant_id,
         org_id: testing::org_id(),
@@ -115,22 +108,31 @@ pub async fn a_failed_commit_writes_nothing(store: Arc<dyn EventStore>, sink: Ar
         event_id: "01900000-0000-7000-9000-000000000003".parse().unwrap(),
         position: 1,
     };
-    let mut first = existing.clone();
-    first.audit = vec![dup.clone()];
-    first.checkpoint = before_cp;
-    // Store the row once (any outcome), then try a commit holding it twice.
-    let _ = sink.commit(Projection::TenantAudit, first).await;
-    let cp = sink.checkpoint(Projection::TenantAudit).await.unwrap();
-    let mut failing = existing;
-    failing.docs.insert(
-        testing::other_org_id(),
-        Some(serde_json::json!({"tenants": ["changed"]})),
-    );
-    failing.audit = vec![dup.clone(), dup];
+    let before = serde_json::json!({"tenants": []});
+    // Store the audit row and a document once, at the same checkpoint.
+    let mut first = Changes {
+        checkpoint,
+        ..Changes::default()
+    };
+    first.docs.insert(org, Some(before.clone()));
+    first.audit = vec![row.clone()];
+    sink.commit(Projection::TenantAudit, first).await.unwrap();
+    // A commit that changes the document but repeats the row's key must fail whole.
+    let mut failing = Changes {
+        checkpoint: checkpoint + 1_000_000,
+        ..Changes::default()
+    };
+    failing
+        .docs
+        .insert(org, Some(serde_json::json!({"tenants": ["changed"]})));
+    failing.audit = vec![row];
     assert!(sink.commit(Projection::TenantAudit, failing).await.is_err());
-    assert_eq!(sink.checkpoint(Projection::TenantAudit).await.unwrap(), cp);
+    assert_eq!(
+        sink.checkpoint(Projection::TenantAudit).await.unwrap(),
+        checkpoint
+    );
     let doc = sink.load(Projection::TenantAudit, &[org]).await.unwrap();
-    assert_ne!(doc.get(&org), Some(&serde_json::json!({"tenants": ["changed"]})));
+    assert_eq!(doc.get(&org), Some(&before));
 }
 
 /// Reset empties a projection and zeroes its checkpoint; the others are untouched.
