@@ -212,7 +212,7 @@ async fn snapshot(sink: &dyn ProjectionSink, orgs: u32) -> Snapshot {
     }
     let mut audit = Vec::new();
     for t in tenants() {
-        audit.extend(sink.audit(t, 0, u32::MAX, None).await.unwrap());
+        audit.extend(sink.audit(&AuditQuery::all(t)).await.unwrap());
     }
     audit.sort_by(|x, y| x.id.cmp(&y.id));
     Snapshot {
@@ -311,14 +311,11 @@ impl ProjectionSink for CrashingSink {
     async fn reset(&self, p: Projection) -> Result<(), SinkError> {
         self.inner.reset(p).await
     }
-    async fn audit(
-        &self,
-        tenant: TenantId,
-        after: u64,
-        limit: u32,
-        action: Option<&str>,
-    ) -> Result<Vec<AuditEntry>, SinkError> {
-        self.inner.audit(tenant, after, limit, action).await
+    async fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, SinkError> {
+        self.inner.audit(query).await
+    }
+    async fn tenant_known(&self, tenant: TenantId) -> Result<bool, SinkError> {
+        self.inner.tenant_known(tenant).await
     }
 }
 

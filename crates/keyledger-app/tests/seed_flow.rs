@@ -11,7 +11,9 @@ use keyledger_azure::{AzureConfig, AzureKeyAccess, InProcessTransport};
 use keyledger_domain::testing::{admin, billing, platform, tenant_a, tenant_b};
 use keyledger_domain::*;
 use keyledger_keys::{KeyAccess, Reason, RetryPolicy};
-use keyledger_projection::{DataKeyInventory, EncryptionMode, Projection, ProjectionSink, Runner};
+use keyledger_projection::{
+    AuditQuery, DataKeyInventory, EncryptionMode, Projection, ProjectionSink, Runner,
+};
 use keyledger_store::{EventStore, KeyRing};
 use keyledger_vault_sim::{
     AppPatch, AppRegistration, Clock as SimClock, KeyPatch, NewKey, Vault, VaultConfig,
@@ -130,12 +132,12 @@ impl Env {
         }
         let audit_a = self
             .sink
-            .audit(tenant_a().tenant_id, 0, 1000, None)
+            .audit(&AuditQuery::all(tenant_a().tenant_id))
             .await
             .unwrap();
         let audit_b = self
             .sink
-            .audit(tenant_b().tenant_id, 0, 1000, None)
+            .audit(&AuditQuery::all(tenant_b().tenant_id))
             .await
             .unwrap();
         assert_eq!(

@@ -14,7 +14,7 @@ use keyledger_domain::testing::{self, billing, platform};
 use keyledger_domain::*;
 use keyledger_postgres::testing::TestDatabase;
 use keyledger_postgres::{PgProjections, PostgresStore, run_led};
-use keyledger_projection::{MemorySink, Projection, ProjectionSink, Runner};
+use keyledger_projection::{AuditQuery, MemorySink, Projection, ProjectionSink, Runner};
 use keyledger_store::{EventStore, KeyRing};
 
 fn org(i: u32) -> OrgId {
@@ -200,11 +200,11 @@ async fn two_instances_share_one_database() {
         assert_eq!(got, want, "{} applied once, in order", p.name());
     }
     let got = sink
-        .audit(testing::tenant_a().tenant_id, 0, 100_000, None)
+        .audit(&AuditQuery::all(testing::tenant_a().tenant_id))
         .await
         .unwrap();
     let want = reference
-        .audit(testing::tenant_a().tenant_id, 0, 100_000, None)
+        .audit(&AuditQuery::all(testing::tenant_a().tenant_id))
         .await
         .unwrap();
     assert_eq!(got, want, "no audit row doubled or lost");

@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use keyledger_domain::OrgId;
-use keyledger_projection::{AuditEntry, Changes, Projection, ProjectionSink, SinkError};
+use keyledger_domain::{OrgId, TenantId};
+use keyledger_projection::{AuditEntry, AuditQuery, Changes, Projection, ProjectionSink, SinkError};
 use serde_json::Value;
 use sqlx::postgres::{PgConnection, PgPool};
 use sqlx::{Connection as _, Row as _};
@@ -32,27 +32,38 @@ impl PgProjections {
 
 #[async_trait]
 impl ProjectionSink for PgProjections {
-    async fn audit(
-        &self,
-        tenant: keyledger_domain::TenantId,
-        after: u64,
-        limit: u32,
-        action: Option<&str>,
-    ) -> Result<Vec<AuditEntry>, SinkError> {
+    async fn audit(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, SinkError> {
         let rows = sqlx::query(
             "SELECT entry::text FROM tenant_audit WHERE tenant_id = $1 AND position > $2 \
-             AND ($3::text IS NULL OR action = $3) ORDER BY position LIMIT $4",
+             AND ($3::text IS NULL OR action = $3) AND ($4::timestamptz IS NULL OR occurred_at >= $4) \
+             AND ($5::timestamptz IS NULL OR occurred_at < $5) ORDER BY position LIMIT $6",
         )
-        .bind(tenant.to_string())
-        .bind(i64::try_from(after).unwrap_or(i64::MAX))
-        .bind(action)
-        .bind(i64::from(limit))
+        .bind(q.tenant.to_string())
+        .bind(i64::try_from(q.after).unwrap_or(i64::MAX))
+        .bind(q.action.as_deref())
+        .bind(q.since)
+        .bind(q.until)
+        .bind(i64::from(q.limit))
         .fetch_all(&self.pool)
         .await
         .map_err(sink_err)?;
         rows.iter()
             .map(|r| serde_json::from_str(r.get::<&str, _>(0)).map_err(sink_err))
             .collect()
+    }
+
+    async fn tenant_known(&self, tenant: TenantId) -> Result<bool, SinkError> {
+        let id = tenant.to_string();
+        let found: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM tenant_audit WHERE tenant_id = $1) \
+             OR EXISTS (SELECT 1 FROM projection_documents \
+                        WHERE projection = 'tenant_audit' AND doc -> 'tenants' ? $1)",
+        )
+        .bind(&id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(sink_err)?;
+        Ok(found)
     }
 
     async fn checkpoint(&self, projection: Projection) -> Result<u64, SinkError> {

@@ -8,7 +8,7 @@ use keyledger_domain::testing::{self, History};
 use keyledger_domain::{GlobalPosition, OrgId, StreamId, StreamVersion};
 use keyledger_store::{EventStore, NewEvent};
 
-use crate::{Changes, Projection, ProjectionSink, Runner};
+use crate::{AuditQuery, Changes, Projection, ProjectionSink, Runner};
 
 /// Appends a history's events to the scenario's stream, one append per event.
 pub async fn append_history(store: &dyn EventStore, history: History) {
@@ -152,6 +152,49 @@ pub async fn reset_empties_one_projection(store: Arc<dyn EventStore>, sink: Arc<
     assert!(sink.checkpoint(Projection::DataKeyInventory).await.unwrap() > 0);
 }
 
+/// Audit pages filter by tenant, position, action and time, and unknown tenants are told apart.
+pub async fn audit_queries_filter_and_tenants_are_known(
+    store: Arc<dyn EventStore>,
+    sink: Arc<dyn ProjectionSink>,
+) {
+    folded(store, sink.clone()).await;
+    let tenant = testing::tenant_a().tenant_id;
+    let all = sink.audit(&AuditQuery::all(tenant)).await.unwrap();
+    let actions: Vec<&str> = all.iter().map(|a| a.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "CustomerManagedKeyEnabled",
+            "CustomerManagedKeyRotated",
+            "SwitchedToProviderManagedKey"
+        ]
+    );
+    let page = |after, limit| AuditQuery {
+        after,
+        limit,
+        ..AuditQuery::all(tenant)
+    };
+    let first = sink.audit(&page(0, 1)).await.unwrap();
+    assert_eq!(first, all[..1]);
+    let rest = sink.audit(&page(first[0].position, 10)).await.unwrap();
+    assert_eq!(rest, all[1..]);
+    let rotated = AuditQuery {
+        action: Some("CustomerManagedKeyRotated".into()),
+        ..AuditQuery::all(tenant)
+    };
+    assert_eq!(sink.audit(&rotated).await.unwrap(), all[1..2]);
+    // [since, until): the rotation's own time is in, the switch's is out.
+    let window = AuditQuery {
+        since: Some(all[1].occurred_at),
+        until: Some(all[2].occurred_at),
+        ..AuditQuery::all(tenant)
+    };
+    assert_eq!(sink.audit(&window).await.unwrap(), all[1..2]);
+    assert!(sink.tenant_known(tenant).await.unwrap());
+    assert!(sink.tenant_known(testing::tenant_b().tenant_id).await.unwrap());
+    assert!(!sink.tenant_known(testing::tenant_id(77)).await.unwrap());
+}
+
 /// Mounts the suite: `sink_conformance!(async_factory)` where the factory returns
 /// `Option<(Arc<dyn EventStore>, Arc<dyn ProjectionSink>, guard)>`; `None` skips the test (a
 /// backend that is not available, as the store suite does).
@@ -178,6 +221,13 @@ macro_rules! sink_conformance {
                 return;
             };
             $crate::conformance::reset_empties_one_projection(store, sink).await;
+        }
+        #[tokio::test]
+        async fn audit_queries_filter_and_tenants_are_known() {
+            let Some((store, sink, _guard)) = $factory().await else {
+                return;
+            };
+            $crate::conformance::audit_queries_filter_and_tenants_are_known(store, sink).await;
         }
     };
 }

@@ -22,7 +22,9 @@ pub use rows::{
     AuditActor, AuditEntry, AuditTenants, CustomerKeyView, DataKeyInventory, DataKeyRow, EncryptionMode,
     EncryptionView, HealthView, KeyHealthRow, KeyHistoryView, OrganizationView, audit_details,
 };
-pub use runner::{Changes, MemoryRows, MemorySink, ProjectionSink, Runner, RunnerError, SinkError};
+pub use runner::{
+    AuditQuery, Changes, MemoryRows, MemorySink, ProjectionSink, Runner, RunnerError, SinkError,
+};
 
 /// The four projections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -6,9 +6,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 use keyledger_domain::envelope::StoredEvent;
-use keyledger_domain::{GlobalPosition, OrgId};
+use keyledger_domain::{GlobalPosition, OrgId, TenantId};
 use keyledger_store::{EventStore, StoreError};
 use serde_json::Value;
 
@@ -47,15 +48,43 @@ pub trait ProjectionSink: Send + Sync {
     async fn commit(&self, projection: Projection, changes: Changes) -> Result<(), SinkError>;
     /// Deletes every row of the projection and sets its checkpoint to 0, all or nothing.
     async fn reset(&self, projection: Projection) -> Result<(), SinkError>;
-    /// Tenant-audit rows of `tenant` with a position above `after`, oldest first, at most
-    /// `limit`, optionally only one `action` (event type).
-    async fn audit(
-        &self,
-        tenant: keyledger_domain::TenantId,
-        after: u64,
-        limit: u32,
-        action: Option<&str>,
-    ) -> Result<Vec<AuditEntry>, SinkError>;
+    /// Tenant-audit rows that match `query`, oldest first.
+    async fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, SinkError>;
+    /// Whether the tenant has audit rows or belongs to an organization now.
+    async fn tenant_known(&self, tenant: TenantId) -> Result<bool, SinkError>;
+}
+
+/// A page of the tenant audit: rows of `tenant` with a position above `after`, at most
+/// `limit`, optionally only one `action` (event type) and only within `[since, until)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditQuery {
+    pub tenant: TenantId,
+    pub after: u64,
+    pub limit: u32,
+    pub action: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+}
+
+impl AuditQuery {
+    /// Every row of `tenant`.
+    pub fn all(tenant: TenantId) -> Self {
+        Self {
+            tenant,
+            after: 0,
+            limit: u32::MAX,
+            action: None,
+            since: None,
+            until: None,
+        }
+    }
+
+    /// Whether `entry` matches everything but the tenant, position and limit.
+    pub fn matches(&self, entry: &AuditEntry) -> bool {
+        self.action.as_ref().is_none_or(|a| entry.action == *a)
+            && self.since.is_none_or(|t| entry.occurred_at >= t)
+            && self.until.is_none_or(|t| entry.occurred_at < t)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -306,23 +335,27 @@ impl ProjectionSink for MemorySink {
         Ok(())
     }
 
-    async fn audit(
-        &self,
-        tenant: keyledger_domain::TenantId,
-        after: u64,
-        limit: u32,
-        action: Option<&str>,
-    ) -> Result<Vec<AuditEntry>, SinkError> {
+    async fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, SinkError> {
         let rows = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let mut out: Vec<AuditEntry> = rows
             .audit
             .iter()
-            .filter(|a| a.tenant_id == tenant && a.position > after && action.is_none_or(|x| a.action == x))
+            .filter(|a| a.tenant_id == query.tenant && a.position > query.after && query.matches(a))
             .cloned()
             .collect();
         out.sort_by_key(|a| a.position);
-        out.truncate(limit as usize);
+        out.truncate(query.limit as usize);
         Ok(out)
+    }
+
+    async fn tenant_known(&self, tenant: TenantId) -> Result<bool, SinkError> {
+        let rows = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let current = rows.docs.iter().any(|((p, _), doc)| {
+            *p == Projection::TenantAudit
+                && serde_json::from_value::<crate::AuditTenants>(doc.clone())
+                    .is_ok_and(|t| t.tenants.contains(&tenant))
+        });
+        Ok(current || rows.audit.iter().any(|a| a.tenant_id == tenant))
     }
 
     async fn reset(&self, projection: Projection) -> Result<(), SinkError> {

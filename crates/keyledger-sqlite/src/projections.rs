@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use keyledger_domain::OrgId;
-use keyledger_projection::{AuditEntry, Changes, Projection, ProjectionSink, SinkError};
+use keyledger_domain::{OrgId, TenantId};
+use keyledger_projection::{AuditEntry, AuditQuery, Changes, Projection, ProjectionSink, SinkError};
 use serde_json::Value;
 use sqlx::Row as _;
 use sqlx::sqlite::SqlitePool;
@@ -58,28 +58,45 @@ impl SqliteProjections {
 
 #[async_trait]
 impl ProjectionSink for SqliteProjections {
-    async fn audit(
-        &self,
-        tenant: keyledger_domain::TenantId,
-        after: u64,
-        limit: u32,
-        action: Option<&str>,
-    ) -> Result<Vec<AuditEntry>, SinkError> {
+    async fn audit(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, SinkError> {
+        let since = q.since.map(keyledger_domain::envelope::canonical_time);
+        let until = q.until.map(keyledger_domain::envelope::canonical_time);
+        // Times are stored in one fixed-width RFC 3339 form, so text order is time order.
         let rows = sqlx::query(
             "SELECT entry FROM tenant_audit WHERE tenant_id = ? AND position > ? AND (? IS NULL OR action = ?) \
+             AND (? IS NULL OR occurred_at >= ?) AND (? IS NULL OR occurred_at < ?) \
              ORDER BY position LIMIT ?",
         )
-        .bind(tenant.to_string())
-        .bind(i64::try_from(after).unwrap_or(i64::MAX))
-        .bind(action)
-        .bind(action)
-        .bind(i64::from(limit))
+        .bind(q.tenant.to_string())
+        .bind(i64::try_from(q.after).unwrap_or(i64::MAX))
+        .bind(q.action.as_deref())
+        .bind(q.action.as_deref())
+        .bind(since.as_deref())
+        .bind(since.as_deref())
+        .bind(until.as_deref())
+        .bind(until.as_deref())
+        .bind(i64::from(q.limit))
         .fetch_all(&self.read)
         .await
         .map_err(sink_err)?;
         rows.iter()
             .map(|r| serde_json::from_str(r.get::<&str, _>(0)).map_err(sink_err))
             .collect()
+    }
+
+    async fn tenant_known(&self, tenant: TenantId) -> Result<bool, SinkError> {
+        let id = tenant.to_string();
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 WHERE EXISTS (SELECT 1 FROM tenant_audit WHERE tenant_id = ?) \
+             OR EXISTS (SELECT 1 FROM projection_documents, json_each(projection_documents.doc, '$.tenants') \
+                        WHERE projection = 'tenant_audit' AND json_each.value = ?)",
+        )
+        .bind(&id)
+        .bind(&id)
+        .fetch_optional(&self.read)
+        .await
+        .map_err(sink_err)?;
+        Ok(found.is_some())
     }
 
     async fn checkpoint(&self, projection: Projection) -> Result<u64, SinkError> {
