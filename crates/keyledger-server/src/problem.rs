@@ -77,6 +77,33 @@ impl Problem {
         p
     }
 
+    pub fn forbidden() -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden")
+            .with_detail("the token's roles or scope do not cover this request")
+    }
+
+    pub fn organization_not_found() -> Self {
+        domain(&DomainError::OrganizationNotFound)
+    }
+
+    pub fn tenant_not_found() -> Self {
+        domain(&DomainError::TenantNotFound)
+    }
+
+    pub fn payload_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "Payload too large",
+        )
+        .with_detail(format!("the body must be at most {limit} bytes"))
+    }
+
+    /// A 500 whose cause was logged by the caller, never sent.
+    pub fn internal_error() -> Self {
+        Self::internal()
+    }
+
     /// A 500 whose cause is logged, never sent.
     fn internal() -> Self {
         Self::new(

@@ -1,0 +1,209 @@
+//! Request and response bodies of the HTTP API (CONTRACT.md), with their JSON Schemas for
+//! `schemas/openapi.json`. Requests refuse unknown fields, so a misspelt field is a 400, not
+//! a silently ignored value.
+
+use chrono::{DateTime, Utc};
+use keyledger_domain::{ApplicationId, DirectoryId, HealthStatus, OrgId, Plan, StreamVersion, Tenant};
+use keyledger_projection::AuditEntry;
+use schemars::JsonSchema;
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// `POST /v1/organizations`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterOrganization {
+    /// Chosen by the caller, or generated (UUIDv7) when left out.
+    #[serde(default)]
+    pub org_id: Option<OrgId>,
+    pub name: String,
+    pub plan: Plan,
+    #[serde(default)]
+    pub tenants: Vec<Tenant>,
+}
+
+/// `PUT /v1/organizations/{org}/plan`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePlan {
+    pub plan: Plan,
+    pub reason: String,
+}
+
+/// A customer-managed-key connection ("Test", "Test and save").
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionBody {
+    pub directory_id: DirectoryId,
+    pub application_id: ApplicationId,
+    /// Write-only: never returned, logged or stored in clear.
+    #[schemars(with = "String")]
+    pub client_secret: SecretString,
+    /// `https://HOST/keys/NAME[/VERSION]` on an allow-listed vault host. Without a version,
+    /// the version found at validation is pinned.
+    pub key_identifier: String,
+}
+
+/// `PATCH …/customer-managed-key`: any subset of the connection. A changed key is a rotation.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionPatchBody {
+    #[serde(default)]
+    pub directory_id: Option<DirectoryId>,
+    #[serde(default)]
+    pub application_id: Option<ApplicationId>,
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub client_secret: Option<SecretString>,
+    #[serde(default)]
+    pub key_identifier: Option<String>,
+}
+
+/// `POST …/customer-managed-key/rotation`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotationBody {
+    pub key_identifier: String,
+    #[serde(default)]
+    pub directory_id: Option<DirectoryId>,
+    #[serde(default)]
+    pub application_id: Option<ApplicationId>,
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub client_secret: Option<SecretString>,
+}
+
+/// `POST …/data-loss`. Support staff must give a ticket.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DataLossBody {
+    pub reason: String,
+    #[serde(default)]
+    pub ticket: Option<String>,
+}
+
+/// `DELETE …/customer-managed-key?abandon_lost_data=true`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchQuery {
+    #[serde(default)]
+    pub abandon_lost_data: bool,
+}
+
+/// One check of a connection test.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct CheckResult {
+    pub name: String,
+    pub ok: bool,
+}
+
+/// `POST …/customer-managed-key/test`: what "Test" found. Records nothing.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct TestResult {
+    pub ok: bool,
+    /// Why the test failed (DESIGN.md §4), when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub checks: Vec<CheckResult>,
+    /// The key that passed, with its version pinned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<TestedKey>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct TestedKey {
+    pub key_identifier: String,
+    pub key_version: Option<String>,
+    pub kty: String,
+    pub key_size: u32,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// `GET …/key-health` and `POST …/key-health/probe`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct KeyHealth {
+    pub status: HealthStatus,
+    pub since: DateTime<Utc>,
+    pub detail: Option<String>,
+    /// When this instance last probed the key; `null` before the first probe.
+    pub last_probe_at: Option<DateTime<Utc>>,
+}
+
+/// `GET …/events?after_version=&limit=`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OrgEventsQuery {
+    #[serde(default)]
+    pub after_version: Option<u64>,
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// The organization's events as public envelopes: no secret, no wrapped key.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct OrgEvents {
+    pub events: Vec<PublicEnvelope>,
+}
+
+/// A stored envelope with its public payload.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct PublicEnvelope {
+    pub event_id: keyledger_domain::EventId,
+    pub stream_id: String,
+    pub stream_version: StreamVersion,
+    pub global_position: u64,
+    pub event_type: String,
+    pub schema_version: u32,
+    pub occurred_at: DateTime<Utc>,
+    pub actor: keyledger_domain::envelope::EnvelopeActor,
+    pub correlation_id: Option<keyledger_domain::CorrelationId>,
+    pub payload: Value,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// `GET /v1/tenants/{tenant}/audit`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQueryParams {
+    /// The `next` cursor of the previous page.
+    #[serde(default)]
+    pub after: Option<String>,
+    #[serde(default)]
+    pub limit: Option<u32>,
+    /// An event type, e.g. `CustomerManagedKeyRotated`.
+    #[serde(default)]
+    pub action: Option<String>,
+    /// RFC 3339; inclusive.
+    #[serde(default)]
+    pub since: Option<DateTime<Utc>>,
+    /// RFC 3339; exclusive.
+    #[serde(default)]
+    pub until: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct AuditPage {
+    pub entries: Vec<AuditEntry>,
+    /// Pass as `after` for the next page; `null` on the last page.
+    pub next: Option<String>,
+}
+
+/// `GET /v1/events?after=&limit=` and `GET /v1/events/stream?after=`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    #[serde(default)]
+    pub after: Option<u64>,
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct EventsPage {
+    /// CloudEvents 1.0, structured JSON, `sequence` = global position.
+    pub events: Vec<Value>,
+    /// The position to pass as `after` next (the last event's, or `after` when empty).
+    pub next_after: u64,
+}

@@ -1,0 +1,69 @@
+//! The tenant-level audit, for auditors (the seed's "Audit page in Orchestrator").
+
+use axum::Json;
+use axum::extract::{Path, State};
+use keyledger_domain::{Reach, Role, TenantId};
+use keyledger_projection::AuditQuery;
+
+use crate::Shared;
+use crate::api::{AuditPage, AuditQueryParams};
+use crate::extract::{Caller, Query, path_id};
+use crate::problem::{FieldError, Problem};
+
+const DEFAULT_LIMIT: u32 = 100;
+const MAX_LIMIT: u32 = 1000;
+
+fn sink_failed(e: keyledger_projection::SinkError) -> Problem {
+    tracing::error!(error = %e, "audit query failed");
+    Problem::internal_error()
+}
+
+/// `GET /v1/tenants/{tenant}/audit`: auditors, organization administrators and support, each
+/// within their tenant scope; a caller limited to some organizations sees only their rows.
+pub(crate) async fn tenant_audit(
+    State(state): State<Shared>,
+    Caller(actor): Caller,
+    Path(tenant): Path<String>,
+    Query(q): Query<AuditQueryParams>,
+) -> Result<Json<AuditPage>, Problem> {
+    let tenant: TenantId = path_id("tenant", &tenant)?;
+    let role_ok = [Role::Auditor, Role::OrgAdmin, Role::Support]
+        .iter()
+        .any(|r| actor.has_role(*r));
+    if !role_ok || !actor.scope.tenants.contains(&tenant) {
+        return Err(Problem::forbidden());
+    }
+    let after = match q.after.as_deref() {
+        None | Some("") => 0,
+        Some(raw) => raw.parse::<u64>().map_err(|_| {
+            Problem::invalid(vec![FieldError {
+                field: "after".into(),
+                message: "must be the `next` cursor of an earlier page".into(),
+            }])
+        })?,
+    };
+    let sink = &state.services.projections;
+    if !sink.tenant_known(tenant).await.map_err(sink_failed)? {
+        return Err(Problem::tenant_not_found());
+    }
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+    let rows = sink
+        .audit(&AuditQuery {
+            tenant,
+            after,
+            limit,
+            action: q.action,
+            since: q.since,
+            until: q.until,
+        })
+        .await
+        .map_err(sink_failed)?;
+    let next = (rows.len() == limit as usize)
+        .then(|| rows.last().map(|r| r.position.to_string()))
+        .flatten();
+    let entries = match &actor.scope.organizations {
+        Reach::All => rows,
+        Reach::Only(orgs) => rows.into_iter().filter(|r| orgs.contains(&r.org_id)).collect(),
+    };
+    Ok(Json(AuditPage { entries, next }))
+}

@@ -1,0 +1,150 @@
+//! The route table and the middleware around it.
+
+mod audit;
+mod customer_key;
+mod events;
+mod ops;
+mod organizations;
+
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use keyledger_domain::{Actor, OrgId, Role};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::Shared;
+use crate::problem::Problem;
+
+/// The path of the SSE stream: the one route without a request timeout.
+pub(crate) const STREAM_PATH: &str = "/v1/events/stream";
+
+pub(crate) fn build(state: Shared) -> Router {
+    let org = "/v1/organizations/{org}";
+    let cmk = "/v1/organizations/{org}/customer-managed-key";
+    let v1 = Router::new()
+        .route("/v1/organizations", post(organizations::register))
+        .route(org, get(organizations::view))
+        .route(
+            &format!("{org}/plan"),
+            axum::routing::put(organizations::change_plan),
+        )
+        .route(&format!("{org}/tenants"), post(organizations::add_tenant))
+        .route(
+            &format!("{org}/tenants/{{tenant}}"),
+            axum::routing::delete(organizations::remove_tenant),
+        )
+        .route(&format!("{cmk}/test"), post(customer_key::test))
+        .route(
+            cmk,
+            post(customer_key::enable)
+                .patch(customer_key::edit)
+                .delete(customer_key::switch_to_provider),
+        )
+        .route(&format!("{cmk}/rotation"), post(customer_key::rotate))
+        .route(&format!("{org}/data-loss"), post(customer_key::declare_data_lost))
+        .route(&format!("{org}/key-health"), get(customer_key::health))
+        .route(&format!("{org}/key-health/probe"), post(customer_key::probe))
+        .route(&format!("{org}/data-keys"), get(organizations::data_keys))
+        .route(&format!("{org}/events"), get(organizations::events))
+        .route("/v1/tenants/{tenant}/audit", get(audit::tenant_audit))
+        .route("/v1/events", get(events::page))
+        .route(STREAM_PATH, get(events::stream))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::idempotency::layer,
+        ));
+    Router::new()
+        .merge(v1)
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), timeout))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(CatchPanicLayer::custom(|_| {
+            Problem::internal_error().into_response()
+        }))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn not_found() -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, "not_found", "Not found").with_detail("no such route")
+}
+
+async fn method_not_allowed() -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "Method not allowed",
+    )
+}
+
+/// Ends a request that takes longer than `server.request_timeout` with a 503. The SSE stream
+/// is exempt: it is meant to stay open.
+async fn timeout(State(state): State<Shared>, request: Request, next: Next) -> Response {
+    if request.uri().path() == STREAM_PATH {
+        return next.run(request).await;
+    }
+    match tokio::time::timeout(state.config.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            let mut p = Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "request_timeout",
+                "The request took too long",
+            )
+            .with_detail("the request was abandoned; nothing was recorded unless a retry shows it was");
+            p.retry_after = Some(std::time::Duration::from_secs(1));
+            p.into_response()
+        }
+    }
+}
+
+/// Counts each request by route and status.
+async fn observe(State(state): State<Shared>, request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    if method != Method::OPTIONS {
+        state.metrics.request(
+            method.as_str(),
+            &route,
+            response.status().as_u16(),
+            started.elapsed(),
+        );
+    }
+    response
+}
+
+/// Read access (CONTRACT.md "any role scoped to the org"): one of `roles`, the organization in
+/// scope, and for a tenant-scoped auditor, one of the organization's tenants in scope.
+pub(crate) fn may_read(actor: &Actor, roles: &[Role], org: OrgId) -> Result<(), Problem> {
+    if roles.iter().any(|r| actor.has_role(*r)) && actor.reaches_org(org) {
+        Ok(())
+    } else {
+        Err(Problem::forbidden())
+    }
+}
+
+/// Every role a token can hold.
+pub(crate) const ANY_ROLE: &[Role] = &[
+    Role::OrgAdmin,
+    Role::Auditor,
+    Role::Platform,
+    Role::Billing,
+    Role::Support,
+];

@@ -1,0 +1,241 @@
+//! Organizations: register, plan, tenants, and the reads of one organization.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use keyledger_app::{Action, Request};
+use keyledger_domain::envelope::StoredEvent;
+use keyledger_domain::{Actor, OrgId, Reach, Role, StreamId, StreamVersion, Tenant, TenantId};
+use keyledger_projection::{DataKeyInventory, OrganizationView};
+
+use super::{ANY_ROLE, may_read};
+use crate::Shared;
+use crate::api::{ChangePlan, OrgEvents, OrgEventsQuery, PublicEnvelope, RegisterOrganization};
+use crate::extract::{Caller, CommandHeaders, JsonBody, Query, path_id};
+use crate::problem::Problem;
+
+/// The view with its version as the entity tag, for `If-Match`.
+pub(crate) fn view_response(status: StatusCode, view: &OrganizationView) -> Response {
+    (
+        status,
+        [(header::ETAG, format!("\"{}\"", view.version))],
+        Json(view),
+    )
+        .into_response()
+}
+
+/// Runs a command and answers with the organization view.
+pub(crate) async fn execute(
+    state: &Shared,
+    actor: Actor,
+    org_id: OrgId,
+    headers: CommandHeaders,
+    action: Action,
+    status: StatusCode,
+) -> Result<Response, Problem> {
+    let outcome = state
+        .services
+        .app
+        .handle(Request {
+            org_id,
+            actor,
+            source_ip: headers.source_ip,
+            command_id: headers.command_id,
+            correlation_id: headers.correlation_id,
+            if_match: headers.if_match,
+            action,
+        })
+        .await
+        .map_err(|e| Problem::from(&e))?;
+    state.metrics.appended(outcome.appended);
+    Ok(view_response(status, &outcome.view))
+}
+
+pub(crate) fn org_path(raw: &str) -> Result<OrgId, Problem> {
+    path_id("org", raw)
+}
+
+/// The view of an organization the caller may read, or 403/404.
+pub(crate) async fn readable_view(
+    state: &Shared,
+    actor: &Actor,
+    roles: &[Role],
+    org: OrgId,
+) -> Result<OrganizationView, Problem> {
+    may_read(actor, roles, org)?;
+    let view = state
+        .services
+        .app
+        .view(org)
+        .await
+        .map_err(|e| Problem::from(&e))?
+        .ok_or_else(Problem::organization_not_found)?;
+    // A tenant-scoped auditor reads only organizations that hold one of its tenants.
+    if let Reach::Only(tenants) = &actor.scope.tenants {
+        let other_role = roles.iter().any(|r| *r != Role::Auditor && actor.has_role(*r));
+        if !other_role && !view.tenants.iter().any(|t| tenants.contains(&t.tenant_id)) {
+            return Err(Problem::forbidden());
+        }
+    }
+    Ok(view)
+}
+
+pub(crate) async fn register(
+    State(state): State<Shared>,
+    Caller(actor): Caller,
+    headers: CommandHeaders,
+    JsonBody(body): JsonBody<RegisterOrganization>,
+) -> Result<Response, Problem> {
+    let org = body.org_id.unwrap_or_else(OrgId::new_v7);
+    let action = Action::Register {
+        name: body.name,
+        plan: body.plan,
+        tenants: body.tenants,
+    };
+    execute(&state, actor, org, headers, action, StatusCode::CREATED).await
+}
+
+pub(crate) async fn view(
+    State(state): State<Shared>,
+    Caller(actor): Caller,
+    Path(org): Path<String>,
+) -> Result<Response, Problem> {
+    let org = org_path(&org)?;
+    let view = readable_view(&state, &actor, ANY_ROLE, org).await?;
+    Ok(view_response(StatusCode::OK, &view))
+}
+
+pub(crate) async fn change_plan(
+    State(state): State<Shared>,
+    Caller(actor): Caller,
+    Path(org): Path<String>,
+    headers: CommandHeaders,
+    JsonBody(body): JsonBody<ChangePlan>,
+) -> Result<Response, Problem> {
+    let org = org_path(&org)?;
+    let action = Action::ChangePlan {
+        plan: body.plan,
+        reason: body.reason,
+    };
+    execute(&state, actor, org, headers, action, StatusCode::OK).await
+}
+
+pub(crate) async fn add_tenant(
+    State(state): State<Shared>,
+    Caller(actor): Caller,
+    Path(org): Path<String>,
+    headers: CommandHeaders,
+    JsonBody(tenant): JsonBody<Tenant>,
+) -> Result<Response, Problem> {
+    let org = org_path(&org)?;
+    execute(
+        &state,
+        actor,
+        org,
+        headers,
+        Action::AddTenant(tenant),
+        StatusCode::OK,
+    )
+    .await
+}
+
+pub(crate) async fn remove_tenant(
+    State(state): State<Shared>,
+    Caller(actor): Caller,
+    Path((org, tenant)): Path<(String, String)>,
+    headers: CommandHeaders,
+) -> Result<Response, Problem> {
+    let org = org_path(&org)?;
+    let tenant: TenantId = path_id("tenant", &tenant)?;
+    execute(
+        &state,
+        actor,
+        org,
+        headers,
+        Action::RemoveTenant(tenant),
+        StatusCode::OK,
+    )
+    .await
+}
+
+/// The organization's stored events, from its stream.
+async fn stream_events(state: &Shared, org: OrgId, from: StreamVersion) -> Result<Vec<StoredEvent>, Problem> {
+    state
+        .services
+        .store
+        .read_stream(StreamId::for_org(org), from)
+        .await
+        .map_err(|e| Problem::from(&keyledger_app::AppError::Store(e)))
+}
+
+pub(crate) async fn data_keys(
+    State(state): State<Shared>,
+    Caller(actor): Caller,
+    Path(org): Path<String>,
+) -> Result<Json<DataKeyInventory>, Problem> {
+    let org = org_path(&org)?;
+    readable_view(
+        &state,
+        &actor,
+        &[Role::OrgAdmin, Role::Auditor, Role::Support],
+        org,
+    )
+    .await?;
+    // Folded from the stream, so it is never behind the command that just returned.
+    let mut inventory = DataKeyInventory::default();
+    for stored in stream_events(&state, org, StreamVersion(1)).await? {
+        let event = state
+            .services
+            .store
+            .open(&stored)
+            .map_err(|e| Problem::from(&keyledger_app::AppError::Store(e)))?;
+        inventory.apply(stored.occurred_at, &event);
+    }
+    Ok(Json(inventory))
+}
+
+/// Page size of the organization's event list.
+const ORG_EVENTS_DEFAULT: u32 = 100;
+const ORG_EVENTS_MAX: u32 = 1000;
+
+pub(crate) async fn events(
+    State(state): State<Shared>,
+    Caller(actor): Caller,
+    Path(org): Path<String>,
+    Query(q): Query<OrgEventsQuery>,
+) -> Result<Json<OrgEvents>, Problem> {
+    let org = org_path(&org)?;
+    readable_view(&state, &actor, &[Role::Platform, Role::Auditor], org).await?;
+    let limit = q.limit.unwrap_or(ORG_EVENTS_DEFAULT).clamp(1, ORG_EVENTS_MAX) as usize;
+    let from = StreamVersion(q.after_version.unwrap_or(0).saturating_add(1));
+    let stored = stream_events(&state, org, from).await?;
+    let events = stored
+        .iter()
+        .take(limit)
+        .map(public_envelope)
+        .collect::<Result<_, _>>()?;
+    Ok(Json(OrgEvents { events }))
+}
+
+/// A stored envelope with the public payload instead of the stored one.
+fn public_envelope(stored: &StoredEvent) -> Result<PublicEnvelope, Problem> {
+    let event = stored.decode().map_err(|e| {
+        tracing::error!(event_id = %stored.event_id, error = %e, "stored event cannot be decoded");
+        Problem::internal_error()
+    })?;
+    Ok(PublicEnvelope {
+        event_id: stored.event_id,
+        stream_id: stored.stream_id.to_string(),
+        stream_version: stored.stream_version,
+        global_position: stored.global_position.0,
+        event_type: stored.event_type.clone(),
+        schema_version: stored.schema_version,
+        occurred_at: stored.occurred_at,
+        actor: stored.actor.clone(),
+        correlation_id: stored.correlation_id,
+        payload: event.public_payload(),
+        prev_hash: stored.prev_hash.clone(),
+        hash: stored.hash.clone(),
+    })
+}
