@@ -13,7 +13,9 @@
 
 pub mod api;
 pub mod auth;
+pub mod background;
 pub mod cloudevent;
+pub mod dev;
 mod extract;
 pub mod idempotency;
 pub mod metrics;

@@ -1,0 +1,69 @@
+//! The work a serving process does besides answering requests: projection runners and the
+//! key-health monitor. Each restarts after a failure, with a growing pause, until shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyledger_app::HealthMonitor;
+use keyledger_projection::{Projection, ProjectionSink, Runner, RunnerError};
+use keyledger_store::EventStore;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Resolves when `shutdown` turns true.
+pub async fn stopped(mut shutdown: watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Runs `task` again after each failure until `shutdown`.
+pub fn supervise<F, Fut>(name: &'static str, shutdown: watch::Receiver<bool>, mut task: F) -> JoinHandle<()>
+where
+    F: FnMut(watch::Receiver<bool>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), RunnerError>> + Send,
+{
+    tokio::spawn(async move {
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match task(shutdown.clone()).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(task = name, error = %e, retry_in = ?pause, "background task failed; restarting");
+                }
+            }
+            tokio::select! {
+                () = stopped(shutdown.clone()) => return,
+                () = tokio::time::sleep(pause) => {}
+            }
+            pause = (pause * 2).min(Duration::from_secs(10));
+        }
+    })
+}
+
+/// One supervised runner per projection, on this process (single-instance stores).
+pub fn projection_runners(
+    store: Arc<dyn EventStore>,
+    sink: Arc<dyn ProjectionSink>,
+    shutdown: watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
+    Projection::ALL
+        .into_iter()
+        .map(|projection| {
+            let store = store.clone();
+            let sink = sink.clone();
+            supervise(projection.name(), shutdown.clone(), move |stop| {
+                let runner = Runner::new(store.clone(), sink.clone(), projection);
+                async move { runner.run(stopped(stop)).await }
+            })
+        })
+        .collect()
+}
+
+/// The key-health monitor until shutdown.
+pub fn health_monitor(
+    monitor: Arc<HealthMonitor>,
+    store: Arc<dyn EventStore>,
+    shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(monitor.run(store, stopped(shutdown)))
+}
