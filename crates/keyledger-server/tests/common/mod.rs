@@ -122,6 +122,25 @@ pub struct Server {
     _db: Option<keyledger_postgres::testing::TestDatabase>,
 }
 
+/// The service over `store`, with the demo vault behind the SDK adapter.
+pub fn services(store: Arc<dyn EventStore>, sink: Arc<dyn ProjectionSink>, demo: &DemoVault) -> Services {
+    let keys = demo.key_access();
+    let app = Arc::new(App::new(
+        store.clone(),
+        keys.clone(),
+        Arc::new(SystemClock),
+        AppConfig::default(),
+    ));
+    let monitor = Arc::new(HealthMonitor::new(app.clone(), keys, HealthConfig::default()));
+    Services {
+        app,
+        monitor,
+        store,
+        projections: sink,
+        tokens: tokens(),
+    }
+}
+
 pub fn test_config() -> ServerConfig {
     ServerConfig {
         max_body_bytes: 16 * 1024,
@@ -162,26 +181,12 @@ impl Server {
             }
         };
         let demo = DemoVault::new();
-        let keys = demo.key_access();
-        let app = Arc::new(App::new(
-            store.clone(),
-            keys.clone(),
-            Arc::new(SystemClock),
-            AppConfig::default(),
-        ));
-        let monitor = Arc::new(HealthMonitor::new(app.clone(), keys, HealthConfig::default()));
+        let services = services(store.clone(), sink.clone(), &demo);
         let (stop, stopped) = watch::channel(false);
         let mut tasks =
             keyledger_server::background::projection_runners(store.clone(), sink.clone(), stopped.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let services = Services {
-            app,
-            monitor,
-            store: store.clone(),
-            projections: sink.clone(),
-            tokens: tokens(),
-        };
         let shutdown = keyledger_server::background::stopped(stopped);
         tasks.push(tokio::spawn(async move {
             keyledger_server::run(listener, services, config, shutdown)
