@@ -665,15 +665,20 @@ impl EventStore for PostgresStore {
         Ok(events.len())
     }
 
-    async fn verify(&self, scope: VerifyScope) -> Result<VerifyReport, StoreError> {
+    async fn verify_with_progress(
+        &self,
+        scope: VerifyScope,
+        progress: &keyledger_store::verify::Progress<'_>,
+    ) -> Result<VerifyReport, StoreError> {
         match scope {
-            VerifyScope::Stream(_) => keyledger_store::verify::verify_by_reading(self, scope).await,
+            VerifyScope::Stream(_) => keyledger_store::verify::verify_by_reading(self, scope, progress).await,
             // Verification is not a catch-up reader: it checks everything committed, including
             // events still held behind the fence.
             VerifyScope::All => {
-                keyledger_store::verify::verify_pages(|after| {
-                    self.read_committed(after, keyledger_store::verify::PAGE)
-                })
+                keyledger_store::verify::verify_pages(
+                    |after| self.read_committed(after, keyledger_store::verify::PAGE),
+                    progress,
+                )
                 .await
             }
         }

@@ -293,6 +293,15 @@ pub async fn append_then_read_round_trips<F: Fixture>() {
     let report = store.verify(VerifyScope::All).await.expect("verify");
     assert!(report.is_intact());
     assert_eq!(report.events_checked, 3);
+    let told = std::sync::atomic::AtomicU64::new(0);
+    let with_progress = store
+        .verify_with_progress(VerifyScope::All, &|n| {
+            told.store(n, std::sync::atomic::Ordering::SeqCst)
+        })
+        .await
+        .expect("verify with progress");
+    assert_eq!(with_progress, report);
+    assert_eq!(told.into_inner(), 3, "progress reached every event checked");
 }
 
 pub async fn empty_append_is_refused<F: Fixture>() {

@@ -103,6 +103,16 @@ pub trait EventStore: Send + Sync {
     /// Recomputes the hash chain of one stream or of every stream and names the first bad
     /// event.
     async fn verify(&self, scope: VerifyScope) -> Result<VerifyReport, StoreError> {
-        verify::verify_by_reading(self, scope).await
+        self.verify_with_progress(scope, &|_| {}).await
+    }
+
+    /// [`EventStore::verify`], telling `progress` how many events were checked after each page
+    /// (for an operator's progress bar). Backends override this one, not `verify`.
+    async fn verify_with_progress(
+        &self,
+        scope: VerifyScope,
+        progress: &verify::Progress<'_>,
+    ) -> Result<VerifyReport, StoreError> {
+        verify::verify_by_reading(self, scope, progress).await
     }
 }

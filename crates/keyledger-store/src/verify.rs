@@ -110,6 +110,9 @@ impl ChainChecker {
     }
 }
 
+/// Told the number of events checked so far, after each page of a verification.
+pub type Progress<'a> = dyn Fn(u64) + Send + Sync + 'a;
+
 /// Events per page when verifying.
 pub const PAGE: usize = 5000;
 
@@ -117,6 +120,7 @@ pub const PAGE: usize = 5000;
 pub async fn verify_by_reading<S: EventStore + ?Sized>(
     store: &S,
     scope: VerifyScope,
+    progress: &Progress<'_>,
 ) -> Result<VerifyReport, StoreError> {
     let mut checker = ChainChecker::default();
     match scope {
@@ -127,14 +131,18 @@ pub async fn verify_by_reading<S: EventStore + ?Sized>(
                 }
             }
         }
-        VerifyScope::All => return verify_pages(|after| store.read_all(after, PAGE)).await,
+        VerifyScope::All => return verify_pages(|after| store.read_all(after, PAGE), progress).await,
     }
+    progress(checker.checked());
     Ok(report(&checker, None))
 }
 
 /// Verifies the whole log read page by page in global order through `next_page(after)`
 /// (for backends whose verification reads differently from `read_all`).
-pub async fn verify_pages<F, Fut>(mut next_page: F) -> Result<VerifyReport, StoreError>
+pub async fn verify_pages<F, Fut>(
+    mut next_page: F,
+    progress: &Progress<'_>,
+) -> Result<VerifyReport, StoreError>
 where
     F: FnMut(GlobalPosition) -> Fut,
     Fut: std::future::Future<Output = Result<Vec<StoredEvent>, StoreError>>,
@@ -150,6 +158,7 @@ where
                 return Ok(report(&checker, Some(b)));
             }
         }
+        progress(checker.checked());
     }
     Ok(report(&checker, None))
 }
