@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::str::FromStr as _;
 use std::sync::Arc;
 
+use keyledger_domain::GlobalPosition;
 use keyledger_postgres::{PgProjections, PostgresOptions, PostgresStore};
 use keyledger_projection::ProjectionSink;
 use keyledger_sqlite::{SqliteProjections, SqliteStore};
@@ -148,6 +149,26 @@ impl OpenedStore {
                 })
             }
         }
+    }
+
+    /// The position of the last committed event (`None`: no event). On PostgreSQL a reader's
+    /// fence may hold the last events back for as long as a transaction older than their own
+    /// stays open on the server; readers that must reach the end wait for this position.
+    pub async fn last_position(&self) -> Result<Option<GlobalPosition>, Failure> {
+        let last: Option<i64> = match &self.backend {
+            Backend::Sqlite(s) => {
+                sqlx::query_scalar("SELECT max(position) FROM events")
+                    .fetch_one(s.read_pool())
+                    .await
+            }
+            Backend::Postgres(s) => {
+                sqlx::query_scalar("SELECT max(position) FROM events")
+                    .fetch_one(s.pool())
+                    .await
+            }
+        }
+        .map_err(|e| Failure::new("cannot read the last position", &e))?;
+        Ok(last.map(|p| GlobalPosition(u64::try_from(p).unwrap_or_default())))
     }
 
     /// Flushes and closes (a SQLite store checkpoints its WAL).

@@ -27,7 +27,23 @@ pub async fn export(url: &StoreUrl, after: u64) -> Result<Outcome, Failure> {
             .await
             .map_err(|e| Failure::new(format!("cannot read {url}"), &e))?;
         let Some(last) = page.last() else {
-            break out.flush();
+            // The end, unless the fence still holds committed events back: wait for them, so
+            // the export holds everything committed before it ended.
+            match opened.last_position().await? {
+                Some(end) if end > after => {
+                    if started.elapsed() > super::FENCE_WAIT {
+                        return Err(Failure::msg(
+                            format!("cannot export {url}"),
+                            format!(
+                                "events after position {after} are held back by a transaction left open on the server"
+                            ),
+                        ));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                }
+                _ => break out.flush(),
+            }
         };
         after = last.global_position;
         let mut write = || -> std::io::Result<()> {

@@ -50,15 +50,28 @@ pub async fn rebuild(url: &StoreUrl, key_file: &Path) -> Result<Outcome, Failure
         progress.set(counting.read.load(Ordering::Relaxed))
     })
     .await;
+    // The rebuild stops where the fence stopped its reads; fold what was committed before the
+    // end too.
+    let result = match result {
+        Ok(reached) => match opened.last_position().await {
+            Ok(Some(end)) if end.0 > reached => {
+                catch_up_to(counting.clone(), opened.sink.clone(), end.0).await
+            }
+            Ok(_) => Ok(()),
+            Err(f) => Err(f),
+        },
+        Err(e) => Err(Failure::new(&what, &e)),
+    };
     for lease in leases {
         lease.release().await;
     }
     opened.close().await;
-    if let Err(e) = result {
+    if let Err(f) = result {
         progress.abandon();
-        return Err(Failure::new(&what, &e));
+        return Err(f);
     }
     let n = counting.read.load(Ordering::Relaxed);
+
     let elapsed = progress.elapsed();
     progress.finish(format_args!(
         "rebuilt {} projections from {n} events in {:.1}s ({} events/s)",
@@ -67,6 +80,27 @@ pub async fn rebuild(url: &StoreUrl, key_file: &Path) -> Result<Outcome, Failure
         rate(n, elapsed)
     ));
     Ok(Outcome::Done)
+}
+
+async fn catch_up_to(
+    store: Arc<dyn EventStore>,
+    sink: Arc<dyn keyledger_projection::ProjectionSink>,
+    end: u64,
+) -> Result<(), Failure> {
+    for p in Projection::ALL {
+        let reached = Runner::new(store.clone(), sink.clone(), p)
+            .with_batch(BATCH)
+            .catch_up_to(end, super::FENCE_WAIT)
+            .await
+            .map_err(|e| Failure::new(format!("cannot rebuild {}", p.name()), &e))?;
+        if !reached {
+            return Err(Failure::msg(
+                format!("cannot rebuild {}", p.name()),
+                format!("events up to position {end} are held back by a transaction left open on the server"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The store, counting the events read through `read_all` (the runner reports positions,
