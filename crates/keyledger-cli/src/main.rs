@@ -1,11 +1,22 @@
 //! `keyledger`: the command line of the keyledger service (CONTRACT.md "Command line").
+//!
+//! Exit codes: 0 done, 1 failed (one line on stderr: `keyledger: <what failed>: <cause>`),
+//! 2 usage (clap's own), 3 `verify` found a broken hash chain.
 
+mod commands;
 mod config;
+mod report;
+mod serve;
+mod store_url;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use keyledger_domain::OrgId;
+
+use crate::report::{Failure, Outcome};
+use crate::store_url::StoreUrl;
 
 #[derive(Parser)]
 #[command(
@@ -26,22 +37,118 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Applies the pending migrations (creating a SQLite file when absent).
+    Migrate(StoreArg),
+    /// Recomputes the hash chains. Exit 3 names the first bad event.
+    Verify {
+        #[command(flatten)]
+        store: StoreArg,
+        /// Only this organization's stream.
+        #[arg(long, value_name = "ID", value_parser = parse_org)]
+        org: Option<OrgId>,
+    },
+    /// Export and import of the stored events.
+    #[command(subcommand)]
+    Events(EventsCommand),
+    /// Projection maintenance.
+    #[command(subcommand)]
+    Projections(ProjectionsCommand),
+}
+
+#[derive(Subcommand)]
+enum EventsCommand {
+    /// Writes the stored envelopes as JSON lines to stdout, protected fields still sealed.
+    Export {
+        #[command(flatten)]
+        store: StoreArg,
+        /// Only events after this global position.
+        #[arg(long, value_name = "POS", default_value_t = 0)]
+        after: u64,
+    },
+    /// Appends an export to an empty store: same streams, versions and hashes; new positions.
+    Import {
+        #[command(flatten)]
+        store: StoreArg,
+        /// A file written by `keyledger events export`.
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProjectionsCommand {
+    /// Rebuilds every projection from position 0. Stop the service first.
+    Rebuild {
+        #[command(flatten)]
+        store: StoreArg,
+        /// The internal key ring file (never created by this command).
+        #[arg(
+            long,
+            env = "KEYLEDGER_KEYS__INTERNAL_KEY_FILE",
+            value_name = "FILE",
+            default_value = "keyledger-data/internal-keys.json"
+        )]
+        key_file: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct StoreArg {
+    /// The event store: sqlite://PATH or postgres://USER@HOST/DATABASE.
+    // Parsed by the command, so a bad URL is a failure (exit 1) with a readable message; the
+    // value is hidden from help output, as it may hold a password.
+    #[arg(
+        long = "store",
+        env = "KEYLEDGER_STORE__URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    url: String,
+}
+
+impl StoreArg {
+    fn parse(&self) -> Result<StoreUrl, Failure> {
+        StoreUrl::parse(&self.url)
+    }
+}
+
+fn parse_org(s: &str) -> Result<OrgId, String> {
+    s.parse()
+        .map_err(|_| format!("{s:?} is not an organization id (a UUID)"))
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Serve { config } => match config::load(config.as_deref()) {
-            Ok((_, origin)) => {
-                eprintln!(
-                    "keyledger serve: configuration is valid ({origin:?}), but the HTTP service is not built yet."
-                );
-                ExitCode::from(2)
-            }
-            Err(e) => {
-                eprintln!("keyledger: invalid configuration: {e}");
-                ExitCode::from(2)
-            }
-        },
+    let command = match cli.command {
+        Command::Serve { config } => return serve::run(config),
+        other => other,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return Failure::new("cannot start the async runtime", &e).report(),
+    };
+    match runtime.block_on(run(command)) {
+        Ok(outcome) => outcome.exit_code(),
+        Err(failure) => failure.report(),
+    }
+}
+
+async fn run(command: Command) -> Result<Outcome, Failure> {
+    match command {
+        Command::Serve { .. } => unreachable!("serve runs without the store runtime"),
+        Command::Migrate(store) => commands::migrate::run(&store.parse()?).await,
+        Command::Verify { store, org } => commands::verify::run(&store.parse()?, org).await,
+        Command::Events(EventsCommand::Export { store, after }) => {
+            commands::events::export(&store.parse()?, after).await
+        }
+        Command::Events(EventsCommand::Import { store, file }) => {
+            commands::events::import(&store.parse()?, &file).await
+        }
+        Command::Projections(ProjectionsCommand::Rebuild { store, key_file }) => {
+            commands::projections::rebuild(&store.parse()?, &key_file).await
+        }
     }
 }

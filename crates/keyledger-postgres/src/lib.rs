@@ -16,11 +16,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use keyledger_domain::{CommandId, GlobalPosition, StoredEvent, StreamId, StreamVersion};
+use keyledger_store::import::{check_import, imported_commands};
 use keyledger_store::row::{EnvelopeColumns, to_i64};
 use keyledger_store::subscribe::{CommitSignal, PollConfig, poll_subscription};
 use keyledger_store::{
-    AppendResult, EventStore, EventStream, KeyRing, NewEvent, StoreError, StreamHead, VerifyReport,
-    VerifyScope,
+    AppendResult, EventStore, EventStream, ImportBatch, KeyRing, NewEvent, StoreError, StreamHead,
+    VerifyReport, VerifyScope,
 };
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{Executor, Postgres, Row as _};
@@ -96,6 +97,32 @@ const INSERT_SQL: &str = "WITH ins AS ( \
        RETURNING 1) \
      SELECT min(position) AS first_position, max(position) AS last_position, \
             (SELECT count(*) FROM cmd) AS commands FROM ins";
+
+/// An import batch: envelopes as they are, several streams, at the positions of the append
+/// scheme (`$1` is the transaction id, read in the same transaction, so the `xid` column's
+/// default and the positions agree).
+const IMPORT_SQL: &str = "INSERT INTO events (position, event_id, stream_id, stream_version, event_type, \
+       schema_version, occurred_at, actor, command_id, correlation_id, causation_id, payload, prev_hash, hash) \
+     SELECT ($1::bigint << 16) + t.ord, t.event_id, t.stream_id, t.stream_version, t.event_type, \
+       t.schema_version, t.occurred_at, t.actor, t.command_id, t.correlation_id, t.causation_id, t.payload, \
+       t.prev_hash, t.hash \
+     FROM UNNEST($2::text[], $3::text[], $4::bigint[], $5::text[], $6::int[], $7::text[], $8::text[], \
+                 $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[]) WITH ORDINALITY \
+       AS t(event_id, stream_id, stream_version, event_type, schema_version, occurred_at, actor, command_id, \
+            correlation_id, causation_id, payload, prev_hash, hash, ord)";
+
+/// The command ids of an import batch. A known id is extended only when the batch continues
+/// its append (see `keyledger_store::import::imported_commands`).
+const IMPORT_COMMANDS_SQL: &str = "INSERT INTO commands (command_id, stream_id, first_version, last_version, \
+       first_position, last_position) \
+     SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[]) \
+     ON CONFLICT (command_id) DO UPDATE SET last_version = EXCLUDED.last_version, \
+       last_position = EXCLUDED.last_position \
+     WHERE commands.stream_id = EXCLUDED.stream_id AND commands.last_version + 1 = EXCLUDED.first_version";
+
+/// The heads of several streams.
+const HEADS_SQL: &str = "SELECT DISTINCT ON (stream_id) stream_id, stream_version, hash FROM events \
+     WHERE stream_id = ANY($1) ORDER BY stream_id, stream_version DESC";
 
 /// One event, no command id: the common single-event append, without array encoding.
 const INSERT_ONE_SQL: &str = "INSERT INTO events (position, event_id, stream_id, stream_version, event_type, \
@@ -346,6 +373,128 @@ impl PostgresStore {
     }
 }
 
+impl PostgresStore {
+    /// The stored heads of `streams` (streams with no event are left out).
+    async fn heads<'e>(
+        exec: impl Executor<'e, Database = Postgres>,
+        streams: &[StreamId],
+    ) -> Result<HashMap<StreamId, StreamHead>, StoreError> {
+        let names: Vec<String> = streams.iter().map(StreamId::to_string).collect();
+        let rows = sqlx::query(HEADS_SQL)
+            .bind(names)
+            .fetch_all(exec)
+            .await
+            .map_err(backend)?;
+        rows.iter()
+            .map(|r| {
+                let stream: String = r.try_get("stream_id").map_err(backend)?;
+                let stream = stream
+                    .parse()
+                    .map_err(|e| StoreError::backend(format!("events.stream_id: {e}")))?;
+                let head = StreamHead {
+                    version: StreamVersion(non_negative(r.try_get("stream_version").map_err(backend)?)),
+                    hash: r.try_get("hash").map_err(backend)?,
+                };
+                Ok((stream, head))
+            })
+            .collect()
+    }
+
+    /// One import batch in one transaction. A unique violation (a concurrent writer took a
+    /// version, or an event id exists) is `Err(Ok(..))` so the caller can name the event.
+    async fn import_tx(
+        &self,
+        events: &mut [StoredEvent],
+        streams: &[StreamId],
+        batch: ImportBatch,
+    ) -> Result<(), Result<sqlx::Error, StoreError>> {
+        let mut tx = self.pool.begin().await.map_err(|e| Err(backend(e)))?;
+        if batch == ImportBatch::First {
+            let any: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM events)")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| Err(backend(e)))?;
+            if any {
+                return Err(Err(StoreError::ImportTargetNotEmpty));
+            }
+        }
+        let heads = Self::heads(&mut *tx, streams).await.map_err(Err)?;
+        check_import(heads, events).map_err(Err)?;
+        if events.is_empty() {
+            return Ok(());
+        }
+        // The append scheme: position = xid << 16 + index in the transaction (1-based).
+        let xid: i64 = sqlx::query_scalar("SELECT pg_current_xact_id()::text::bigint")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| Err(backend(e)))?;
+        let cols: Vec<EnvelopeColumns> = events
+            .iter()
+            .map(EnvelopeColumns::from_event)
+            .collect::<Result<_, _>>()
+            .map_err(Err)?;
+        let texts = |f: fn(&EnvelopeColumns) -> String| cols.iter().map(f).collect::<Vec<String>>();
+        let opts =
+            |f: fn(&EnvelopeColumns) -> Option<String>| cols.iter().map(f).collect::<Vec<Option<String>>>();
+        sqlx::query(IMPORT_SQL)
+            .bind(xid)
+            .bind(texts(|c| c.event_id.clone()))
+            .bind(texts(|c| c.stream_id.clone()))
+            .bind(cols.iter().map(|c| c.stream_version).collect::<Vec<i64>>())
+            .bind(texts(|c| c.event_type.clone()))
+            .bind(
+                cols.iter()
+                    .map(|c| i32::try_from(c.schema_version).unwrap_or(i32::MAX))
+                    .collect::<Vec<i32>>(),
+            )
+            .bind(texts(|c| c.occurred_at.clone()))
+            .bind(texts(|c| c.actor.clone()))
+            .bind(opts(|c| c.command_id.clone()))
+            .bind(opts(|c| c.correlation_id.clone()))
+            .bind(opts(|c| c.causation_id.clone()))
+            .bind(texts(|c| c.payload.clone()))
+            .bind(texts(|c| c.prev_hash.clone()))
+            .bind(texts(|c| c.hash.clone()))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    Ok(e)
+                } else {
+                    Err(backend(e))
+                }
+            })?;
+        for (i, e) in events.iter_mut().enumerate() {
+            e.global_position = GlobalPosition(non_negative((xid << 16) + i as i64 + 1));
+        }
+        let commands = imported_commands(events);
+        if !commands.is_empty() {
+            let num = |f: fn(&AppendResult) -> u64| {
+                commands
+                    .iter()
+                    .map(|(_, r)| to_i64(f(r)))
+                    .collect::<Result<Vec<i64>, _>>()
+            };
+            sqlx::query(IMPORT_COMMANDS_SQL)
+                .bind(commands.iter().map(|(c, _)| c.to_string()).collect::<Vec<_>>())
+                .bind(
+                    commands
+                        .iter()
+                        .map(|(_, r)| r.stream.to_string())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(num(|r| r.first_version.0).map_err(Err)?)
+                .bind(num(|r| r.last_version.0).map_err(Err)?)
+                .bind(num(|r| r.first_position.0).map_err(Err)?)
+                .bind(num(|r| r.last_position.0).map_err(Err)?)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| Err(backend(e)))?;
+        }
+        tx.commit().await.map_err(|e| Err(backend(e)))
+    }
+}
+
 /// A page of `read_all` below the fence, as SQL over `select` (the columns of the events).
 ///
 /// The fence: every transaction that can still commit has an xid >= xmin, so its events sit at
@@ -489,15 +638,47 @@ impl EventStore for PostgresStore {
         rows.iter().map(event_row).collect()
     }
 
-    async fn verify(&self, scope: VerifyScope) -> Result<VerifyReport, StoreError> {
+    async fn import(&self, mut events: Vec<StoredEvent>, batch: ImportBatch) -> Result<usize, StoreError> {
+        let streams: Vec<StreamId> = events
+            .iter()
+            .map(|e| e.stream_id)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        match self.import_tx(&mut events, &streams, batch).await {
+            Ok(()) => {}
+            Err(Err(refused)) => return Err(refused),
+            Err(Ok(violation)) => {
+                // A concurrent writer took a version first: the checks against the new heads
+                // name the event; if they pass, an event id already exists elsewhere.
+                let heads = Self::heads(&self.pool, &streams).await?;
+                check_import(heads, &events)?;
+                return Err(backend(violation));
+            }
+        }
+        for s in &streams {
+            self.heads.forget(s);
+        }
+        if !events.is_empty() {
+            self.signal.notify();
+        }
+        Ok(events.len())
+    }
+
+    async fn verify_with_progress(
+        &self,
+        scope: VerifyScope,
+        progress: &keyledger_store::verify::Progress<'_>,
+    ) -> Result<VerifyReport, StoreError> {
         match scope {
-            VerifyScope::Stream(_) => keyledger_store::verify::verify_by_reading(self, scope).await,
+            VerifyScope::Stream(_) => keyledger_store::verify::verify_by_reading(self, scope, progress).await,
             // Verification is not a catch-up reader: it checks everything committed, including
             // events still held behind the fence.
             VerifyScope::All => {
-                keyledger_store::verify::verify_pages(|after| {
-                    self.read_committed(after, keyledger_store::verify::PAGE)
-                })
+                keyledger_store::verify::verify_pages(
+                    |after| self.read_committed(after, keyledger_store::verify::PAGE),
+                    progress,
+                )
                 .await
             }
         }

@@ -11,6 +11,7 @@
 //! - An append reads only the stream's head (last version and hash) through the
 //!   `(stream_id, stream_version)` index; it never loads the stream.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr as _;
 use std::sync::Arc;
@@ -18,9 +19,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use keyledger_domain::{CommandId, GlobalPosition, StoredEvent, StreamId, StreamVersion};
+use keyledger_store::import::{check_import, imported_commands};
 use keyledger_store::row::{EnvelopeColumns, to_i64};
 use keyledger_store::subscribe::{CommitSignal, PollConfig, poll_subscription};
-use keyledger_store::{AppendResult, EventStore, EventStream, KeyRing, NewEvent, StoreError, StreamHead};
+use keyledger_store::{
+    AppendResult, EventStore, EventStream, ImportBatch, KeyRing, NewEvent, StoreError, StreamHead,
+};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
@@ -71,7 +75,7 @@ impl Default for SqliteOptions {
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     write: SqlitePool,
-    writer: mpsc::Sender<WriteRequest>,
+    writer: mpsc::Sender<Request>,
     read: SqlitePool,
     ring: Arc<KeyRing>,
     signal: CommitSignal,
@@ -156,6 +160,19 @@ impl SqliteStore {
     }
 }
 
+/// Work for the writer task.
+enum Request {
+    Append(WriteRequest),
+    Import(ImportRequest),
+}
+
+/// One import batch waiting for the writer task; it commits in a transaction of its own.
+struct ImportRequest {
+    events: Vec<StoredEvent>,
+    batch: ImportBatch,
+    reply: oneshot::Sender<Result<usize, StoreError>>,
+}
+
 /// One append waiting for the writer task.
 struct WriteRequest {
     ring: Arc<KeyRing>,
@@ -169,12 +186,85 @@ struct WriteRequest {
 /// The most appends committed in one transaction.
 pub const MAX_GROUP: usize = 256;
 
-/// Owns the write side: takes every waiting append into one transaction (group commit).
-async fn writer_loop(pool: SqlitePool, signal: CommitSignal, mut requests: mpsc::Receiver<WriteRequest>) {
-    let mut batch = Vec::with_capacity(MAX_GROUP);
-    while requests.recv_many(&mut batch, MAX_GROUP).await > 0 {
-        commit_group(&pool, &signal, &mut batch).await;
+/// Owns the write side: takes every waiting append into one transaction (group commit). An
+/// import batch commits alone, in queue order.
+async fn writer_loop(pool: SqlitePool, signal: CommitSignal, mut requests: mpsc::Receiver<Request>) {
+    let mut waiting = Vec::with_capacity(MAX_GROUP);
+    let mut group = Vec::with_capacity(MAX_GROUP);
+    while requests.recv_many(&mut waiting, MAX_GROUP).await > 0 {
+        for request in waiting.drain(..) {
+            match request {
+                Request::Append(a) => group.push(a),
+                Request::Import(i) => {
+                    if !group.is_empty() {
+                        commit_group(&pool, &signal, &mut group).await;
+                    }
+                    let result = import_batch(&pool, i.events, i.batch).await;
+                    if matches!(result, Ok(n) if n > 0) {
+                        signal.notify();
+                    }
+                    let _ = i.reply.send(result);
+                }
+            }
+        }
+        if !group.is_empty() {
+            commit_group(&pool, &signal, &mut group).await;
+        }
     }
+}
+
+/// One import batch in its own transaction: the emptiness check of a first batch, the stream
+/// heads, the checks of [`keyledger_store::import`], then the rows and the command ids.
+async fn import_batch(
+    pool: &SqlitePool,
+    mut events: Vec<StoredEvent>,
+    batch: ImportBatch,
+) -> Result<usize, StoreError> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(backend)?;
+    if batch == ImportBatch::First {
+        let any: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM events)")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+        if any {
+            return Err(StoreError::ImportTargetNotEmpty);
+        }
+    }
+    let mut heads = HashMap::new();
+    for e in &events {
+        if !heads.contains_key(&e.stream_id)
+            && let Some(head) = stream_head(&mut tx, e.stream_id).await?
+        {
+            heads.insert(e.stream_id, head);
+        }
+    }
+    check_import(heads, &events)?;
+    for e in &mut events {
+        e.global_position = insert_event(&mut tx, e).await?;
+    }
+    for (c, r) in imported_commands(&events) {
+        // A known command id is extended only when this batch continues its append (see
+        // `keyledger_store::import::imported_commands`).
+        sqlx::query(
+            "INSERT INTO commands (command_id, stream_id, first_version, last_version, \
+                 first_position, last_position) VALUES (?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (command_id) DO UPDATE SET last_version = excluded.last_version, \
+                 last_position = excluded.last_position \
+             WHERE commands.stream_id = excluded.stream_id \
+               AND commands.last_version + 1 = excluded.first_version",
+        )
+        .bind(c.as_str())
+        .bind(r.stream.to_string())
+        .bind(to_i64(r.first_version.0)?)
+        .bind(to_i64(r.last_version.0)?)
+        .bind(to_i64(r.first_position.0)?)
+        .bind(to_i64(r.last_position.0)?)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+    }
+    tx.commit().await.map_err(backend)?;
+    Ok(events.len())
 }
 
 async fn commit_group(pool: &SqlitePool, signal: &CommitSignal, batch: &mut Vec<WriteRequest>) {
@@ -287,7 +377,16 @@ async fn check_and_prepare(
     {
         return Ok(Prepared::Repeat(previous));
     }
-    let head = sqlx::query(
+    let head = stream_head(tx, stream).await?.unwrap_or_else(StreamHead::empty);
+    keyledger_store::prepare_append(ring, stream, expected, &head, events, command_id).map(Prepared::Events)
+}
+
+/// The last version and hash of `stream`; `None` when it has no event.
+async fn stream_head(
+    tx: &mut Transaction<'static, Sqlite>,
+    stream: StreamId,
+) -> Result<Option<StreamHead>, StoreError> {
+    sqlx::query(
         "SELECT stream_version, hash FROM events WHERE stream_id = ? \
              ORDER BY stream_version DESC LIMIT 1",
     )
@@ -301,9 +400,37 @@ async fn check_and_prepare(
             hash: r.try_get("hash").map_err(backend)?,
         })
     })
-    .transpose()?
-    .unwrap_or_else(StreamHead::empty);
-    keyledger_store::prepare_append(ring, stream, expected, &head, events, command_id).map(Prepared::Events)
+    .transpose()
+}
+
+/// Inserts one envelope as it is; returns the position it got.
+async fn insert_event(
+    tx: &mut Transaction<'static, Sqlite>,
+    e: &StoredEvent,
+) -> Result<GlobalPosition, StoreError> {
+    let c = EnvelopeColumns::from_event(e)?;
+    let position: i64 = sqlx::query_scalar(
+        "INSERT INTO events (event_id, stream_id, stream_version, event_type, schema_version, \
+             occurred_at, actor, command_id, correlation_id, causation_id, payload, prev_hash, hash) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING position",
+    )
+    .bind(c.event_id)
+    .bind(c.stream_id)
+    .bind(c.stream_version)
+    .bind(c.event_type)
+    .bind(c.schema_version)
+    .bind(c.occurred_at)
+    .bind(c.actor)
+    .bind(c.command_id)
+    .bind(c.correlation_id)
+    .bind(c.causation_id)
+    .bind(c.payload)
+    .bind(c.prev_hash)
+    .bind(c.hash)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(backend)?;
+    Ok(GlobalPosition(non_negative(position)))
 }
 
 /// Writes prepared events and the command id.
@@ -315,29 +442,7 @@ async fn write_events(
 ) -> Result<AppendResult, StoreError> {
     let mut positions = Vec::with_capacity(prepared.len());
     for e in prepared {
-        let c = EnvelopeColumns::from_event(e)?;
-        let position: i64 = sqlx::query_scalar(
-            "INSERT INTO events (event_id, stream_id, stream_version, event_type, schema_version, \
-                 occurred_at, actor, command_id, correlation_id, causation_id, payload, prev_hash, hash) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING position",
-        )
-        .bind(c.event_id)
-        .bind(c.stream_id)
-        .bind(c.stream_version)
-        .bind(c.event_type)
-        .bind(c.schema_version)
-        .bind(c.occurred_at)
-        .bind(c.actor)
-        .bind(c.command_id)
-        .bind(c.correlation_id)
-        .bind(c.causation_id)
-        .bind(c.payload)
-        .bind(c.prev_hash)
-        .bind(c.hash)
-        .fetch_one(&mut **tx)
-        .await
-        .map_err(backend)?;
-        positions.push(GlobalPosition(non_negative(position)));
+        positions.push(insert_event(tx, e).await?);
     }
     // Invariant: prepare_append refuses an empty batch, so both ends exist.
     let (first, last) = (&prepared[0], &prepared[prepared.len() - 1]);
@@ -439,14 +544,14 @@ impl EventStore for SqliteStore {
         command_id: Option<CommandId>,
     ) -> Result<AppendResult, StoreError> {
         let (reply, result) = oneshot::channel();
-        let request = WriteRequest {
+        let request = Request::Append(WriteRequest {
             ring: self.ring.clone(),
             stream,
             expected,
             events,
             command_id,
             reply,
-        };
+        });
         let stopped = || StoreError::backend("the SQLite writer task has stopped");
         self.writer.send(request).await.map_err(|_| stopped())?;
         result.await.map_err(|_| stopped())?
@@ -484,6 +589,16 @@ impl EventStore for SqliteStore {
         .await
         .map_err(backend)?;
         rows.iter().map(event_row).collect()
+    }
+
+    async fn import(&self, events: Vec<StoredEvent>, batch: ImportBatch) -> Result<usize, StoreError> {
+        let (reply, result) = oneshot::channel();
+        let stopped = || StoreError::backend("the SQLite writer task has stopped");
+        self.writer
+            .send(Request::Import(ImportRequest { events, batch, reply }))
+            .await
+            .map_err(|_| stopped())?;
+        result.await.map_err(|_| stopped())?
     }
 
     fn subscribe(&self, after: GlobalPosition) -> EventStream {

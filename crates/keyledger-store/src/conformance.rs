@@ -27,7 +27,7 @@ use secrecy::{ExposeSecret as _, SecretBox, SecretString};
 
 use crate::chain::{NewEvent, now_micros};
 use crate::verify::{ChainProblem, VerifyScope};
-use crate::{EventStore, InMemoryStore, KeyRing, OpenError, StoreError};
+use crate::{EventStore, ImportBatch, InMemoryStore, KeyRing, OpenError, StoreError};
 
 /// One backend under test. Each [`Fixture::create`] gives a fresh, empty database.
 #[async_trait]
@@ -77,7 +77,11 @@ macro_rules! conformance_suite {
             secrets_are_never_at_rest_in_clear,
             wrong_or_missing_internal_key_is_a_typed_error,
             rotated_key_ring_opens_old_and_seals_with_newest,
-            unknown_type_or_future_version_is_a_typed_error
+            unknown_type_or_future_version_is_a_typed_error,
+            import_round_trips_an_export,
+            import_refuses_a_non_empty_store,
+            import_rejects_a_tampered_envelope_and_stores_nothing,
+            import_rejects_a_gap_or_a_broken_chain
         );
     };
     (@tests $fixture:ty; $($name:ident),* $(,)?) => {
@@ -289,6 +293,15 @@ pub async fn append_then_read_round_trips<F: Fixture>() {
     let report = store.verify(VerifyScope::All).await.expect("verify");
     assert!(report.is_intact());
     assert_eq!(report.events_checked, 3);
+    let told = std::sync::atomic::AtomicU64::new(0);
+    let with_progress = store
+        .verify_with_progress(VerifyScope::All, &|n| {
+            told.store(n, std::sync::atomic::Ordering::SeqCst)
+        })
+        .await
+        .expect("verify with progress");
+    assert_eq!(with_progress, report);
+    assert_eq!(told.into_inner(), 3, "progress reached every event checked");
 }
 
 pub async fn empty_append_is_refused<F: Fixture>() {
@@ -867,6 +880,304 @@ pub async fn unknown_type_or_future_version_is_a_typed_error<F: Fixture>() {
             .unwrap()
             .is_intact()
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Import
+
+/// A populated log: two streams written in turns, sealed fields, command ids (one append of
+/// three events under one command id). Returns the whole log in global order.
+async fn populate_for_export<S: EventStore + ?Sized>(store: &S, secret: &str) -> Vec<StoredEvent> {
+    let (a, b) = (new_stream(), new_stream());
+    store
+        .append(
+            a,
+            StreamVersion::NONE,
+            vec![tenant_added("alpha-0"), cmk_enabled(secret)],
+            Some(CommandId::parse("export-cmd-a1").unwrap()),
+        )
+        .await
+        .unwrap();
+    append_one(store, b, 0, "bravo-0").await.unwrap();
+    store
+        .append(
+            a,
+            StreamVersion(2),
+            vec![
+                dek_generated(&distinctive_bytes(48)),
+                tenant_added("alpha-3"),
+                tenant_added("alpha-4"),
+            ],
+            Some(CommandId::parse("export-cmd-a2").unwrap()),
+        )
+        .await
+        .unwrap();
+    for v in 1..4 {
+        append_one(store, b, v, &format!("bravo-{v}")).await.unwrap();
+    }
+    read_expecting(store, 9).await
+}
+
+/// The fields an import keeps: everything but the global position.
+fn without_position(events: &[StoredEvent]) -> Vec<StoredEvent> {
+    events
+        .iter()
+        .cloned()
+        .map(|mut e| {
+            e.global_position = GlobalPosition::START;
+            e
+        })
+        .collect()
+}
+
+/// How many events the store holds, committed, whatever a reader fence holds back.
+async fn stored_count<S: EventStore + ?Sized>(store: &S) -> u64 {
+    store
+        .verify(VerifyScope::All)
+        .await
+        .expect("verify")
+        .events_checked
+}
+
+pub async fn import_round_trips_an_export<F: Fixture>() {
+    let ring = ring();
+    let Some(source) = F::create(ring.clone()).await else {
+        return;
+    };
+    let secret = format!("client-secret-{}", hex::encode(distinctive_bytes(8)));
+    let exported = populate_for_export(&source.store(), &secret).await;
+    let Some(target) = F::create(ring.clone()).await else {
+        return;
+    };
+    let store = target.store();
+    // Batches of 4 split the three-event command and continue streams across batches.
+    let mut imported = 0;
+    for (i, chunk) in exported.chunks(4).enumerate() {
+        let batch = if i == 0 {
+            ImportBatch::First
+        } else {
+            ImportBatch::Next
+        };
+        imported += store.import(chunk.to_vec(), batch).await.expect("import");
+    }
+    assert_eq!(imported, exported.len());
+
+    let read = read_expecting(&store, exported.len()).await;
+    assert_eq!(
+        without_position(&read),
+        without_position(&exported),
+        "every field but the position is kept, in the same order"
+    );
+    assert!(
+        read.windows(2)
+            .all(|w| w[0].global_position < w[1].global_position)
+    );
+    let report = store.verify(VerifyScope::All).await.expect("verify");
+    assert!(report.is_intact());
+    assert_eq!(report.events_checked, exported.len() as u64);
+    // The same key ring opens every imported event to the same values.
+    for (imported, original) in read.iter().zip(&exported) {
+        let opened = store.open(imported).expect("open an imported event");
+        let before = source.store().open(original).expect("open the original");
+        assert_eq!(format!("{opened:?}"), format!("{before:?}"));
+        if let Event::CustomerManagedKeyEnabled(e) = &opened {
+            assert_eq!(
+                e.connection
+                    .client_secret
+                    .open()
+                    .map(|s| s.expose_secret().to_owned()),
+                Some(secret.clone())
+            );
+        }
+    }
+    assert!(
+        read.iter().any(|e| e.event_type == "CustomerManagedKeyEnabled"),
+        "the log has a sealed secret"
+    );
+
+    // Command ids keep working: a repeat returns the imported result, with the new positions.
+    let stream_a = exported[0].stream_id;
+    let at = |version: u64| {
+        read.iter()
+            .find(|e| e.stream_id == stream_a && e.stream_version == StreamVersion(version))
+            .map(|e| e.global_position)
+            .expect("imported event")
+    };
+    let repeat = store
+        .append(
+            stream_a,
+            StreamVersion(5),
+            vec![tenant_added("never")],
+            Some(CommandId::parse("export-cmd-a2").unwrap()),
+        )
+        .await
+        .expect("repeat");
+    assert_eq!(
+        repeat,
+        crate::AppendResult {
+            stream: stream_a,
+            first_version: StreamVersion(3),
+            last_version: StreamVersion(5),
+            first_position: at(3),
+            last_position: at(5),
+        }
+    );
+    let repeat = store
+        .append(
+            stream_a,
+            StreamVersion::NONE,
+            vec![tenant_added("never")],
+            Some(CommandId::parse("export-cmd-a1").unwrap()),
+        )
+        .await
+        .expect("repeat");
+    assert_eq!(
+        (repeat.first_version, repeat.last_version),
+        (StreamVersion(1), StreamVersion(2))
+    );
+    assert_eq!(
+        stored_count(&store).await,
+        exported.len() as u64,
+        "repeats append nothing"
+    );
+    // And the streams go on.
+    let next = append_one(&store, stream_a, 5, "alpha-5")
+        .await
+        .expect("append after import");
+    assert_eq!(next.first_version, StreamVersion(6));
+    assert!(store.verify(VerifyScope::All).await.unwrap().is_intact());
+}
+
+pub async fn import_refuses_a_non_empty_store<F: Fixture>() {
+    let Some(source) = fixture::<F>().await else {
+        return;
+    };
+    let exported = populate_for_export(&source.store(), "s").await;
+    let Some(target) = fixture::<F>().await else {
+        return;
+    };
+    let store = target.store();
+    assert_eq!(
+        store
+            .import(vec![], ImportBatch::First)
+            .await
+            .expect("empty store"),
+        0
+    );
+    append_one(&store, new_stream(), 0, "already here").await.unwrap();
+    for events in [vec![], exported.clone()] {
+        let err = store.import(events, ImportBatch::First).await.unwrap_err();
+        assert!(matches!(err, StoreError::ImportTargetNotEmpty), "{err:?}");
+    }
+    assert_eq!(stored_count(&store).await, 1, "nothing was imported");
+}
+
+pub async fn import_rejects_a_tampered_envelope_and_stores_nothing<F: Fixture>() {
+    let Some(source) = fixture::<F>().await else {
+        return;
+    };
+    let exported = populate_for_export(&source.store(), "s").await;
+    let Some(target) = fixture::<F>().await else {
+        return;
+    };
+    let store = target.store();
+    // One byte of one payload, in the middle of the batch.
+    let mut events = exported.clone();
+    let victim = events
+        .iter()
+        .position(|e| e.payload.to_string().contains("alpha-3"))
+        .expect("victim");
+    let text = events[victim].payload.to_string().replace("alpha-3", "alpha-8");
+    events[victim].payload = serde_json::from_str(&text).unwrap();
+    let err = store
+        .import(events, ImportBatch::First)
+        .await
+        .expect_err("a tampered envelope is refused");
+    match err {
+        StoreError::ImportRejected {
+            stream,
+            version,
+            event_id,
+            problem,
+        } => {
+            let v = &exported[victim];
+            assert_eq!(
+                (stream, version, event_id),
+                (v.stream_id, v.stream_version, v.event_id)
+            );
+            assert_eq!(problem, ChainProblem::HashMismatch);
+            let message = StoreError::ImportRejected {
+                stream,
+                version,
+                event_id,
+                problem,
+            }
+            .to_string();
+            for part in [stream.to_string(), version.to_string(), event_id.to_string()] {
+                assert!(message.contains(&part), "{message} names {part}");
+            }
+        }
+        other => panic!("expected an import rejection, got {other:?}"),
+    }
+    assert_eq!(stored_count(&store).await, 0, "nothing of the batch was stored");
+    // The intact export still imports.
+    store
+        .import(exported.clone(), ImportBatch::First)
+        .await
+        .expect("import");
+    assert_eq!(stored_count(&store).await, exported.len() as u64);
+}
+
+pub async fn import_rejects_a_gap_or_a_broken_chain<F: Fixture>() {
+    let Some(source) = fixture::<F>().await else {
+        return;
+    };
+    let exported = populate_for_export(&source.store(), "s").await;
+    let stream_b = exported[2].stream_id;
+    let of_b = |v: u64| {
+        exported
+            .iter()
+            .position(|e| e.stream_id == stream_b && e.stream_version == StreamVersion(v))
+            .expect("event of b")
+    };
+
+    // A gap: version 2 of b is missing.
+    let mut gap = exported.clone();
+    gap.remove(of_b(2));
+    // A broken chain: version 3 of b points elsewhere, with a hash that matches its content.
+    let mut broken = exported.clone();
+    let e = &mut broken[of_b(3)];
+    e.prev_hash = exported[0].hash.clone();
+    e.hash = crate::envelope_hash(e);
+
+    for (events, version, problem) in [
+        (gap, 3, ChainProblem::VersionGap),
+        (broken, 3, ChainProblem::PrevHashMismatch),
+    ] {
+        let Some(target) = fixture::<F>().await else {
+            return;
+        };
+        let store = target.store();
+        // The good first part goes in first; the bad event comes in a later batch.
+        let (head, tail) = events.split_at(3);
+        store
+            .import(head.to_vec(), ImportBatch::First)
+            .await
+            .expect("first batch");
+        match store.import(tail.to_vec(), ImportBatch::Next).await {
+            Err(StoreError::ImportRejected {
+                stream,
+                version: v,
+                event_id,
+                problem: p,
+            }) => {
+                assert_eq!((stream, v, p), (stream_b, StreamVersion(version), problem));
+                assert_eq!(event_id, exported[of_b(version)].event_id);
+            }
+            other => panic!("expected {problem:?}, got {other:?}"),
+        }
+        assert_eq!(stored_count(&store).await, 3, "only the first batch was stored");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

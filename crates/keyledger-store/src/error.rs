@@ -2,6 +2,8 @@
 
 use keyledger_domain::{DecodeError, EventId, GlobalPosition, StreamId, StreamVersion};
 
+use crate::verify::ChainProblem;
+
 /// A boxed error from a storage backend (sqlx, IO).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -61,6 +63,23 @@ pub enum StoreError {
     Corrupt {
         position: GlobalPosition,
         detail: String,
+    },
+    /// The first batch of an import ([`ImportBatch::First`](crate::ImportBatch)) found events in
+    /// the store. Nothing was stored. Import into a fresh store: a new SQLite file or an empty
+    /// PostgreSQL database.
+    #[error("the target store is not empty: an import needs a store with no events")]
+    ImportTargetNotEmpty,
+    /// An imported envelope does not hold: its hash is not the hash of its content, or it does
+    /// not continue its stream (version not the stream's last + 1, `prev_hash` not that event's
+    /// hash). Nothing of the batch was stored. The export was altered, truncated or reordered,
+    /// or the target already holds events of the stream: re-export and import into a fresh
+    /// store.
+    #[error("cannot import {stream} version {version} (event {event_id}): {problem}")]
+    ImportRejected {
+        stream: StreamId,
+        version: StreamVersion,
+        event_id: EventId,
+        problem: ChainProblem,
     },
     /// The backend failed (connection lost, disk full, pool timeout). Usually transient: retry
     /// with backoff; the append either committed whole or not at all, and a retry with the same

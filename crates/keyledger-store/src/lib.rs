@@ -9,6 +9,7 @@
 
 pub mod chain;
 pub mod error;
+pub mod import;
 pub mod keyring;
 pub mod memory;
 pub mod provider;
@@ -25,6 +26,7 @@ use keyledger_domain::{CommandId, Event, GlobalPosition, StoredEvent, StreamId, 
 
 pub use chain::{NewEvent, StreamHead, envelope_hash, open_event, prepare_append};
 pub use error::{BoxError, KeyRingError, OpenError, SealError, StoreError};
+pub use import::{ImportBatch, MAX_EVENTS_PER_IMPORT};
 pub use keyring::{InternalKey, KeyRing};
 pub use memory::InMemoryStore;
 pub use verify::{ChainBreak, ChainProblem, VerifyReport, VerifyScope};
@@ -75,6 +77,21 @@ pub trait EventStore: Send + Sync {
     /// and no duplicate.
     fn subscribe(&self, after: GlobalPosition) -> EventStream;
 
+    /// Imports exported envelopes (as [`EventStore::read_all`] returns them) verbatim: same
+    /// event ids, streams, versions, command ids, sealed payloads, `prev_hash` and hash, under
+    /// new global positions assigned in the given order. Returns how many were stored.
+    ///
+    /// All or nothing per batch; see [`import`](crate::import) for the rules:
+    /// - [`ImportBatch::First`] in a store holding any event gives
+    ///   [`StoreError::ImportTargetNotEmpty`];
+    /// - an event that does not continue its stream, or whose hash does not match its content,
+    ///   gives [`StoreError::ImportRejected`] naming it;
+    /// - more than [`MAX_EVENTS_PER_IMPORT`] events give [`StoreError::BatchTooLarge`].
+    ///
+    /// The command ids of the imported events are recorded, so a repeated command after the
+    /// import returns the imported result (with the new positions).
+    async fn import(&self, events: Vec<StoredEvent>, batch: ImportBatch) -> Result<usize, StoreError>;
+
     /// The key ring that seals and opens this store's protected fields.
     fn key_ring(&self) -> &KeyRing;
 
@@ -86,6 +103,16 @@ pub trait EventStore: Send + Sync {
     /// Recomputes the hash chain of one stream or of every stream and names the first bad
     /// event.
     async fn verify(&self, scope: VerifyScope) -> Result<VerifyReport, StoreError> {
-        verify::verify_by_reading(self, scope).await
+        self.verify_with_progress(scope, &|_| {}).await
+    }
+
+    /// [`EventStore::verify`], telling `progress` how many events were checked after each page
+    /// (for an operator's progress bar). Backends override this one, not `verify`.
+    async fn verify_with_progress(
+        &self,
+        scope: VerifyScope,
+        progress: &verify::Progress<'_>,
+    ) -> Result<VerifyReport, StoreError> {
+        verify::verify_by_reading(self, scope, progress).await
     }
 }

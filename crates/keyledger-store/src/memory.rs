@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use keyledger_domain::{CommandId, GlobalPosition, StoredEvent, StreamId, StreamVersion};
 
 use crate::chain::{NewEvent, StreamHead, prepare_append};
+use crate::import::{ImportBatch, check_import, imported_commands, merge_command};
 use crate::subscribe::{CommitSignal, PollConfig, poll_subscription};
 use crate::{AppendResult, EventStore, EventStream, KeyRing, StoreError};
 
@@ -25,6 +26,18 @@ pub struct InMemoryStore {
     inner: Arc<Mutex<Inner>>,
     ring: Arc<KeyRing>,
     signal: CommitSignal,
+}
+
+impl Inner {
+    fn head(&self, stream: &StreamId) -> Option<StreamHead> {
+        self.streams
+            .get(stream)
+            .and_then(|idx| idx.last())
+            .map(|&i| StreamHead {
+                version: self.events[i].stream_version,
+                hash: self.events[i].hash.clone(),
+            })
+    }
 }
 
 impl InMemoryStore {
@@ -88,15 +101,7 @@ impl EventStore for InMemoryStore {
             if let Some(previous) = command_id.as_ref().and_then(|c| inner.commands.get(c)) {
                 return Ok(*previous);
             }
-            let head = inner
-                .streams
-                .get(&stream)
-                .and_then(|idx| idx.last())
-                .map(|&i| StreamHead {
-                    version: inner.events[i].stream_version,
-                    hash: inner.events[i].hash.clone(),
-                })
-                .unwrap_or_else(StreamHead::empty);
+            let head = inner.head(&stream).unwrap_or_else(StreamHead::empty);
             let prepared = prepare_append(&self.ring, stream, expected, &head, events, command_id.as_ref())?;
             let first_position = GlobalPosition(inner.events.len() as u64 + 1);
             let first_version = head.version.next();
@@ -150,6 +155,39 @@ impl EventStore for InMemoryStore {
             .min(inner.events.len());
         let end = start.saturating_add(limit).min(inner.events.len());
         Ok(inner.events[start..end].to_vec())
+    }
+
+    async fn import(&self, events: Vec<StoredEvent>, batch: ImportBatch) -> Result<usize, StoreError> {
+        let count = events.len();
+        {
+            let mut inner = self.lock();
+            if batch == ImportBatch::First && !inner.events.is_empty() {
+                return Err(StoreError::ImportTargetNotEmpty);
+            }
+            let heads = events
+                .iter()
+                .filter_map(|e| inner.head(&e.stream_id).map(|h| (e.stream_id, h)))
+                .collect();
+            check_import(heads, &events)?;
+            let start = inner.events.len();
+            for mut e in events {
+                let idx = inner.events.len();
+                e.global_position = GlobalPosition(idx as u64 + 1);
+                inner.streams.entry(e.stream_id).or_default().push(idx);
+                inner.events.push(e);
+            }
+            for (c, result) in imported_commands(&inner.events[start..]) {
+                inner
+                    .commands
+                    .entry(c)
+                    .and_modify(|r| merge_command(r, &result))
+                    .or_insert(result);
+            }
+        }
+        if count > 0 {
+            self.signal.notify();
+        }
+        Ok(count)
     }
 
     fn subscribe(&self, after: GlobalPosition) -> EventStream {

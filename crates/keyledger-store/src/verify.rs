@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use keyledger_domain::{EventId, GENESIS_HASH, GlobalPosition, StoredEvent, StreamId, StreamVersion};
 
-use crate::chain::envelope_hash;
+use crate::chain::{StreamHead, envelope_hash};
 use crate::{EventStore, StoreError};
 
 /// What to verify.
@@ -51,6 +51,16 @@ pub enum ChainProblem {
     VersionGap,
 }
 
+impl std::fmt::Display for ChainProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ChainProblem::HashMismatch => "its hash does not match its content",
+            ChainProblem::PrevHashMismatch => "its prev_hash is not the hash of the event before it",
+            ChainProblem::VersionGap => "its version does not follow the last one of its stream",
+        })
+    }
+}
+
 /// Incremental checker, one link at a time.
 #[derive(Debug, Default)]
 pub struct ChainChecker {
@@ -59,6 +69,15 @@ pub struct ChainChecker {
 }
 
 impl ChainChecker {
+    /// A checker that continues streams from known heads (an import into a store that already
+    /// holds the first part of the streams); other streams start at the genesis.
+    pub fn continuing(heads: impl IntoIterator<Item = (StreamId, StreamHead)>) -> Self {
+        Self {
+            heads: heads.into_iter().map(|(s, h)| (s, (h.version, h.hash))).collect(),
+            checked: 0,
+        }
+    }
+
     /// Checks the next event of its stream; returns the break when the link does not hold.
     pub fn check(&mut self, e: &StoredEvent) -> Option<ChainBreak> {
         self.checked += 1;
@@ -91,6 +110,9 @@ impl ChainChecker {
     }
 }
 
+/// Told the number of events checked so far, after each page of a verification.
+pub type Progress<'a> = dyn Fn(u64) + Send + Sync + 'a;
+
 /// Events per page when verifying.
 pub const PAGE: usize = 5000;
 
@@ -98,6 +120,7 @@ pub const PAGE: usize = 5000;
 pub async fn verify_by_reading<S: EventStore + ?Sized>(
     store: &S,
     scope: VerifyScope,
+    progress: &Progress<'_>,
 ) -> Result<VerifyReport, StoreError> {
     let mut checker = ChainChecker::default();
     match scope {
@@ -108,14 +131,18 @@ pub async fn verify_by_reading<S: EventStore + ?Sized>(
                 }
             }
         }
-        VerifyScope::All => return verify_pages(|after| store.read_all(after, PAGE)).await,
+        VerifyScope::All => return verify_pages(|after| store.read_all(after, PAGE), progress).await,
     }
+    progress(checker.checked());
     Ok(report(&checker, None))
 }
 
 /// Verifies the whole log read page by page in global order through `next_page(after)`
 /// (for backends whose verification reads differently from `read_all`).
-pub async fn verify_pages<F, Fut>(mut next_page: F) -> Result<VerifyReport, StoreError>
+pub async fn verify_pages<F, Fut>(
+    mut next_page: F,
+    progress: &Progress<'_>,
+) -> Result<VerifyReport, StoreError>
 where
     F: FnMut(GlobalPosition) -> Fut,
     Fut: std::future::Future<Output = Result<Vec<StoredEvent>, StoreError>>,
@@ -131,6 +158,7 @@ where
                 return Ok(report(&checker, Some(b)));
             }
         }
+        progress(checker.checked());
     }
     Ok(report(&checker, None))
 }
