@@ -1,22 +1,261 @@
-//! `keyledger serve`: runs the service. So far it checks the configuration and says the HTTP
-//! service is not built yet (the server crate replaces this body).
+//! `keyledger serve`: the HTTP service with its projection runners and key-health monitor.
+//!
+//! With no `--config` and no `KEYLEDGER_*` variables it runs dev mode (DESIGN.md §8): SQLite
+//! in `./keyledger-data/`, the in-process simulated vault, and a demo connection and one token
+//! per role printed on stderr. Stdout carries exactly one line, `listening on http://ADDR:PORT`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use crate::config;
+use keyledger_app::{App, AppConfig, HealthConfig, HealthMonitor, SystemClock};
+use keyledger_domain::{HostAllowList, OrgId, Role, TenantId};
+use keyledger_keys::{KeyAccess, RetryPolicy};
+use keyledger_projection::Projection;
+use keyledger_server::background::{self, stopped, supervise};
+use keyledger_server::dev::{DemoVault, demo_tokens, role_name};
+use keyledger_server::{ServerConfig, Services, TokenGrant, Tokens};
+use keyledger_store::KeyRing;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
-pub fn run(config: Option<PathBuf>) -> ExitCode {
-    match config::load(config.as_deref()) {
-        Ok((_, origin)) => {
-            eprintln!(
-                "keyledger serve: configuration is valid ({origin:?}), but the HTTP service is not built yet."
-            );
-            ExitCode::from(2)
-        }
+use crate::config::{self, Config, Origin, VaultKind};
+use crate::report::Failure;
+use crate::store_url::{Backend, Create, OpenedStore, StoreUrl};
+
+pub fn run(config_file: Option<PathBuf>) -> ExitCode {
+    let (config, origin) = match config::load(config_file.as_deref()) {
+        Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("keyledger: invalid configuration: {e}");
-            ExitCode::from(2)
+            return ExitCode::from(2);
+        }
+    };
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return Failure::new("cannot start the async runtime", &e).report(),
+    };
+    match runtime.block_on(serve(config, origin)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => failure.report(),
+    }
+}
+
+/// Logs go to stderr; `RUST_LOG` filters them (default `info`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn termination() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                let _ = interrupt.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = term.recv() => {}
         }
     }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
+
+fn grants(config: &Config) -> Result<Vec<TokenGrant>, Failure> {
+    fn ids<T: std::str::FromStr + Ord>(values: &[String]) -> Option<std::collections::BTreeSet<T>> {
+        if values.iter().any(|v| v == "*") {
+            None
+        } else {
+            Some(values.iter().filter_map(|v| v.parse().ok()).collect())
+        }
+    }
+    if config.auth.tokens.is_empty() {
+        return Err(Failure::msg(
+            "invalid configuration",
+            "auth.tokens: at least one token is needed, or nobody can call the API",
+        ));
+    }
+    Ok(config
+        .auth
+        .tokens
+        .iter()
+        .map(|t| TokenGrant {
+            token: t.token.clone(),
+            subject: t.subject.clone(),
+            roles: t.roles.clone(),
+            organizations: ids::<OrgId>(&t.organizations),
+            tenants: ids::<TenantId>(&t.tenants),
+        })
+        .collect())
+}
+
+fn azure_key_access(config: &Config) -> Result<Arc<dyn KeyAccess>, Failure> {
+    let azure = &config.keys.azure;
+    let ca_cert_pem =
+        match &azure.ca_cert {
+            None => None,
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                Failure::new(format!("keys.azure.ca_cert: cannot read {}", path.display()), &e)
+            })?),
+        };
+    let adapter = keyledger_azure::AzureKeyAccess::new(keyledger_azure::AzureConfig {
+        authority_host: azure.authority_host.clone(),
+        allowed_vault_hosts: HostAllowList::new(azure.allowed_vault_hosts.iter()),
+        ca_cert_pem,
+        request_timeout: azure.request_timeout,
+        ..keyledger_azure::AzureConfig::default()
+    })
+    .map_err(|e| Failure::new("keys.azure", &e))?;
+    Ok(Arc::new(adapter.retrying(RetryPolicy {
+        request_timeout: azure.request_timeout,
+        ..RetryPolicy::default()
+    })))
+}
+
+fn print_dev_banner(demo: &DemoVault, tokens: &[TokenGrant]) {
+    eprintln!();
+    eprintln!("keyledger dev mode: SQLite in ./keyledger-data/, simulated vault in process.");
+    eprintln!("Demo connection (for \"Test and save\"):");
+    eprintln!("  directory_id    {}", demo.directory_id);
+    eprintln!("  application_id  {}", demo.application_id);
+    eprintln!("  client_secret   {}", demo.client_secret);
+    for key in &demo.key_identifiers {
+        eprintln!("  key_identifier  {key}");
+    }
+    eprintln!("Tokens (Authorization: Bearer <token>):");
+    for t in tokens {
+        let role = t.roles.first().copied().unwrap_or(Role::Auditor);
+        eprintln!("  {:<10} {}", role_name(role), t.token);
+    }
+    eprintln!();
+}
+
+fn ensure_parent(path: &Path) -> Result<(), Failure> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Failure::new(format!("cannot create {}", dir.display()), &e))?;
+    }
+    Ok(())
+}
+
+async fn serve(config: Config, origin: Origin) -> Result<(), Failure> {
+    let dev = origin == Origin::DevMode;
+    let simulated = dev || config.keys.vault == VaultKind::Simulated;
+    let demo = simulated.then(DemoVault::new);
+    let keys = match &demo {
+        Some(d) => d.key_access(),
+        None => azure_key_access(&config)?,
+    };
+    let grants = if dev { demo_tokens() } else { grants(&config)? };
+
+    let key_file = &config.keys.internal_key_file;
+    ensure_parent(key_file)?;
+    let ring = KeyRing::load_or_create(key_file)
+        .map_err(|e| Failure::new(format!("keys.internal_key_file {}", key_file.display()), &e))?;
+    let url = StoreUrl::parse(&config.store.url)?;
+    let opened = OpenedStore::open(&url, Arc::new(ring), Create::IfMissing).await?;
+    let store = opened.store.clone();
+
+    let app = Arc::new(App::new(
+        store.clone(),
+        keys.clone(),
+        Arc::new(SystemClock),
+        AppConfig::default(),
+    ));
+    let monitor = Arc::new(HealthMonitor::new(
+        app.clone(),
+        keys,
+        HealthConfig {
+            probe_interval: config.health.probe_interval,
+            transient_grace: config.health.transient_grace,
+            ..HealthConfig::default()
+        },
+    ));
+
+    let (stop, stopping) = watch::channel(false);
+    let mut tasks: Vec<JoinHandle<()>> = match &opened.backend {
+        Backend::Sqlite(_) => {
+            background::projection_runners(store.clone(), opened.sink.clone(), stopping.clone())
+        }
+        // Several instances may share the database: each projection runs where its lease is held.
+        Backend::Postgres(_) => {
+            let StoreUrl::Postgres(raw) = &url else {
+                unreachable!("a PostgreSQL backend comes from a postgres URL")
+            };
+            Projection::ALL
+                .into_iter()
+                .map(|projection| {
+                    let (raw, store, sink) = (raw.clone(), store.clone(), opened.sink.clone());
+                    supervise(projection.name(), stopping.clone(), move |stop| {
+                        let (raw, store, sink) = (raw.clone(), store.clone(), sink.clone());
+                        async move {
+                            keyledger_postgres::run_led(&raw, store, sink, projection, stopped(stop)).await
+                        }
+                    })
+                })
+                .collect()
+        }
+    };
+    tasks.push(background::health_monitor(
+        monitor.clone(),
+        store.clone(),
+        stopping.clone(),
+    ));
+
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|e| {
+            Failure::new(
+                format!("server.listen: cannot listen on {}", config.server.listen),
+                &e,
+            )
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Failure::new("cannot read the listening address", &e))?;
+    if let Some(demo) = &demo {
+        print_dev_banner(demo, &grants);
+    }
+    println!("listening on http://{addr}");
+    tracing::info!(%addr, store = %url, dev, "keyledger is serving");
+
+    let server_config = ServerConfig {
+        max_body_bytes: config.server.max_body_bytes,
+        request_timeout: config.server.request_timeout,
+        allowed_vault_hosts: if simulated {
+            HostAllowList::azure_public_clouds()
+        } else {
+            HostAllowList::new(config.keys.azure.allowed_vault_hosts.iter())
+        },
+        ..ServerConfig::default()
+    };
+    let services = Services {
+        app,
+        monitor,
+        store,
+        projections: opened.sink.clone(),
+        tokens: Tokens::new(&grants),
+    };
+    let served = keyledger_server::run(listener, services, server_config, termination()).await;
+    let _ = stop.send(true);
+    for task in tasks {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
+    }
+    opened.close().await;
+    served.map_err(|e| Failure::new("the server failed", &e))?;
+    tracing::info!("stopped");
+    Ok(())
 }
