@@ -10,14 +10,14 @@ use keyledger_domain::DomainError;
 use serde::Serialize;
 
 /// One invalid field of a request (400 `invalid_request`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct FieldError {
     pub field: String,
     pub message: String,
 }
 
 /// A problem+json body (RFC 9457) with keyledger's `code` and extensions.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Problem {
     #[serde(rename = "type")]
     pub type_uri: String,
@@ -35,6 +35,7 @@ pub struct Problem {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
     #[serde(skip)]
+    #[schemars(skip)]
     pub retry_after: Option<Duration>,
 }
 
