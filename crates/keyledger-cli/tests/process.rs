@@ -1,0 +1,412 @@
+//! The shipped binaries as processes: `akv-emulator` (HTTPS, self-signed CA) and `keyledger
+//! serve --config FILE` pointed at it through the official Azure SDK. Runs the seed flow over
+//! HTTP, checks the audit and the stream, stops the server with SIGTERM (exit 0), runs
+//! `keyledger verify` (exit 0), and searches every output for the client secrets.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+const APP: &str = "5d7c0000-aaaa-4bbb-8ccc-0000000000e2";
+const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+const SECRET_1: &str = "process-test-secret-ONE-4f1c";
+const SECRET_2: &str = "process-test-secret-TWO-9b7e";
+const TENANT_A: &str = "01900000-0000-7000-8000-00000000000a";
+const TENANT_B: &str = "01900000-0000-7000-8000-00000000000b";
+const ORG: &str = "01900000-0000-7000-8000-0000000000e1";
+
+const ADMIN: &str = "process-admin-token-000001";
+const AUDITOR: &str = "process-auditor-token-00001";
+const PLATFORM: &str = "process-platform-token-0001";
+const BILLING: &str = "process-billing-token-00001";
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn keyledger() -> &'static str {
+    env!("CARGO_BIN_EXE_keyledger")
+}
+
+/// The emulator binary, built next to `keyledger` by `cargo test --workspace`.
+fn emulator_binary() -> PathBuf {
+    let path = Path::new(keyledger()).with_file_name("akv-emulator");
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build -p akv-emulator` (cargo test --workspace does)",
+        path.display()
+    );
+    path
+}
+
+fn first_line(child: &mut Child) -> String {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    line.trim_end().to_owned()
+}
+
+fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    let status = Command::new("sh")
+        .args(["-c", &format!("kill -TERM {}", child.id())])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    child.wait().unwrap()
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    transcript: Vec<String>,
+}
+
+impl Client {
+    async fn call(&mut self, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", self.base))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b.to_string());
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        self.transcript.push(text.clone());
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    async fn ok(&mut self, method: &str, path: &str, token: &str, body: Option<Value>) -> Value {
+        let (status, v) = self.call(method, path, token, body).await;
+        assert!((200..300).contains(&status), "{method} {path}: {status} {v}");
+        v
+    }
+
+    async fn refused(&mut self, method: &str, path: &str, token: &str, body: Option<Value>) -> Value {
+        let (status, v) = self.call(method, path, token, body).await;
+        assert!(status >= 400, "{method} {path}: {status} {v}");
+        v
+    }
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyledger_and_the_emulator_as_processes_run_the_seed_flow() {
+    let dir = tempfile::tempdir().unwrap();
+    // The emulator.
+    let mut emulator = Command::new(emulator_binary())
+        .args(["--listen", "127.0.0.1:0", "--state-dir"])
+        .arg(dir.path().join("emulator"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let startup: Value = serde_json::from_str(&first_line(&mut emulator)).unwrap();
+    let _emulator = Killed(emulator);
+    let vault = startup["vault_url"].as_str().unwrap().to_owned();
+    let ca_cert = startup["ca_cert"].as_str().unwrap().to_owned();
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&ca_cert).unwrap()).unwrap();
+    let control = reqwest::Client::builder().tls_certs_merge([ca]).build().unwrap();
+    let post = |path: &str, body: Value| {
+        let req = control
+            .post(format!("{vault}/_emulator/{path}"))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        async move { req.send().await.unwrap() }
+    };
+    let r = post(
+        "apps",
+        json!({"tenant_id": TENANT, "client_id": APP, "client_secret": SECRET_1,
+               "key_permissions": ["get", "wrapKey", "unwrapKey"]}),
+    )
+    .await;
+    assert_eq!(r.status(), 201);
+    for name in ["cmk", "cmk-2"] {
+        assert_eq!(
+            post("keys", json!({"name": name, "kty": "RSA", "size": 2048}))
+                .await
+                .status(),
+            201
+        );
+    }
+    let disabled = post(
+        "keys",
+        json!({"name": "cmk-off", "kty": "RSA", "size": 2048, "enabled": false}),
+    )
+    .await;
+    assert_eq!(disabled.status(), 201);
+
+    // The server, configured by file.
+    let db = dir.path().join("data/keyledger.db");
+    let config = dir.path().join("keyledger.toml");
+    let token = |t: &str, role: &str| {
+        format!("[[auth.tokens]]\ntoken = \"{t}\"\nsubject = \"{role}@example.com\"\nroles = [\"{role}\"]\n")
+    };
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[store]\nurl = \"sqlite://{}\"\n\n[keys]\n\
+             internal_key_file = \"{}\"\nvault = \"azure\"\n\n[keys.azure]\nauthority_host = \"{}\"\n\
+             allowed_vault_hosts = [\"127.0.0.1\"]\nca_cert = \"{ca_cert}\"\nrequest_timeout = \"10s\"\n\n\
+             [health]\nprobe_interval = \"1h\"\ntransient_grace = \"15m\"\n\n{}{}{}{}",
+            db.display(),
+            dir.path().join("data/internal-keys.json").display(),
+            startup["authority_host"].as_str().unwrap(),
+            token(ADMIN, "org_admin"),
+            token(AUDITOR, "auditor"),
+            token(PLATFORM, "platform"),
+            token(BILLING, "billing"),
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("server.log");
+    let mut server = Command::new(keyledger())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "debug")
+        .env_remove("KEYLEDGER_STORE__URL")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let listening = first_line(&mut server);
+    let base = listening
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("first stdout line: {listening:?}"))
+        .to_owned();
+    let mut server = Killed(server);
+    let mut c = Client {
+        http: reqwest::Client::new(),
+        base,
+        transcript: Vec::new(),
+    };
+    let org = |rest: &str| format!("/v1/organizations/{ORG}{rest}");
+    let conn = |key: &str, secret: &str| {
+        json!({"directory_id": TENANT, "application_id": APP, "client_secret": secret,
+               "key_identifier": format!("{vault}/keys/{key}")})
+    };
+
+    // The seed flow.
+    c.ok(
+        "POST",
+        "/v1/organizations",
+        PLATFORM,
+        Some(json!({"org_id": ORG, "name": "Contoso", "plan": {"kind": "enterprise", "tier": "standard"},
+                    "tenants": [{"tenant_id": TENANT_A, "name": "Default"}, {"tenant_id": TENANT_B, "name": "Finance"}]})),
+    )
+    .await;
+    let t = c
+        .ok(
+            "POST",
+            &org("/customer-managed-key/test"),
+            ADMIN,
+            Some(conn("cmk", SECRET_1)),
+        )
+        .await;
+    assert_eq!(t["ok"], true, "{t}");
+    let v = c
+        .ok(
+            "POST",
+            &org("/customer-managed-key"),
+            ADMIN,
+            Some(conn("cmk", SECRET_1)),
+        )
+        .await;
+    assert_eq!(v["encryption"]["mode"], "customer_managed");
+    // Edit the secret after the app registration got a new one.
+    let patch = control
+        .patch(format!("{vault}/_emulator/apps/{APP}"))
+        .header("content-type", "application/json")
+        .body(json!({"client_secret": SECRET_2}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(patch.status().is_success());
+    c.ok(
+        "PATCH",
+        &org("/customer-managed-key"),
+        ADMIN,
+        Some(json!({"client_secret": SECRET_2})),
+    )
+    .await;
+    let v = c
+        .ok(
+            "POST",
+            &org("/customer-managed-key/rotation"),
+            ADMIN,
+            Some(json!({"key_identifier": format!("{vault}/keys/cmk-2")})),
+        )
+        .await;
+    assert_eq!(v["encryption"]["customer_managed_key"]["key_name"], "cmk-2");
+    let p = c
+        .refused(
+            "POST",
+            &org("/customer-managed-key/rotation"),
+            ADMIN,
+            Some(json!({"key_identifier": format!("{vault}/keys/cmk-off")})),
+        )
+        .await;
+    assert_eq!(
+        (p["code"].as_str(), p["reason"].as_str(), p["key"].as_str()),
+        (Some("key_validation_failed"), Some("key_disabled"), Some("new"))
+    );
+    let v = c
+        .ok(
+            "PUT",
+            &org("/plan"),
+            BILLING,
+            Some(json!({"plan": {"kind": "pro"}, "reason": "downgrade"})),
+        )
+        .await;
+    assert_eq!(v["encryption"]["locked"], true);
+    let p = c
+        .refused(
+            "PATCH",
+            &org("/customer-managed-key"),
+            ADMIN,
+            Some(json!({"client_secret": SECRET_2})),
+        )
+        .await;
+    assert_eq!(p["code"], "cmk_locked_by_plan");
+    c.ok("DELETE", &org("/customer-managed-key"), ADMIN, None).await;
+    let p = c
+        .refused(
+            "POST",
+            &org("/customer-managed-key"),
+            ADMIN,
+            Some(conn("cmk", SECRET_2)),
+        )
+        .await;
+    assert_eq!(p["code"], "plan_not_eligible");
+    c.ok(
+        "PUT",
+        &org("/plan"),
+        BILLING,
+        Some(json!({"plan": {"kind": "enterprise", "tier": "standard"}, "reason": "upgrade"})),
+    )
+    .await;
+    let v = c
+        .ok(
+            "POST",
+            &org("/customer-managed-key"),
+            ADMIN,
+            Some(conn("cmk", SECRET_2)),
+        )
+        .await;
+    assert_eq!(v["encryption"]["mode"], "customer_managed");
+    let version = v["version"].as_u64().unwrap();
+
+    // The audit (projections follow the log) and the stream.
+    let mut audit = Value::Null;
+    for _ in 0..200 {
+        audit = c
+            .ok(
+                "GET",
+                &format!("/v1/tenants/{TENANT_A}/audit?limit=1000"),
+                AUDITOR,
+                None,
+            )
+            .await;
+        if audit["entries"].as_array().unwrap().len() >= 6 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let actions: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "CustomerManagedKeyEnabled",
+            "CustomerManagedKeyConnectionEdited",
+            "CustomerManagedKeyRotated",
+            "CustomerManagedKeyLocked",
+            "SwitchedToProviderManagedKey",
+            // The upgrade unlocks nothing: the key was switched off while locked.
+            "CustomerManagedKeyEnabled",
+        ]
+    );
+    let mut stream = c
+        .http
+        .get(format!("{}/v1/events/stream?after=0", c.base))
+        .bearer_auth(PLATFORM)
+        .send()
+        .await
+        .unwrap();
+    let mut sse = String::new();
+    while sse.matches("\nid: ").count() + usize::from(sse.starts_with("id: ")) < version as usize {
+        match tokio::time::timeout(Duration::from_secs(10), stream.chunk()).await {
+            Ok(Ok(Some(chunk))) => sse.push_str(std::str::from_utf8(&chunk).unwrap()),
+            other => panic!("stream ended early: {other:?}\n{sse}"),
+        }
+    }
+    drop(stream);
+    assert!(sse.contains("event: CustomerManagedKeyRotated"));
+
+    // SIGTERM drains and exits 0.
+    let exit = terminate(&mut server.0);
+    assert!(exit.success(), "serve exited with {exit:?}");
+
+    // The log verifies; the export keeps sealed values sealed.
+    let store = format!("sqlite://{}", db.display());
+    let verify = Command::new(keyledger())
+        .args(["verify", "--store", &store])
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let export = Command::new(keyledger())
+        .args(["events", "export", "--store", &store])
+        .output()
+        .unwrap();
+    assert!(export.status.success());
+    assert!(String::from_utf8_lossy(&export.stdout).lines().count() as u64 >= version);
+
+    // The client secrets appear nowhere.
+    let mut stderr = Vec::new();
+    std::fs::File::open(&log)
+        .unwrap()
+        .read_to_end(&mut stderr)
+        .unwrap();
+    assert!(
+        contains(&stderr, "listening") || contains(&stderr, "serving"),
+        "the log is empty"
+    );
+    let mut files: Vec<(String, Vec<u8>)> = vec![
+        ("responses".into(), c.transcript.join("\n").into_bytes()),
+        ("SSE stream".into(), sse.into_bytes()),
+        ("server stderr".into(), stderr),
+        ("events export".into(), export.stdout),
+    ];
+    for entry in std::fs::read_dir(db.parent().unwrap()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.to_string_lossy().contains("keyledger.db") {
+            files.push((path.display().to_string(), std::fs::read(&path).unwrap()));
+        }
+    }
+    for (what, bytes) in &files {
+        for secret in [SECRET_1, SECRET_2] {
+            assert!(!contains(bytes, secret), "{secret} in clear in {what}");
+        }
+    }
+}
