@@ -249,9 +249,12 @@ async fn ten_thousand_mutated_bodies_per_command_route() {
             }
         }
         println!("{method} {path}: {statuses:?}");
-        assert!(
-            statuses.keys().any(|s| *s == 400),
-            "the route refused nothing: {statuses:?}"
-        );
+        // A DELETE reads no body: only the rules answer it.
+        if method != "DELETE" {
+            assert!(
+                statuses.contains_key(&400),
+                "the route refused nothing: {statuses:?}"
+            );
+        }
     }
 }
