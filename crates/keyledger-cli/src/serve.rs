@@ -127,7 +127,9 @@ fn azure_key_access(config: &Config) -> Result<Arc<dyn KeyAccess>, Failure> {
 
 fn print_dev_banner(demo: &DemoVault, tokens: &[TokenGrant]) {
     eprintln!();
-    eprintln!("keyledger dev mode: SQLite in ./keyledger-data/, simulated vault in process.");
+    eprintln!(
+        "keyledger with the simulated vault (in process; kept in dev-vault.json beside the internal keys)."
+    );
     eprintln!("Demo connection (for \"Test and save\"):");
     eprintln!("  directory_id    {}", demo.directory_id);
     eprintln!("  application_id  {}", demo.application_id);
@@ -154,15 +156,21 @@ fn ensure_parent(path: &Path) -> Result<(), Failure> {
 async fn serve(config: Config, origin: Origin) -> Result<(), Failure> {
     let dev = origin == Origin::DevMode;
     let simulated = dev || config.keys.vault == VaultKind::Simulated;
-    let demo = simulated.then(DemoVault::new);
+    let key_file = &config.keys.internal_key_file;
+    ensure_parent(key_file)?;
+    // The simulated vault is kept next to the internal keys, so a restart finds its keys.
+    let demo = if simulated {
+        let path = key_file.with_file_name("dev-vault.json");
+        Some(DemoVault::open_or_create(&path).map_err(|e| Failure::msg("the simulated vault", e))?)
+    } else {
+        None
+    };
     let keys = match &demo {
         Some(d) => d.key_access(),
         None => azure_key_access(&config)?,
     };
     let grants = if dev { demo_tokens() } else { grants(&config)? };
 
-    let key_file = &config.keys.internal_key_file;
-    ensure_parent(key_file)?;
     let ring = KeyRing::load_or_create(key_file)
         .map_err(|e| Failure::new(format!("keys.internal_key_file {}", key_file.display()), &e))?;
     let url = StoreUrl::parse(&config.store.url)?;

@@ -85,6 +85,63 @@ impl DemoVault {
     }
 }
 
+/// What dev mode keeps of its vault between starts (test data: the file is 0600).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct DemoFile {
+    client_secret: String,
+    key_identifiers: Vec<String>,
+    vault: serde_json::Value,
+}
+
+impl DemoVault {
+    /// The demo vault kept in `path`: loaded when the file exists, created and saved when it
+    /// does not. Without it, a restart of dev mode would find the keys of the organizations
+    /// already in the store gone.
+    pub fn open_or_create(path: &std::path::Path) -> Result<Self, String> {
+        let describe = |what: &str, e: &dyn std::fmt::Display| format!("{what} {}: {e}", path.display());
+        if path.exists() {
+            let bytes = std::fs::read(path).map_err(|e| describe("cannot read", &e))?;
+            let file: DemoFile = serde_json::from_slice(&bytes).map_err(|e| describe("cannot parse", &e))?;
+            let vault = Vault::new(VaultConfig::default(), Clock::system());
+            let state = serde_json::to_vec(&file.vault).map_err(|e| describe("cannot parse", &e))?;
+            vault
+                .load_state(&state)
+                .map_err(|e| describe("cannot load", &e.message))?;
+            let directory_id = vault.config().tenant_id.clone();
+            return Ok(Self {
+                vault,
+                directory_id,
+                application_id: DEMO_APPLICATION_ID.to_owned(),
+                client_secret: file.client_secret,
+                key_identifiers: file.key_identifiers,
+            });
+        }
+        let demo = Self::new();
+        let state = demo
+            .vault
+            .save_state()
+            .map_err(|e| describe("cannot save", &e.message))?;
+        let file = DemoFile {
+            client_secret: demo.client_secret.clone(),
+            key_identifiers: demo.key_identifiers.clone(),
+            vault: serde_json::from_slice(&state).map_err(|e| describe("cannot save", &e))?,
+        };
+        let text = serde_json::to_vec(&file).map_err(|e| describe("cannot save", &e))?;
+        write_private(path, &text).map_err(|e| describe("cannot write", &e))?;
+        Ok(demo)
+    }
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(bytes)
+}
+
 impl Default for DemoVault {
     fn default() -> Self {
         Self::new()
