@@ -235,13 +235,24 @@ impl Runner {
         for r in runners {
             r.sink.reset(r.projection).await?;
         }
+        // The next page is read (and decoded) on another task while this one is folded and
+        // committed: reading and writing overlap on two cores.
+        let read_after = |after: u64| {
+            let store = first.store.clone();
+            let batch = first.batch;
+            tokio::spawn(async move { store.read_all(GlobalPosition(after), batch).await })
+        };
         let mut after = 0;
+        let mut pending = read_after(after);
         loop {
-            let events = first.store.read_all(GlobalPosition(after), first.batch).await?;
+            let events = pending
+                .await
+                .map_err(|e| StoreError::backend(format!("the page reader failed: {e}")))??;
             let Some(last) = events.last() else {
                 return Ok(after);
             };
             let next = last.global_position.0;
+            pending = read_after(next);
             for r in runners {
                 r.apply_batch(&events).await?;
             }
