@@ -441,7 +441,9 @@ pub fn status_of(code: &str) -> u16 {
         "version_mismatch" => 412,
         "payload_too_large" => 413,
         "key_validation_failed" => 422,
+        "method_not_allowed" => 405,
         "key_vault_unavailable" | "store_unavailable" | "request_timeout" => 503,
+        "internal_error" => 500,
         _ => 409,
     }
 }

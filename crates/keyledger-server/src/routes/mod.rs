@@ -130,8 +130,8 @@ async fn observe(State(state): State<Shared>, request: Request, next: Next) -> R
     response
 }
 
-/// Read access (CONTRACT.md "any role scoped to the org"): one of `roles`, the organization in
-/// scope, and for a tenant-scoped auditor, one of the organization's tenants in scope.
+/// Read access (CONTRACT.md "any role scoped to the org"): one of `roles` and the
+/// organization in scope. `organizations::readable_view` adds the tenant scope of auditors.
 pub(crate) fn may_read(actor: &Actor, roles: &[Role], org: OrgId) -> Result<(), Problem> {
     if roles.iter().any(|r| actor.has_role(*r)) && actor.reaches_org(org) {
         Ok(())

@@ -110,6 +110,8 @@ pub struct Server {
     pub demo: DemoVault,
     pub store: Arc<dyn EventStore>,
     pub sink: Arc<dyn ProjectionSink>,
+    /// The SQLite store itself, to close it under the server.
+    pub sqlite: Option<keyledger_sqlite::SqliteStore>,
     /// The PostgreSQL pool, to count events without the read fence.
     pub pg: Option<sqlx::PgPool>,
     /// The SQLite database file, for byte searches.
@@ -161,11 +163,13 @@ impl Server {
         let mut db = None;
         let mut sqlite_file = None;
         let mut pg = None;
+        let mut sqlite = None;
         let (store, sink): (Arc<dyn EventStore>, Arc<dyn ProjectionSink>) = match backend {
             Backend::Sqlite => {
                 let path = dir.path().join("keyledger.db");
                 let store = keyledger_sqlite::SqliteStore::open(&path, ring).await.unwrap();
                 sqlite_file = Some(path);
+                sqlite = Some(store.clone());
                 let sink = keyledger_sqlite::SqliteProjections::new(&store);
                 (Arc::new(store), Arc::new(sink))
             }
@@ -199,6 +203,7 @@ impl Server {
             demo,
             store,
             sink,
+            sqlite,
             pg,
             sqlite_file,
             transcript: Default::default(),
@@ -362,6 +367,19 @@ impl Server {
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Starts the shutdown: the server stops accepting, ends streams and drains requests.
+    pub fn begin_shutdown(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Whether the server task has ended within `timeout`.
+    pub async fn server_ended(&mut self, timeout: Duration) -> bool {
+        let Some(server) = self.tasks.pop() else {
+            return true;
+        };
+        tokio::time::timeout(timeout, server).await.is_ok()
     }
 
     pub async fn shutdown(mut self) {
