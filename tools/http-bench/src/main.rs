@@ -310,13 +310,16 @@ impl Api {
         Ok((positions, page.next_after))
     }
 
-    /// The position of the last event, paging from `after`.
-    async fn head(&self, mut after: u64) -> Result<u64, String> {
+    /// The position of the last event and how many events follow `after`, paging. Positions
+    /// need not be dense (PostgreSQL's are not), so sizes are counted, never derived.
+    async fn scan(&self, mut after: u64) -> Result<(u64, u64), String> {
+        let mut count = 0u64;
         loop {
             let (positions, next) = self.events_page(after, 1000).await?;
             if positions.is_empty() {
-                return Ok(after);
+                return Ok((after, count));
             }
+            count += positions.len() as u64;
             after = next;
         }
     }
@@ -400,7 +403,10 @@ impl SseParser {
                 if self.has_data {
                     self.data.push('\n');
                 }
-                self.data.push_str(&String::from_utf8_lossy(value));
+                match std::str::from_utf8(value) {
+                    Ok(v) => self.data.push_str(v),
+                    Err(_) => self.data.push_str(&String::from_utf8_lossy(value)),
+                }
                 self.has_data = true;
             }
             _ => {}
@@ -408,13 +414,20 @@ impl SseParser {
     }
 }
 
-/// The parts of a CloudEvent the consumer looks at.
+/// The parts of a CloudEvent the consumer looks at; the rest is skipped, not built.
 #[derive(Deserialize)]
 struct CloudEvent {
     sequence: String,
     #[serde(rename = "type")]
     kind: String,
-    data: serde_json::Value,
+    data: CloudEventData,
+}
+
+/// A plan change's `reason` (the lag phase's tag); other payloads have none.
+#[derive(Deserialize)]
+struct CloudEventData {
+    #[serde(default)]
+    reason: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -462,6 +475,8 @@ struct SseFigures {
     events: u64,
     seconds: f64,
     per_second: f64,
+    /// Body chunks the client read: how many events the server hands over per write.
+    chunks: u64,
     increasing: bool,
     matches_page: bool,
 }
@@ -470,6 +485,9 @@ struct SseFigures {
 struct LagFigures {
     sent: usize,
     lag: Summary,
+    /// The plan changes' own latency at this rate (sent → response read): the part of the lag
+    /// before the event is committed and acknowledged.
+    request: Summary,
     missing: usize,
     non_200: BTreeMap<u16, u64>,
 }
@@ -649,13 +667,22 @@ async fn sse_rate(api: &Api, count: u64) -> Result<SseFigures, String> {
     let mut parser = SseParser::default();
     let mut positions: Vec<u64> = Vec::with_capacity(count as usize);
     let mut bad: Option<String> = None;
+    let mut chunks = 0u64;
+    let mut progress = (0usize, Instant::now());
     while (positions.len() as u64) < count {
+        // Heartbeats are chunks too: give up after 30 s without a new event.
+        if positions.len() > progress.0 {
+            progress = (positions.len(), Instant::now());
+        } else if progress.1.elapsed() > Duration::from_secs(30) {
+            return Err(format!("no event for 30 s after {} events", positions.len()));
+        }
         let chunk = match tokio::time::timeout(Duration::from_secs(30), response.chunk()).await {
             Ok(Ok(Some(c))) => c,
             Ok(Ok(None)) => return Err(format!("stream ended after {} events", positions.len())),
             Ok(Err(e)) => return Err(format!("stream failed after {} events: {e}", positions.len())),
             Err(_) => return Err(format!("no data for 30 s after {} events", positions.len())),
         };
+        chunks += 1;
         parser.feed(&chunk, |m| {
             // Parse what a consumer would: the id and the CloudEvent; they must agree.
             match serde_json::from_str::<CloudEvent>(&m.data) {
@@ -694,6 +721,7 @@ async fn sse_rate(api: &Api, count: u64) -> Result<SseFigures, String> {
         events: positions.len() as u64,
         seconds,
         per_second: positions.len() as f64 / seconds,
+        chunks,
         increasing,
         matches_page: paged == positions,
     })
@@ -730,8 +758,10 @@ async fn lag(
                 let Ok(ce) = serde_json::from_str::<CloudEvent>(&m.data) else {
                     return;
                 };
-                let n = ce.data["reason"]
-                    .as_str()
+                let n = ce
+                    .data
+                    .reason
+                    .as_deref()
                     .and_then(|r| r.strip_prefix("lag-"))
                     .and_then(|n| n.parse::<usize>().ok());
                 if let Some(n) = n
@@ -760,13 +790,17 @@ async fn lag(
         let want = premium[k] ^ (m % 2 == 0);
         let (api, org, sent) = (api.clone(), orgs[k], sent.clone());
         writers.push(tokio::spawn(async move {
-            sent.lock().expect("not poisoned")[n] = Some(Instant::now());
-            api.change_plan(org, want, &format!("lag-{n}")).await
+            let t0 = Instant::now();
+            sent.lock().expect("not poisoned")[n] = Some(t0);
+            let status = api.change_plan(org, want, &format!("lag-{n}")).await;
+            (status, t0.elapsed())
         }));
     }
     let mut non_200: BTreeMap<u16, u64> = BTreeMap::new();
+    let mut request = Vec::with_capacity(total);
     for w in writers {
-        let status = w.await.expect("writer task");
+        let (status, took) = w.await.expect("writer task");
+        request.push(took);
         if status != 200 {
             *non_200.entry(status).or_default() += 1;
         }
@@ -789,6 +823,7 @@ async fn lag(
     Ok(LagFigures {
         sent: total,
         lag: summarize(lags),
+        request: summarize(request),
         missing,
         non_200,
     })
@@ -915,9 +950,10 @@ async fn bench(server_rt: &Runtime, server: &Server, name: &str, args: &Args) ->
     );
 
     // 2. The SSE rate over `sse_events` events.
-    let head = api.head(0).await?;
-    if head < args.sse_events {
-        let need = args.sse_events - head;
+    let (head, events) = api.scan(0).await?;
+    let mut head = head;
+    if events < args.sse_events {
+        let need = args.sse_events - events;
         let filler: Vec<Uuid> = (0..need.div_ceil(10_000).max(1))
             .map(|_| Uuid::now_v7())
             .collect();
@@ -931,29 +967,35 @@ async fn bench(server_rt: &Runtime, server: &Server, name: &str, args: &Args) ->
             "{name:8} filled the log with {appended} plan changes straight through the store in {:.1} s",
             t.elapsed().as_secs_f64()
         );
+        head = api.scan(head).await?.0;
     }
-    let head = api.head(head).await?;
     let caught_up = server_rt
         .spawn(projections_caught_up(server.sink.clone(), head))
         .await
         .map_err(|e| e.to_string())??;
     println!(
-        "{name:8} log head at position {head}; projections caught up {:.1} s later",
+        "{name:8} log head at position {head} (positions need not be dense); projections caught up {:.1} s later",
         caught_up.as_secs_f64()
     );
     let sse = sse_rate(&api, args.sse_events).await?;
     println!(
-        "{name:8} SSE from after=0: {} events in {:.2} s, {:.0} events/s; strictly increasing: {}; \
-         same positions as GET /v1/events: {}",
-        sse.events, sse.seconds, sse.per_second, sse.increasing, sse.matches_page
+        "{name:8} SSE from after=0: {} events in {:.2} s, {:.0} events/s, {} body chunks ({:.1} events \
+         each); strictly increasing: {}; same positions as GET /v1/events: {}",
+        sse.events,
+        sse.seconds,
+        sse.per_second,
+        sse.chunks,
+        sse.events as f64 / sse.chunks.max(1) as f64,
+        sse.increasing,
+        sse.matches_page
     );
 
     // 3. The lag.
-    let head = api.head(head).await?;
+    let head = api.scan(head).await?.0;
     let lag = lag(&api, &orgs, &mut premium, head, args).await?;
     println!(
         "{name:8} lag append→SSE at {}/s for {} s: {} sent, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, \
-         missing {}, non-200 {:?}",
+         missing {}, non-200 {:?}; the requests themselves: p50 {:.2} ms, p99 {:.2} ms",
         args.lag_rate,
         args.lag_seconds,
         lag.sent,
@@ -962,6 +1004,8 @@ async fn bench(server_rt: &Runtime, server: &Server, name: &str, args: &Args) ->
         ms(lag.lag.max),
         lag.missing,
         lag.non_200,
+        ms(lag.request.p50),
+        ms(lag.request.p99),
     );
     Ok(Figures { plan, sse, lag })
 }
@@ -1055,6 +1099,7 @@ fn report(name: &str, args: &Args, f: &Figures) {
             "events": f.sse.events,
             "seconds": round2(f.sse.seconds),
             "per_second": f.sse.per_second.round(),
+            "chunks": f.sse.chunks,
             "strictly_increasing": f.sse.increasing,
             "matches_events_page": f.sse.matches_page,
             "vs_target": round2(sse_ratio),
@@ -1068,6 +1113,8 @@ fn report(name: &str, args: &Args, f: &Figures) {
             "p99_ms": round2(ms(f.lag.lag.p99)),
             "max_ms": round2(ms(f.lag.lag.max)),
             "non_200": counts(&f.lag.non_200),
+            "request_p50_ms": round2(ms(f.lag.request.p50)),
+            "request_p99_ms": round2(ms(f.lag.request.p99)),
             "p99_vs_target": round2(lag_ratio),
         },
     });
