@@ -14,8 +14,11 @@
 //! ```sh
 //! cargo run --release -p http-bench -- [--store sqlite|postgres://root@127.0.0.1:5432/postgres]
 //!     [--seconds 10] [--warmup 2] [--clients 32] [--orgs 256] [--sse-events 100000]
-//!     [--lag-rate 500] [--lag-seconds 5]
+//!     [--lag-rate 500] [--lag-seconds 5] [--no-background]
 //! ```
+//!
+//! `--no-background` is a diagnostic: it leaves out the projection runners and the health
+//! monitor to show their share of the request path's cost.
 //!
 //! SQLite lives in a temporary directory. With a PostgreSQL URL the tool creates a scratch
 //! database `http_bench_<pid>` next to the one named and drops it afterwards.
@@ -58,6 +61,9 @@ struct Args {
     sse_events: u64,
     lag_rate: u32,
     lag_seconds: u64,
+    /// Diagnostic: serve without the projection runners and the health monitor, to see what
+    /// they cost the request path. Not how `keyledger serve` runs.
+    no_background: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -70,6 +76,7 @@ fn parse_args() -> Result<Args, String> {
         sse_events: 100_000,
         lag_rate: 500,
         lag_seconds: 5,
+        no_background: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -84,6 +91,7 @@ fn parse_args() -> Result<Args, String> {
             "--sse-events" => a.sse_events = num(value()?, &flag)?,
             "--lag-rate" => a.lag_rate = num(value()?, &flag)? as u32,
             "--lag-seconds" => a.lag_seconds = num(value()?, &flag)?,
+            "--no-background" => a.no_background = true,
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -117,7 +125,7 @@ struct Server {
 
 /// Wires the service as `keyledger serve` does and starts it on 127.0.0.1:0. Call on the server
 /// runtime: the store's writer task and the background work are spawned there.
-async fn start(store: Arc<dyn EventStore>, sink: Arc<dyn ProjectionSink>) -> Server {
+async fn start(store: Arc<dyn EventStore>, sink: Arc<dyn ProjectionSink>, background_work: bool) -> Server {
     let vault = DemoVault::new();
     let keys = vault.key_access();
     let app = Arc::new(App::new(
@@ -137,13 +145,16 @@ async fn start(store: Arc<dyn EventStore>, sink: Arc<dyn ProjectionSink>) -> Ser
     };
     let (platform_token, billing_token) = (token(Role::Platform), token(Role::Billing));
     let (stop_background, stopping) = watch::channel(false);
-    let mut background =
-        keyledger_server::background::projection_runners(store.clone(), sink.clone(), stopping.clone());
-    background.push(keyledger_server::background::health_monitor(
-        monitor.clone(),
-        store.clone(),
-        stopping,
-    ));
+    let mut background = Vec::new();
+    if background_work {
+        background =
+            keyledger_server::background::projection_runners(store.clone(), sink.clone(), stopping.clone());
+        background.push(keyledger_server::background::health_monitor(
+            monitor.clone(),
+            store.clone(),
+            stopping,
+        ));
+    }
     let services = Services {
         app,
         monitor,
@@ -969,10 +980,14 @@ async fn bench(server_rt: &Runtime, server: &Server, name: &str, args: &Args) ->
         );
         head = api.scan(head).await?.0;
     }
-    let caught_up = server_rt
-        .spawn(projections_caught_up(server.sink.clone(), head))
-        .await
-        .map_err(|e| e.to_string())??;
+    let caught_up = if args.no_background {
+        Duration::ZERO
+    } else {
+        server_rt
+            .spawn(projections_caught_up(server.sink.clone(), head))
+            .await
+            .map_err(|e| e.to_string())??
+    };
     println!(
         "{name:8} log head at position {head} (positions need not be dense); projections caught up {:.1} s later",
         caught_up.as_secs_f64()
@@ -1155,7 +1170,7 @@ fn main() {
         }
     };
     let name = backend.name;
-    let server = server_rt.block_on(start(backend.store, backend.sink));
+    let server = server_rt.block_on(start(backend.store, backend.sink, !args.no_background));
     let figures = client_rt.block_on(bench(&server_rt, &server, name, &args));
     server_rt.block_on(server.stop());
     if let Some(s) = scratch {
