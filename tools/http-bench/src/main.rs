@@ -798,7 +798,7 @@ async fn lag(
         tokio::time::sleep_until((start + interval * n as u32).into()).await;
         let k = n % orgs.len();
         let m = n / orgs.len();
-        let want = premium[k] ^ (m % 2 == 0);
+        let want = premium[k] ^ m.is_multiple_of(2);
         let (api, org, sent) = (api.clone(), orgs[k], sent.clone());
         writers.push(tokio::spawn(async move {
             let t0 = Instant::now();
