@@ -104,14 +104,7 @@ pub struct Runner {
     sink: Arc<dyn ProjectionSink>,
     projection: Projection,
     batch: usize,
-    linger: std::time::Duration,
 }
-
-/// How long a live runner waits after a commit before it takes the next batch, by default:
-/// events arriving meanwhile are folded and committed together. It bounds each runner to a
-/// few dozen projection transactions a second, which on SQLite share the one write connection
-/// with appends, at the cost of that much projection lag.
-pub const DEFAULT_LINGER: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl std::fmt::Debug for Runner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -128,14 +121,7 @@ impl Runner {
             sink,
             projection,
             batch: 1000,
-            linger: DEFAULT_LINGER,
         }
-    }
-
-    /// Sets the pause after each live commit (zero: commit every batch as it comes).
-    pub fn with_linger(mut self, linger: std::time::Duration) -> Self {
-        self.linger = linger;
-        self
     }
 
     pub fn with_batch(mut self, batch: usize) -> Self {
@@ -293,12 +279,6 @@ impl Runner {
                     let Some(chunk) = next else { return Ok(()) };
                     let events: Vec<StoredEvent> = chunk.into_iter().collect::<Result<_, _>>()?;
                     self.apply_batch(&events).await?;
-                }
-            }
-            if !self.linger.is_zero() {
-                tokio::select! {
-                    () = &mut shutdown => return Ok(()),
-                    () = tokio::time::sleep(self.linger) => {}
                 }
             }
         }
