@@ -2,25 +2,57 @@
 //! only, so no secret and no wrapped key material leaves keyledger.
 
 use keyledger_domain::envelope::canonical_time;
-use keyledger_domain::{DecodeError, StoredEvent};
-use serde_json::{Value, json};
+use keyledger_domain::{DecodeError, EventId, OrgId, StoredEvent};
+use serde::Serialize;
+use serde_json::Value;
 
-/// The CloudEvent of a stored event (CONTRACT.md "Event stream"). Fails only for an event
-/// this build cannot decode (unknown type or future version).
+/// A CloudEvent 1.0 in structured JSON mode (CONTRACT.md "Event stream").
+#[derive(Debug, Serialize)]
+pub struct CloudEvent {
+    pub specversion: &'static str,
+    pub id: EventId,
+    pub source: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub subject: OrgId,
+    pub time: String,
+    pub datacontenttype: &'static str,
+    /// The global position, as a string (CloudEvents sequence extension).
+    pub sequence: String,
+    /// The public payload: no secret, no wrapped key material.
+    pub data: Value,
+}
+
+impl CloudEvent {
+    /// The CloudEvent of a stored event. Fails only for an event this build cannot decode
+    /// (unknown type or future version).
+    pub fn of(stored: &StoredEvent) -> Result<Self, DecodeError> {
+        let event = stored.decode()?;
+        let org = stored.stream_id.org_id();
+        Ok(Self {
+            specversion: "1.0",
+            id: stored.event_id,
+            source: format!("keyledger/organizations/{org}"),
+            event_type: format!("keyledger.{}.v{}", stored.event_type, event.schema_version()),
+            subject: org,
+            time: canonical_time(stored.occurred_at),
+            datacontenttype: "application/json",
+            sequence: stored.global_position.0.to_string(),
+            data: event.public_payload(),
+        })
+    }
+}
+
+/// The CloudEvent of a stored event as a JSON value.
 pub fn cloud_event(stored: &StoredEvent) -> Result<Value, DecodeError> {
-    let event = stored.decode()?;
-    let org = stored.stream_id.org_id();
-    Ok(json!({
-        "specversion": "1.0",
-        "id": stored.event_id,
-        "source": format!("keyledger/organizations/{org}"),
-        "type": format!("keyledger.{}.v{}", stored.event_type, event.schema_version()),
-        "subject": org,
-        "time": canonical_time(stored.occurred_at),
-        "datacontenttype": "application/json",
-        "sequence": stored.global_position.0.to_string(),
-        "data": event.public_payload(),
-    }))
+    let ce = CloudEvent::of(stored)?;
+    Ok(serde_json::to_value(ce).unwrap_or(Value::Null))
+}
+
+/// The CloudEvent of a stored event as compact JSON text (one line, for SSE `data:`).
+pub fn cloud_event_text(stored: &StoredEvent) -> Result<String, DecodeError> {
+    let ce = CloudEvent::of(stored)?;
+    Ok(serde_json::to_string(&ce).unwrap_or_default())
 }
 
 #[cfg(test)]

@@ -646,6 +646,62 @@ mod tests {
         assert!(page.iter().all(|e| keyledger_store::envelope_hash(e) == e.hash));
     }
 
+    /// Catch-up over many full pages (each read ahead while the previous one is consumed),
+    /// then live: every event once, in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn subscription_reads_ahead_without_gap_or_duplicate() {
+        use futures::StreamExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let options = SqliteOptions {
+            poll: PollConfig {
+                batch: 3,
+                interval: Duration::from_millis(10),
+            },
+            ..SqliteOptions::default()
+        };
+        let store = SqliteStore::open_with(&dir.path().join("k.db"), Arc::new(KeyRing::generate()), options)
+            .await
+            .unwrap();
+        let streams: Vec<StreamId> = (0..4).map(|_| new_stream()).collect();
+        let mut versions = [StreamVersion::NONE; 4];
+        let mut append = |i: usize| {
+            let (store, stream, expected) = (store.clone(), streams[i % 4], versions[i % 4]);
+            versions[i % 4] = StreamVersion(expected.0 + 1);
+            async move {
+                store
+                    .append(stream, expected, vec![tenant_added("t")], None)
+                    .await
+                    .unwrap()
+            }
+        };
+        for i in 0..20 {
+            append(i).await;
+        }
+        let mut sub = store.subscribe(GlobalPosition::START);
+        let mut seen = Vec::new();
+        for _ in 0..20 {
+            seen.push(sub.next().await.unwrap().unwrap().global_position.0);
+        }
+        for i in 20..26 {
+            append(i).await;
+        }
+        for _ in 20..26 {
+            let next = tokio::time::timeout(Duration::from_secs(5), sub.next())
+                .await
+                .unwrap();
+            seen.push(next.unwrap().unwrap().global_position.0);
+        }
+        let all: Vec<u64> = store
+            .read_all(GlobalPosition::START, 100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.global_position.0)
+            .collect();
+        assert_eq!(seen, all);
+        assert_eq!(seen.len(), 26);
+    }
+
     #[tokio::test]
     async fn corrupt_row_is_named_by_position() {
         let (_dir, store) = store().await;

@@ -57,10 +57,14 @@ impl Default for PollConfig {
     }
 }
 
+type Page = Result<Vec<keyledger_domain::StoredEvent>, crate::StoreError>;
+
 struct State<S> {
     store: S,
     after: GlobalPosition,
     buffer: VecDeque<keyledger_domain::StoredEvent>,
+    /// The next page, read while the buffer is consumed (catch-up only: started after a full page).
+    prefetch: Option<tokio::task::JoinHandle<Page>>,
     signal: watch::Receiver<u64>,
     config: PollConfig,
     failed: bool,
@@ -80,6 +84,7 @@ where
         store,
         after,
         buffer: VecDeque::new(),
+        prefetch: None,
         signal: signal.receiver(),
         config,
         failed: false,
@@ -93,10 +98,29 @@ where
                 st.after = e.global_position;
                 return Some((Ok(e), st));
             }
-            // Mark the signal seen before reading, so a commit after the read wakes us.
-            st.signal.borrow_and_update();
-            match st.store.read_all(st.after, st.config.batch).await {
-                Ok(page) if !page.is_empty() => st.buffer.extend(page),
+            let page = match st.prefetch.take() {
+                Some(read) => read
+                    .await
+                    .unwrap_or_else(|e| Err(crate::StoreError::backend(format!("page reader failed: {e}")))),
+                None => {
+                    // Mark the signal seen before reading, so a commit after the read wakes us.
+                    st.signal.borrow_and_update();
+                    st.store.read_all(st.after, st.config.batch).await
+                }
+            };
+            match page {
+                Ok(page) if !page.is_empty() => {
+                    // A full page during catch-up: read the next one on another task while
+                    // this one is consumed, so reading and the consumer's work overlap.
+                    if page.len() >= st.config.batch
+                        && let Some(last) = page.last().map(|e| e.global_position)
+                    {
+                        st.signal.borrow_and_update();
+                        let (store, batch) = (st.store.clone(), st.config.batch);
+                        st.prefetch = Some(tokio::spawn(async move { store.read_all(last, batch).await }));
+                    }
+                    st.buffer.extend(page);
+                }
                 Ok(_) => {
                     // Either a signal or the interval; a closed channel just falls back to polling.
                     let _ = tokio::time::timeout(st.config.interval, st.signal.changed()).await;

@@ -12,7 +12,7 @@ use keyledger_domain::{GlobalPosition, Role};
 
 use crate::Shared;
 use crate::api::{EventsPage, EventsQuery};
-use crate::cloudevent::cloud_event;
+use crate::cloudevent::{cloud_event, cloud_event_text};
 use crate::extract::{Caller, Query};
 use crate::problem::{FieldError, Problem};
 
@@ -103,14 +103,14 @@ pub(crate) async fn stream(
                     return None;
                 }
             };
-            match cloud_event(&stored) {
+            match cloud_event_text(&stored) {
                 Ok(ce) => {
                     metrics_state.metrics.sse_event();
                     Some(Ok::<_, Infallible>(
                         SseEvent::default()
                             .id(stored.global_position.0.to_string())
                             .event(&stored.event_type)
-                            .data(ce.to_string()),
+                            .data(ce),
                     ))
                 }
                 Err(e) => {
