@@ -28,7 +28,7 @@ use crate::problem::{FieldError, Problem};
 /// How long a response is replayed.
 pub const RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 /// How many responses are kept; the oldest go first.
-pub const CAPACITY: usize = 100_000;
+pub const CAPACITY: usize = 20_000;
 /// The longest accepted key.
 pub const MAX_KEY_LEN: usize = 200;
 
