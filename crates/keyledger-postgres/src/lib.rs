@@ -635,7 +635,7 @@ impl EventStore for PostgresStore {
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;
-        rows.iter().map(event_row).collect()
+        keyledger_store::row::decode_split(rows, event_row).await
     }
 
     async fn import(&self, mut events: Vec<StoredEvent>, batch: ImportBatch) -> Result<usize, StoreError> {

@@ -489,7 +489,7 @@ impl SqliteStore {
             .fetch_one(&self.read)
             .await
             .map_err(backend)?;
-        Ok(keyledger_store::row::decode_json_page(&text))
+        Ok(keyledger_store::row::decode_json_page(&text).await)
     }
 }
 
