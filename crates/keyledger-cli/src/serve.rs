@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use keyledger_app::{App, AppConfig, HealthConfig, HealthMonitor, SystemClock};
+use keyledger_app::HealthConfig;
 use keyledger_domain::{HostAllowList, OrgId, Role, TenantId};
 use keyledger_keys::{KeyAccess, RetryPolicy};
 use keyledger_projection::Projection;
@@ -177,21 +177,18 @@ async fn serve(config: Config, origin: Origin) -> Result<(), Failure> {
     let opened = OpenedStore::open(&url, Arc::new(ring), Create::IfMissing).await?;
     let store = opened.store.clone();
 
-    let app = Arc::new(App::new(
+    let services = Services::new(
         store.clone(),
-        keys.clone(),
-        Arc::new(SystemClock),
-        AppConfig::default(),
-    ));
-    let monitor = Arc::new(HealthMonitor::new(
-        app.clone(),
+        opened.sink.clone(),
         keys,
         HealthConfig {
             probe_interval: config.health.probe_interval,
             transient_grace: config.health.transient_grace,
             ..HealthConfig::default()
         },
-    ));
+        Tokens::new(&grants),
+    );
+    let monitor = services.monitor.clone();
 
     let (stop, stopping) = watch::channel(false);
     let mut tasks: Vec<JoinHandle<()>> = match &opened.backend {
@@ -249,13 +246,6 @@ async fn serve(config: Config, origin: Origin) -> Result<(), Failure> {
             HostAllowList::new(config.keys.azure.allowed_vault_hosts.iter())
         },
         ..ServerConfig::default()
-    };
-    let services = Services {
-        app,
-        monitor,
-        store,
-        projections: opened.sink.clone(),
-        tokens: Tokens::new(&grants),
     };
     let served = keyledger_server::run(listener, services, server_config, termination()).await;
     let _ = stop.send(true);

@@ -72,6 +72,33 @@ pub struct Services {
     pub tokens: Tokens,
 }
 
+impl Services {
+    /// The service over `store`: the application on the system clock, and a health monitor
+    /// with `health`, both testing keys through `keys`.
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        projections: Arc<dyn ProjectionSink>,
+        keys: Arc<dyn keyledger_keys::KeyAccess>,
+        health: keyledger_app::HealthConfig,
+        tokens: Tokens,
+    ) -> Self {
+        let app = Arc::new(App::new(
+            store.clone(),
+            keys.clone(),
+            Arc::new(keyledger_app::SystemClock),
+            keyledger_app::AppConfig::default(),
+        ));
+        let monitor = Arc::new(HealthMonitor::new(app.clone(), keys, health));
+        Self {
+            app,
+            monitor,
+            store,
+            projections,
+            tokens,
+        }
+    }
+}
+
 impl std::fmt::Debug for Services {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Services").finish_non_exhaustive()

@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use keyledger_app::{App, AppConfig, HealthConfig, HealthMonitor, SystemClock};
+use keyledger_app::HealthConfig;
 use keyledger_domain::envelope::{EnvelopeActor, EventMetadata, truncate_to_micros};
 use keyledger_domain::event::PlanChanged;
 use keyledger_domain::{Actor, Event, OrgId, Plan, Role, StreamId, StreamVersion};
@@ -127,14 +127,6 @@ struct Server {
 /// runtime: the store's writer task and the background work are spawned there.
 async fn start(store: Arc<dyn EventStore>, sink: Arc<dyn ProjectionSink>, background_work: bool) -> Server {
     let vault = DemoVault::new();
-    let keys = vault.key_access();
-    let app = Arc::new(App::new(
-        store.clone(),
-        keys.clone(),
-        Arc::new(SystemClock),
-        AppConfig::default(),
-    ));
-    let monitor = Arc::new(HealthMonitor::new(app.clone(), keys, HealthConfig::default()));
     let grants = demo_tokens();
     let token = |role: Role| {
         grants
@@ -144,6 +136,14 @@ async fn start(store: Arc<dyn EventStore>, sink: Arc<dyn ProjectionSink>, backgr
             .expect("demo_tokens has one token per role")
     };
     let (platform_token, billing_token) = (token(Role::Platform), token(Role::Billing));
+    let services = Services::new(
+        store.clone(),
+        sink.clone(),
+        vault.key_access(),
+        HealthConfig::default(),
+        Tokens::new(&grants),
+    );
+    let monitor = services.monitor.clone();
     let (stop_background, stopping) = watch::channel(false);
     let mut background = Vec::new();
     if background_work {
@@ -155,13 +155,6 @@ async fn start(store: Arc<dyn EventStore>, sink: Arc<dyn ProjectionSink>, backgr
             stopping,
         ));
     }
-    let services = Services {
-        app,
-        monitor,
-        store: store.clone(),
-        projections: sink.clone(),
-        tokens: Tokens::new(&grants),
-    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind 127.0.0.1:0");

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyledger_app::{App, AppConfig, HealthConfig, HealthMonitor, SystemClock};
+use keyledger_app::HealthConfig;
 use keyledger_domain::{OrgId, Role, TenantId};
 use keyledger_projection::ProjectionSink;
 use keyledger_server::dev::DemoVault;
@@ -126,21 +126,7 @@ pub struct Server {
 
 /// The service over `store`, with the demo vault behind the SDK adapter.
 pub fn services(store: Arc<dyn EventStore>, sink: Arc<dyn ProjectionSink>, demo: &DemoVault) -> Services {
-    let keys = demo.key_access();
-    let app = Arc::new(App::new(
-        store.clone(),
-        keys.clone(),
-        Arc::new(SystemClock),
-        AppConfig::default(),
-    ));
-    let monitor = Arc::new(HealthMonitor::new(app.clone(), keys, HealthConfig::default()));
-    Services {
-        app,
-        monitor,
-        store,
-        projections: sink,
-        tokens: tokens(),
-    }
+    Services::new(store, sink, demo.key_access(), HealthConfig::default(), tokens())
 }
 
 pub fn test_config() -> ServerConfig {
