@@ -3,12 +3,11 @@
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use keyledger_app::HealthConfig;
-use keyledger_domain::{OrgId, Role, TenantId};
+use keyledger_domain::{OrgId, Role};
 use keyledger_projection::ProjectionSink;
 use keyledger_server::dev::DemoVault;
 use keyledger_server::{ServerConfig, Services, TokenGrant, Tokens};
@@ -109,13 +108,10 @@ pub struct Server {
     pub http: reqwest::Client,
     pub demo: DemoVault,
     pub store: Arc<dyn EventStore>,
-    pub sink: Arc<dyn ProjectionSink>,
     /// The SQLite store itself, to close it under the server.
     pub sqlite: Option<keyledger_sqlite::SqliteStore>,
     /// The PostgreSQL pool, to count events without the read fence.
     pub pg: Option<sqlx::PgPool>,
-    /// The SQLite database file, for byte searches.
-    pub sqlite_file: Option<PathBuf>,
     /// Every response body this server sent to [`Server::call`].
     pub transcript: std::sync::Mutex<Vec<String>>,
     stop: watch::Sender<bool>,
@@ -147,14 +143,12 @@ impl Server {
         let dir = tempfile::tempdir().unwrap();
         let ring = Arc::new(KeyRing::generate());
         let mut db = None;
-        let mut sqlite_file = None;
         let mut pg = None;
         let mut sqlite = None;
         let (store, sink): (Arc<dyn EventStore>, Arc<dyn ProjectionSink>) = match backend {
             Backend::Sqlite => {
                 let path = dir.path().join("keyledger.db");
                 let store = keyledger_sqlite::SqliteStore::open(&path, ring).await.unwrap();
-                sqlite_file = Some(path);
                 sqlite = Some(store.clone());
                 let sink = keyledger_sqlite::SqliteProjections::new(&store);
                 (Arc::new(store), Arc::new(sink))
@@ -188,10 +182,8 @@ impl Server {
             http: reqwest::Client::new(),
             demo,
             store,
-            sink,
             sqlite,
             pg,
-            sqlite_file,
             transcript: Default::default(),
             stop,
             tasks,
@@ -306,20 +298,6 @@ impl Server {
         .json()
     }
 
-    /// Registers and enables the customer-managed key with demo key 0.
-    pub async fn cmk_org(&self, org: &str) -> Value {
-        self.register(org).await;
-        self.call(
-            "POST",
-            &format!("/v1/organizations/{org}/customer-managed-key"),
-            ADMIN,
-            Some(self.connection(0)),
-        )
-        .await
-        .expect(201)
-        .json()
-    }
-
     /// Waits until the tenant audit holds `n` rows for `tenant` (projections are eventually
     /// consistent).
     pub async fn audit_rows(&self, tenant: &str, n: usize) -> Vec<Value> {
@@ -378,8 +356,4 @@ impl Server {
 
 pub fn new_org() -> String {
     OrgId::new_v7().to_string()
-}
-
-pub fn tenant(s: &str) -> TenantId {
-    s.parse().unwrap()
 }
