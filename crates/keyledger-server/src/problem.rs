@@ -100,13 +100,8 @@ impl Problem {
         .with_detail(format!("the body must be at most {limit} bytes"))
     }
 
-    /// A 500 whose cause was logged by the caller, never sent.
+    /// A 500 whose cause the caller logged; it is never sent.
     pub fn internal_error() -> Self {
-        Self::internal()
-    }
-
-    /// A 500 whose cause is logged, never sent.
-    fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal_error",
@@ -129,7 +124,7 @@ fn domain(e: &DomainError) -> Problem {
         }
         DomainError::EvidenceMismatch(_) => {
             tracing::error!(error = %e, "key-test evidence did not match the state");
-            return Problem::internal();
+            return Problem::internal_error();
         }
         DomainError::AlreadyRegistered { .. } => (StatusCode::CONFLICT, "Already registered"),
         DomainError::CmkAlreadyEnabled => (StatusCode::CONFLICT, "Customer-managed key already enabled"),
@@ -141,10 +136,23 @@ fn domain(e: &DomainError) -> Problem {
         // A new domain error must get its status here; until then it is a server bug.
         _ => {
             tracing::error!(error = %e, "domain error without an HTTP mapping");
-            return Problem::internal();
+            return Problem::internal_error();
         }
     };
     Problem::new(status, e.code(), title).with_detail(e.to_string())
+}
+
+impl From<DomainError> for Problem {
+    fn from(e: DomainError) -> Self {
+        domain(&e)
+    }
+}
+
+/// A store failure: a 500 whose cause is logged.
+impl From<keyledger_store::StoreError> for Problem {
+    fn from(e: keyledger_store::StoreError) -> Self {
+        Problem::from(&AppError::Store(e))
+    }
 }
 
 impl From<&AppError> for Problem {
@@ -195,7 +203,7 @@ impl From<&AppError> for Problem {
             }
             other => {
                 tracing::error!(error = %other, "request failed");
-                Problem::internal()
+                Problem::internal_error()
             }
         }
     }

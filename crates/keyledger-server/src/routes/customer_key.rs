@@ -181,7 +181,7 @@ pub(crate) async fn health(
     let health = view
         .encryption
         .health
-        .ok_or_else(|| Problem::from(&AppError::Rejected(keyledger_domain::DomainError::CmkNotEnabled)))?;
+        .ok_or(keyledger_domain::DomainError::CmkNotEnabled)?;
     Ok(Json(KeyHealth {
         status: health.status,
         since: health.since,
@@ -202,8 +202,7 @@ pub(crate) async fn probe(
         .state(org)
         .await
         .map_err(|e| Problem::from(&e))?;
-    precheck(&current, &actor, org, CommandName::ProbeKeyHealth)
-        .map_err(|e| Problem::from(&AppError::Rejected(e)))?;
+    precheck(&current, &actor, org, CommandName::ProbeKeyHealth)?;
     let result = state
         .services
         .monitor

@@ -46,8 +46,7 @@ pub(crate) async fn page(
         .services
         .store
         .read_all(GlobalPosition(after), limit)
-        .await
-        .map_err(|e| Problem::from(&keyledger_app::AppError::Store(e)))?;
+        .await?;
     let next_after = stored.last().map_or(after, |e| e.global_position.0);
     let events = stored
         .iter()

@@ -166,7 +166,7 @@ async fn stream_events(state: &Shared, org: OrgId, from: StreamVersion) -> Resul
         .store
         .read_stream(StreamId::for_org(org), from)
         .await
-        .map_err(|e| Problem::from(&keyledger_app::AppError::Store(e)))
+        .map_err(Problem::from)
 }
 
 pub(crate) async fn data_keys(
@@ -185,11 +185,7 @@ pub(crate) async fn data_keys(
     // Folded from the stream, so it is never behind the command that just returned.
     let mut inventory = DataKeyInventory::default();
     for stored in stream_events(&state, org, StreamVersion(1)).await? {
-        let event = state
-            .services
-            .store
-            .open(&stored)
-            .map_err(|e| Problem::from(&keyledger_app::AppError::Store(e)))?;
+        let event = state.services.store.open(&stored)?;
         inventory.apply(stored.occurred_at, &event);
     }
     Ok(Json(inventory))
