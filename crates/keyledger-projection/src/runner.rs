@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 use keyledger_domain::envelope::StoredEvent;
 use keyledger_domain::{GlobalPosition, OrgId, TenantId};
+use keyledger_store::subscribe::NextPage;
 use keyledger_store::{EventStore, StoreError};
 use serde_json::Value;
 
@@ -240,14 +241,12 @@ impl Runner {
         let read_after = |after: u64| {
             let store = first.store.clone();
             let batch = first.batch;
-            tokio::spawn(async move { store.read_all(GlobalPosition(after), batch).await })
+            NextPage::spawn(async move { store.read_all(GlobalPosition(after), batch).await })
         };
         let mut after = 0;
         let mut pending = read_after(after);
         loop {
-            let events = pending
-                .await
-                .map_err(|e| StoreError::backend(format!("the page reader failed: {e}")))??;
+            let events = pending.get().await?;
             let Some(last) = events.last() else {
                 return Ok(after);
             };

@@ -59,12 +59,30 @@ impl Default for PollConfig {
 
 type Page = Result<Vec<keyledger_domain::StoredEvent>, crate::StoreError>;
 
+/// A page read on another task while the reader works on the one before (read-ahead).
+#[derive(Debug)]
+pub struct NextPage(tokio::task::JoinHandle<Page>);
+
+impl NextPage {
+    /// Starts `read` (a `read_all` call) on another task.
+    pub fn spawn(read: impl std::future::Future<Output = Page> + Send + 'static) -> Self {
+        Self(tokio::spawn(read))
+    }
+
+    /// The page, or the read's error.
+    pub async fn get(self) -> Page {
+        self.0
+            .await
+            .unwrap_or_else(|e| Err(crate::StoreError::backend(format!("page reader failed: {e}"))))
+    }
+}
+
 struct State<S> {
     store: S,
     after: GlobalPosition,
     buffer: VecDeque<keyledger_domain::StoredEvent>,
     /// The next page, read while the buffer is consumed (catch-up only: started after a full page).
-    prefetch: Option<tokio::task::JoinHandle<Page>>,
+    prefetch: Option<NextPage>,
     signal: watch::Receiver<u64>,
     config: PollConfig,
     failed: bool,
@@ -99,9 +117,7 @@ where
                 return Some((Ok(e), st));
             }
             let page = match st.prefetch.take() {
-                Some(read) => read
-                    .await
-                    .unwrap_or_else(|e| Err(crate::StoreError::backend(format!("page reader failed: {e}")))),
+                Some(next) => next.get().await,
                 None => {
                     // Mark the signal seen before reading, so a commit after the read wakes us.
                     st.signal.borrow_and_update();
@@ -117,7 +133,7 @@ where
                     {
                         st.signal.borrow_and_update();
                         let (store, batch) = (st.store.clone(), st.config.batch);
-                        st.prefetch = Some(tokio::spawn(async move { store.read_all(last, batch).await }));
+                        st.prefetch = Some(NextPage::spawn(async move { store.read_all(last, batch).await }));
                     }
                     st.buffer.extend(page);
                 }
