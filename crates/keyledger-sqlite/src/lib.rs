@@ -31,6 +31,7 @@ use sqlx::sqlite::{
 use sqlx::{Row as _, Sqlite, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
+mod page;
 pub mod projections;
 pub use projections::SqliteProjections;
 
@@ -52,7 +53,8 @@ pub enum Durability {
 #[derive(Debug, Clone)]
 pub struct SqliteOptions {
     pub durability: Durability,
-    /// Read connections (the writer has its own).
+    /// Read connections (the writer has its own). A long `read_all` page uses up to
+    /// [`MAX_PARTS`] at once; a subscription reads one page ahead.
     pub read_connections: u32,
     /// How long a writer waits for a lock held by another process.
     pub busy_timeout: Duration,
@@ -64,7 +66,7 @@ impl Default for SqliteOptions {
     fn default() -> Self {
         Self {
             durability: Durability::default(),
-            read_connections: 4,
+            read_connections: 8,
             busy_timeout: Duration::from_secs(5),
             poll: PollConfig::default(),
         }
@@ -471,25 +473,83 @@ async fn write_events(
     Ok(result)
 }
 
-const SELECT_PAGE_JSON: &str = "SELECT json_group_array(json_array(position, event_id, stream_id, \
-     stream_version, event_type, schema_version, occurred_at, json(actor), command_id, correlation_id, \
-     causation_id, json(payload), prev_hash, hash) ORDER BY position) \
-     FROM (SELECT * FROM events WHERE position > ? ORDER BY position LIMIT ?)";
+/// A `read_all` page is read in parts of at least this many events, on as many read connections
+/// at once ...
+pub const MIN_PART: usize = 256;
+/// ... and in at most this many parts.
+pub const MAX_PARTS: usize = 4;
 
 impl SqliteStore {
-    /// A page of `read_all` as one JSON document. `None` when it does not decode.
-    async fn read_all_page(
+    /// `read_all`: SQLite renders a page on the connection's own thread, so a long page is read
+    /// as consecutive position ranges on several connections at once, to use every core. Part
+    /// `i` is read from `after + i * size`, which is right only when the parts before it are
+    /// full and end exactly there. Positions are the rowid of a table that one writer only
+    /// appends to, so they have no gaps; should a row be missing (deleted by hand), the rest of
+    /// the page is read again from the last event of the parts before. A short part is the end
+    /// of the log.
+    async fn read_all_parts(
+        &self,
+        after: GlobalPosition,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let parts = (limit / MIN_PART).clamp(1, MAX_PARTS);
+        let size = limit.div_ceil(parts);
+        let start = |i: usize| GlobalPosition(after.0.saturating_add((i * size) as u64));
+        let reads = (0..parts).map(|i| self.read_page(start(i), size.min(limit - i * size)));
+        let pages = futures::future::join_all(reads).await;
+        let mut events = Vec::new();
+        for (i, page) in pages.into_iter().enumerate() {
+            if events.len() < i * size {
+                break; // a part before was short: the end of the log
+            }
+            let end = events.last().map_or(after, |e: &StoredEvent| e.global_position);
+            if end != start(i) {
+                let rest = self.read_page(end, limit - events.len()).await?;
+                events.extend(rest);
+                break;
+            }
+            events.extend(page?);
+        }
+        Ok(events)
+    }
+
+    /// One page, rendered by SQLite as one text value (see [`page`]). If that does not decode
+    /// (e.g. a row whose stored JSON was corrupted), the row-by-row read reports the row by
+    /// position.
+    async fn read_page(&self, after: GlobalPosition, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        if let Some(page) = self.read_text_page(after, limit).await? {
+            return Ok(page);
+        }
+        let rows = sqlx::query(&format!(
+            "{SELECT_EVENTS} WHERE position > ? ORDER BY position LIMIT ?"
+        ))
+        .bind(to_i64(after.0)?)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.read)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(event_row).collect()
+    }
+
+    /// A page as one text value, decoded on a blocking thread. `None` when it does not decode.
+    async fn read_text_page(
         &self,
         after: GlobalPosition,
         limit: usize,
     ) -> Result<Option<Vec<StoredEvent>>, StoreError> {
-        let text: String = sqlx::query_scalar(SELECT_PAGE_JSON)
+        let row = sqlx::query(page::SELECT_PAGE)
             .bind(to_i64(after.0)?)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_one(&self.read)
             .await
             .map_err(backend)?;
-        Ok(keyledger_store::row::decode_json_page(&text).await)
+        tokio::task::spawn_blocking(move || match row.try_get::<Option<&str>, _>(0) {
+            Ok(None) => Some(Vec::new()),
+            Ok(Some(text)) => page::decode(text),
+            Err(_) => None,
+        })
+        .await
+        .map_err(|e| StoreError::backend(format!("decoding a page failed: {e}")))
     }
 }
 
@@ -574,21 +634,7 @@ impl EventStore for SqliteStore {
     }
 
     async fn read_all(&self, after: GlobalPosition, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
-        // Fast path: the page as one JSON document built by SQLite, decoded in one serde pass
-        // (the driver's per-row cost dominates otherwise). If it fails (e.g. a row whose stored
-        // JSON was corrupted), the row-by-row path reports the row by position.
-        if let Ok(Some(page)) = self.read_all_page(after, limit).await {
-            return Ok(page);
-        }
-        let rows = sqlx::query(&format!(
-            "{SELECT_EVENTS} WHERE position > ? ORDER BY position LIMIT ?"
-        ))
-        .bind(to_i64(after.0)?)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.read)
-        .await
-        .map_err(backend)?;
-        rows.iter().map(event_row).collect()
+        self.read_all_parts(after, limit).await
     }
 
     async fn import(&self, events: Vec<StoredEvent>, batch: ImportBatch) -> Result<usize, StoreError> {
@@ -624,26 +670,99 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn json_page_equals_row_by_row_read() {
+    async fn text_page_equals_row_by_row_read() {
         let (_dir, store) = store().await;
         let stream = new_stream();
+        let mut caused = tenant_added("caused");
+        caused.metadata.correlation_id = Some(keyledger_domain::CorrelationId::new_v7());
+        caused.metadata.causation_id = Some(String::new());
+        let mut named = tenant_added("named");
+        named.metadata.causation_id = Some("=cause".into());
         let events = vec![
-            tenant_added("quote \" backslash \\ unicode é ☃"),
+            tenant_added("quote \" backslash \\ unicode é ☃ \u{1e}\u{1f}"),
             cmk_enabled("s"),
             dek_generated(&[9; 40]),
+            caused,
+            named,
         ];
         store
-            .append(stream, StreamVersion::NONE, events, None)
+            .append(
+                stream,
+                StreamVersion::NONE,
+                events,
+                Some(CommandId::parse("c-1").unwrap()),
+            )
             .await
             .unwrap();
         let page = store
-            .read_all_page(GlobalPosition::START, 10)
+            .read_text_page(GlobalPosition::START, 10)
             .await
             .unwrap()
             .expect("the fast path decodes");
         let rows = store.read_stream(stream, StreamVersion::NONE).await.unwrap();
         assert_eq!(page, rows);
         assert!(page.iter().all(|e| keyledger_store::envelope_hash(e) == e.hash));
+    }
+
+    /// Appends `n` events to one new stream, in commands of 500.
+    async fn append_many(store: &SqliteStore, n: u64) {
+        let stream = new_stream();
+        for first in (0..n).step_by(500) {
+            let events = (first..n.min(first + 500))
+                .map(|i| tenant_added(&format!("t{i}")))
+                .collect();
+            store
+                .append(stream, StreamVersion(first), events, None)
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Positions with gaps (rows deleted by hand): a page read in parts falls back to reading
+    /// on from the last event it holds, so no event is skipped or repeated.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_page_read_in_parts_is_whole_when_positions_have_gaps() {
+        let (_dir, store) = store().await;
+        append_many(&store, 3000).await;
+        sqlx::query("DELETE FROM events WHERE position % 7 = 3 OR position BETWEEN 1000 AND 1400")
+            .execute(store.write_pool())
+            .await
+            .unwrap();
+        let expected: Vec<i64> = sqlx::query_scalar("SELECT position FROM events ORDER BY position")
+            .fetch_all(store.read_pool())
+            .await
+            .unwrap();
+        for limit in [300, 1000, 1250, 5000] {
+            let mut seen = Vec::new();
+            let mut after = GlobalPosition::START;
+            loop {
+                let page = store.read_all(after, limit).await.unwrap();
+                assert!(page.len() <= limit);
+                let Some(last) = page.last() else { break };
+                after = last.global_position;
+                seen.extend(page.iter().map(|e| e.global_position.0 as i64));
+            }
+            assert_eq!(seen, expected, "pages of {limit}");
+        }
+    }
+
+    /// A page read in parts stops at the end of the log, wherever it falls.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_page_read_in_parts_ends_with_the_log() {
+        let (_dir, store) = store().await;
+        append_many(&store, 1100).await;
+        for (after, limit, expected) in [
+            (0, 1000, 1000),
+            (0, 5000, 1100),
+            (1000, 1000, 100),
+            (1099, 5000, 1),
+            (1100, 5000, 0),
+        ] {
+            let page = store.read_all(GlobalPosition(after), limit).await.unwrap();
+            let positions: Vec<u64> = page.iter().map(|e| e.global_position.0).collect();
+            let want: Vec<u64> = (after + 1..=after + expected).collect();
+            assert_eq!(positions, want, "after {after}, limit {limit}");
+        }
     }
 
     /// Catch-up over many full pages (each read ahead while the previous one is consumed),

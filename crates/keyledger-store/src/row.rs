@@ -3,9 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use keyledger_domain::envelope::canonical_time;
-use keyledger_domain::{
-    CommandId, CorrelationId, EnvelopeActor, EventId, GlobalPosition, StoredEvent, StreamId, StreamVersion,
-};
+use keyledger_domain::{CommandId, EnvelopeActor, GlobalPosition, StoredEvent, StreamVersion};
 
 use crate::StoreError;
 
@@ -130,63 +128,6 @@ impl EnvelopeRef<'_> {
             hash: self.hash.to_owned(),
         })
     }
-}
-
-/// One event of a page that the database rendered as a JSON array of arrays, in the column
-/// order `position, event_id, stream_id, stream_version, event_type, schema_version,
-/// occurred_at, actor (JSON), command_id, correlation_id, causation_id, payload (JSON),
-/// prev_hash, hash`. Decoding a whole page in one serde pass avoids the drivers' per-row cost.
-#[derive(serde::Deserialize)]
-struct JsonRow(
-    u64,
-    EventId,
-    StreamId,
-    u64,
-    String,
-    u32,
-    DateTime<Utc>,
-    EnvelopeActor,
-    Option<CommandId>,
-    Option<CorrelationId>,
-    Option<String>,
-    serde_json::Value,
-    String,
-    String,
-);
-
-impl JsonRow {
-    fn into_event(self) -> StoredEvent {
-        StoredEvent {
-            global_position: GlobalPosition(self.0),
-            event_id: self.1,
-            stream_id: self.2,
-            stream_version: StreamVersion(self.3),
-            event_type: self.4,
-            schema_version: self.5,
-            occurred_at: self.6,
-            actor: self.7,
-            command_id: self.8,
-            correlation_id: self.9,
-            causation_id: self.10,
-            payload: self.11,
-            prev_hash: self.12,
-            hash: self.13,
-        }
-    }
-}
-
-/// Decodes a JSON page (see [`JsonRow`]'s column order), a long one in two halves on two
-/// threads. `None` when it does not decode; the caller then reads row by row, which names a
-/// corrupt row.
-pub async fn decode_json_page(text: &str) -> Option<Vec<StoredEvent>> {
-    let rows: Vec<Box<serde_json::value::RawValue>> = serde_json::from_str(text).ok()?;
-    decode_split(rows, |raw| {
-        serde_json::from_str::<JsonRow>(raw.get())
-            .map(JsonRow::into_event)
-            .map_err(|e| StoreError::backend(format!("page row: {e}")))
-    })
-    .await
-    .ok()
 }
 
 /// Pages at least this long are decoded in two halves.
