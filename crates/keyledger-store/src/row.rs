@@ -130,30 +130,6 @@ impl EnvelopeRef<'_> {
     }
 }
 
-/// Pages at least this long are decoded in two halves.
-pub const SPLIT_DECODE_FROM: usize = 512;
-
-/// Decodes `items` in order; a long page in two halves, the second on a blocking thread. On a
-/// catch-up read, decoding (ids, times, payload JSON) is most of the work, and the machine has
-/// more than one core.
-pub async fn decode_split<T, F>(mut items: Vec<T>, decode: F) -> Result<Vec<StoredEvent>, StoreError>
-where
-    T: Send + 'static,
-    F: Fn(&T) -> Result<StoredEvent, StoreError> + Copy + Send + 'static,
-{
-    if items.len() < SPLIT_DECODE_FROM {
-        return items.iter().map(decode).collect();
-    }
-    let tail = items.split_off(items.len() / 2);
-    let tail = tokio::task::spawn_blocking(move || tail.iter().map(decode).collect::<Result<Vec<_>, _>>());
-    let mut events = items.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
-    let tail = tail
-        .await
-        .map_err(|e| StoreError::backend(format!("decoding a page failed: {e}")))??;
-    events.extend(tail);
-    Ok(events)
-}
-
 /// A u64 counter as a SQL integer.
 pub fn to_i64(v: u64) -> Result<i64, StoreError> {
     i64::try_from(v).map_err(|_| StoreError::backend(format!("{v} exceeds the SQL integer range")))
