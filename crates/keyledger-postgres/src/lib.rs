@@ -502,11 +502,13 @@ impl PostgresStore {
 /// positions >= xmin << 16 and are never read before it commits. The fence filters an ordered
 /// page instead of bounding the index range: a two-sided range with a computed bound misleads
 /// the planner into a bitmap scan of the whole remaining log plus a sort. Cutting an ordered
-/// prefix keeps the result a gap-free prefix of the log.
+/// prefix keeps the result a gap-free prefix of the log. The fence is a scalar subquery so that
+/// it is computed once per statement (an InitPlan), not per row: `pg_current_snapshot()` copies
+/// the snapshot on each call. It is the same statement snapshot either way.
 fn fenced_page(select: &str) -> String {
     format!(
         "SELECT * FROM ({select} WHERE position > $1 ORDER BY position LIMIT $2) AS page \
-         WHERE position < (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 16) \
+         WHERE position < (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 16) \
          ORDER BY position"
     )
 }
