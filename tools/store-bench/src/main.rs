@@ -1,5 +1,6 @@
 //! Event store benchmark (issue #3): append throughput with 1, 8 and 32 writers, append cost
-//! on a long stream against a new one, read_all catch-up over a large log, on SQLite and
+//! on a long stream against a new one, catch-up over a large log (read_all pages, and through
+//! subscribe as consumers read), on SQLite and
 //! PostgreSQL, and a pgbench baseline of single-row inserts for PostgreSQL.
 //!
 //! ```sh
@@ -210,6 +211,21 @@ async fn catch_up<S: EventStore>(store: &S, page: usize) -> (u64, f64) {
     (n, n as f64 / start.elapsed().as_secs_f64())
 }
 
+/// Reads `n` events through `subscribe` from the start (catch-up as consumers do it: pages of
+/// the subscription's batch, the next read while the current one is consumed).
+async fn catch_up_subscribed<S: EventStore>(store: &S, n: u64) -> f64 {
+    use futures::StreamExt as _;
+    let start = Instant::now();
+    let mut events = store.subscribe(GlobalPosition::START).take(n as usize);
+    let mut seen = 0u64;
+    while let Some(event) = events.next().await {
+        event.expect("subscription");
+        seen += 1;
+    }
+    assert_eq!(seen, n, "the subscription delivered every event");
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
 #[derive(Debug, Default)]
 struct Results {
     lines: Vec<String>,
@@ -257,6 +273,10 @@ async fn bench_backend<S: EventStore + Clone + 'static>(
     let (n, rate) = catch_up(store, 5000).await;
     out.add(format!(
         "{name}: catch-up read_all over {n} events: {rate:>9.0} events/s"
+    ));
+    let rate = catch_up_subscribed(store, n).await;
+    out.add(format!(
+        "{name}: catch-up subscribe over {n} events: {rate:>9.0} events/s"
     ));
     at32
 }
