@@ -1,7 +1,7 @@
 //! Event store benchmark (issue #3): append throughput with 1, 8 and 32 writers, append cost
 //! on a long stream against a new one, catch-up over a large log (read_all pages, and through
-//! subscribe as consumers read), on SQLite and
-//! PostgreSQL, and a pgbench baseline of single-row inserts for PostgreSQL.
+//! subscribe as consumers read), on SQLite and PostgreSQL, and a pgbench baseline of single-row
+//! inserts for PostgreSQL.
 //!
 //! ```sh
 //! cargo run --release -p store-bench -- [--seconds 5] [--events 1000000] [--sqlite-sync full|normal]
