@@ -111,9 +111,13 @@ impl SqliteStore {
             })
             .busy_timeout(options.busy_timeout)
             .foreign_keys(true);
+        // One connection for the life of the store: the writer's head cache relies on its
+        // `PRAGMA data_version`, which only compares within one connection.
         let write = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
+            .max_lifetime(None)
+            .idle_timeout(None)
             .acquire_timeout(Duration::from_secs(60))
             .connect_with(connect.clone())
             .await
@@ -150,7 +154,10 @@ impl SqliteStore {
         &self.read
     }
 
-    /// The writer pool (one connection), for backend-specific maintenance and tests.
+    /// The writer pool (one connection), for backend-specific maintenance and tests. Appends
+    /// go through the writer task, which caches stream heads: after changing a stream's rows
+    /// through this pool, an append to it may fail once (the unique version catches it, and the
+    /// cache is emptied).
     pub fn write_pool(&self) -> &SqlitePool {
         &self.write
     }
@@ -193,14 +200,16 @@ pub const MAX_GROUP: usize = 256;
 async fn writer_loop(pool: SqlitePool, signal: CommitSignal, mut requests: mpsc::Receiver<Request>) {
     let mut waiting = Vec::with_capacity(MAX_GROUP);
     let mut group = Vec::with_capacity(MAX_GROUP);
+    let mut heads = HeadCache::default();
     while requests.recv_many(&mut waiting, MAX_GROUP).await > 0 {
         for request in waiting.drain(..) {
             match request {
                 Request::Append(a) => group.push(a),
                 Request::Import(i) => {
                     if !group.is_empty() {
-                        commit_group(&pool, &signal, &mut group).await;
+                        commit_group(&pool, &signal, &mut group, &mut heads).await;
                     }
+                    heads.clear();
                     let result = import_batch(&pool, i.events, i.batch).await;
                     if matches!(result, Ok(n) if n > 0) {
                         signal.notify();
@@ -210,8 +219,50 @@ async fn writer_loop(pool: SqlitePool, signal: CommitSignal, mut requests: mpsc:
             }
         }
         if !group.is_empty() {
-            commit_group(&pool, &signal, &mut group).await;
+            commit_group(&pool, &signal, &mut group, &mut heads).await;
         }
+    }
+}
+
+/// The heads of streams the writer task appended to, so that an append to a known stream skips
+/// the head query (one round trip to the driver's thread of two). It is emptied whenever
+/// another connection may have written (`PRAGMA data_version` changed, checked at the start of
+/// each group under the write lock), after an import and after a failed group. Should it still
+/// be stale, the `(stream_id, stream_version)` unique constraint refuses the insert and the
+/// group fails as a whole (retryable); it can never fork a stream.
+#[derive(Debug, Default)]
+struct HeadCache {
+    heads: HashMap<StreamId, StreamHead>,
+    data_version: Option<i64>,
+}
+
+/// Heads kept before the cache is emptied.
+const HEAD_CACHE_LIMIT: usize = 100_000;
+
+impl HeadCache {
+    fn clear(&mut self) {
+        self.heads.clear();
+        self.data_version = None;
+    }
+
+    /// Empties the cache unless the database is as this connection last left it.
+    async fn check(&mut self, tx: &mut Transaction<'static, Sqlite>) -> Result<(), sqlx::Error> {
+        let version: i64 = sqlx::query_scalar("PRAGMA data_version")
+            .fetch_one(&mut **tx)
+            .await?;
+        if self.data_version != Some(version) {
+            self.heads.clear();
+            self.data_version = Some(version);
+        }
+        Ok(())
+    }
+
+    /// Keeps the heads a committed group wrote.
+    fn extend(&mut self, written: HashMap<StreamId, StreamHead>) {
+        if self.heads.len() + written.len() > HEAD_CACHE_LIMIT {
+            self.heads.clear();
+        }
+        self.heads.extend(written);
     }
 }
 
@@ -269,12 +320,22 @@ async fn import_batch(
     Ok(events.len())
 }
 
-async fn commit_group(pool: &SqlitePool, signal: &CommitSignal, batch: &mut Vec<WriteRequest>) {
+async fn commit_group(
+    pool: &SqlitePool,
+    signal: &CommitSignal,
+    batch: &mut Vec<WriteRequest>,
+    cache: &mut HeadCache,
+) {
     // IMMEDIATE takes the write lock up front, so the head reads and the inserts see one state
     // even when another process writes the same file.
-    let mut tx = match pool.begin_with("BEGIN IMMEDIATE").await {
+    let begun = match pool.begin_with("BEGIN IMMEDIATE").await {
+        Ok(mut tx) => cache.check(&mut tx).await.map(|()| tx),
+        Err(e) => Err(e),
+    };
+    let mut tx = match begun {
         Ok(tx) => tx,
         Err(e) => {
+            cache.clear();
             let text = e.to_string();
             for req in batch.drain(..) {
                 let _ = req.reply.send(Err(StoreError::backend(text.clone())));
@@ -283,6 +344,8 @@ async fn commit_group(pool: &SqlitePool, signal: &CommitSignal, batch: &mut Vec<
         }
     };
     let mut outcomes = Vec::with_capacity(batch.len());
+    // Heads written in this group: what a later append to the same stream builds on.
+    let mut written = HashMap::new();
     let mut pending = batch.drain(..);
     while let Some(req) = pending.next() {
         let WriteRequest {
@@ -293,9 +356,30 @@ async fn commit_group(pool: &SqlitePool, signal: &CommitSignal, batch: &mut Vec<
             command_id,
             reply,
         } = req;
-        match append_checked(&mut tx, &ring, stream, expected, events, command_id.as_ref()).await {
-            Ok(result) => outcomes.push((reply, result)),
+        let known = written
+            .get(&stream)
+            .or_else(|| cache.heads.get(&stream))
+            .filter(|h: &&StreamHead| h.version == expected)
+            .cloned();
+        match append_checked(
+            &mut tx,
+            &ring,
+            stream,
+            expected,
+            events,
+            command_id.as_ref(),
+            known,
+        )
+        .await
+        {
+            Ok(result) => {
+                if let Ok((_, Some(head))) = &result {
+                    written.insert(stream, head.clone());
+                }
+                outcomes.push((reply, result.map(|(r, _)| r)));
+            }
             Err(e) => {
+                cache.clear();
                 // Dropping the transaction rolls the whole group back.
                 let text = e.to_string();
                 let _ = reply.send(Err(StoreError::backend(text.clone())));
@@ -311,12 +395,14 @@ async fn commit_group(pool: &SqlitePool, signal: &CommitSignal, batch: &mut Vec<
     }
     match tx.commit().await {
         Ok(()) => {
+            cache.extend(written);
             signal.notify();
             for (reply, result) in outcomes {
                 let _ = reply.send(result);
             }
         }
         Err(e) => {
+            cache.clear();
             let text = e.to_string();
             for (reply, result) in outcomes {
                 let _ = reply.send(result.and(Err(StoreError::backend(text.clone()))));
@@ -328,6 +414,8 @@ async fn commit_group(pool: &SqlitePool, signal: &CommitSignal, batch: &mut Vec<
 /// One append inside the group transaction. The inner result is the append's own outcome:
 /// a refusal (conflict, seal error) happens before anything is written, so the group goes on.
 /// The outer error means a write failed half-way: the group transaction must not commit.
+/// `known` is the stream's head when the writer knows it (and it is the expected version).
+/// A success also gives the stream's new head (none for a repeat, which writes nothing).
 async fn append_checked(
     tx: &mut Transaction<'static, Sqlite>,
     ring: &KeyRing,
@@ -335,13 +423,21 @@ async fn append_checked(
     expected: StreamVersion,
     events: Vec<NewEvent>,
     command_id: Option<&CommandId>,
-) -> Result<Result<AppendResult, StoreError>, StoreError> {
-    let prepared = match check_and_prepare(tx, ring, stream, expected, events, command_id).await {
-        Ok(Prepared::Repeat(previous)) => return Ok(Ok(previous)),
+    known: Option<StreamHead>,
+) -> Result<Result<(AppendResult, Option<StreamHead>), StoreError>, StoreError> {
+    let prepared = match check_and_prepare(tx, ring, stream, expected, events, command_id, known).await {
+        Ok(Prepared::Repeat(previous)) => return Ok(Ok((previous, None))),
         Ok(Prepared::Events(p)) => p,
         Err(refused) => return Ok(Err(refused)),
     };
-    write_events(tx, stream, &prepared, command_id).await.map(Ok)
+    let result = write_events(tx, stream, &prepared, command_id).await?;
+    // Invariant: prepare_append refuses an empty batch.
+    let last = &prepared[prepared.len() - 1];
+    let head = StreamHead {
+        version: last.stream_version,
+        hash: last.hash.clone(),
+    };
+    Ok(Ok((result, Some(head))))
 }
 
 enum Prepared {
@@ -373,13 +469,17 @@ async fn check_and_prepare(
     expected: StreamVersion,
     events: Vec<NewEvent>,
     command_id: Option<&CommandId>,
+    known: Option<StreamHead>,
 ) -> Result<Prepared, StoreError> {
     if let Some(c) = command_id
         && let Some(previous) = command_result(tx, c).await?
     {
         return Ok(Prepared::Repeat(previous));
     }
-    let head = stream_head(tx, stream).await?.unwrap_or_else(StreamHead::empty);
+    let head = match known {
+        Some(head) => head,
+        None => stream_head(tx, stream).await?.unwrap_or_else(StreamHead::empty),
+    };
     keyledger_store::prepare_append(ring, stream, expected, &head, events, command_id).map(Prepared::Events)
 }
 

@@ -66,3 +66,45 @@ async fn checkpointed_database_file_holds_no_clear_secret() {
     );
     assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()));
 }
+
+/// Two stores on one file, as two processes would be: each writer caches the heads of the
+/// streams it appended to, and must notice the other's commits. An append built on a stale head
+/// is a typed conflict (not a failed group), and the next one chains onto the other's event.
+#[tokio::test]
+async fn a_writer_notices_appends_by_another_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.db");
+    let ring = Arc::new(KeyRing::generate());
+    let first = SqliteStore::open(&path, ring.clone()).await.unwrap();
+    let second = SqliteStore::open(&path, ring).await.unwrap();
+    let stream = new_stream();
+    first
+        .append(stream, StreamVersion::NONE, vec![tenant_added("a")], None)
+        .await
+        .unwrap();
+    second
+        .append(stream, StreamVersion(1), vec![tenant_added("b")], None)
+        .await
+        .unwrap();
+    match first
+        .append(stream, StreamVersion(1), vec![tenant_added("stale")], None)
+        .await
+    {
+        Err(keyledger_store::StoreError::Conflict { actual, .. }) => assert_eq!(actual, StreamVersion(2)),
+        other => panic!("expected a conflict at version 2, got {other:?}"),
+    }
+    first
+        .append(stream, StreamVersion(2), vec![tenant_added("c")], None)
+        .await
+        .unwrap();
+    let report = first.verify(VerifyScope::All).await.unwrap();
+    assert_eq!((report.events_checked, report.first_break), (3, None));
+    let names: Vec<String> = first
+        .read_stream(stream, StreamVersion::NONE)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.payload["name"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(names, ["a", "b", "c"]);
+}
