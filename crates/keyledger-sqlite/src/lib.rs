@@ -4,12 +4,14 @@
 //!   global position is commit order and catch-up readers never skip an event.
 //! - Group commit: the writer task takes every append waiting in its queue (up to
 //!   [`MAX_GROUP`]) into one transaction, so one fsync serves many appends. Each append is
-//!   checked on its own (command id, expected version) before it writes anything, so a refused
-//!   append does not affect the others; a write that fails half-way rolls the whole group back
+//!   checked on its own (command id, expected version) against the database and the appends
+//!   before it in the group, so a refused append does not affect the others; then the group's
+//!   events go in with a few multi-row inserts. A write that fails rolls the whole group back
 //!   and every append in it gets a backend error (safe to retry with the same command id).
 //! - A pool of read connections: WAL lets them read while the writer commits.
 //! - An append reads only the stream's head (last version and hash) through the
-//!   `(stream_id, stream_version)` index; it never loads the stream.
+//!   `(stream_id, stream_version)` index, or not at all when the writer knows it; it never
+//!   loads the stream.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -334,20 +336,22 @@ async fn commit_group(
     };
     let mut tx = match begun {
         Ok(tx) => tx,
-        Err(e) => {
-            cache.clear();
-            let text = e.to_string();
-            for req in batch.drain(..) {
-                let _ = req.reply.send(Err(StoreError::backend(text.clone())));
-            }
-            return;
-        }
+        Err(e) => return fail_group(cache, batch.drain(..).map(|r| r.reply), &e),
+    };
+    // Every append is checked and prepared first, its events numbered from the next free
+    // position; then the whole group's rows go in with a few multi-row inserts (one round trip
+    // to the driver's thread per statement, not per event).
+    let mut next = match last_position(&mut tx).await {
+        Ok(last) => last + 1,
+        Err(e) => return fail_group(cache, batch.drain(..).map(|r| r.reply), &e),
     };
     let mut outcomes = Vec::with_capacity(batch.len());
     // Heads written in this group: what a later append to the same stream builds on.
-    let mut written = HashMap::new();
-    let mut pending = batch.drain(..);
-    while let Some(req) = pending.next() {
+    let mut written: HashMap<StreamId, StreamHead> = HashMap::new();
+    // Command ids appended in this group: a repeat inside the group gets the first result.
+    let mut commands: HashMap<CommandId, AppendResult> = HashMap::new();
+    let mut rows: Vec<StoredEvent> = Vec::new();
+    for req in batch.drain(..) {
         let WriteRequest {
             ring,
             stream,
@@ -356,12 +360,19 @@ async fn commit_group(
             command_id,
             reply,
         } = req;
-        let known = written
-            .get(&stream)
-            .or_else(|| cache.heads.get(&stream))
-            .filter(|h: &&StreamHead| h.version == expected)
-            .cloned();
-        match append_checked(
+        if let Some(first) = command_id.as_ref().and_then(|c| commands.get(c)) {
+            outcomes.push((reply, Ok(*first)));
+            continue;
+        }
+        let known = match written.get(&stream) {
+            Some(head) => Some(head.clone()),
+            None => cache
+                .heads
+                .get(&stream)
+                .filter(|h| h.version == expected)
+                .cloned(),
+        };
+        let outcome = match check_and_prepare(
             &mut tx,
             &ring,
             stream,
@@ -372,26 +383,41 @@ async fn commit_group(
         )
         .await
         {
-            Ok(result) => {
-                if let Ok((_, Some(head))) = &result {
-                    written.insert(stream, head.clone());
+            Ok(Prepared::Repeat(previous)) => Ok(previous),
+            Err(refused) => Err(refused),
+            Ok(Prepared::Events(mut prepared)) => {
+                for e in &mut prepared {
+                    e.global_position = GlobalPosition(next);
+                    next += 1;
                 }
-                outcomes.push((reply, result.map(|(r, _)| r)));
+                // Invariant: prepare_append refuses an empty batch, so both ends exist.
+                let (first, last) = (&prepared[0], &prepared[prepared.len() - 1]);
+                let result = AppendResult {
+                    stream,
+                    first_version: first.stream_version,
+                    last_version: last.stream_version,
+                    first_position: first.global_position,
+                    last_position: last.global_position,
+                };
+                written.insert(
+                    stream,
+                    StreamHead {
+                        version: last.stream_version,
+                        hash: last.hash.clone(),
+                    },
+                );
+                if let Some(c) = command_id {
+                    commands.insert(c, result);
+                }
+                rows.extend(prepared);
+                Ok(result)
             }
-            Err(e) => {
-                cache.clear();
-                // Dropping the transaction rolls the whole group back.
-                let text = e.to_string();
-                let _ = reply.send(Err(StoreError::backend(text.clone())));
-                for (reply, _) in outcomes {
-                    let _ = reply.send(Err(StoreError::backend(text.clone())));
-                }
-                for req in pending {
-                    let _ = req.reply.send(Err(StoreError::backend(text.clone())));
-                }
-                return;
-            }
-        }
+        };
+        outcomes.push((reply, outcome));
+    }
+    if let Err(e) = insert_rows(&mut tx, &rows, &commands).await {
+        // Dropping the transaction rolls the whole group back.
+        return fail_group(cache, outcomes.into_iter().map(|(reply, _)| reply), &e);
     }
     match tx.commit().await {
         Ok(()) => {
@@ -411,33 +437,101 @@ async fn commit_group(
     }
 }
 
-/// One append inside the group transaction. The inner result is the append's own outcome:
-/// a refusal (conflict, seal error) happens before anything is written, so the group goes on.
-/// The outer error means a write failed half-way: the group transaction must not commit.
-/// `known` is the stream's head when the writer knows it (and it is the expected version).
-/// A success also gives the stream's new head (none for a repeat, which writes nothing).
-async fn append_checked(
+/// Fails every append of a group that cannot commit; the next group starts from a clean cache.
+/// Each caller gets the failure with its causes (for the logs; problem responses hide it).
+fn fail_group(
+    cache: &mut HeadCache,
+    replies: impl Iterator<Item = oneshot::Sender<Result<AppendResult, StoreError>>>,
+    e: &(dyn std::error::Error + 'static),
+) {
+    cache.clear();
+    let text = std::iter::successors(Some(e), |e| e.source())
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ");
+    for reply in replies {
+        let _ = reply.send(Err(StoreError::backend(text.clone())));
+    }
+}
+
+/// The last position in the log (0 when it is empty).
+async fn last_position(tx: &mut Transaction<'static, Sqlite>) -> Result<u64, StoreError> {
+    let last: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(backend)?;
+    Ok(non_negative(last))
+}
+
+/// Events per multi-row insert (14 values each, well under SQLite's 32,766 variables).
+const ROWS_PER_INSERT: usize = 500;
+
+/// Inserts a group's numbered events and its command ids.
+async fn insert_rows(
     tx: &mut Transaction<'static, Sqlite>,
-    ring: &KeyRing,
-    stream: StreamId,
-    expected: StreamVersion,
-    events: Vec<NewEvent>,
-    command_id: Option<&CommandId>,
-    known: Option<StreamHead>,
-) -> Result<Result<(AppendResult, Option<StreamHead>), StoreError>, StoreError> {
-    let prepared = match check_and_prepare(tx, ring, stream, expected, events, command_id, known).await {
-        Ok(Prepared::Repeat(previous)) => return Ok(Ok((previous, None))),
-        Ok(Prepared::Events(p)) => p,
-        Err(refused) => return Ok(Err(refused)),
-    };
-    let result = write_events(tx, stream, &prepared, command_id).await?;
-    // Invariant: prepare_append refuses an empty batch.
-    let last = &prepared[prepared.len() - 1];
-    let head = StreamHead {
-        version: last.stream_version,
-        hash: last.hash.clone(),
-    };
-    Ok(Ok((result, Some(head))))
+    events: &[StoredEvent],
+    commands: &HashMap<CommandId, AppendResult>,
+) -> Result<(), StoreError> {
+    for chunk in events.chunks(ROWS_PER_INSERT) {
+        let rows = chunk
+            .iter()
+            .map(|e| Ok((to_i64(e.global_position.0)?, EnvelopeColumns::from_event(e)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let mut insert = sqlx::QueryBuilder::<Sqlite>::new(
+            "INSERT INTO events (position, event_id, stream_id, stream_version, event_type, \
+             schema_version, occurred_at, actor, command_id, correlation_id, causation_id, payload, \
+             prev_hash, hash) ",
+        );
+        insert.push_values(rows, |mut b, (position, c)| {
+            b.push_bind(position)
+                .push_bind(c.event_id)
+                .push_bind(c.stream_id)
+                .push_bind(c.stream_version)
+                .push_bind(c.event_type)
+                .push_bind(c.schema_version)
+                .push_bind(c.occurred_at)
+                .push_bind(c.actor)
+                .push_bind(c.command_id)
+                .push_bind(c.correlation_id)
+                .push_bind(c.causation_id)
+                .push_bind(c.payload)
+                .push_bind(c.prev_hash)
+                .push_bind(c.hash);
+        });
+        insert.build().execute(&mut **tx).await.map_err(backend)?;
+    }
+    let commands: Vec<_> = commands.iter().collect();
+    for chunk in commands.chunks(ROWS_PER_INSERT) {
+        let rows = chunk
+            .iter()
+            .map(|(c, r)| {
+                Ok((
+                    c.as_str().to_owned(),
+                    r.stream.to_string(),
+                    [
+                        to_i64(r.first_version.0)?,
+                        to_i64(r.last_version.0)?,
+                        to_i64(r.first_position.0)?,
+                        to_i64(r.last_position.0)?,
+                    ],
+                ))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let mut insert = sqlx::QueryBuilder::<Sqlite>::new(
+            "INSERT INTO commands (command_id, stream_id, first_version, last_version, \
+             first_position, last_position) ",
+        );
+        insert.push_values(rows, |mut b, (command, stream, [fv, lv, fp, lp])| {
+            b.push_bind(command)
+                .push_bind(stream)
+                .push_bind(fv)
+                .push_bind(lv)
+                .push_bind(fp)
+                .push_bind(lp);
+        });
+        insert.build().execute(&mut **tx).await.map_err(backend)?;
+    }
+    Ok(())
 }
 
 enum Prepared {
@@ -533,44 +627,6 @@ async fn insert_event(
     .await
     .map_err(backend)?;
     Ok(GlobalPosition(non_negative(position)))
-}
-
-/// Writes prepared events and the command id.
-async fn write_events(
-    tx: &mut Transaction<'static, Sqlite>,
-    stream: StreamId,
-    prepared: &[StoredEvent],
-    command_id: Option<&CommandId>,
-) -> Result<AppendResult, StoreError> {
-    let mut positions = Vec::with_capacity(prepared.len());
-    for e in prepared {
-        positions.push(insert_event(tx, e).await?);
-    }
-    // Invariant: prepare_append refuses an empty batch, so both ends exist.
-    let (first, last) = (&prepared[0], &prepared[prepared.len() - 1]);
-    let result = AppendResult {
-        stream,
-        first_version: first.stream_version,
-        last_version: last.stream_version,
-        first_position: positions[0],
-        last_position: positions[positions.len() - 1],
-    };
-    if let Some(c) = command_id {
-        sqlx::query(
-            "INSERT INTO commands (command_id, stream_id, first_version, last_version, \
-                 first_position, last_position) VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(c.as_str())
-        .bind(stream.to_string())
-        .bind(to_i64(result.first_version.0)?)
-        .bind(to_i64(result.last_version.0)?)
-        .bind(to_i64(result.first_position.0)?)
-        .bind(to_i64(result.last_position.0)?)
-        .execute(&mut **tx)
-        .await
-        .map_err(backend)?;
-    }
-    Ok(result)
 }
 
 /// A `read_all` page is read in parts of at least this many events, on as many read connections
@@ -802,6 +858,42 @@ mod tests {
         let rows = store.read_stream(stream, StreamVersion::NONE).await.unwrap();
         assert_eq!(page, rows);
         assert!(page.iter().all(|e| keyledger_store::envelope_hash(e) == e.hash));
+    }
+
+    /// Appends that reach the writer together commit in one group: a repeated command id in the
+    /// group gets the first result, a second append on the same version a typed conflict.
+    #[tokio::test]
+    async fn one_group_keeps_idempotency_and_conflicts() {
+        let (_dir, store) = store().await;
+        let (stream, other) = (new_stream(), new_stream());
+        let command = CommandId::parse("same-command").unwrap();
+        let repeats = (0..4).map(|_| {
+            store.append(
+                stream,
+                StreamVersion::NONE,
+                vec![tenant_added("a")],
+                Some(command.clone()),
+            )
+        });
+        let racers = (0..4).map(|_| store.append(other, StreamVersion::NONE, vec![tenant_added("b")], None));
+        let (repeats, racers) = tokio::join!(
+            futures::future::join_all(repeats),
+            futures::future::join_all(racers)
+        );
+        let first = repeats[0].as_ref().unwrap();
+        assert!(
+            repeats.iter().all(|r| r.as_ref().ok() == Some(first)),
+            "{repeats:?}"
+        );
+        let won = racers.iter().filter(|r| r.is_ok()).count();
+        let conflicts = racers
+            .iter()
+            .filter(|r| matches!(r, Err(StoreError::Conflict { .. })))
+            .count();
+        assert_eq!((won, conflicts), (1, 3), "{racers:?}");
+        let all = store.read_all(GlobalPosition::START, 100).await.unwrap();
+        let positions: Vec<u64> = all.iter().map(|e| e.global_position.0).collect();
+        assert_eq!(positions, [1, 2]);
     }
 
     /// Appends `n` events to one new stream, in commands of 500.
