@@ -2,12 +2,13 @@
 //! page instead of fourteen per row (sqlx copies every value of every row; that cost dominated).
 //!
 //! Rows are separated by U+001E (record separator) and fields by U+001F (unit separator), in
-//! [`SELECT_PAGE`]'s column order. Neither can occur in a column written by this store: ids,
-//! hashes and times are fixed formats, and the actor and payload are JSON, which escapes every
-//! control character. A nullable field is `-` for NULL and starts with `=` otherwise (never
-//! empty: `concat_ws` drops empty values as it drops NULLs). A page that does not split into
-//! whole rows (e.g. a tampered column) does not decode; the caller then reads it row by row,
-//! which names the bad row.
+//! [`SELECT_PAGE`]'s column order. Neither occurs in what this store writes: ids, hashes and
+//! times are fixed formats, and the actor and payload are JSON, which escapes every control
+//! character. (The event type and causation id are free text; an imported one holding a
+//! separator only makes its page take the slow path below.) A nullable field is `-` for NULL and
+//! starts with `=` otherwise (never empty: `concat_ws` drops empty values as it drops NULLs). A
+//! page that does not split into whole rows (e.g. a tampered column) does not decode; the caller
+//! then reads it row by row, which names the bad row.
 
 use keyledger_domain::StoredEvent;
 use keyledger_store::row::EnvelopeRef;
