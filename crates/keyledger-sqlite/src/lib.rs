@@ -138,11 +138,7 @@ impl SqliteStore {
             .await
             .map_err(backend)?;
         let signal = CommitSignal::default();
-        let last: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
-            .fetch_one(&write)
-            .await
-            .map_err(backend)?;
-        let written_up_to = Arc::new(AtomicU64::new(non_negative(last)));
+        let written_up_to = Arc::new(AtomicU64::new(last_position(&write).await?));
         let (writer, requests) = mpsc::channel(1024);
         tokio::spawn(writer_loop(
             write.clone(),
@@ -234,12 +230,8 @@ async fn writer_loop(
                     heads.clear();
                     let result = import_batch(&pool, i.events, i.batch).await;
                     if matches!(result, Ok(n) if n > 0) {
-                        if let Ok(last) =
-                            sqlx::query_scalar::<_, i64>("SELECT coalesce(max(position), 0) FROM events")
-                                .fetch_one(&pool)
-                                .await
-                        {
-                            written_up_to.fetch_max(non_negative(last), Ordering::Relaxed);
+                        if let Ok(last) = last_position(&pool).await {
+                            written_up_to.fetch_max(last, Ordering::Relaxed);
                         }
                         signal.notify();
                     }
@@ -369,7 +361,7 @@ async fn commit_group(
     // Every append is checked and prepared first, its events numbered from the next free
     // position; then the whole group's rows go in with a few multi-row inserts (one round trip
     // to the driver's thread per statement, not per event).
-    let mut next = match last_position(&mut tx).await {
+    let mut next = match last_position(&mut *tx).await {
         Ok(last) => last + 1,
         Err(e) => return fail_group(cache, batch.drain(..).map(|r| r.reply), &e),
     };
@@ -484,9 +476,9 @@ fn fail_group(
 }
 
 /// The last position in the log (0 when it is empty).
-async fn last_position(tx: &mut Transaction<'static, Sqlite>) -> Result<u64, StoreError> {
+async fn last_position<'e>(db: impl sqlx::SqliteExecutor<'e>) -> Result<u64, StoreError> {
     let last: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
-        .fetch_one(&mut **tx)
+        .fetch_one(db)
         .await
         .map_err(backend)?;
     Ok(non_negative(last))
