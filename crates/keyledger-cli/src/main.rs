@@ -5,6 +5,7 @@
 
 mod commands;
 mod config;
+mod key_file;
 mod report;
 mod serve;
 mod store_url;

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{self, Config, Origin, VaultKind};
+use crate::key_file;
 use crate::report::Failure;
 use crate::store_url::{Backend, Create, OpenedStore, StoreUrl};
 
@@ -52,26 +53,33 @@ fn init_logging() {
         .try_init();
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn termination() {
-    let interrupt = tokio::signal::ctrl_c();
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called, not when
+/// the future is first polled, so a signal that arrives right after the listening line still
+/// drains instead of killing the process.
+fn termination() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                let _ = interrupt.await;
-                return;
+        use tokio::signal::unix::{SignalKind, signal};
+        let streams = signal(SignalKind::terminate()).and_then(|t| Ok((t, signal(SignalKind::interrupt())?)));
+        async move {
+            match streams {
+                Ok((mut term, mut interrupt)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = interrupt.recv() => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
-        };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = term.recv() => {}
         }
     }
     #[cfg(not(unix))]
-    let _ = interrupt.await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 fn grants(config: &Config) -> Result<Vec<TokenGrant>, Failure> {
@@ -125,6 +133,7 @@ fn azure_key_access(config: &Config) -> Result<Arc<dyn KeyAccess>, Failure> {
     })))
 }
 
+/// The simulated vault's demo connection and, in dev mode, the tokens it generated.
 fn print_dev_banner(demo: &DemoVault, tokens: &[TokenGrant]) {
     eprintln!();
     eprintln!(
@@ -137,10 +146,14 @@ fn print_dev_banner(demo: &DemoVault, tokens: &[TokenGrant]) {
     for key in &demo.key_identifiers {
         eprintln!("  key_identifier  {key}");
     }
-    eprintln!("Tokens (Authorization: Bearer <token>):");
-    for t in tokens {
-        let role = t.roles.first().copied().unwrap_or(Role::Auditor);
-        eprintln!("  {:<10} {}", role_name(role), t.token);
+    if tokens.is_empty() {
+        eprintln!("Tokens: the configured [[auth.tokens]] (not shown).");
+    } else {
+        eprintln!("Tokens (Authorization: Bearer <token>):");
+        for t in tokens {
+            let role = t.roles.first().copied().unwrap_or(Role::Auditor);
+            eprintln!("  {:<10} {}", role_name(role), t.token);
+        }
     }
     eprintln!();
 }
@@ -171,11 +184,16 @@ async fn serve(config: Config, origin: Origin) -> Result<(), Failure> {
     };
     let grants = if dev { demo_tokens() } else { grants(&config)? };
 
-    let ring = KeyRing::load_or_create(key_file)
-        .map_err(|e| Failure::new(format!("keys.internal_key_file {}", key_file.display()), &e))?;
+    let loaded = key_file::load(key_file)?;
+    let ring_loaded = loaded.is_some();
+    let ring = Arc::new(loaded.unwrap_or_else(KeyRing::generate));
     let url = StoreUrl::parse(&config.store.url)?;
-    let opened = OpenedStore::open(&url, Arc::new(ring), Create::IfMissing).await?;
+    let opened = OpenedStore::open(&url, ring.clone(), Create::IfMissing).await?;
     let store = opened.store.clone();
+    if let Err(failure) = key_file::settle(key_file, &ring, ring_loaded, store.as_ref()).await {
+        opened.close().await;
+        return Err(failure);
+    }
 
     let services = Services::new(
         store.clone(),
@@ -231,8 +249,10 @@ async fn serve(config: Config, origin: Origin) -> Result<(), Failure> {
     let addr = listener
         .local_addr()
         .map_err(|e| Failure::new("cannot read the listening address", &e))?;
+    let terminated = termination();
     if let Some(demo) = &demo {
-        print_dev_banner(demo, &grants);
+        // Only tokens that dev mode generated are shown; configured ones are the operator's.
+        print_dev_banner(demo, if dev { &grants } else { &[] });
     }
     println!("listening on http://{addr}");
     tracing::info!(%addr, store = %url, dev, "keyledger is serving");
@@ -247,7 +267,7 @@ async fn serve(config: Config, origin: Origin) -> Result<(), Failure> {
         },
         ..ServerConfig::default()
     };
-    let served = keyledger_server::run(listener, services, server_config, termination()).await;
+    let served = keyledger_server::run(listener, services, server_config, terminated).await;
     let _ = stop.send(true);
     for task in tasks {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;

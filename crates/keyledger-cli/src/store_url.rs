@@ -64,18 +64,28 @@ impl fmt::Debug for StoreUrl {
     }
 }
 
-fn redact_password(url: &str) -> String {
-    let Some(start) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
+/// The URL with any password removed: the user-info password and a `password` query
+/// parameter. A URL that does not parse (a password holding `/` or `@` unescaped, say) is
+/// shown as its scheme alone, since there is no telling where the password ends.
+fn redact_password(raw: &str) -> String {
+    let Ok(mut url) = url::Url::parse(raw) else {
+        let scheme = raw.split_once("://").map_or("postgres", |(s, _)| s);
+        return format!("{scheme}://(an unparsable URL, not shown)");
     };
-    let authority_end = url[start..].find('/').map_or(url.len(), |i| start + i);
-    match url[start..authority_end].rfind('@') {
-        Some(at) => {
-            let user = url[start..start + at].split(':').next().unwrap_or("");
-            format!("{}{user}@{}", &url[..start], &url[start + at + 1..])
+    let _ = url.set_password(None);
+    if url.query_pairs().any(|(k, _)| k.eq_ignore_ascii_case("password")) {
+        let kept: Vec<(String, String)> = url
+            .query_pairs()
+            .filter(|(k, _)| !k.eq_ignore_ascii_case("password"))
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        if kept.is_empty() {
+            url.set_query(None);
+        } else {
+            url.query_pairs_mut().clear().extend_pairs(kept);
         }
-        None => url.to_owned(),
     }
+    url.to_string()
 }
 
 /// Whether opening may create a SQLite file.
@@ -250,6 +260,20 @@ mod tests {
         let pg = StoreUrl::parse("postgresql://u:hunter2@h:5432/db").unwrap();
         assert_eq!(pg.to_string(), "postgresql://u@h:5432/db");
         assert!(!format!("{pg:?}").contains("hunter2"));
+        for (raw, shown) in [
+            ("postgres://u@h/db?password=hunter2", "postgres://u@h/db"),
+            (
+                "postgres://u@h/db?sslmode=disable&PASSWORD=hunter2",
+                "postgres://u@h/db?sslmode=disable",
+            ),
+            (
+                "postgres://u:a/hunter2@h/db",
+                "postgres://(an unparsable URL, not shown)",
+            ),
+            ("postgres://u@h/db", "postgres://u@h/db"),
+        ] {
+            assert_eq!(StoreUrl::parse(raw).unwrap().to_string(), shown, "{raw}");
+        }
         assert!(StoreUrl::parse("sqlite://").is_err());
         let Err(bad) = StoreUrl::parse("mysql://u:hunter2@h/db") else {
             panic!("mysql is not a store")

@@ -187,6 +187,12 @@ impl KeyRing {
         }
     }
 
+    /// Writes the ring to a new file at `path` (mode 0600). Never replaces an existing file:
+    /// that fails with [`KeyRingError::Io`] (`AlreadyExists`).
+    pub fn create_file(&self, path: &Path) -> Result<(), KeyRingError> {
+        self.write_new(path)
+    }
+
     /// Loads the ring from an existing file. Refuses a file readable by group or others.
     pub fn load(path: &Path) -> Result<Self, KeyRingError> {
         check_permissions(path)?;
