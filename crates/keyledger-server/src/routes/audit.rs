@@ -35,7 +35,11 @@ pub(crate) async fn tenant_audit(
     }
     let after = match q.after.as_deref() {
         None | Some("") => 0,
-        Some(raw) => raw.parse::<u64>().map_err(|_| {
+        Some(raw) => raw
+            .parse::<u64>()
+            .ok()
+            .filter(|p| *p <= crate::api::MAX_POSITION)
+            .ok_or_else(|| {
             Problem::invalid(vec![FieldError {
                 field: "after".into(),
                 message: "must be the `next` cursor of an earlier page".into(),
