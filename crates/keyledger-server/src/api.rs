@@ -32,9 +32,9 @@ fn position<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
 fn page_limit<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
     let value = Option::<u32>::deserialize(d)?;
     match value {
-        Some(v) if !(MIN_LIMIT..=MAX_LIMIT).contains(&v) => Err(serde::de::Error::custom(
-            format!("must be {MIN_LIMIT} to {MAX_LIMIT}"),
-        )),
+        Some(v) if !(MIN_LIMIT..=MAX_LIMIT).contains(&v) => Err(serde::de::Error::custom(format!(
+            "must be {MIN_LIMIT} to {MAX_LIMIT}"
+        ))),
         _ => Ok(value),
     }
 }

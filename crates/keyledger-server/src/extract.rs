@@ -149,9 +149,7 @@ pub(crate) fn if_match_version(raw: &str) -> Result<Option<u64>, ()> {
         .strip_prefix('"')
         .and_then(|t| t.strip_suffix('"'))
         .ok_or(())?;
-    if digits.is_empty()
-        || digits.len() > IF_MATCH_MAX_DIGITS
-        || !digits.bytes().all(|b| b.is_ascii_digit())
+    if digits.is_empty() || digits.len() > IF_MATCH_MAX_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit())
     {
         return Err(());
     }

@@ -373,11 +373,7 @@ pub const ROUTES: &[RouteDoc] = &[
         roles: &["auditor", "org_admin", "support"],
         params: &[
             TENANT,
-            query(
-                "after",
-                Kind::Position,
-                "The `next` cursor of the previous page.",
-            ),
+            query("after", Kind::Position, "The `next` cursor of the previous page."),
             LIMIT,
             query("action", Kind::String, "Only this event type."),
             query(
@@ -402,11 +398,7 @@ pub const ROUTES: &[RouteDoc] = &[
         summary: "A page of CloudEvents in commit order.",
         roles: &["platform"],
         params: &[
-            query(
-                "after",
-                Kind::Position,
-                "Only events after this global position.",
-            ),
+            query("after", Kind::Position, "Only events after this global position."),
             LIMIT,
         ],
         body: None,
@@ -494,9 +486,7 @@ pub fn status_of(code: &str) -> u16 {
         "payload_too_large" => 413,
         "key_validation_failed" => 422,
         "method_not_allowed" => 405,
-        "key_vault_unavailable" | "store_unavailable" | "request_timeout" | "too_many_streams" => {
-            503
-        }
+        "key_vault_unavailable" | "store_unavailable" | "request_timeout" | "too_many_streams" => 503,
         "internal_error" => 500,
         _ => 409,
     }
@@ -527,11 +517,13 @@ fn operation(route: &RouteDoc, g: &mut SchemaGenerator) -> Value {
     op.insert("x-roles".into(), json!(route.roles));
     let mut params: Vec<Value> = route.params.iter().map(parameter).collect();
     if route.command {
-        params.push(json!({"name": "Idempotency-Key", "in": "header", "required": false,
+        params.push(
+            json!({"name": "Idempotency-Key", "in": "header", "required": false,
             "description": "A repeat with the same body returns the first response and appends \
                 nothing. Visible ASCII; inner spaces allowed.",
             "schema": {"type": "string", "maxLength": crate::idempotency::MAX_KEY_LEN,
-                       "pattern": IDEMPOTENCY_KEY_PATTERN}}));
+                       "pattern": IDEMPOTENCY_KEY_PATTERN}}),
+        );
         params.push(json!({"name": "If-Match", "in": "header", "required": false,
             "description": "The organization version (its ETag) the change was decided on, \
                 e.g. `\"7\"`.",
@@ -673,7 +665,10 @@ pub(crate) fn key_identifier_schema(_: &mut SchemaGenerator) -> Schema {
         .entries()
         .iter()
         .map(|e| match e.strip_prefix('.') {
-            Some(suffix) => format!("[A-Za-z0-9-]+(\\.[A-Za-z0-9-]+)*\\.{}", suffix.replace('.', "\\.")),
+            Some(suffix) => format!(
+                "[A-Za-z0-9-]+(\\.[A-Za-z0-9-]+)*\\.{}",
+                suffix.replace('.', "\\.")
+            ),
             None => e.replace('.', "\\."),
         })
         .collect();

@@ -120,7 +120,11 @@ async fn the_service_keeps_the_documented_ranges() {
         format!("/v1/tenants/{TENANT_A}/audit?after={too_big}"),
         format!("/v1/tenants/{TENANT_A}/audit?limit=1001"),
     ] {
-        let token = if path.contains("/audit") { common::AUDITOR } else { PLATFORM };
+        let token = if path.contains("/audit") {
+            common::AUDITOR
+        } else {
+            PLATFORM
+        };
         s.send("GET", &path, Some(token), None, &[])
             .await
             .problem(400, "invalid_request");
@@ -140,23 +144,45 @@ async fn the_service_keeps_the_documented_ranges() {
         format!("/v1/organizations/{org}/events?after_version={largest}&limit=1"),
         format!("/v1/tenants/{TENANT_A}/audit?after={largest}&limit=1"),
     ] {
-        let token = if path.contains("/audit") { common::AUDITOR } else { PLATFORM };
+        let token = if path.contains("/audit") {
+            common::AUDITOR
+        } else {
+            PLATFORM
+        };
         s.send("GET", &path, Some(token), None, &[]).await.expect(200);
     }
     let body = r#"{"plan":{"kind":"enterprise","tier":"premium"},"reason":"r"}"#;
     let plan = format!("/v1/organizations/{org}/plan");
     let reply = s
-        .send("PUT", &plan, Some(common::BILLING), Some(body), &[("if-match", "")])
+        .send(
+            "PUT",
+            &plan,
+            Some(common::BILLING),
+            Some(body),
+            &[("if-match", "")],
+        )
         .await
         .expect(200);
     let weak = format!("W/{}", reply.header("etag").unwrap());
     for refused in ["7", "\"\"", "\"+7\"", "\"7", "*", "\"99999999999999999999\""] {
-        s.send("PUT", &plan, Some(common::BILLING), Some(body), &[("if-match", refused)])
-            .await
-            .problem(400, "invalid_request");
-    }
-    s.send("PUT", &plan, Some(common::BILLING), Some(body), &[("if-match", &weak)])
+        s.send(
+            "PUT",
+            &plan,
+            Some(common::BILLING),
+            Some(body),
+            &[("if-match", refused)],
+        )
         .await
-        .expect(200);
+        .problem(400, "invalid_request");
+    }
+    s.send(
+        "PUT",
+        &plan,
+        Some(common::BILLING),
+        Some(body),
+        &[("if-match", &weak)],
+    )
+    .await
+    .expect(200);
     s.shutdown().await;
 }

@@ -40,11 +40,11 @@ pub(crate) async fn tenant_audit(
             .ok()
             .filter(|p| *p <= crate::api::MAX_POSITION)
             .ok_or_else(|| {
-            Problem::invalid(vec![FieldError {
-                field: "after".into(),
-                message: "must be the `next` cursor of an earlier page".into(),
-            }])
-        })?,
+                Problem::invalid(vec![FieldError {
+                    field: "after".into(),
+                    message: "must be the `next` cursor of an earlier page".into(),
+                }])
+            })?,
     };
     let sink = &state.services.projections;
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
