@@ -723,7 +723,9 @@ pub fn document() -> Value {
             "version": env!("CARGO_PKG_VERSION"),
             "description": "Customer-managed-key state for a SaaS platform: commands, views, the \
                             tenant audit and the CloudEvents stream. Errors are \
-                            application/problem+json with a `code`.",
+                            application/problem+json with a `code`. A method a path does \
+                            not serve gets 405 `method_not_allowed` with `Allow`; an \
+                            unknown path gets 404 `not_found`. A 503 carries `Retry-After`.",
         },
         "servers": [{"url": "http://127.0.0.1:8080"}],
         "security": [{"bearer": []}],

@@ -52,6 +52,8 @@ fn every_contract_error_code_is_documented_with_its_status() {
         ("payload_too_large", 413),
         ("key_validation_failed", 422),
         ("key_vault_unavailable", 503),
+        ("method_not_allowed", 405),
+        ("too_many_streams", 503),
     ];
     let doc = document().to_string();
     for (code, status) in contract {
@@ -110,6 +112,7 @@ async fn the_service_keeps_the_documented_ranges() {
     let s = Server::start(Backend::Sqlite).await.unwrap();
     let org = common::new_org();
     s.register(&org).await;
+    s.tenant_known(TENANT_A).await;
     let too_big = "9223372036854775808";
     for path in [
         format!("/v1/events?after={too_big}"),
