@@ -1,7 +1,8 @@
 //! The OpenAPI 3.1 document of the HTTP API, generated from this route table and the JSON
 //! Schemas of the request and response types (schemars). `schemas/openapi.json` is checked
 //! in; a test fails when it drifts from the code, and another that every documented route is
-//! served.
+//! served. `.ci/api-check` holds the running service to it with schemathesis (ADR 0018), so
+//! each schema here says what the service's parsers accept, no more and no less.
 
 use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
