@@ -7,8 +7,37 @@ use keyledger_domain::{ApplicationId, DirectoryId, HealthStatus, OrgId, Plan, St
 use keyledger_projection::AuditEntry;
 use schemars::JsonSchema;
 use secrecy::SecretString;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
+
+/// The largest global position or stream version a query names: the stores keep them as
+/// signed 64-bit integers. A larger number is refused (CONTRACT.md "Numbers").
+pub const MAX_POSITION: u64 = i64::MAX as u64;
+/// The smallest and largest page size; another `limit` is refused.
+pub const MIN_LIMIT: u32 = 1;
+pub const MAX_LIMIT: u32 = 1000;
+
+/// An optional position or version in a query: 0 to [`MAX_POSITION`].
+fn position<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let value = Option::<u64>::deserialize(d)?;
+    match value {
+        Some(v) if v > MAX_POSITION => Err(serde::de::Error::custom(format!(
+            "must be at most {MAX_POSITION}"
+        ))),
+        _ => Ok(value),
+    }
+}
+
+/// An optional page size: [`MIN_LIMIT`] to [`MAX_LIMIT`].
+fn page_limit<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    let value = Option::<u32>::deserialize(d)?;
+    match value {
+        Some(v) if !(MIN_LIMIT..=MAX_LIMIT).contains(&v) => Err(serde::de::Error::custom(format!(
+            "must be {MIN_LIMIT} to {MAX_LIMIT}"
+        ))),
+        _ => Ok(value),
+    }
+}
 
 /// `POST /v1/organizations`.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -17,9 +46,13 @@ pub struct RegisterOrganization {
     /// Chosen by the caller, or generated (UUIDv7) when left out.
     #[serde(default)]
     pub org_id: Option<OrgId>,
+    #[schemars(schema_with = "crate::openapi::name_schema")]
     pub name: String,
+    #[schemars(schema_with = "crate::openapi::plan_schema")]
     pub plan: Plan,
+    /// Each tenant once.
     #[serde(default)]
+    #[schemars(schema_with = "crate::openapi::tenants_schema")]
     pub tenants: Vec<Tenant>,
 }
 
@@ -27,7 +60,9 @@ pub struct RegisterOrganization {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChangePlan {
+    #[schemars(schema_with = "crate::openapi::plan_schema")]
     pub plan: Plan,
+    #[schemars(schema_with = "crate::openapi::reason_schema")]
     pub reason: String,
 }
 
@@ -42,6 +77,7 @@ pub struct ConnectionBody {
     pub client_secret: SecretString,
     /// `https://HOST/keys/NAME[/VERSION]` on an allow-listed vault host. Without a version,
     /// the version found at validation is pinned.
+    #[schemars(schema_with = "crate::openapi::key_identifier_schema")]
     pub key_identifier: String,
 }
 
@@ -57,6 +93,7 @@ pub struct ConnectionPatchBody {
     #[schemars(with = "Option<String>")]
     pub client_secret: Option<SecretString>,
     #[serde(default)]
+    #[schemars(schema_with = "crate::openapi::optional_key_identifier_schema")]
     pub key_identifier: Option<String>,
 }
 
@@ -64,6 +101,7 @@ pub struct ConnectionPatchBody {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotationBody {
+    #[schemars(schema_with = "crate::openapi::key_identifier_schema")]
     pub key_identifier: String,
     #[serde(default)]
     pub directory_id: Option<DirectoryId>,
@@ -78,8 +116,11 @@ pub struct RotationBody {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DataLossBody {
+    #[schemars(schema_with = "crate::openapi::reason_schema")]
     pub reason: String,
+    /// Required when the caller holds the support role and not org_admin.
     #[serde(default)]
+    #[schemars(schema_with = "crate::openapi::optional_reason_schema")]
     pub ticket: Option<String>,
 }
 
@@ -134,9 +175,9 @@ pub struct KeyHealth {
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrgEventsQuery {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "position")]
     pub after_version: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "page_limit")]
     pub limit: Option<u32>,
 }
 
@@ -170,7 +211,7 @@ pub struct AuditQueryParams {
     /// The `next` cursor of the previous page.
     #[serde(default)]
     pub after: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "page_limit")]
     pub limit: Option<u32>,
     /// An event type, e.g. `CustomerManagedKeyRotated`.
     #[serde(default)]
@@ -194,9 +235,9 @@ pub struct AuditPage {
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "position")]
     pub after: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "page_limit")]
     pub limit: Option<u32>,
 }
 

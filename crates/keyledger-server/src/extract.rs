@@ -136,6 +136,31 @@ pub(crate) fn key_identifier(
     KeyIdentifier::parse(raw, hosts).map_err(|e| invalid(field, e.to_string()))
 }
 
+/// The `If-Match` grammar: `"N"` or `W/"N"`, N being 1 to [`IF_MATCH_MAX_DIGITS`] digits
+/// (the ETag of the organization view). `schemas/openapi.json` states it as [`IF_MATCH_PATTERN`].
+/// An empty field is an empty list of entity tags (RFC 9110 §5.6.1): no precondition.
+pub(crate) fn if_match_version(raw: &str) -> Result<Option<u64>, ()> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    let tag = raw.strip_prefix("W/").unwrap_or(raw);
+    let digits = tag
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .ok_or(())?;
+    if digits.is_empty() || digits.len() > IF_MATCH_MAX_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(());
+    }
+    digits.parse().map(Some).map_err(|_| ())
+}
+
+/// More digits than any version reaches; 19 always fit a `u64`.
+const IF_MATCH_MAX_DIGITS: usize = 19;
+/// [`if_match_version`] as an ECMA-262 pattern, for the OpenAPI document.
+pub(crate) const IF_MATCH_PATTERN: &str = r#"^((W/)?"[0-9]{1,19}")?$"#;
+
 /// The headers and connection facts a command carries.
 #[derive(Debug, Default)]
 pub(crate) struct CommandHeaders {
@@ -151,15 +176,9 @@ impl FromRequestParts<Shared> for CommandHeaders {
     async fn from_request_parts(parts: &mut Parts, _: &Shared) -> Result<Self, Problem> {
         let if_match = match parts.headers.get(header::IF_MATCH) {
             None => None,
-            Some(v) => {
-                let raw = v.to_str().unwrap_or_default().trim();
-                let raw = raw.strip_prefix("W/").unwrap_or(raw);
-                let digits = raw.trim_matches('"');
-                let version: u64 = digits
-                    .parse()
-                    .map_err(|_| invalid("if-match", "must be a quoted organization version, e.g. \"7\""))?;
-                Some(StreamVersion(version))
-            }
+            Some(v) => if_match_version(v.to_str().unwrap_or("?"))
+                .map_err(|()| invalid("if-match", "must be a quoted organization version, e.g. \"7\""))?
+                .map(StreamVersion),
         };
         let correlation_id = match parts.headers.get("x-correlation-id") {
             None => None,

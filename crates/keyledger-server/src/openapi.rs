@@ -1,7 +1,8 @@
 //! The OpenAPI 3.1 document of the HTTP API, generated from this route table and the JSON
 //! Schemas of the request and response types (schemars). `schemas/openapi.json` is checked
 //! in; a test fails when it drifts from the code, and another that every documented route is
-//! served.
+//! served. `.ci/api-check` holds the running service to it with schemathesis (ADR 0018), so
+//! each schema here says what the service's parsers accept, no more and no less.
 
 use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
@@ -17,25 +18,40 @@ fn schema<T: JsonSchema>(g: &mut SchemaGenerator) -> Schema {
     g.subschema_for::<T>()
 }
 
-/// A query or path parameter.
+/// A query, path or header parameter.
 #[derive(Debug, Clone, Copy)]
 pub struct Param {
     pub name: &'static str,
     pub location: &'static str,
-    pub kind: &'static str,
+    pub kind: Kind,
     pub description: &'static str,
+}
+
+/// What a parameter's text must be; each kind is what the service's parser accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A hyphenated UUID other than the nil UUID.
+    Uuid,
+    /// A global position or stream version: 0 to [`api::MAX_POSITION`].
+    Position,
+    /// A page size: [`api::MIN_LIMIT`] to [`api::MAX_LIMIT`].
+    Limit,
+    Boolean,
+    String,
+    /// RFC 3339.
+    DateTime,
 }
 
 const fn path(name: &'static str, description: &'static str) -> Param {
     Param {
         name,
         location: "path",
-        kind: "uuid",
+        kind: Kind::Uuid,
         description,
     }
 }
 
-const fn query(name: &'static str, kind: &'static str, description: &'static str) -> Param {
+const fn query(name: &'static str, kind: Kind, description: &'static str) -> Param {
     Param {
         name,
         location: "query",
@@ -43,6 +59,12 @@ const fn query(name: &'static str, kind: &'static str, description: &'static str
         description,
     }
 }
+
+const LIMIT: Param = query(
+    "limit",
+    Kind::Limit,
+    "At most this many (1–1000, default 100); another number is refused.",
+);
 
 const ORG: Param = path("org", "The organization id (UUID).");
 const TENANT: Param = path("tenant", "The tenant id (UUID).");
@@ -68,7 +90,8 @@ pub struct RouteDoc {
     pub success: Success,
     /// Problem codes besides `unauthenticated` and `forbidden`, which every `/v1` route has.
     pub errors: &'static [&'static str],
-    /// Takes `Idempotency-Key` and `If-Match`.
+    /// Takes `Idempotency-Key` and `If-Match`, and so may answer `idempotency_key_reused` and
+    /// `version_mismatch`.
     pub command: bool,
 }
 
@@ -130,7 +153,7 @@ pub const ROUTES: &[RouteDoc] = &[
         summary: "Add a tenant.",
         roles: &["platform"],
         params: &[ORG],
-        body: Some(schema::<keyledger_domain::Tenant>),
+        body: Some(tenant_schema),
         success: Success::Json(200, schema::<keyledger_projection::OrganizationView>),
         errors: errors![
             "invalid_request",
@@ -255,7 +278,7 @@ pub const ROUTES: &[RouteDoc] = &[
             ORG,
             query(
                 "abandon_lost_data",
-                "boolean",
+                Kind::Boolean,
                 "Only after a data-loss declaration: switch without the lost data.",
             ),
         ],
@@ -334,10 +357,10 @@ pub const ROUTES: &[RouteDoc] = &[
             ORG,
             query(
                 "after_version",
-                "integer",
+                Kind::Position,
                 "Only events after this stream version.",
             ),
-            query("limit", "integer", "At most this many (1–1000, default 100)."),
+            LIMIT,
         ],
         body: None,
         success: Success::Json(200, schema::<api::OrgEvents>),
@@ -351,15 +374,19 @@ pub const ROUTES: &[RouteDoc] = &[
         roles: &["auditor", "org_admin", "support"],
         params: &[
             TENANT,
-            query("after", "string", "The `next` cursor of the previous page."),
-            query("limit", "integer", "At most this many (1–1000, default 100)."),
-            query("action", "string", "Only this event type."),
+            query("after", Kind::Position, "The `next` cursor of the previous page."),
+            LIMIT,
+            query("action", Kind::String, "Only this event type."),
             query(
                 "since",
-                "date-time",
+                Kind::DateTime,
                 "Only entries at or after this time (RFC 3339).",
             ),
-            query("until", "date-time", "Only entries before this time (RFC 3339)."),
+            query(
+                "until",
+                Kind::DateTime,
+                "Only entries before this time (RFC 3339).",
+            ),
         ],
         body: None,
         success: Success::Json(200, schema::<api::AuditPage>),
@@ -372,8 +399,8 @@ pub const ROUTES: &[RouteDoc] = &[
         summary: "A page of CloudEvents in commit order.",
         roles: &["platform"],
         params: &[
-            query("after", "integer", "Only events after this global position."),
-            query("limit", "integer", "At most this many (1–1000, default 100)."),
+            query("after", Kind::Position, "Only events after this global position."),
+            LIMIT,
         ],
         body: None,
         success: Success::Json(200, schema::<api::EventsPage>),
@@ -386,14 +413,22 @@ pub const ROUTES: &[RouteDoc] = &[
         summary: "Server-Sent Events: `id` = position, `event` = type, `data` = CloudEvent; a comment \
                   heartbeat every 15 s. Resume with `Last-Event-ID`.",
         roles: &["platform"],
-        params: &[query(
-            "after",
-            "integer",
-            "Start after this global position (Last-Event-ID wins).",
-        )],
+        params: &[
+            query(
+                "after",
+                Kind::Position,
+                "Start after this global position (Last-Event-ID wins).",
+            ),
+            Param {
+                name: "Last-Event-ID",
+                location: "header",
+                kind: Kind::Position,
+                description: "On a reconnect: the `id` of the last event received; resumes after it.",
+            },
+        ],
         body: None,
         success: Success::EventStream,
-        errors: errors!["invalid_request"],
+        errors: errors!["invalid_request", "too_many_streams"],
         command: false,
     },
     RouteDoc {
@@ -431,6 +466,16 @@ pub const ROUTES: &[RouteDoc] = &[
     },
 ];
 
+/// The 503s any route may answer besides its own: the request timeout (every route but the
+/// stream, which is meant to stay open) and a store that does not answer in time.
+fn implicit_unavailable(route: &RouteDoc) -> &'static [&'static str] {
+    match (route.path == crate::routes::STREAM_PATH, route.roles.is_empty()) {
+        (true, _) => &["store_unavailable"],
+        (false, false) => &["request_timeout", "store_unavailable"],
+        (false, true) => &["request_timeout"],
+    }
+}
+
 /// The HTTP status of each problem code.
 pub fn status_of(code: &str) -> u16 {
     match code {
@@ -442,7 +487,7 @@ pub fn status_of(code: &str) -> u16 {
         "payload_too_large" => 413,
         "key_validation_failed" => 422,
         "method_not_allowed" => 405,
-        "key_vault_unavailable" | "store_unavailable" | "request_timeout" => 503,
+        "key_vault_unavailable" | "store_unavailable" | "request_timeout" | "too_many_streams" => 503,
         "internal_error" => 500,
         _ => 409,
     }
@@ -450,9 +495,12 @@ pub fn status_of(code: &str) -> u16 {
 
 fn parameter(p: &Param) -> Value {
     let schema = match p.kind {
-        "uuid" => json!({"type": "string", "format": "uuid"}),
-        "date-time" => json!({"type": "string", "format": "date-time"}),
-        other => json!({"type": other}),
+        Kind::Uuid => json!({"type": "string", "format": "uuid"}),
+        Kind::Position => json!({"type": "integer", "minimum": 0, "maximum": api::MAX_POSITION}),
+        Kind::Limit => json!({"type": "integer", "minimum": api::MIN_LIMIT, "maximum": api::MAX_LIMIT}),
+        Kind::Boolean => json!({"type": "boolean"}),
+        Kind::String => json!({"type": "string"}),
+        Kind::DateTime => json!({"type": "string", "format": "date-time"}),
     };
     json!({"name": p.name, "in": p.location, "required": p.location == "path",
            "description": p.description, "schema": schema})
@@ -472,12 +520,15 @@ fn operation(route: &RouteDoc, g: &mut SchemaGenerator) -> Value {
     if route.command {
         params.push(
             json!({"name": "Idempotency-Key", "in": "header", "required": false,
-            "description": "A repeat with the same body returns the first response and appends nothing.",
-            "schema": {"type": "string", "maxLength": crate::idempotency::MAX_KEY_LEN}}),
+            "description": "A repeat with the same body returns the first response and appends \
+                nothing. Visible ASCII; inner spaces allowed.",
+            "schema": {"type": "string", "maxLength": crate::idempotency::MAX_KEY_LEN,
+                       "pattern": IDEMPOTENCY_KEY_PATTERN}}),
         );
         params.push(json!({"name": "If-Match", "in": "header", "required": false,
-            "description": "The organization version (its ETag) the change was decided on.",
-            "schema": {"type": "string"}}));
+            "description": "The organization version (its ETag) the change was decided on, \
+                e.g. `\"7\"`.",
+            "schema": {"type": "string", "pattern": crate::extract::IF_MATCH_PATTERN}}));
     }
     if !params.is_empty() {
         op.insert("parameters".into(), Value::Array(params));
@@ -491,7 +542,7 @@ fn operation(route: &RouteDoc, g: &mut SchemaGenerator) -> Value {
     let mut responses = Map::new();
     let (status, content) = match route.success {
         Success::Json(status, f) => (status, json!({"application/json": {"schema": f(g)}})),
-        Success::EventStream => (200, json!({"text/event-stream": {"schema": {"type": "string"}}})),
+        Success::EventStream => (200, json!({"text/event-stream": {"schema": sse_event()}})),
         Success::Text(ct) => (200, json!({ ct: {"schema": {"type": "string"}} })),
     };
     responses.insert(
@@ -502,6 +553,12 @@ fn operation(route: &RouteDoc, g: &mut SchemaGenerator) -> Value {
     if !route.roles.is_empty() {
         codes.extend(["unauthenticated", "forbidden"]);
     }
+    if route.command {
+        codes.extend(["idempotency_key_reused", "version_mismatch"]);
+    }
+    codes.extend(implicit_unavailable(route));
+    let mut seen = std::collections::BTreeSet::new();
+    codes.retain(|c| seen.insert(*c));
     let problem = g.subschema_for::<Problem>();
     let mut by_status: std::collections::BTreeMap<u16, Vec<&str>> = Default::default();
     for code in codes {
@@ -525,9 +582,132 @@ fn operation(route: &RouteDoc, g: &mut SchemaGenerator) -> Value {
     Value::Object(op)
 }
 
+/// One Server-Sent Event as OpenAPI 3.1 tools read a `text/event-stream` schema: `id` is the
+/// global position, `event` the event type, `data` the CloudEvent as JSON text.
+fn sse_event() -> Value {
+    json!({
+        "type": "object",
+        "required": ["id", "event", "data"],
+        "properties": {
+            "id": {"type": "string", "pattern": "^[0-9]+$", "description": "The global position."},
+            "event": {"type": "string", "description": "The event type, e.g. `OrganizationRegistered`."},
+            "data": {"type": "string", "contentMediaType": "application/json",
+                     "description": "The CloudEvent (spec 1.0, structured JSON)."},
+        },
+    })
+}
+
+/// `Idempotency-Key`: what the service takes, 1 to 200 visible ASCII characters. Spaces
+/// only inside, as HTTP drops them at either end.
+const IDEMPOTENCY_KEY_PATTERN: &str = "^[!-~]([ -~\\t]*[!-~])?$";
+
+/// A character `check_name` refuses: a control character (Unicode Cc).
+const CONTROL: &str = "\\u0000-\\u001f\\u007f-\\u009f";
+
+/// Names of organizations and tenants: 1 to 200 characters, not all blank, no control
+/// characters (`keyledger_domain` `check_name`).
+pub(crate) fn name_schema(_: &mut SchemaGenerator) -> Schema {
+    let pattern = format!("^[^{CONTROL}]*[^\\s{CONTROL}][^{CONTROL}]*$");
+    schemars::json_schema!({"type": "string", "minLength": 1, "maxLength": 200, "pattern": pattern})
+}
+
+/// Reasons and tickets: 1 to 1000 characters, not all blank (`check_reason`).
+pub(crate) fn reason_schema(_: &mut SchemaGenerator) -> Schema {
+    schemars::json_schema!({"type": "string", "minLength": 1, "maxLength": 1000, "pattern": "\\S"})
+}
+
+pub(crate) fn optional_reason_schema(g: &mut SchemaGenerator) -> Schema {
+    nullable(reason_schema(g))
+}
+
+fn nullable(schema: Schema) -> Schema {
+    let mut value = schema.to_value();
+    value["type"] = json!([value["type"].clone(), "null"]);
+    Schema::try_from(value).unwrap_or_default()
+}
+
+/// A plan (`Plan::new`): a tier only on enterprise, 1 to 64 letters, digits, `-` or `_`.
+pub(crate) fn plan_schema(_: &mut SchemaGenerator) -> Schema {
+    schemars::json_schema!({
+        "description": "The plan: `free` or `pro` without a tier, or `enterprise` with an optional tier.",
+        "oneOf": [
+            {"type": "object", "additionalProperties": false, "required": ["kind"],
+             "properties": {"kind": {"type": "string", "enum": ["free", "pro"]},
+                            "tier": {"type": "null"}}},
+            {"type": "object", "additionalProperties": false, "required": ["kind"],
+             "properties": {"kind": {"type": "string", "const": "enterprise"},
+                            "tier": {"type": ["string", "null"], "pattern": "^[A-Za-z0-9_-]{1,64}$"}}},
+        ],
+    })
+}
+
+/// `POST …/tenants` and each entry of `tenants`.
+pub(crate) fn tenant_schema(g: &mut SchemaGenerator) -> Schema {
+    let id = g.subschema_for::<keyledger_domain::TenantId>();
+    let name = name_schema(g);
+    schemars::json_schema!({
+        "type": "object", "additionalProperties": false, "required": ["tenant_id", "name"],
+        "properties": {"tenant_id": id, "name": name},
+    })
+}
+
+/// The tenants of a new organization; a tenant id may appear once (the service refuses a
+/// repeat, which JSON Schema cannot say of one property).
+pub(crate) fn tenants_schema(g: &mut SchemaGenerator) -> Schema {
+    let tenant = tenant_schema(g);
+    schemars::json_schema!({"type": "array", "items": tenant, "uniqueItems": true})
+}
+
+/// `https://HOST/keys/NAME[/VERSION]` (`KeyIdentifier::parse`) on a host of the default
+/// allow-list (`keys.azure.allowed_vault_hosts`); a deployment that changes the list changes
+/// which hosts are refused with 400.
+pub(crate) fn key_identifier_schema(_: &mut SchemaGenerator) -> Schema {
+    let hosts: Vec<String> = keyledger_domain::HostAllowList::azure_public_clouds()
+        .entries()
+        .iter()
+        .map(|e| match e.strip_prefix('.') {
+            Some(suffix) => format!(
+                "[A-Za-z0-9-]+(\\.[A-Za-z0-9-]+)*\\.{}",
+                suffix.replace('.', "\\.")
+            ),
+            None => e.replace('.', "\\."),
+        })
+        .collect();
+    let pattern = format!(
+        "^https://({})/keys/[A-Za-z0-9-]{{1,127}}(/[A-Za-z0-9]{{1,64}})?$",
+        hosts.join("|")
+    );
+    schemars::json_schema!({"type": "string", "maxLength": 2048, "pattern": pattern})
+}
+
+pub(crate) fn optional_key_identifier_schema(g: &mut SchemaGenerator) -> Schema {
+    nullable(key_identifier_schema(g))
+}
+
+/// The nil UUID is never an id (`keyledger_domain` refuses it); says so wherever a UUID is.
+fn refuse_nil_uuids(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            if map.get("format") == Some(&json!("uuid")) && !map.contains_key("not") {
+                map.insert(
+                    "not".into(),
+                    json!({"const": "00000000-0000-0000-0000-000000000000"}),
+                );
+            }
+            map.values_mut().for_each(refuse_nil_uuids);
+        }
+        Value::Array(items) => items.iter_mut().for_each(refuse_nil_uuids),
+        _ => {}
+    }
+}
+
 /// The whole document.
 pub fn document() -> Value {
-    let mut g = SchemaSettings::openapi3().into_generator();
+    // OpenAPI 3.1 schemas are JSON Schema 2020-12: `null` is a type, not `nullable`.
+    let mut settings = SchemaSettings::draft2020_12();
+    settings.definitions_path = "/components/schemas".into();
+    settings.meta_schema = None;
+    let mut g = settings.into_generator();
     let mut paths = Map::new();
     for route in ROUTES {
         let op = operation(route, &mut g);
@@ -537,14 +717,16 @@ pub fn document() -> Value {
         entry[route.method] = op;
     }
     let schemas: Map<String, Value> = g.take_definitions(true).into_iter().collect();
-    json!({
+    let mut doc = json!({
         "openapi": "3.1.0",
         "info": {
             "title": "keyledger",
             "version": env!("CARGO_PKG_VERSION"),
             "description": "Customer-managed-key state for a SaaS platform: commands, views, the \
                             tenant audit and the CloudEvents stream. Errors are \
-                            application/problem+json with a `code`.",
+                            application/problem+json with a `code`. A method a path does \
+                            not serve gets 405 `method_not_allowed` with `Allow`; an \
+                            unknown path gets 404 `not_found`. A 503 carries `Retry-After`.",
         },
         "servers": [{"url": "http://127.0.0.1:8080"}],
         "security": [{"bearer": []}],
@@ -553,7 +735,9 @@ pub fn document() -> Value {
             "schemas": schemas,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
-    })
+    });
+    refuse_nil_uuids(&mut doc);
+    doc
 }
 
 /// The document as checked in: pretty JSON with a final newline.

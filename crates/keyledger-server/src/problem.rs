@@ -32,7 +32,8 @@ pub struct Problem {
     /// For `key_validation_failed`: `"old"` or `"new"`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<&'static str>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    /// For `invalid_request`: the failing fields. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
     #[serde(skip)]
     #[schemars(skip)]

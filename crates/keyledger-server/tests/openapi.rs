@@ -52,6 +52,8 @@ fn every_contract_error_code_is_documented_with_its_status() {
         ("payload_too_large", 413),
         ("key_validation_failed", 422),
         ("key_vault_unavailable", 503),
+        ("method_not_allowed", 405),
+        ("too_many_streams", 503),
     ];
     let doc = document().to_string();
     for (code, status) in contract {
@@ -99,4 +101,91 @@ async fn every_documented_route_is_served() {
         .body(Body::empty())
         .unwrap();
     assert_eq!(router.oneshot(request).await.unwrap().status(), 404);
+}
+
+/// What the document says of numbers and `If-Match`, the service does (issue 11, item 13):
+/// a position above `i64::MAX` or a `limit` outside 1–1000 is a 400, the largest position is
+/// not a 500, and an empty `If-Match` sets no precondition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_keeps_the_documented_ranges() {
+    use common::{Backend, PLATFORM, Server, TENANT_A};
+    let s = Server::start(Backend::Sqlite).await.unwrap();
+    let org = common::new_org();
+    s.register(&org).await;
+    s.tenant_known(TENANT_A).await;
+    let too_big = "9223372036854775808";
+    for path in [
+        format!("/v1/events?after={too_big}"),
+        "/v1/events?limit=0".to_owned(),
+        "/v1/events?limit=1001".to_owned(),
+        format!("/v1/organizations/{org}/events?after_version={too_big}"),
+        format!("/v1/organizations/{org}/events?limit=0"),
+        format!("/v1/tenants/{TENANT_A}/audit?after={too_big}"),
+        format!("/v1/tenants/{TENANT_A}/audit?limit=1001"),
+    ] {
+        let token = if path.contains("/audit") {
+            common::AUDITOR
+        } else {
+            PLATFORM
+        };
+        s.send("GET", &path, Some(token), None, &[])
+            .await
+            .problem(400, "invalid_request");
+    }
+    s.send(
+        "GET",
+        "/v1/events/stream",
+        Some(PLATFORM),
+        None,
+        &[("last-event-id", too_big)],
+    )
+    .await
+    .problem(400, "invalid_request");
+    let largest = i64::MAX.to_string();
+    for path in [
+        format!("/v1/events?after={largest}&limit=1000"),
+        format!("/v1/organizations/{org}/events?after_version={largest}&limit=1"),
+        format!("/v1/tenants/{TENANT_A}/audit?after={largest}&limit=1"),
+    ] {
+        let token = if path.contains("/audit") {
+            common::AUDITOR
+        } else {
+            PLATFORM
+        };
+        s.send("GET", &path, Some(token), None, &[]).await.expect(200);
+    }
+    let body = r#"{"plan":{"kind":"enterprise","tier":"premium"},"reason":"r"}"#;
+    let plan = format!("/v1/organizations/{org}/plan");
+    let reply = s
+        .send(
+            "PUT",
+            &plan,
+            Some(common::BILLING),
+            Some(body),
+            &[("if-match", "")],
+        )
+        .await
+        .expect(200);
+    let weak = format!("W/{}", reply.header("etag").unwrap());
+    for refused in ["7", "\"\"", "\"+7\"", "\"7", "*", "\"99999999999999999999\""] {
+        s.send(
+            "PUT",
+            &plan,
+            Some(common::BILLING),
+            Some(body),
+            &[("if-match", refused)],
+        )
+        .await
+        .problem(400, "invalid_request");
+    }
+    s.send(
+        "PUT",
+        &plan,
+        Some(common::BILLING),
+        Some(body),
+        &[("if-match", &weak)],
+    )
+    .await
+    .expect(200);
+    s.shutdown().await;
 }

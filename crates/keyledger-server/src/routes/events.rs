@@ -62,7 +62,8 @@ fn start(headers: &HeaderMap, q: &EventsQuery) -> Result<u64, Problem> {
         Some(v) => v
             .to_str()
             .ok()
-            .and_then(|s| s.trim().parse().ok())
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .filter(|p| *p <= crate::api::MAX_POSITION)
             .ok_or_else(|| {
                 Problem::invalid(vec![FieldError {
                     field: "last-event-id".into(),

@@ -208,7 +208,14 @@ pub(crate) async fn events(
     let org = org_path(&org)?;
     readable_view(&state, &actor, &[Role::Platform, Role::Auditor], org).await?;
     let limit = q.limit.unwrap_or(ORG_EVENTS_DEFAULT).clamp(1, ORG_EVENTS_MAX) as usize;
-    let from = StreamVersion(q.after_version.unwrap_or(0).saturating_add(1));
+    // The first version after `after_version`, kept within what a store can hold: after the
+    // largest version there is nothing, and reading from it finds nothing.
+    let from = StreamVersion(
+        q.after_version
+            .unwrap_or(0)
+            .saturating_add(1)
+            .min(crate::api::MAX_POSITION),
+    );
     let stored = stream_events(&state, org, from).await?;
     let events = stored
         .iter()
