@@ -119,6 +119,19 @@ impl<T: DeserializeOwned + Default> FromRequestParts<Shared> for Query<T> {
     }
 }
 
+/// The largest position or version a request may name. The store counts them in signed 64
+/// bits, and the one after a cursor must still be countable (ADR 0016).
+pub(crate) const MAX_CURSOR: u64 = i64::MAX as u64 - 1;
+
+/// A position or version from a query or a header, or 400 naming `field`.
+pub(crate) fn cursor(field: &str, value: u64) -> Result<u64, Problem> {
+    if value <= MAX_CURSOR {
+        Ok(value)
+    } else {
+        Err(invalid(field, format!("must be at most {MAX_CURSOR}")))
+    }
+}
+
 /// Parses an id from a path segment, or 400 naming the segment.
 pub(crate) fn path_id<T: std::str::FromStr>(name: &str, raw: &str) -> Result<T, Problem>
 where

@@ -48,6 +48,8 @@ on_every_backend!(
     bad_input_is_refused_and_appends_nothing,
     sse_resumes_with_last_event_id_without_gap_or_duplicate,
     operations_endpoints,
+    out_of_range_positions_and_versions_are_400,
+    an_out_of_range_last_event_id_is_a_400_not_a_dead_stream,
 );
 
 fn org_path(org: &str, rest: &str) -> String {
@@ -1257,4 +1259,94 @@ async fn operations_endpoints(s: &Server) {
     s.send("GET", "/nowhere", None, None, &[])
         .await
         .problem(404, "not_found");
+}
+
+/// Above every position and version the store can hold (2^63), and the store's largest
+/// (2^63 - 1), after which no position can follow.
+const TOO_FAR: [&str; 2] = ["9223372036854775808", "9223372036854775807"];
+
+#[track_caller]
+fn names_field(r: Reply, field: &str) {
+    let r = r.problem(400, "invalid_request");
+    assert_eq!(r.json()["errors"][0]["field"], field, "{}", r.text);
+}
+
+async fn out_of_range_positions_and_versions_are_400(s: &Server) {
+    let org = new_org();
+    s.register(&org).await;
+    s.tenant_known(TENANT_A).await;
+    for n in TOO_FAR {
+        names_field(
+            s.call("GET", &format!("/v1/events?after={n}"), PLATFORM, None)
+                .await,
+            "after",
+        );
+        names_field(
+            s.call(
+                "GET",
+                &org_path(&org, &format!("/events?after_version={n}")),
+                PLATFORM,
+                None,
+            )
+            .await,
+            "after_version",
+        );
+        names_field(
+            s.call(
+                "GET",
+                &format!("/v1/tenants/{TENANT_A}/audit?after={n}"),
+                AUDITOR,
+                None,
+            )
+            .await,
+            "after",
+        );
+        let r = s
+            .http
+            .get(s.url(&format!("/v1/events/stream?after={n}")))
+            .bearer_auth(PLATFORM)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "stream ?after={n}");
+    }
+    // Malformed and past u64 are 400 too; the largest accepted values still answer.
+    for q in [
+        "after=-1",
+        "after=1e3",
+        "after=18446744073709551616",
+        "limit=4294967296",
+    ] {
+        s.call("GET", &format!("/v1/events?{q}"), PLATFORM, None)
+            .await
+            .problem(400, "invalid_request");
+    }
+    let r = s
+        .call("GET", "/v1/events?after=9223372036854775806", PLATFORM, None)
+        .await
+        .expect(200);
+    assert_eq!(r.json()["events"], json!([]));
+    s.call(
+        "GET",
+        &org_path(&org, "/events?after_version=9223372036854775806"),
+        PLATFORM,
+        None,
+    )
+    .await
+    .expect(200);
+}
+
+async fn an_out_of_range_last_event_id_is_a_400_not_a_dead_stream(s: &Server) {
+    for id in TOO_FAR.into_iter().chain(["-1", "18446744073709551616"]) {
+        let r = s
+            .send(
+                "GET",
+                "/v1/events/stream",
+                Some(PLATFORM),
+                None,
+                &[("last-event-id", id)],
+            )
+            .await;
+        names_field(r, "last-event-id");
+    }
 }

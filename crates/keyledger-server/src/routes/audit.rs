@@ -7,7 +7,7 @@ use keyledger_projection::AuditQuery;
 
 use crate::Shared;
 use crate::api::{AuditPage, AuditQueryParams};
-use crate::extract::{Caller, Query, path_id};
+use crate::extract::{Caller, Query, cursor, path_id};
 use crate::problem::{FieldError, Problem};
 
 const DEFAULT_LIMIT: u32 = 100;
@@ -35,12 +35,16 @@ pub(crate) async fn tenant_audit(
     }
     let after = match q.after.as_deref() {
         None | Some("") => 0,
-        Some(raw) => raw.parse::<u64>().map_err(|_| {
-            Problem::invalid(vec![FieldError {
-                field: "after".into(),
-                message: "must be the `next` cursor of an earlier page".into(),
-            }])
-        })?,
+        Some(raw) => raw
+            .parse::<u64>()
+            .ok()
+            .and_then(|after| cursor("after", after).ok())
+            .ok_or_else(|| {
+                Problem::invalid(vec![FieldError {
+                    field: "after".into(),
+                    message: "must be the `next` cursor of an earlier page".into(),
+                }])
+            })?,
     };
     let sink = &state.services.projections;
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);

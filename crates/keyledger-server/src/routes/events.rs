@@ -13,7 +13,7 @@ use keyledger_domain::{GlobalPosition, Role};
 use crate::Shared;
 use crate::api::{EventsPage, EventsQuery};
 use crate::cloudevent::{cloud_event, cloud_event_text};
-use crate::extract::{Caller, Query};
+use crate::extract::{Caller, Query, cursor};
 use crate::problem::{FieldError, Problem};
 
 const DEFAULT_LIMIT: u32 = 100;
@@ -40,7 +40,7 @@ pub(crate) async fn page(
     Query(q): Query<EventsQuery>,
 ) -> Result<Json<EventsPage>, Problem> {
     platform_only(&actor)?;
-    let after = q.after.unwrap_or(0);
+    let after = cursor("after", q.after.unwrap_or(0))?;
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT) as usize;
     let stored = state
         .services
@@ -56,13 +56,16 @@ pub(crate) async fn page(
 }
 
 /// Where a stream starts: `Last-Event-ID` (a reconnect) wins over `?after=`.
+/// Both are checked, so a bad `after` is a 400 even on a reconnect.
 fn start(headers: &HeaderMap, q: &EventsQuery) -> Result<u64, Problem> {
+    let after = cursor("after", q.after.unwrap_or(0))?;
     match headers.get("last-event-id") {
-        None => Ok(q.after.unwrap_or(0)),
+        None => Ok(after),
         Some(v) => v
             .to_str()
             .ok()
             .and_then(|s| s.trim().parse().ok())
+            .and_then(|id| cursor("last-event-id", id).ok())
             .ok_or_else(|| {
                 Problem::invalid(vec![FieldError {
                     field: "last-event-id".into(),
