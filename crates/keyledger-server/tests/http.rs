@@ -50,6 +50,7 @@ on_every_backend!(
     operations_endpoints,
     out_of_range_positions_and_versions_are_400,
     an_out_of_range_last_event_id_is_a_400_not_a_dead_stream,
+    a_tenant_auditor_with_no_organizations_sees_every_row_of_its_tenant,
 );
 
 fn org_path(org: &str, rest: &str) -> String {
@@ -1349,4 +1350,48 @@ async fn an_out_of_range_last_event_id_is_a_400_not_a_dead_stream(s: &Server) {
             .await;
         names_field(r, "last-event-id");
     }
+}
+
+async fn a_tenant_auditor_with_no_organizations_sees_every_row_of_its_tenant(s: &Server) {
+    let org = new_org();
+    s.register(&org).await;
+    // Two key-relevant events, each an audit row of tenant A.
+    s.call(
+        "POST",
+        &org_path(&org, "/customer-managed-key"),
+        ADMIN,
+        Some(s.connection(0)),
+    )
+    .await
+    .expect(201);
+    s.call(
+        "POST",
+        &org_path(&org, "/customer-managed-key/rotation"),
+        ADMIN,
+        Some(json!({"key_identifier": s.demo.key_identifiers[1]})),
+    )
+    .await
+    .expect(200);
+    let all = s.audit_rows(TENANT_A, 2).await;
+    assert!(all.len() >= 2, "{all:?}");
+    let page = s
+        .call(
+            "GET",
+            &format!("/v1/tenants/{TENANT_A}/audit?limit=1000"),
+            AUDITOR_A_NO_ORGS,
+            None,
+        )
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(page["entries"].as_array().unwrap().len(), all.len(), "{page}");
+    // `tenants` still governs: tenant B stays closed to it.
+    s.call(
+        "GET",
+        &format!("/v1/tenants/{TENANT_B}/audit"),
+        AUDITOR_A_NO_ORGS,
+        None,
+    )
+    .await
+    .problem(403, "forbidden");
 }

@@ -20,6 +20,7 @@ fn sink_failed(e: keyledger_projection::SinkError) -> Problem {
 
 /// `GET /v1/tenants/{tenant}/audit`: auditors, organization administrators and support, each
 /// within their tenant scope; a caller limited to some organizations sees only their rows.
+/// `organizations = []` does not narrow: the tenant scope alone decides.
 pub(crate) async fn tenant_audit(
     State(state): State<Shared>,
     Caller(actor): Caller,
@@ -66,9 +67,13 @@ pub(crate) async fn tenant_audit(
     let next = (rows.len() == limit as usize)
         .then(|| rows.last().map(|r| r.position.to_string()))
         .flatten();
+    // CONTRACT.md "Tenant audit scope": `tenants` governs; `organizations` narrows the rows
+    // only when it lists some (an auditor of a tenant often has no organization of its own).
     let entries = match &actor.scope.organizations {
-        Reach::All => rows,
-        Reach::Only(orgs) => rows.into_iter().filter(|r| orgs.contains(&r.org_id)).collect(),
+        Reach::Only(orgs) if !orgs.is_empty() => {
+            rows.into_iter().filter(|r| orgs.contains(&r.org_id)).collect()
+        }
+        Reach::All | Reach::Only(_) => rows,
     };
     Ok(Json(AuditPage { entries, next }))
 }
