@@ -51,6 +51,7 @@ on_every_backend!(
     out_of_range_positions_and_versions_are_400,
     an_out_of_range_last_event_id_is_a_400_not_a_dead_stream,
     a_tenant_auditor_with_no_organizations_sees_every_row_of_its_tenant,
+    an_unknown_method_is_405_and_adds_no_metric_label,
 );
 
 fn org_path(org: &str, rest: &str) -> String {
@@ -1394,4 +1395,53 @@ async fn a_tenant_auditor_with_no_organizations_sees_every_row_of_its_tenant(s: 
     )
     .await
     .problem(403, "forbidden");
+}
+
+/// The `keyledger_http_requests_total` series, one line each.
+fn request_series(metrics: &str) -> Vec<String> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("keyledger_http_requests_total{"))
+        .map(|l| l.rsplit_once(' ').map_or(l, |(series, _)| series).to_owned())
+        .collect()
+}
+
+async fn an_unknown_method_is_405_and_adds_no_metric_label(s: &Server) {
+    // Warm up every series this test can add: one request of each shape.
+    s.send("BREW", "/healthz", None, None, &[]).await;
+    s.send("GET", "/made-up-0", None, None, &[]).await;
+    s.send("BREW", "/made-up-0", None, None, &[]).await;
+    let before = request_series(&s.send("GET", "/metrics", None, None, &[]).await.text);
+    for i in 0..40 {
+        let method = format!("X-METHOD-{i}");
+        let r = s
+            .send(&method, "/healthz", None, None, &[])
+            .await
+            .problem(405, "method_not_allowed");
+        assert!(
+            r.header("allow").is_some_and(|a| a.contains("GET")),
+            "{:?}",
+            r.headers
+        );
+        s.send(&method, "/v1/events", Some(PLATFORM), None, &[])
+            .await
+            .problem(405, "method_not_allowed");
+        s.send(&method, &format!("/made-up-{i}"), None, None, &[])
+            .await
+            .problem(405, "method_not_allowed");
+        s.send("GET", &format!("/made-up-{i}/{method}"), None, None, &[])
+            .await
+            .problem(404, "not_found");
+    }
+    // A known method the route does not serve is 405 too.
+    s.send("DELETE", "/healthz", None, None, &[])
+        .await
+        .problem(405, "method_not_allowed");
+    let metrics = s.send("GET", "/metrics", None, None, &[]).await.text;
+    assert!(!metrics.contains("X-METHOD"), "{metrics}");
+    assert!(!metrics.contains("made-up"), "{metrics}");
+    let after = request_series(&metrics);
+    let added: Vec<_> = after.iter().filter(|l| !before.contains(l)).collect();
+    // At most: GET /metrics, X-METHOD on /v1/events, DELETE /healthz.
+    assert!(added.len() <= 3, "new series: {added:#?}");
 }
