@@ -52,6 +52,7 @@ on_every_backend!(
     an_out_of_range_last_event_id_is_a_400_not_a_dead_stream,
     a_tenant_auditor_with_no_organizations_sees_every_row_of_its_tenant,
     an_unknown_method_is_405_and_adds_no_metric_label,
+    the_bearer_scheme_is_case_insensitive,
 );
 
 fn org_path(org: &str, rest: &str) -> String {
@@ -1444,4 +1445,28 @@ async fn an_unknown_method_is_405_and_adds_no_metric_label(s: &Server) {
     let added: Vec<_> = after.iter().filter(|l| !before.contains(l)).collect();
     // At most: GET /metrics, X-METHOD on /v1/events, DELETE /healthz.
     assert!(added.len() <= 3, "new series: {added:#?}");
+}
+
+async fn the_bearer_scheme_is_case_insensitive(s: &Server) {
+    for scheme in ["bearer", "BEARER", "BeArEr"] {
+        let auth = format!("{scheme} {PLATFORM}");
+        s.send(
+            "GET",
+            "/v1/events?limit=1",
+            None,
+            None,
+            &[("authorization", &auth)],
+        )
+        .await
+        .expect(200);
+    }
+    s.send(
+        "GET",
+        "/v1/events",
+        None,
+        None,
+        &[("authorization", &format!("Basic {PLATFORM}"))],
+    )
+    .await
+    .problem(401, "unauthenticated");
 }
