@@ -53,6 +53,7 @@ on_every_backend!(
     a_tenant_auditor_with_no_organizations_sees_every_row_of_its_tenant,
     an_unknown_method_is_405_and_adds_no_metric_label,
     the_bearer_scheme_is_case_insensitive,
+    a_caller_outside_the_scope_learns_nothing_from_if_match,
 );
 
 fn org_path(org: &str, rest: &str) -> String {
@@ -1469,4 +1470,68 @@ async fn the_bearer_scheme_is_case_insensitive(s: &Server) {
     )
     .await
     .problem(401, "unauthenticated");
+}
+
+async fn a_caller_outside_the_scope_learns_nothing_from_if_match(s: &Server) {
+    let org = new_org();
+    s.register(&org).await;
+    s.call(
+        "POST",
+        &org_path(&org, "/customer-managed-key"),
+        ADMIN,
+        Some(s.connection(0)),
+    )
+    .await
+    .expect(201);
+    let count = s.event_count().await;
+    // ADMIN_OTHER administers another organization: stale or current If-Match, the answer
+    // is the same 403 and names no version.
+    for etag in ["\"1\"", "\"999\""] {
+        let r = s
+            .send(
+                "DELETE",
+                &org_path(&org, "/customer-managed-key"),
+                Some(ADMIN_OTHER),
+                None,
+                &[("if-match", etag)],
+            )
+            .await
+            .problem(403, "forbidden");
+        assert!(
+            !r.text.contains("999") && !r.text.contains("version"),
+            "{}",
+            r.text
+        );
+        // A role that may not run the command at all, in scope: also 403, not 412.
+        s.send(
+            "PUT",
+            &org_path(&org, "/plan"),
+            Some(ADMIN),
+            Some(r#"{"plan":{"kind":"enterprise","tier":"premium"},"reason":"r"}"#),
+            &[("if-match", etag)],
+        )
+        .await
+        .problem(403, "forbidden");
+    }
+    // An organization that does not exist looks the same to it.
+    s.send(
+        "DELETE",
+        &org_path(&new_org(), "/customer-managed-key"),
+        Some(ADMIN_OTHER),
+        None,
+        &[("if-match", "\"999\"")],
+    )
+    .await
+    .problem(403, "forbidden");
+    assert_eq!(s.event_count().await, count);
+    // The administrator in scope still gets the 412.
+    s.send(
+        "DELETE",
+        &org_path(&org, "/customer-managed-key"),
+        Some(ADMIN),
+        None,
+        &[("if-match", "\"999\"")],
+    )
+    .await
+    .problem(412, "version_mismatch");
 }
