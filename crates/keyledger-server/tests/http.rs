@@ -54,6 +54,7 @@ on_every_backend!(
     an_unknown_method_is_405_and_adds_no_metric_label,
     the_bearer_scheme_is_case_insensitive,
     a_caller_outside_the_scope_learns_nothing_from_if_match,
+    a_tenant_scoped_reader_cannot_tell_a_missing_organization_from_a_forbidden_one,
 );
 
 fn org_path(org: &str, rest: &str) -> String {
@@ -1534,4 +1535,34 @@ async fn a_caller_outside_the_scope_learns_nothing_from_if_match(s: &Server) {
     )
     .await
     .problem(412, "version_mismatch");
+}
+
+async fn a_tenant_scoped_reader_cannot_tell_a_missing_organization_from_a_forbidden_one(s: &Server) {
+    let elsewhere = new_org();
+    s.call(
+        "POST",
+        "/v1/organizations",
+        PLATFORM,
+        Some(json!({"org_id": elsewhere, "name": "o", "plan": {"kind": "free"},
+                    "tenants": [{"tenant_id": "01900000-0000-7000-8000-0000000000de", "name": "x"}]})),
+    )
+    .await
+    .expect(201);
+    let missing = new_org();
+    for rest in ["", "/key-health", "/data-keys", "/events"] {
+        let a = s.call("GET", &org_path(&elsewhere, rest), AUDITOR_A, None).await;
+        let b = s.call("GET", &org_path(&missing, rest), AUDITOR_A, None).await;
+        assert_eq!(
+            (a.status, a.code()),
+            (b.status, b.code()),
+            "{rest}: {} vs {}",
+            a.text,
+            b.text
+        );
+        b.problem(403, "forbidden");
+    }
+    // An unrestricted auditor still learns that an organization does not exist.
+    s.call("GET", &org_path(&missing, ""), AUDITOR, None)
+        .await
+        .problem(404, "organization_not_found");
 }

@@ -64,21 +64,27 @@ pub(crate) async fn readable_view(
     org: OrgId,
 ) -> Result<OrganizationView, Problem> {
     may_read(actor, roles, org)?;
+    // A tenant-scoped auditor reads only organizations that hold one of its tenants. It gets
+    // 403 for one that does not exist too, so it cannot probe for organizations.
+    let other_role = roles.iter().any(|r| *r != Role::Auditor && actor.has_role(*r));
+    let tenants = match &actor.scope.tenants {
+        Reach::Only(tenants) if !other_role => Some(tenants),
+        _ => None,
+    };
     let view = state
         .services
         .app
         .view(org)
         .await
-        .map_err(|e| Problem::from(&e))?
-        .ok_or_else(Problem::organization_not_found)?;
-    // A tenant-scoped auditor reads only organizations that hold one of its tenants.
-    if let Reach::Only(tenants) = &actor.scope.tenants {
-        let other_role = roles.iter().any(|r| *r != Role::Auditor && actor.has_role(*r));
-        if !other_role && !view.tenants.iter().any(|t| tenants.contains(&t.tenant_id)) {
-            return Err(Problem::forbidden());
+        .map_err(|e| Problem::from(&e))?;
+    match (view, tenants) {
+        (None, None) => Err(Problem::organization_not_found()),
+        (None, Some(_)) => Err(Problem::forbidden()),
+        (Some(view), Some(tenants)) if !view.tenants.iter().any(|t| tenants.contains(&t.tenant_id)) => {
+            Err(Problem::forbidden())
         }
+        (Some(view), _) => Ok(view),
     }
-    Ok(view)
 }
 
 pub(crate) async fn register(
