@@ -1,10 +1,11 @@
 //! The event stream for platform services: pages of CloudEvents and the SSE stream.
 
 use std::convert::Infallible;
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{StreamExt as _, future};
@@ -31,6 +32,20 @@ fn undecodable(stored: &keyledger_domain::StoredEvent, e: &dyn std::fmt::Display
     tracing::error!(event_id = %stored.event_id, position = stored.global_position.0, error = %e,
         "stored event cannot be published");
     Problem::internal_error()
+}
+
+/// How long a client refused for `max_streams` is asked to wait.
+const STREAM_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+fn too_many_streams() -> Problem {
+    let mut p = Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too_many_streams",
+        "Too many open streams",
+    )
+    .with_detail("the server holds as many event streams as it is configured for; retry later");
+    p.retry_after = Some(STREAM_RETRY_AFTER);
+    p
 }
 
 /// `GET /v1/events?after=&limit=`.
@@ -86,11 +101,15 @@ pub(crate) async fn stream(
 ) -> Result<Response, Problem> {
     platform_only(&actor)?;
     let after = start(&headers, &q)?;
+    let Ok(slot) = state.streams.clone().try_acquire_owned() else {
+        return Err(too_many_streams());
+    };
     let mut shutdown = state.shutdown.clone();
     let stopping = async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     };
-    let open = state.metrics.sse_stream();
+    // Both live as long as the stream: the open-stream gauge and the `max_streams` permit.
+    let open = (state.metrics.sse_stream(), slot);
     let metrics_state = state.clone();
     let events = state
         .services
