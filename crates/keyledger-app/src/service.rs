@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use keyledger_domain::envelope::{EnvelopeActor, EventMetadata};
 use keyledger_domain::{
     Command, CommandKind, CommandName, Connection, DekId, DomainError, Edek, Event, KeyIdentifier, OrgId,
-    Protected, RewrapEvidence, State, StreamId, StreamVersion, WrappedDek, evolve, precheck,
+    Protected, RewrapEvidence, State, StreamId, StreamVersion, WrappedDek, authorize, evolve, precheck,
 };
 use keyledger_keys::evidence::{unwrap_all, wrap_all};
 use keyledger_keys::{Dek, KeyAccess, test_connection};
@@ -155,6 +155,9 @@ impl App {
         for _attempt in 0..=self.config.max_conflict_retries {
             // 1. load
             let loaded = self.load(request.org_id).await?;
+            // 2. authorize first: a 412 names the current version, which only a caller in
+            // scope may learn; then If-Match, and the rules that need no vault
+            authorize(&request.actor, request.org_id, name)?;
             if let Some(expected) = request.if_match
                 && expected != loaded.state.version
             {
@@ -163,7 +166,6 @@ impl App {
                     actual: loaded.state.version,
                 });
             }
-            // 2. authorize and check the rules that need no vault
             precheck(&loaded.state, &request.actor, request.org_id, name)?;
             // 3 and 4. key tests and DEKs, unless a previous attempt did them for this state
             let now = self.clock.now();

@@ -366,6 +366,27 @@ async fn a_stale_if_match_is_a_version_mismatch() {
 }
 
 #[tokio::test]
+async fn a_caller_outside_the_scope_learns_nothing_from_if_match() {
+    let f = enabled().await;
+    for actor in [testing::admin_of_other_org(), admin()] {
+        // Another organization's administrator, and a role that may not change the plan.
+        let mut r = request(
+            actor,
+            Action::ChangePlan {
+                plan: Plan::free(),
+                reason: "x".into(),
+            },
+        );
+        r.if_match = Some(StreamVersion(999));
+        let err = f.app.handle(r).await.unwrap_err();
+        assert!(
+            matches!(err, AppError::Rejected(DomainError::Forbidden)),
+            "{err:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn health_changes_come_from_the_engine() {
     let f = enabled().await;
     let out = run(

@@ -34,6 +34,13 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// A connection that takes longer to send a request's headers is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Open connections at most; past it the server accepts no more until one closes.
+    pub max_connections: usize,
+    /// Open SSE streams at most; past it a stream gets 503 `too_many_streams`.
+    pub max_streams: usize,
 }
 
 impl Default for ServerConfig {
@@ -42,6 +49,9 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 65536,
             request_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+            max_streams: 1000,
         }
     }
 }
@@ -261,6 +271,15 @@ fn check(c: &Config) -> Result<(), ConfigError> {
     if c.server.max_body_bytes < 1024 {
         return Err(rule("server.max_body_bytes", "must be at least 1024"));
     }
+    if c.server.header_read_timeout.is_zero() {
+        return Err(rule("server.header_read_timeout", "must be more than zero"));
+    }
+    if c.server.max_connections == 0 {
+        return Err(rule("server.max_connections", "must be at least 1"));
+    }
+    if c.server.max_streams == 0 {
+        return Err(rule("server.max_streams", "must be at least 1"));
+    }
     let url = &c.store.url;
     if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         return Err(rule("store.url", "must start with sqlite: or postgres://"));
@@ -433,6 +452,43 @@ tenants = ["*"]
             assert!(err.contains("KEYLEDGER_HEALTH__PROBE_INTERVAL"), "{err}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn the_server_limits_default_to_the_contract_and_can_be_set() {
+        Jail::expect_with(|jail| {
+            let (c, _) = load(None).unwrap();
+            assert_eq!(c.server.header_read_timeout, Duration::from_secs(30));
+            assert_eq!(c.server.max_connections, 10_000);
+            assert_eq!(c.server.max_streams, 1000);
+            let (c, _) = load_in(
+                jail,
+                "[server]\nheader_read_timeout = \"5s\"\nmax_connections = 20\nmax_streams = 2\n",
+            )
+            .unwrap();
+            assert_eq!(c.server.header_read_timeout, Duration::from_secs(5));
+            assert_eq!((c.server.max_connections, c.server.max_streams), (20, 2));
+            jail.set_env("KEYLEDGER_SERVER__MAX_STREAMS", "7");
+            assert_eq!(load(None).unwrap().0.server.max_streams, 7);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn server_limits_of_zero_are_refused_by_name() {
+        for (key, toml) in [
+            ("server.header_read_timeout", "header_read_timeout = \"0s\""),
+            ("server.max_connections", "max_connections = 0"),
+            ("server.max_streams", "max_streams = 0"),
+        ] {
+            Jail::expect_with(|jail| {
+                let err = load_in(jail, &format!("[server]\n{toml}\n"))
+                    .unwrap_err()
+                    .to_string();
+                assert!(err.contains(key), "{err}");
+                Ok(())
+            });
+        }
     }
 
     #[test]

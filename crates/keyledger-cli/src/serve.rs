@@ -260,6 +260,9 @@ async fn serve(config: Config, origin: Origin) -> Result<(), Failure> {
     let server_config = ServerConfig {
         max_body_bytes: config.server.max_body_bytes,
         request_timeout: config.server.request_timeout,
+        header_read_timeout: config.server.header_read_timeout,
+        max_connections: config.server.max_connections,
+        max_streams: config.server.max_streams,
         allowed_vault_hosts: if simulated {
             HostAllowList::azure_public_clouds()
         } else {

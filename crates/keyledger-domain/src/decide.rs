@@ -85,8 +85,9 @@ impl DomainError {
     }
 }
 
-/// R3: who may issue which command.
-fn authorize(actor: &Actor, org: OrgId, name: CommandName) -> Result<(), DomainError> {
+/// R3: who may issue which command. Run before anything that shows the organization's state
+/// (an `If-Match` answer names its version), so a caller out of scope learns nothing.
+pub fn authorize(actor: &Actor, org: OrgId, name: CommandName) -> Result<(), DomainError> {
     let allowed: &[Role] = match name {
         CommandName::RegisterOrganization | CommandName::AddTenant | CommandName::RemoveTenant => {
             &[Role::Platform]

@@ -31,7 +31,7 @@ pub use actor::{Actor, ActorKind, Reach, Role, Scope};
 pub use attest::{KeyProperties, UnwrapProof, ValidatedKey, WrappedBy, WrappedDek};
 pub use command::{Command, CommandKind, CommandName, RewrapEvidence};
 pub use connection::{Connection, ConnectionField, ConnectionRecord};
-pub use decide::{DomainError, decide, precheck};
+pub use decide::{DomainError, authorize, decide, precheck};
 pub use envelope::{EnvelopeActor, EventMetadata, GENESIS_HASH, StoredEvent};
 pub use event::{DecodeError, EVENT_TYPES, Event, Tenant};
 pub use health::HealthStatus;

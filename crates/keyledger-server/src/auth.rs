@@ -87,11 +87,13 @@ impl Tokens {
         Self { entries }
     }
 
-    /// The actor of an `Authorization` header value, or 401 `unauthenticated`.
+    /// The actor of an `Authorization` header value, or 401 `unauthenticated`. The scheme
+    /// name is case-insensitive (RFC 9110 §11.1).
     pub fn authenticate(&self, authorization: Option<&str>) -> Result<Actor, Unauthenticated> {
         let token = authorization
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(|h| h.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("Bearer"))
+            .map(|(_, token)| token.trim())
             .filter(|t| !t.is_empty())
             .ok_or(Unauthenticated)?;
         let d = digest(token);
@@ -153,6 +155,16 @@ mod tests {
     }
 
     #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for h in ["bearer", "BEARER", "bEaReR"] {
+            let a = tokens()
+                .authenticate(Some(&format!("{h} billing-token-0123456789")))
+                .unwrap();
+            assert_eq!(a.id, "billing", "{h}");
+        }
+    }
+
+    #[test]
     fn missing_malformed_or_unknown_tokens_are_401() {
         for h in [
             None,
@@ -160,6 +172,8 @@ mod tests {
             Some("Basic abc"),
             Some("Bearer "),
             Some("Bearer nope"),
+            Some("Bearerbilling-token-0123456789"),
+            Some("Bear billing-token-0123456789"),
         ] {
             let p = Problem::from(tokens().authenticate(h).unwrap_err());
             assert_eq!((p.status, p.code), (401, "unauthenticated"), "{h:?}");

@@ -119,6 +119,15 @@ impl<T: DeserializeOwned + Default> FromRequestParts<Shared> for Query<T> {
     }
 }
 
+/// A position or version from a query or a header, or 400 naming `field`.
+pub(crate) fn cursor(field: &str, value: u64) -> Result<u64, Problem> {
+    if value <= crate::api::MAX_POSITION {
+        Ok(value)
+    } else {
+        Err(invalid(field, format!("must be at most {}", crate::api::MAX_POSITION)))
+    }
+}
+
 /// Parses an id from a path segment, or 400 naming the segment.
 pub(crate) fn path_id<T: std::str::FromStr>(name: &str, raw: &str) -> Result<T, Problem>
 where

@@ -2,7 +2,8 @@
 //! audit, the CloudEvents page and SSE stream, and the operational endpoints.
 //!
 //! - [`router`] builds the routes; [`run`] serves them on a listener until a shutdown signal,
-//!   draining in-flight requests and ending open streams;
+//!   draining in-flight requests and ending open streams, within the connection limits of
+//!   [`ServerConfig`] (ADR 0016);
 //! - [`problem`]: every failure as `application/problem+json` with a CONTRACT.md code;
 //! - [`auth`]: bearer tokens → actors with roles and scopes;
 //! - [`idempotency`]: `Idempotency-Key` replays;
@@ -23,17 +24,21 @@ pub mod openapi;
 pub mod problem;
 mod routes;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
 use keyledger_app::{App, HealthMonitor};
 use keyledger_domain::HostAllowList;
 use keyledger_projection::ProjectionSink;
 use keyledger_store::EventStore;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
+use tower::ServiceExt as _;
 
 pub use auth::{TokenGrant, Tokens, Unauthenticated};
 pub use problem::{FieldError, Problem};
@@ -49,6 +54,13 @@ pub struct ServerConfig {
     pub heartbeat: Duration,
     /// Vault hosts a key identifier may name.
     pub allowed_vault_hosts: HostAllowList,
+    /// A connection that has not sent a request's full headers this long after it started
+    /// sending them (or after it opened) is closed.
+    pub header_read_timeout: Duration,
+    /// Open connections at most; past it the server accepts no more until one closes.
+    pub max_connections: usize,
+    /// Open SSE streams at most; past it a stream gets 503 `too_many_streams`.
+    pub max_streams: usize,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +70,9 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(30),
             heartbeat: Duration::from_secs(15),
             allowed_vault_hosts: HostAllowList::azure_public_clouds(),
+            header_read_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+            max_streams: 1000,
         }
     }
 }
@@ -113,24 +128,32 @@ pub(crate) struct State {
     pub metrics: metrics::Metrics,
     /// Turns true when the server starts shutting down; open streams end.
     pub shutdown: watch::Receiver<bool>,
+    /// One permit per open SSE stream (`max_streams`).
+    pub streams: Arc<Semaphore>,
 }
 
 pub(crate) type Shared = Arc<State>;
 
 /// The routes, with their middleware. `shutdown` ends open SSE streams when it turns true.
 pub fn router(services: Services, config: ServerConfig, shutdown: watch::Receiver<bool>) -> Router {
+    let streams = Arc::new(Semaphore::new(config.max_streams.min(Semaphore::MAX_PERMITS)));
     let state = Arc::new(State {
         services,
         config,
         idempotency: idempotency::Replays::default(),
         metrics: metrics::Metrics::default(),
         shutdown,
+        streams,
     });
     routes::build(state)
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then stops accepting, ends open
 /// streams and waits for in-flight requests.
+///
+/// HTTP/1.1 only. A connection that takes longer than `header_read_timeout` to send a
+/// request's headers is closed. At `max_connections` open connections the server accepts no
+/// more until one closes; the others wait in the listener's backlog (ADR 0016).
 pub async fn run(
     listener: TcpListener,
     services: Services,
@@ -138,12 +161,62 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (tx, rx) = watch::channel(false);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout);
+    let slots = Arc::new(Semaphore::new(
+        config.max_connections.clamp(1, Semaphore::MAX_PERMITS),
+    ));
     let app = router(services, config, rx);
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: draining in-flight requests");
-            let _ = tx.send(true);
-        })
-        .await
+    let connections = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            () = &mut shutdown => break,
+            slot = slots.clone().acquire_owned() => slot,
+        };
+        // The semaphore is never closed, so acquiring only waits.
+        let Ok(slot) = slot else { break };
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    accept_failed(&e).await;
+                    continue;
+                }
+            },
+        };
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            app.clone().oneshot(request)
+        });
+        let connection = connections.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    tracing::info!("shutting down: draining in-flight requests");
+    drop(listener);
+    let _ = tx.send(true);
+    connections.shutdown().await;
+    Ok(())
+}
+
+/// A failed accept: a connection the peer gave up on is nothing; anything else (out of file
+/// descriptors, say) is logged, and accepting pauses for a second so the loop does not spin.
+async fn accept_failed(e: &std::io::Error) {
+    use std::io::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::ConnectionRefused | ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(error = %e, "accepting a connection failed; retrying in 1 s");
+    tokio::time::sleep(Duration::from_secs(1)).await;
 }

@@ -48,6 +48,13 @@ on_every_backend!(
     bad_input_is_refused_and_appends_nothing,
     sse_resumes_with_last_event_id_without_gap_or_duplicate,
     operations_endpoints,
+    out_of_range_positions_and_versions_are_400,
+    an_out_of_range_last_event_id_is_a_400_not_a_dead_stream,
+    a_tenant_auditor_with_no_organizations_sees_every_row_of_its_tenant,
+    an_unknown_method_is_405_and_adds_no_metric_label,
+    the_bearer_scheme_is_case_insensitive,
+    a_caller_outside_the_scope_learns_nothing_from_if_match,
+    a_tenant_scoped_reader_cannot_tell_a_missing_organization_from_a_forbidden_one,
 );
 
 fn org_path(org: &str, rest: &str) -> String {
@@ -1257,4 +1264,305 @@ async fn operations_endpoints(s: &Server) {
     s.send("GET", "/nowhere", None, None, &[])
         .await
         .problem(404, "not_found");
+}
+
+/// Above every position and version the store can hold (2^63), and the store's largest
+/// (2^63 - 1), after which no position can follow.
+const TOO_FAR: [&str; 2] = ["9223372036854775808", "9223372036854775807"];
+
+#[track_caller]
+fn names_field(r: Reply, field: &str) {
+    let r = r.problem(400, "invalid_request");
+    assert_eq!(r.json()["errors"][0]["field"], field, "{}", r.text);
+}
+
+async fn out_of_range_positions_and_versions_are_400(s: &Server) {
+    let org = new_org();
+    s.register(&org).await;
+    s.tenant_known(TENANT_A).await;
+    for n in TOO_FAR {
+        names_field(
+            s.call("GET", &format!("/v1/events?after={n}"), PLATFORM, None)
+                .await,
+            "after",
+        );
+        names_field(
+            s.call(
+                "GET",
+                &org_path(&org, &format!("/events?after_version={n}")),
+                PLATFORM,
+                None,
+            )
+            .await,
+            "after_version",
+        );
+        names_field(
+            s.call(
+                "GET",
+                &format!("/v1/tenants/{TENANT_A}/audit?after={n}"),
+                AUDITOR,
+                None,
+            )
+            .await,
+            "after",
+        );
+        let r = s
+            .http
+            .get(s.url(&format!("/v1/events/stream?after={n}")))
+            .bearer_auth(PLATFORM)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "stream ?after={n}");
+    }
+    // Malformed and past u64 are 400 too; the largest accepted values still answer.
+    for q in [
+        "after=-1",
+        "after=1e3",
+        "after=18446744073709551616",
+        "limit=4294967296",
+    ] {
+        s.call("GET", &format!("/v1/events?{q}"), PLATFORM, None)
+            .await
+            .problem(400, "invalid_request");
+    }
+    let r = s
+        .call("GET", "/v1/events?after=9223372036854775806", PLATFORM, None)
+        .await
+        .expect(200);
+    assert_eq!(r.json()["events"], json!([]));
+    s.call(
+        "GET",
+        &org_path(&org, "/events?after_version=9223372036854775806"),
+        PLATFORM,
+        None,
+    )
+    .await
+    .expect(200);
+}
+
+async fn an_out_of_range_last_event_id_is_a_400_not_a_dead_stream(s: &Server) {
+    for id in TOO_FAR.into_iter().chain(["-1", "18446744073709551616"]) {
+        let r = s
+            .send(
+                "GET",
+                "/v1/events/stream",
+                Some(PLATFORM),
+                None,
+                &[("last-event-id", id)],
+            )
+            .await;
+        names_field(r, "last-event-id");
+    }
+}
+
+async fn a_tenant_auditor_with_no_organizations_sees_every_row_of_its_tenant(s: &Server) {
+    let org = new_org();
+    s.register(&org).await;
+    // Two key-relevant events, each an audit row of tenant A.
+    s.call(
+        "POST",
+        &org_path(&org, "/customer-managed-key"),
+        ADMIN,
+        Some(s.connection(0)),
+    )
+    .await
+    .expect(201);
+    s.call(
+        "POST",
+        &org_path(&org, "/customer-managed-key/rotation"),
+        ADMIN,
+        Some(json!({"key_identifier": s.demo.key_identifiers[1]})),
+    )
+    .await
+    .expect(200);
+    let all = s.audit_rows(TENANT_A, 2).await;
+    assert!(all.len() >= 2, "{all:?}");
+    let page = s
+        .call(
+            "GET",
+            &format!("/v1/tenants/{TENANT_A}/audit?limit=1000"),
+            AUDITOR_A_NO_ORGS,
+            None,
+        )
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(page["entries"].as_array().unwrap().len(), all.len(), "{page}");
+    // `tenants` still governs: tenant B stays closed to it.
+    s.call(
+        "GET",
+        &format!("/v1/tenants/{TENANT_B}/audit"),
+        AUDITOR_A_NO_ORGS,
+        None,
+    )
+    .await
+    .problem(403, "forbidden");
+}
+
+/// The `keyledger_http_requests_total` series, one line each.
+fn request_series(metrics: &str) -> Vec<String> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("keyledger_http_requests_total{"))
+        .map(|l| l.rsplit_once(' ').map_or(l, |(series, _)| series).to_owned())
+        .collect()
+}
+
+async fn an_unknown_method_is_405_and_adds_no_metric_label(s: &Server) {
+    // Warm up every series this test can add: one request of each shape.
+    s.send("BREW", "/healthz", None, None, &[]).await;
+    s.send("GET", "/made-up-0", None, None, &[]).await;
+    s.send("BREW", "/made-up-0", None, None, &[]).await;
+    let before = request_series(&s.send("GET", "/metrics", None, None, &[]).await.text);
+    for i in 0..40 {
+        let method = format!("X-METHOD-{i}");
+        let r = s
+            .send(&method, "/healthz", None, None, &[])
+            .await
+            .problem(405, "method_not_allowed");
+        assert!(
+            r.header("allow").is_some_and(|a| a.contains("GET")),
+            "{:?}",
+            r.headers
+        );
+        s.send(&method, "/v1/events", Some(PLATFORM), None, &[])
+            .await
+            .problem(405, "method_not_allowed");
+        s.send(&method, &format!("/made-up-{i}"), None, None, &[])
+            .await
+            .problem(405, "method_not_allowed");
+        s.send("GET", &format!("/made-up-{i}/{method}"), None, None, &[])
+            .await
+            .problem(404, "not_found");
+    }
+    // A known method the route does not serve is 405 too.
+    s.send("DELETE", "/healthz", None, None, &[])
+        .await
+        .problem(405, "method_not_allowed");
+    let metrics = s.send("GET", "/metrics", None, None, &[]).await.text;
+    assert!(!metrics.contains("X-METHOD"), "{metrics}");
+    assert!(!metrics.contains("made-up"), "{metrics}");
+    let after = request_series(&metrics);
+    let added: Vec<_> = after.iter().filter(|l| !before.contains(l)).collect();
+    // At most: GET /metrics, X-METHOD on /v1/events, DELETE /healthz.
+    assert!(added.len() <= 3, "new series: {added:#?}");
+}
+
+async fn the_bearer_scheme_is_case_insensitive(s: &Server) {
+    for scheme in ["bearer", "BEARER", "BeArEr"] {
+        let auth = format!("{scheme} {PLATFORM}");
+        s.send(
+            "GET",
+            "/v1/events?limit=1",
+            None,
+            None,
+            &[("authorization", &auth)],
+        )
+        .await
+        .expect(200);
+    }
+    s.send(
+        "GET",
+        "/v1/events",
+        None,
+        None,
+        &[("authorization", &format!("Basic {PLATFORM}"))],
+    )
+    .await
+    .problem(401, "unauthenticated");
+}
+
+async fn a_caller_outside_the_scope_learns_nothing_from_if_match(s: &Server) {
+    let org = new_org();
+    s.register(&org).await;
+    s.call(
+        "POST",
+        &org_path(&org, "/customer-managed-key"),
+        ADMIN,
+        Some(s.connection(0)),
+    )
+    .await
+    .expect(201);
+    let count = s.event_count().await;
+    // ADMIN_OTHER administers another organization: stale or current If-Match, the answer
+    // is the same 403 and names no version.
+    for etag in ["\"1\"", "\"999\""] {
+        let r = s
+            .send(
+                "DELETE",
+                &org_path(&org, "/customer-managed-key"),
+                Some(ADMIN_OTHER),
+                None,
+                &[("if-match", etag)],
+            )
+            .await
+            .problem(403, "forbidden");
+        assert!(
+            !r.text.contains("999") && !r.text.contains("version"),
+            "{}",
+            r.text
+        );
+        // A role that may not run the command at all, in scope: also 403, not 412.
+        s.send(
+            "PUT",
+            &org_path(&org, "/plan"),
+            Some(ADMIN),
+            Some(r#"{"plan":{"kind":"enterprise","tier":"premium"},"reason":"r"}"#),
+            &[("if-match", etag)],
+        )
+        .await
+        .problem(403, "forbidden");
+    }
+    // An organization that does not exist looks the same to it.
+    s.send(
+        "DELETE",
+        &org_path(&new_org(), "/customer-managed-key"),
+        Some(ADMIN_OTHER),
+        None,
+        &[("if-match", "\"999\"")],
+    )
+    .await
+    .problem(403, "forbidden");
+    assert_eq!(s.event_count().await, count);
+    // The administrator in scope still gets the 412.
+    s.send(
+        "DELETE",
+        &org_path(&org, "/customer-managed-key"),
+        Some(ADMIN),
+        None,
+        &[("if-match", "\"999\"")],
+    )
+    .await
+    .problem(412, "version_mismatch");
+}
+
+async fn a_tenant_scoped_reader_cannot_tell_a_missing_organization_from_a_forbidden_one(s: &Server) {
+    let elsewhere = new_org();
+    s.call(
+        "POST",
+        "/v1/organizations",
+        PLATFORM,
+        Some(json!({"org_id": elsewhere, "name": "o", "plan": {"kind": "free"},
+                    "tenants": [{"tenant_id": "01900000-0000-7000-8000-0000000000de", "name": "x"}]})),
+    )
+    .await
+    .expect(201);
+    let missing = new_org();
+    for rest in ["", "/key-health", "/data-keys", "/events"] {
+        let a = s.call("GET", &org_path(&elsewhere, rest), AUDITOR_A, None).await;
+        let b = s.call("GET", &org_path(&missing, rest), AUDITOR_A, None).await;
+        assert_eq!(
+            (a.status, a.code()),
+            (b.status, b.code()),
+            "{rest}: {} vs {}",
+            a.text,
+            b.text
+        );
+        b.problem(403, "forbidden");
+    }
+    // An unrestricted auditor still learns that an organization does not exist.
+    s.call("GET", &org_path(&missing, ""), AUDITOR, None)
+        .await
+        .problem(404, "organization_not_found");
 }

@@ -104,8 +104,8 @@ async fn every_documented_route_is_served() {
 }
 
 /// What the document says of numbers and `If-Match`, the service does (issue 11, item 13):
-/// a position above `i64::MAX` or a `limit` outside 1–1000 is a 400, the largest position is
-/// not a 500, and an empty `If-Match` sets no precondition.
+/// a position above the documented maximum (`i64::MAX - 1`) or a `limit` outside 1–1000 is a
+/// 400, the largest position is not a 500, and an empty `If-Match` sets no precondition.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_service_keeps_the_documented_ranges() {
     use common::{Backend, PLATFORM, Server, TENANT_A};
@@ -113,7 +113,7 @@ async fn the_service_keeps_the_documented_ranges() {
     let org = common::new_org();
     s.register(&org).await;
     s.tenant_known(TENANT_A).await;
-    let too_big = "9223372036854775808";
+    let too_big = "9223372036854775807";
     for path in [
         format!("/v1/events?after={too_big}"),
         "/v1/events?limit=0".to_owned(),
@@ -141,7 +141,7 @@ async fn the_service_keeps_the_documented_ranges() {
     )
     .await
     .problem(400, "invalid_request");
-    let largest = i64::MAX.to_string();
+    let largest = keyledger_server::api::MAX_POSITION.to_string();
     for path in [
         format!("/v1/events?after={largest}&limit=1000"),
         format!("/v1/organizations/{org}/events?after_version={largest}&limit=1"),

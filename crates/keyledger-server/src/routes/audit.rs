@@ -7,7 +7,7 @@ use keyledger_projection::AuditQuery;
 
 use crate::Shared;
 use crate::api::{AuditPage, AuditQueryParams};
-use crate::extract::{Caller, Query, path_id};
+use crate::extract::{Caller, Query, cursor, path_id};
 use crate::problem::{FieldError, Problem};
 
 const DEFAULT_LIMIT: u32 = 100;
@@ -20,6 +20,7 @@ fn sink_failed(e: keyledger_projection::SinkError) -> Problem {
 
 /// `GET /v1/tenants/{tenant}/audit`: auditors, organization administrators and support, each
 /// within their tenant scope; a caller limited to some organizations sees only their rows.
+/// `organizations = []` does not narrow: the tenant scope alone decides.
 pub(crate) async fn tenant_audit(
     State(state): State<Shared>,
     Caller(actor): Caller,
@@ -38,7 +39,7 @@ pub(crate) async fn tenant_audit(
         Some(raw) => raw
             .parse::<u64>()
             .ok()
-            .filter(|p| *p <= crate::api::MAX_POSITION)
+            .and_then(|after| cursor("after", after).ok())
             .ok_or_else(|| {
                 Problem::invalid(vec![FieldError {
                     field: "after".into(),
@@ -66,9 +67,13 @@ pub(crate) async fn tenant_audit(
     let next = (rows.len() == limit as usize)
         .then(|| rows.last().map(|r| r.position.to_string()))
         .flatten();
+    // CONTRACT.md "Tenant audit scope": `tenants` governs; `organizations` narrows the rows
+    // only when it lists some (an auditor of a tenant often has no organization of its own).
     let entries = match &actor.scope.organizations {
-        Reach::All => rows,
-        Reach::Only(orgs) => rows.into_iter().filter(|r| orgs.contains(&r.org_id)).collect(),
+        Reach::Only(orgs) if !orgs.is_empty() => {
+            rows.into_iter().filter(|r| orgs.contains(&r.org_id)).collect()
+        }
+        Reach::All | Reach::Only(_) => rows,
     };
     Ok(Json(AuditPage { entries, next }))
 }

@@ -1,10 +1,11 @@
 //! The event stream for platform services: pages of CloudEvents and the SSE stream.
 
 use std::convert::Infallible;
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{StreamExt as _, future};
@@ -13,7 +14,7 @@ use keyledger_domain::{GlobalPosition, Role};
 use crate::Shared;
 use crate::api::{EventsPage, EventsQuery};
 use crate::cloudevent::{cloud_event, cloud_event_text};
-use crate::extract::{Caller, Query};
+use crate::extract::{Caller, Query, cursor};
 use crate::problem::{FieldError, Problem};
 
 const DEFAULT_LIMIT: u32 = 100;
@@ -33,6 +34,20 @@ fn undecodable(stored: &keyledger_domain::StoredEvent, e: &dyn std::fmt::Display
     Problem::internal_error()
 }
 
+/// How long a client refused for `max_streams` is asked to wait.
+const STREAM_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+fn too_many_streams() -> Problem {
+    let mut p = Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too_many_streams",
+        "Too many open streams",
+    )
+    .with_detail("the server holds as many event streams as it is configured for; retry later");
+    p.retry_after = Some(STREAM_RETRY_AFTER);
+    p
+}
+
 /// `GET /v1/events?after=&limit=`.
 pub(crate) async fn page(
     State(state): State<Shared>,
@@ -40,7 +55,7 @@ pub(crate) async fn page(
     Query(q): Query<EventsQuery>,
 ) -> Result<Json<EventsPage>, Problem> {
     platform_only(&actor)?;
-    let after = q.after.unwrap_or(0);
+    let after = cursor("after", q.after.unwrap_or(0))?;
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT) as usize;
     let stored = state
         .services
@@ -56,14 +71,16 @@ pub(crate) async fn page(
 }
 
 /// Where a stream starts: `Last-Event-ID` (a reconnect) wins over `?after=`.
+/// Both are checked, so a bad `after` is a 400 even on a reconnect.
 fn start(headers: &HeaderMap, q: &EventsQuery) -> Result<u64, Problem> {
+    let after = cursor("after", q.after.unwrap_or(0))?;
     match headers.get("last-event-id") {
-        None => Ok(q.after.unwrap_or(0)),
+        None => Ok(after),
         Some(v) => v
             .to_str()
             .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .filter(|p| *p <= crate::api::MAX_POSITION)
+            .and_then(|s| s.trim().parse().ok())
+            .and_then(|id| cursor("last-event-id", id).ok())
             .ok_or_else(|| {
                 Problem::invalid(vec![FieldError {
                     field: "last-event-id".into(),
@@ -84,11 +101,15 @@ pub(crate) async fn stream(
 ) -> Result<Response, Problem> {
     platform_only(&actor)?;
     let after = start(&headers, &q)?;
+    let Ok(slot) = state.streams.clone().try_acquire_owned() else {
+        return Err(too_many_streams());
+    };
     let mut shutdown = state.shutdown.clone();
     let stopping = async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     };
-    let open = state.metrics.sse_stream();
+    // Both live as long as the stream: the open-stream gauge and the `max_streams` permit.
+    let open = (state.metrics.sse_stream(), slot);
     let metrics_state = state.clone();
     let events = state
         .services

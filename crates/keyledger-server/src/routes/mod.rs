@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{Method, StatusCode};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -66,6 +66,7 @@ pub(crate) fn build(state: Shared) -> Router {
         .route("/metrics", get(ops::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(refuse_unknown_methods))
         .layer(middleware::from_fn_with_state(state.clone(), timeout))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
@@ -86,6 +87,33 @@ async fn method_not_allowed() -> Problem {
         "method_not_allowed",
         "Method not allowed",
     )
+    .with_detail("the Allow header lists the methods this route serves")
+}
+
+/// The methods the API knows, each its own metric label; any other is [`OTHER_METHOD`].
+const KNOWN_METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+const OTHER_METHOD: &str = "other";
+
+/// A bounded metric label for `method`: a caller cannot add labels by making methods up.
+fn method_label(method: &Method) -> &'static str {
+    KNOWN_METHODS
+        .into_iter()
+        .find(|m| *m == method.as_str())
+        .unwrap_or(OTHER_METHOD)
+}
+
+/// 405 for a method the API does not know. On a route, the route's own 405 answers (it
+/// names the allowed methods); elsewhere no method is allowed, not even this one.
+async fn refuse_unknown_methods(request: Request, next: Next) -> Response {
+    let on_route = request.extensions().get::<MatchedPath>().is_some();
+    if on_route || method_label(request.method()) != OTHER_METHOD {
+        return next.run(request).await;
+    }
+    let mut response = method_not_allowed().await.into_response();
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(""));
+    response
 }
 
 /// Ends a request that takes longer than `server.request_timeout` with a 503. The SSE stream
@@ -109,9 +137,10 @@ async fn timeout(State(state): State<Shared>, request: Request, next: Next) -> R
     }
 }
 
-/// Counts each request by route and status.
+/// Counts each request by method, route and status. Every label comes from a bounded set:
+/// a known method or `other`, a route pattern or `unmatched`, a status the service sends.
 async fn observe(State(state): State<Shared>, request: Request, next: Next) -> Response {
-    let method = request.method().clone();
+    let method = method_label(request.method());
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -119,13 +148,10 @@ async fn observe(State(state): State<Shared>, request: Request, next: Next) -> R
         .unwrap_or_else(|| "unmatched".to_owned());
     let started = Instant::now();
     let response = next.run(request).await;
-    if method != Method::OPTIONS {
-        state.metrics.request(
-            method.as_str(),
-            &route,
-            response.status().as_u16(),
-            started.elapsed(),
-        );
+    if method != "OPTIONS" {
+        state
+            .metrics
+            .request(method, &route, response.status().as_u16(), started.elapsed());
     }
     response
 }

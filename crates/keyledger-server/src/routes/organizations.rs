@@ -12,7 +12,7 @@ use keyledger_projection::{DataKeyInventory, OrganizationView};
 use super::{ANY_ROLE, may_read};
 use crate::Shared;
 use crate::api::{ChangePlan, OrgEvents, OrgEventsQuery, PublicEnvelope, RegisterOrganization};
-use crate::extract::{Caller, CommandHeaders, JsonBody, Query, path_id};
+use crate::extract::{Caller, CommandHeaders, JsonBody, Query, cursor, path_id};
 use crate::problem::Problem;
 
 /// The view with its version as the entity tag, for `If-Match`.
@@ -64,21 +64,27 @@ pub(crate) async fn readable_view(
     org: OrgId,
 ) -> Result<OrganizationView, Problem> {
     may_read(actor, roles, org)?;
+    // A tenant-scoped auditor reads only organizations that hold one of its tenants. It gets
+    // 403 for one that does not exist too, so it cannot probe for organizations.
+    let other_role = roles.iter().any(|r| *r != Role::Auditor && actor.has_role(*r));
+    let tenants = match &actor.scope.tenants {
+        Reach::Only(tenants) if !other_role => Some(tenants),
+        _ => None,
+    };
     let view = state
         .services
         .app
         .view(org)
         .await
-        .map_err(|e| Problem::from(&e))?
-        .ok_or_else(Problem::organization_not_found)?;
-    // A tenant-scoped auditor reads only organizations that hold one of its tenants.
-    if let Reach::Only(tenants) = &actor.scope.tenants {
-        let other_role = roles.iter().any(|r| *r != Role::Auditor && actor.has_role(*r));
-        if !other_role && !view.tenants.iter().any(|t| tenants.contains(&t.tenant_id)) {
-            return Err(Problem::forbidden());
+        .map_err(|e| Problem::from(&e))?;
+    match (view, tenants) {
+        (None, None) => Err(Problem::organization_not_found()),
+        (None, Some(_)) => Err(Problem::forbidden()),
+        (Some(view), Some(tenants)) if !view.tenants.iter().any(|t| tenants.contains(&t.tenant_id)) => {
+            Err(Problem::forbidden())
         }
+        (Some(view), _) => Ok(view),
     }
-    Ok(view)
 }
 
 pub(crate) async fn register(
@@ -206,16 +212,10 @@ pub(crate) async fn events(
     Query(q): Query<OrgEventsQuery>,
 ) -> Result<Json<OrgEvents>, Problem> {
     let org = org_path(&org)?;
+    let after_version = cursor("after_version", q.after_version.unwrap_or(0))?;
     readable_view(&state, &actor, &[Role::Platform, Role::Auditor], org).await?;
     let limit = q.limit.unwrap_or(ORG_EVENTS_DEFAULT).clamp(1, ORG_EVENTS_MAX) as usize;
-    // The first version after `after_version`, kept within what a store can hold: after the
-    // largest version there is nothing, and reading from it finds nothing.
-    let from = StreamVersion(
-        q.after_version
-            .unwrap_or(0)
-            .saturating_add(1)
-            .min(crate::api::MAX_POSITION),
-    );
+    let from = StreamVersion(after_version + 1);
     let stored = stream_events(&state, org, from).await?;
     let events = stored
         .iter()

@@ -25,6 +25,8 @@ pub const BILLING: &str = "t-billing-0123456789";
 pub const SUPPORT: &str = "t-support-0123456789";
 /// An administrator of [`OTHER_ORG`] only.
 pub const ADMIN_OTHER: &str = "t-admin-other-0123456789";
+/// An auditor of tenant A with `organizations = []` (CONTRACT.md "Tenant audit scope").
+pub const AUDITOR_A_NO_ORGS: &str = "t-auditor-a-no-orgs-0123456789";
 
 pub const TENANT_A: &str = "01900000-0000-7000-8000-00000000000a";
 pub const TENANT_B: &str = "01900000-0000-7000-8000-00000000000b";
@@ -58,6 +60,7 @@ pub fn tokens() -> Tokens {
         grant(BILLING, Role::Billing, None, None),
         grant(SUPPORT, Role::Support, None, None),
         grant(ADMIN_OTHER, Role::OrgAdmin, Some(&[OTHER_ORG]), None),
+        grant(AUDITOR_A_NO_ORGS, Role::Auditor, Some(&[]), Some(&[TENANT_A])),
     ])
 }
 
