@@ -196,14 +196,15 @@ async fn serve(config: Config, origin: Origin) -> Result<(), Failure> {
             background::projection_runners(store.clone(), opened.sink.clone(), stopping.clone())
         }
         // Several instances may share the database: each projection runs where its lease is held.
-        Backend::Postgres(_) => {
+        Backend::Postgres(pg) => {
             let StoreUrl::Postgres(raw) = &url else {
                 unreachable!("a PostgreSQL backend comes from a postgres URL")
             };
+            let sink = keyledger_postgres::PgProjections::new(pg);
             Projection::ALL
                 .into_iter()
                 .map(|projection| {
-                    let (raw, store, sink) = (raw.clone(), store.clone(), opened.sink.clone());
+                    let (raw, store, sink) = (raw.clone(), store.clone(), sink.clone());
                     supervise(projection.name(), stopping.clone(), move |stop| {
                         let (raw, store, sink) = (raw.clone(), store.clone(), sink.clone());
                         async move {

@@ -31,7 +31,7 @@ pub mod projections;
 #[cfg(feature = "test-hooks")]
 pub mod testing;
 
-pub use projections::{Lease, PgProjections, run_led};
+pub use projections::{LEASE_CHECK, Lease, PgProjections, lease_key, run_led};
 
 /// The embedded migrations (`migrations/postgres/`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
