@@ -175,6 +175,14 @@ async fn serve(config: Config, origin: Origin) -> Result<(), Failure> {
         .map_err(|e| Failure::new(format!("keys.internal_key_file {}", key_file.display()), &e))?;
     let url = StoreUrl::parse(&config.store.url)?;
     let opened = OpenedStore::open(&url, Arc::new(ring), Create::IfMissing).await?;
+    // One projection writer per SQLite file (ADR 0014), held until the process ends.
+    let _writer = match &url {
+        StoreUrl::Sqlite(path) => Some(
+            keyledger_sqlite::WriterLock::acquire(path)
+                .map_err(|e| Failure::msg(format!("cannot serve {url}"), e))?,
+        ),
+        StoreUrl::Postgres(_) => None,
+    };
     let store = opened.store.clone();
 
     let services = Services::new(

@@ -178,3 +178,54 @@ async fn a_reused_idempotency_key_on_another_org_never_answers_without_recording
     assert_eq!(exported_tenants_added(dir.path(), ORG_B), [TENANT_3, TENANT_2]);
     assert_eq!(exported_tenants_added(dir.path(), ORG_A), [TENANT_2]);
 }
+
+fn rebuild(dir: &Path) -> std::process::Output {
+    Command::new(keyledger())
+        .args(["projections", "rebuild", "--store"])
+        .arg(format!("sqlite://{}", dir.join("data/keyledger.db").display()))
+        .arg("--key-file")
+        .arg(dir.join("data/internal-keys.json"))
+        .env_remove("KEYLEDGER_STORE__URL")
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+/// Issue 11, defect 11: on SQLite the server's runners are the projections' only writers, so
+/// `projections rebuild` refuses (exit 1, naming why) while a server uses the file, and works
+/// once it stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projections_rebuild_refuses_while_a_server_uses_the_sqlite_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let server = Serving::start(&config, &dir.path().join("serve.log"));
+    let (status, v) = server
+        .post(
+            "/v1/organizations",
+            json!({"org_id": ORG_A, "name": "Org", "plan": {"kind": "free"},
+                   "tenants": [tenant(TENANT_1, "Default")]}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let refused = rebuild(dir.path());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("in use by a keyledger server"), "{stderr}");
+    // A second server on the same file is refused the same way.
+    let second = Command::new(keyledger())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env_remove("KEYLEDGER_STORE__URL")
+        .output()
+        .unwrap();
+    let second_err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{second_err}");
+    assert!(
+        second_err.contains("in use by a keyledger server"),
+        "{second_err}"
+    );
+    assert!(server.stop().success());
+    let done = rebuild(dir.path());
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+}

@@ -36,7 +36,9 @@ use tokio::sync::{mpsc, oneshot};
 
 mod page;
 pub mod projections;
+pub mod writer_lock;
 pub use projections::SqliteProjections;
+pub use writer_lock::{WriterLock, WriterLockError};
 
 /// The embedded migrations (`migrations/sqlite/`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");

@@ -24,6 +24,14 @@ pub async fn rebuild(url: &StoreUrl, key_file: &Path) -> Result<Outcome, Failure
     // On PostgreSQL, running instances lead each projection under a lease: rebuilding under
     // their feet would interleave two writers. Take every lease, or refuse.
     let mut leases = Vec::new();
+    // On SQLite, a server runs the projections of its file without a lease: refuse while one
+    // uses it (ADR 0014), and keep a server from starting until the rebuild is done.
+    let _writer = match url {
+        StoreUrl::Sqlite(path) => {
+            Some(keyledger_sqlite::WriterLock::acquire(path).map_err(|e| Failure::msg(&what, e))?)
+        }
+        StoreUrl::Postgres(_) => None,
+    };
     if let (Backend::Postgres(_), StoreUrl::Postgres(raw)) = (&opened.backend, url) {
         for p in Projection::ALL {
             match keyledger_postgres::Lease::try_acquire(raw, p).await {
