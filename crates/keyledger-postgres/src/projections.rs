@@ -34,23 +34,58 @@ const LEASE_HELD_SQL: &str = "SELECT EXISTS (SELECT 1 FROM pg_locks AS l \
 #[derive(Debug, Clone)]
 pub struct PgProjections {
     pool: PgPool,
-    fence: Option<LeaseFence>,
+    /// The leases this sink writes under; empty: an unfenced sink.
+    fences: Vec<LeaseFence>,
 }
 
 impl PgProjections {
     pub fn new(store: &PostgresStore) -> Self {
         Self {
             pool: store.pool().clone(),
-            fence: None,
+            fences: Vec::new(),
         }
     }
 
-    /// The same rows, with every commit of `lease`'s projection fenced on the lease: once the
-    /// lease's session is gone, commits fail with [`SinkError::LeaseLost`] and write nothing.
+    /// The same rows, with every commit fenced on `lease` (and on the leases this sink was
+    /// already fenced on): a commit to a projection whose lease is gone, or was never among
+    /// them, fails with [`SinkError::LeaseLost`] and writes nothing.
     pub fn fenced(&self, lease: &Lease) -> Self {
+        let mut fences = self.fences.clone();
+        fences.retain(|f| f.projection != lease.fence.projection);
+        fences.push(lease.fence);
         Self {
             pool: self.pool.clone(),
-            fence: Some(lease.fence),
+            fences,
+        }
+    }
+}
+
+impl PgProjections {
+    /// The fence, inside the writing transaction: unless this sink is unfenced, the lease of
+    /// `projection` is still held by the session that took it.
+    async fn check_fence(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        projection: Projection,
+    ) -> Result<(), SinkError> {
+        if self.fences.is_empty() {
+            return Ok(());
+        }
+        let Some(fence) = self.fences.iter().find(|f| f.projection == projection) else {
+            return Err(SinkError::LeaseLost { projection });
+        };
+        let held: bool = sqlx::query_scalar(LEASE_HELD_SQL)
+            .bind(fence.pid)
+            .bind(fence.started_us)
+            .bind((fence.key >> 32) & 0xffff_ffff)
+            .bind(fence.key & 0xffff_ffff)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(sink_err)?;
+        if held {
+            Ok(())
+        } else {
+            Err(SinkError::LeaseLost { projection })
         }
     }
 }
@@ -137,20 +172,7 @@ impl ProjectionSink for PgProjections {
             }
         }
         let mut tx = self.pool.begin().await.map_err(sink_err)?;
-        // The fence, in this transaction: the lease is still held by the session that took it.
-        if let Some(fence) = self.fence.filter(|f| f.projection == projection) {
-            let held: bool = sqlx::query_scalar(LEASE_HELD_SQL)
-                .bind(fence.pid)
-                .bind(fence.started_us)
-                .bind((fence.key >> 32) & 0xffff_ffff)
-                .bind(fence.key & 0xffff_ffff)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(sink_err)?;
-            if !held {
-                return Err(SinkError::LeaseLost { projection });
-            }
-        }
+        self.check_fence(&mut tx, projection).await?;
         // Then the checkpoint, forward only. Its row lock also orders this commit after any
         // other one in flight for the projection, which then makes this one stale.
         let moved = sqlx::query(
@@ -229,6 +251,7 @@ impl ProjectionSink for PgProjections {
 
     async fn reset(&self, projection: Projection) -> Result<(), SinkError> {
         let mut tx = self.pool.begin().await.map_err(sink_err)?;
+        self.check_fence(&mut tx, projection).await?;
         sqlx::query("DELETE FROM projection_documents WHERE projection = $1")
             .bind(projection.name())
             .execute(&mut *tx)

@@ -193,3 +193,31 @@ async fn a_leader_that_lost_its_lease_stops() {
         "{ended:?}"
     );
 }
+
+/// A fenced sink writes (and resets) only the projections whose leases it holds.
+#[tokio::test]
+async fn a_fenced_sink_writes_only_projections_it_holds_the_lease_of() {
+    let Some(db) = TestDatabase::create("kl_fence_other").await else {
+        return;
+    };
+    let store = PostgresStore::connect(db.url(), Arc::new(KeyRing::generate()))
+        .await
+        .unwrap();
+    let held = Projection::DataKeyInventory;
+    let lease = Lease::try_acquire(db.url(), held).await.unwrap().expect("free");
+    let sink = PgProjections::new(&store).fenced(&lease);
+    sink.commit(held, changes(1, "held")).await.unwrap();
+    sink.reset(held).await.unwrap();
+    let other = Projection::TenantAudit;
+    for r in [
+        sink.commit(other, changes(1, "other")).await,
+        sink.reset(other).await,
+    ] {
+        assert!(
+            matches!(r, Err(keyledger_projection::SinkError::LeaseLost { projection }) if projection == other),
+            "{r:?}"
+        );
+    }
+    assert_eq!(PgProjections::new(&store).checkpoint(other).await.unwrap(), 0);
+    lease.release().await;
+}

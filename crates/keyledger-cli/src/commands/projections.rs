@@ -49,12 +49,23 @@ pub async fn rebuild(url: &StoreUrl, key_file: &Path) -> Result<Outcome, Failure
             }
         }
     }
+    // The rebuild's own writes are fenced on the leases it took, as a leader's are.
+    let sink: Arc<dyn keyledger_projection::ProjectionSink> = match &opened.backend {
+        Backend::Postgres(pg) => Arc::new(
+            leases
+                .iter()
+                .fold(keyledger_postgres::PgProjections::new(pg), |sink, lease| {
+                    sink.fenced(lease)
+                }),
+        ),
+        Backend::Sqlite(_) => opened.sink.clone(),
+    };
     let counting = Arc::new(Counting {
         inner: opened.store.clone(),
         read: AtomicU64::new(0),
     });
     let progress = Progress::new("rebuilding", None);
-    let result = Runner::rebuild_all(counting.clone(), opened.sink.clone(), BATCH, |_| {
+    let result = Runner::rebuild_all(counting.clone(), sink.clone(), BATCH, |_| {
         progress.set(counting.read.load(Ordering::Relaxed))
     })
     .await;
@@ -62,9 +73,7 @@ pub async fn rebuild(url: &StoreUrl, key_file: &Path) -> Result<Outcome, Failure
     // end too.
     let result = match result {
         Ok(reached) => match opened.last_position().await {
-            Ok(Some(end)) if end.0 > reached => {
-                catch_up_to(counting.clone(), opened.sink.clone(), end.0).await
-            }
+            Ok(Some(end)) if end.0 > reached => catch_up_to(counting.clone(), sink.clone(), end.0).await,
             Ok(_) => Ok(()),
             Err(f) => Err(f),
         },
