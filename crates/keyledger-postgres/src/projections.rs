@@ -58,9 +58,7 @@ impl PgProjections {
             fences,
         }
     }
-}
 
-impl PgProjections {
     /// The fence, inside the writing transaction: unless this sink is unfenced, the lease of
     /// `projection` is still held by the session that took it.
     async fn check_fence(
