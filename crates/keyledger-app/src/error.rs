@@ -53,6 +53,11 @@ pub enum AppError {
         expected: StreamVersion,
         actual: StreamVersion,
     },
+    /// The command id (the request's `Idempotency-Key`) already names a command on another
+    /// organization (409 `idempotency_key_reused`). Nothing was recorded. The caller must use
+    /// a new key for a new command; retrying with the same key gives the same answer.
+    #[error("the command id was already used for another organization")]
+    CommandIdReused,
     /// Other writers kept winning the race for the stream (503). Retry later.
     #[error("too many concurrent changes to this organization; retry")]
     Contended,

@@ -221,6 +221,16 @@ impl App {
                 .await
             {
                 Ok(result) => {
+                    // Believe only what the store says it wrote: events of another stream
+                    // are no answer to this command, whatever their versions.
+                    if result.stream != stream {
+                        tracing::error!(
+                            org = %request.org_id,
+                            other_stream = %result.stream,
+                            "the store answered an append with another stream's result"
+                        );
+                        return Err(AppError::CommandIdReused);
+                    }
                     let repeat = result.last_version
                         != StreamVersion(loaded.state.version.0 + events.len() as u64)
                         || result.first_version != loaded.state.version.next();
@@ -242,6 +252,7 @@ impl App {
                         position: Some(result.last_position),
                     });
                 }
+                Err(StoreError::CommandIdReused { .. }) => return Err(AppError::CommandIdReused),
                 Err(StoreError::Conflict { .. }) => {
                     tracing::debug!(org = %request.org_id, "append lost a race; reloading");
                     continue;

@@ -598,3 +598,148 @@ async fn the_monitor_probes_every_customer_managed_org_each_interval() {
         "provider-managed orgs are not probed"
     );
 }
+
+/// Registers `org` with one tenant.
+async fn register(app: &App, org: OrgId) {
+    app.handle(Request {
+        org_id: org,
+        ..request(
+            platform(),
+            Action::Register {
+                name: format!("org {org}"),
+                plan: Plan::enterprise("standard"),
+                tenants: vec![tenant_a()],
+            },
+        )
+    })
+    .await
+    .unwrap();
+}
+
+fn add_tenant(org: OrgId, n: u8, command_id: Option<&str>) -> Request {
+    Request {
+        org_id: org,
+        command_id: command_id.map(|c| CommandId::parse(c).unwrap()),
+        ..request(
+            platform(),
+            Action::AddTenant(Tenant {
+                tenant_id: testing::tenant_id(n),
+                name: format!("tenant {n}"),
+            }),
+        )
+    }
+}
+
+/// Issue 11, defect 1: a command id used on organization A and reused on B is refused; B
+/// records nothing, its view does not show the tenant, and B's next command succeeds.
+#[tokio::test]
+async fn a_command_id_reused_on_another_org_is_refused_and_records_nothing() {
+    let f = fixture();
+    let (a, b) = (testing::org_id(), testing::other_org_id());
+    register(&f.app, a).await;
+    register(&f.app, b).await;
+    f.app.handle(add_tenant(a, 1, Some("k1"))).await.unwrap();
+    let reused = f.app.handle(add_tenant(b, 2, Some("k1"))).await;
+    assert!(matches!(reused, Err(AppError::CommandIdReused)), "{reused:?}");
+    let stored = f
+        .store
+        .read_stream(StreamId::for_org(b), StreamVersion(1))
+        .await
+        .unwrap();
+    assert!(
+        stored.iter().all(|e| e.event_type != "TenantAdded"),
+        "nothing of the refused command is stored"
+    );
+    let view = f.app.view(b).await.unwrap().unwrap();
+    assert_eq!((view.version, view.tenants.len()), (stored.len() as u64, 1));
+    let next = f.app.handle(add_tenant(b, 3, None)).await.unwrap();
+    assert_eq!((next.appended, next.view.version), (1, view.version + 1));
+}
+
+/// A store that answers a known command id with its first result whatever the stream (what
+/// every backend did before issue 11).
+struct AnswersAnyStream {
+    inner: InMemoryStore,
+    seen: std::sync::Mutex<std::collections::HashMap<CommandId, keyledger_store::AppendResult>>,
+}
+
+#[async_trait::async_trait]
+impl EventStore for AnswersAnyStream {
+    async fn append(
+        &self,
+        stream: StreamId,
+        expected: StreamVersion,
+        events: Vec<keyledger_store::NewEvent>,
+        command_id: Option<CommandId>,
+    ) -> Result<keyledger_store::AppendResult, keyledger_store::StoreError> {
+        if let Some(previous) = command_id
+            .as_ref()
+            .and_then(|c| self.seen.lock().unwrap().get(c).copied())
+        {
+            return Ok(previous);
+        }
+        let result = self
+            .inner
+            .append(stream, expected, events, command_id.clone())
+            .await?;
+        if let Some(c) = command_id {
+            self.seen.lock().unwrap().insert(c, result);
+        }
+        Ok(result)
+    }
+    async fn read_stream(
+        &self,
+        stream: StreamId,
+        from: StreamVersion,
+    ) -> Result<Vec<StoredEvent>, keyledger_store::StoreError> {
+        self.inner.read_stream(stream, from).await
+    }
+    async fn read_all(
+        &self,
+        after: GlobalPosition,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, keyledger_store::StoreError> {
+        self.inner.read_all(after, limit).await
+    }
+    fn subscribe(&self, after: GlobalPosition) -> keyledger_store::EventStream {
+        self.inner.subscribe(after)
+    }
+    async fn import(
+        &self,
+        events: Vec<StoredEvent>,
+        batch: keyledger_store::ImportBatch,
+    ) -> Result<usize, keyledger_store::StoreError> {
+        self.inner.import(events, batch).await
+    }
+    fn key_ring(&self) -> &KeyRing {
+        self.inner.key_ring()
+    }
+}
+
+/// The app applies a command's events to its cache only when the store says it wrote them to
+/// this stream at the versions asked for: a result about another stream is an error, not a
+/// success, and leaves the cache as the store is.
+#[tokio::test]
+async fn the_app_believes_only_what_the_store_says_it_wrote() {
+    let store = Arc::new(AnswersAnyStream {
+        inner: InMemoryStore::new(Arc::new(KeyRing::generate())),
+        seen: Default::default(),
+    });
+    let app = App::new(
+        store.clone(),
+        Arc::new(FakeVault::default()),
+        Arc::new(SystemClock),
+        AppConfig::default(),
+    );
+    let (a, b) = (testing::org_id(), testing::other_org_id());
+    register(&app, a).await;
+    register(&app, b).await;
+    let before = app.view(b).await.unwrap().unwrap();
+    // A is one version ahead of B after this: its append is exactly what B's would have been.
+    app.handle(add_tenant(a, 1, Some("k1"))).await.unwrap();
+    let answered = app.handle(add_tenant(b, 2, Some("k1"))).await;
+    assert!(matches!(answered, Err(AppError::CommandIdReused)), "{answered:?}");
+    assert_eq!(app.view(b).await.unwrap().unwrap(), before);
+    let next = app.handle(add_tenant(b, 3, None)).await.unwrap();
+    assert_eq!((next.appended, next.view.version), (1, before.version + 1));
+}

@@ -64,7 +64,7 @@ async fn two_instances_share_one_database() {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut runners = Vec::new();
     for (store, instance) in [(store_a.clone(), "a"), (store_b.clone(), "b")] {
-        let sink: Arc<dyn ProjectionSink> = Arc::new(PgProjections::new(&store));
+        let sink = PgProjections::new(&store);
         for p in Projection::ALL {
             let url = db.url().to_owned();
             let store: Arc<dyn EventStore> = store.clone();

@@ -189,6 +189,14 @@ async fn serve(config: Config, origin: Origin) -> Result<(), Failure> {
     let ring = Arc::new(loaded.unwrap_or_else(KeyRing::generate));
     let url = StoreUrl::parse(&config.store.url)?;
     let opened = OpenedStore::open(&url, ring.clone(), Create::IfMissing).await?;
+    // One projection writer per SQLite file (ADR 0014), held until the process ends.
+    let _writer = match &url {
+        StoreUrl::Sqlite(path) => Some(
+            keyledger_sqlite::WriterLock::acquire(path)
+                .map_err(|e| Failure::msg(format!("cannot serve {url}"), e))?,
+        ),
+        StoreUrl::Postgres(_) => None,
+    };
     let store = opened.store.clone();
     if let Err(failure) = key_file::settle(key_file, &ring, ring_loaded, store.as_ref()).await {
         opened.close().await;
@@ -214,14 +222,15 @@ async fn serve(config: Config, origin: Origin) -> Result<(), Failure> {
             background::projection_runners(store.clone(), opened.sink.clone(), stopping.clone())
         }
         // Several instances may share the database: each projection runs where its lease is held.
-        Backend::Postgres(_) => {
+        Backend::Postgres(pg) => {
             let StoreUrl::Postgres(raw) = &url else {
                 unreachable!("a PostgreSQL backend comes from a postgres URL")
             };
+            let sink = keyledger_postgres::PgProjections::new(pg);
             Projection::ALL
                 .into_iter()
                 .map(|projection| {
-                    let (raw, store, sink) = (raw.clone(), store.clone(), opened.sink.clone());
+                    let (raw, store, sink) = (raw.clone(), store.clone(), sink.clone());
                     supervise(projection.name(), stopping.clone(), move |stop| {
                         let (raw, store, sink) = (raw.clone(), store.clone(), sink.clone());
                         async move {

@@ -31,7 +31,7 @@ pub mod projections;
 #[cfg(feature = "test-hooks")]
 pub mod testing;
 
-pub use projections::{Lease, PgProjections, run_led};
+pub use projections::{LEASE_CHECK, Lease, PgProjections, lease_key, run_led};
 
 /// The embedded migrations (`migrations/postgres/`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
@@ -337,8 +337,8 @@ impl PostgresStore {
         command_id: Option<&CommandId>,
     ) -> Result<AppendResult, StoreError> {
         let again = self.head(&self.pool, &stream.to_string(), command_id).await?;
-        if let Some(previous) = again.previous {
-            return Ok(previous);
+        if let (Some(c), Some(previous)) = (command_id, again.previous) {
+            return previous.for_repeat(c, stream);
         }
         Err(StoreError::Conflict {
             stream,
@@ -585,8 +585,8 @@ impl EventStore for PostgresStore {
             Some(head) => head,
             None => {
                 let found = self.head(&self.pool, &stream.to_string(), command_id).await?;
-                if let Some(previous) = found.previous {
-                    return Ok(previous);
+                if let (Some(c), Some(previous)) = (command_id, found.previous) {
+                    return previous.for_repeat(c, stream);
                 }
                 found.head
             }

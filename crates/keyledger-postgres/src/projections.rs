@@ -16,16 +16,74 @@ fn sink_err(e: impl std::error::Error + Send + Sync + 'static) -> SinkError {
     SinkError::Backend(Box::new(e))
 }
 
+/// Whether the session `$1` (started at `$2`, in microseconds since the epoch) holds the
+/// advisory lock with the 64-bit key `$3 << 32 | $4` in this database. `pg_locks` shows the
+/// locks as they are now, not as of the transaction's snapshot.
+const LEASE_HELD_SQL: &str = "SELECT EXISTS (SELECT 1 FROM pg_locks AS l \
+       JOIN pg_stat_activity AS a ON a.pid = l.pid \
+     WHERE l.locktype = 'advisory' AND l.granted AND l.pid = $1 \
+       AND (extract(epoch FROM a.backend_start) * 1000000)::bigint = $2 \
+       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+       AND l.classid::bigint = $3 AND l.objid::bigint = $4 AND l.objsubid = 1)";
+
 /// The projection rows of one PostgreSQL database.
+///
+/// Commits move a projection's checkpoint forward only. A sink made by
+/// [`PgProjections::fenced`] also checks, in each commit's transaction, that its lease is still
+/// held; that is the sink a leased runner writes through (see [`run_led`]).
 #[derive(Debug, Clone)]
 pub struct PgProjections {
     pool: PgPool,
+    /// The leases this sink writes under; empty: an unfenced sink.
+    fences: Vec<LeaseFence>,
 }
 
 impl PgProjections {
     pub fn new(store: &PostgresStore) -> Self {
         Self {
             pool: store.pool().clone(),
+            fences: Vec::new(),
+        }
+    }
+
+    /// The same rows, with every commit fenced on `lease` (and on the leases this sink was
+    /// already fenced on): a commit to a projection whose lease is gone, or was never among
+    /// them, fails with [`SinkError::LeaseLost`] and writes nothing.
+    pub fn fenced(&self, lease: &Lease) -> Self {
+        let mut fences = self.fences.clone();
+        fences.retain(|f| f.projection != lease.fence.projection);
+        fences.push(lease.fence);
+        Self {
+            pool: self.pool.clone(),
+            fences,
+        }
+    }
+
+    /// The fence, inside the writing transaction: unless this sink is unfenced, the lease of
+    /// `projection` is still held by the session that took it.
+    async fn check_fence(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        projection: Projection,
+    ) -> Result<(), SinkError> {
+        if self.fences.is_empty() {
+            return Ok(());
+        }
+        let Some(fence) = self.fences.iter().find(|f| f.projection == projection) else {
+            return Err(SinkError::LeaseLost { projection });
+        };
+        let held: bool = sqlx::query_scalar(LEASE_HELD_SQL)
+            .bind(fence.pid)
+            .bind(fence.started_us)
+            .bind((fence.key >> 32) & 0xffff_ffff)
+            .bind(fence.key & 0xffff_ffff)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(sink_err)?;
+        if held {
+            Ok(())
+        } else {
+            Err(SinkError::LeaseLost { projection })
         }
     }
 }
@@ -112,6 +170,32 @@ impl ProjectionSink for PgProjections {
             }
         }
         let mut tx = self.pool.begin().await.map_err(sink_err)?;
+        self.check_fence(&mut tx, projection).await?;
+        // Then the checkpoint, forward only. Its row lock also orders this commit after any
+        // other one in flight for the projection, which then makes this one stale.
+        let moved = sqlx::query(
+            "INSERT INTO projection_checkpoints (projection, position) VALUES ($1, $2) \
+             ON CONFLICT (projection) DO UPDATE SET position = excluded.position \
+             WHERE projection_checkpoints.position < excluded.position",
+        )
+        .bind(name)
+        .bind(i64::try_from(changes.checkpoint).map_err(sink_err)?)
+        .execute(&mut *tx)
+        .await
+        .map_err(sink_err)?;
+        if moved.rows_affected() == 0 {
+            let at: i64 =
+                sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE projection = $1")
+                    .bind(name)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(sink_err)?;
+            return Err(SinkError::Superseded {
+                projection,
+                checkpoint: at.max(0) as u64,
+                attempted: changes.checkpoint,
+            });
+        }
         sqlx::query(
             "INSERT INTO projection_documents (projection, org_id, doc) \
              SELECT $1, o, d::jsonb FROM unnest($2::text[], $3::text[]) AS t(o, d) \
@@ -160,20 +244,12 @@ impl ProjectionSink for PgProjections {
             .await
             .map_err(sink_err)?;
         }
-        sqlx::query(
-            "INSERT INTO projection_checkpoints (projection, position) VALUES ($1, $2) \
-             ON CONFLICT (projection) DO UPDATE SET position = excluded.position",
-        )
-        .bind(name)
-        .bind(i64::try_from(changes.checkpoint).map_err(sink_err)?)
-        .execute(&mut *tx)
-        .await
-        .map_err(sink_err)?;
         tx.commit().await.map_err(sink_err)
     }
 
     async fn reset(&self, projection: Projection) -> Result<(), SinkError> {
         let mut tx = self.pool.begin().await.map_err(sink_err)?;
+        self.check_fence(&mut tx, projection).await?;
         sqlx::query("DELETE FROM projection_documents WHERE projection = $1")
             .bind(projection.name())
             .execute(&mut *tx)
@@ -204,9 +280,24 @@ impl ProjectionSink for PgProjections {
 pub struct Lease {
     connection: PgConnection,
     key: i64,
+    fence: LeaseFence,
 }
 
-fn lease_key(projection: Projection) -> i64 {
+/// What names a lease's holder, for the fence a commit checks: the session (backend pid and
+/// start time, so a reused pid is not mistaken for it) that holds the projection's advisory
+/// lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LeaseFence {
+    projection: Projection,
+    key: i64,
+    pid: i32,
+    started_us: i64,
+}
+
+/// The key of `projection`'s advisory lock (as `pg_locks` shows it: `classid` the high 32
+/// bits, `objid` the low 32 bits, `objsubid` 1), for operators and tests looking for a lease's
+/// holder.
+pub fn lease_key(projection: Projection) -> i64 {
     // A stable 64-bit key per projection name (FNV-1a), in keyledger's own namespace.
     let mut h: u64 = 0xcbf29ce484222325;
     for b in b"keyledger:projection:"
@@ -229,7 +320,26 @@ impl Lease {
             .fetch_one(&mut connection)
             .await
             .map_err(sink_err)?;
-        Ok(got.then_some(Lease { connection, key }))
+        if !got {
+            return Ok(None);
+        }
+        let (pid, started_us): (i32, i64) = sqlx::query_as(
+            "SELECT pid, (extract(epoch FROM backend_start) * 1000000)::bigint \
+             FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+        )
+        .fetch_one(&mut connection)
+        .await
+        .map_err(sink_err)?;
+        Ok(Some(Lease {
+            connection,
+            key,
+            fence: LeaseFence {
+                projection,
+                key,
+                pid,
+                started_us,
+            },
+        }))
     }
 
     /// Waits until the lease is free, trying every `every`.
@@ -251,6 +361,16 @@ impl Lease {
         self.connection.ping().await.is_ok()
     }
 
+    /// Resolves once the lease is found lost, checking every `every`.
+    pub async fn lost(&mut self, every: std::time::Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            if !self.is_held().await {
+                return;
+            }
+        }
+    }
+
     /// Gives the lease up.
     pub async fn release(mut self) {
         let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
@@ -261,23 +381,35 @@ impl Lease {
     }
 }
 
+/// How often a leader checks that its lease's session is alive.
+pub const LEASE_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Runs `projection` while this instance holds its lease: waits for the lease, then follows the
 /// store until `shutdown` resolves. Another instance running the same function takes over when
 /// this one dies (its session, and so the lock, ends).
+///
+/// Every commit goes through `sink` fenced on the lease ([`PgProjections::fenced`]), so a
+/// leader whose lease session ended cannot write, even before it notices; it notices within
+/// [`LEASE_CHECK`] and ends with [`SinkError::LeaseLost`], for its supervisor to compete for the
+/// lease again.
 pub async fn run_led(
     url: &str,
     store: std::sync::Arc<dyn keyledger_store::EventStore>,
-    sink: std::sync::Arc<dyn ProjectionSink>,
+    sink: PgProjections,
     projection: Projection,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), keyledger_projection::RunnerError> {
     tokio::pin!(shutdown);
-    let lease = tokio::select! {
+    let mut lease = tokio::select! {
         () = &mut shutdown => return Ok(()),
         lease = Lease::acquire(url, projection, std::time::Duration::from_millis(200)) => lease?,
     };
-    let runner = keyledger_projection::Runner::new(store, sink, projection);
-    let result = runner.run(shutdown).await;
+    let fenced = std::sync::Arc::new(sink.fenced(&lease));
+    let runner = keyledger_projection::Runner::new(store, fenced, projection);
+    let result = tokio::select! {
+        result = runner.run(shutdown.as_mut()) => result,
+        () = lease.lost(LEASE_CHECK) => Err(SinkError::LeaseLost { projection }.into()),
+    };
     lease.release().await;
     result
 }

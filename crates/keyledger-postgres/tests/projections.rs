@@ -58,3 +58,166 @@ async fn one_instance_leads_a_projection_and_another_takes_over_when_it_dies() {
         o.release().await;
     }
 }
+
+/// The pids of the sessions holding the lease of `projection` in this database.
+async fn lease_holders(pool: &sqlx::PgPool, projection: Projection) -> Vec<i32> {
+    let key = keyledger_postgres::lease_key(projection);
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+         AND classid::bigint = $1 AND objid::bigint = $2 AND objsubid = 1",
+    )
+    .bind((key >> 32) & 0xffff_ffff)
+    .bind(key & 0xffff_ffff)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+fn changes(checkpoint: u64, marker: &str) -> keyledger_projection::Changes {
+    keyledger_projection::Changes {
+        checkpoint,
+        docs: [(
+            keyledger_domain::testing::org_id(),
+            Some(serde_json::json!({"written_by": marker})),
+        )]
+        .into(),
+        ..Default::default()
+    }
+}
+
+/// Issue 11, defect 11: every commit of a leased runner is fenced on its lease, checked in the
+/// commit's transaction. Once the lease's session is gone, the old leader's commits are
+/// refused (before and after another instance takes the lease) and write nothing; the new
+/// leader's go through.
+#[tokio::test]
+async fn a_runner_that_lost_its_lease_cannot_commit() {
+    let Some(db) = TestDatabase::create("kl_fence").await else {
+        return;
+    };
+    let store = PostgresStore::connect(db.url(), Arc::new(KeyRing::generate()))
+        .await
+        .unwrap();
+    let p = Projection::OrganizationEncryption;
+    let unfenced = PgProjections::new(&store);
+    let first = Lease::try_acquire(db.url(), p).await.unwrap().expect("free");
+    let old = unfenced.fenced(&first);
+    old.commit(p, changes(1, "old"))
+        .await
+        .expect("the leader commits");
+    // The lease's session dies (a network cut, an idle timeout, a restarted pooler) while the
+    // runner itself goes on.
+    let holders = lease_holders(store.pool(), p).await;
+    assert_eq!(holders.len(), 1);
+    let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(holders[0])
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert!(killed);
+    let lost = |r: Result<(), keyledger_projection::SinkError>| {
+        assert!(
+            matches!(r, Err(keyledger_projection::SinkError::LeaseLost { .. })),
+            "{r:?}"
+        )
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    lost(old.commit(p, changes(2, "old")).await);
+    // Another instance takes the lease over.
+    let second = Lease::acquire(db.url(), p, std::time::Duration::from_millis(50))
+        .await
+        .unwrap();
+    let new = unfenced.fenced(&second);
+    lost(old.commit(p, changes(3, "old")).await);
+    assert_eq!(unfenced.checkpoint(p).await.unwrap(), 1);
+    new.commit(p, changes(3, "new"))
+        .await
+        .expect("the new leader commits");
+    let docs = unfenced
+        .load(p, &[keyledger_domain::testing::org_id()])
+        .await
+        .unwrap();
+    assert_eq!(
+        docs[&keyledger_domain::testing::org_id()],
+        serde_json::json!({"written_by": "new"})
+    );
+    drop(first);
+    second.release().await;
+}
+
+/// A leader notices a lost lease even when no event comes to commit: `run_led` ends with
+/// `LeaseLost` (the supervisor then competes for the lease again).
+#[tokio::test]
+async fn a_leader_that_lost_its_lease_stops() {
+    let Some(db) = TestDatabase::create("kl_fence_run").await else {
+        return;
+    };
+    let store = PostgresStore::connect(db.url(), Arc::new(KeyRing::generate()))
+        .await
+        .unwrap();
+    let p = Projection::KeyHealth;
+    let led = tokio::spawn({
+        let (url, store) = (db.url().to_owned(), store.clone());
+        async move {
+            let sink = PgProjections::new(&store);
+            keyledger_postgres::run_led(&url, Arc::new(store), sink, p, std::future::pending()).await
+        }
+    });
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let holder = loop {
+        if let Some(pid) = lease_holders(store.pool(), p).await.first() {
+            break *pid;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lease was never taken"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(holder)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(15), led)
+        .await
+        .expect("the leader noticed the lost lease")
+        .unwrap();
+    assert!(
+        matches!(
+            ended,
+            Err(keyledger_projection::RunnerError::Sink(
+                keyledger_projection::SinkError::LeaseLost { .. }
+            ))
+        ),
+        "{ended:?}"
+    );
+}
+
+/// A fenced sink writes (and resets) only the projections whose leases it holds.
+#[tokio::test]
+async fn a_fenced_sink_writes_only_projections_it_holds_the_lease_of() {
+    let Some(db) = TestDatabase::create("kl_fence_other").await else {
+        return;
+    };
+    let store = PostgresStore::connect(db.url(), Arc::new(KeyRing::generate()))
+        .await
+        .unwrap();
+    let held = Projection::DataKeyInventory;
+    let lease = Lease::try_acquire(db.url(), held).await.unwrap().expect("free");
+    let sink = PgProjections::new(&store).fenced(&lease);
+    sink.commit(held, changes(1, "held")).await.unwrap();
+    sink.reset(held).await.unwrap();
+    let other = Projection::TenantAudit;
+    for r in [
+        sink.commit(other, changes(1, "other")).await,
+        sink.reset(other).await,
+    ] {
+        assert!(
+            matches!(r, Err(keyledger_projection::SinkError::LeaseLost { projection }) if projection == other),
+            "{r:?}"
+        );
+    }
+    assert_eq!(PgProjections::new(&store).checkpoint(other).await.unwrap(), 0);
+    lease.release().await;
+}

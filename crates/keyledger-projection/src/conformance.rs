@@ -109,7 +109,8 @@ pub async fn a_failed_commit_writes_nothing(store: Arc<dyn EventStore>, sink: Ar
         position: 1,
     };
     let before = serde_json::json!({"tenants": []});
-    // Store the audit row and a document once, at the same checkpoint.
+    // Store the audit row and a document once, one position further.
+    let checkpoint = checkpoint + 1;
     let mut first = Changes {
         checkpoint,
         ..Changes::default()
@@ -133,6 +134,39 @@ pub async fn a_failed_commit_writes_nothing(store: Arc<dyn EventStore>, sink: Ar
     );
     let doc = sink.load(Projection::TenantAudit, &[org]).await.unwrap();
     assert_eq!(doc.get(&org), Some(&before));
+}
+
+/// A commit whose checkpoint is not past the stored one is refused whole (another runner got
+/// there first): the checkpoint never moves backwards and the stale rows are not written.
+pub async fn a_checkpoint_never_moves_backwards(store: Arc<dyn EventStore>, sink: Arc<dyn ProjectionSink>) {
+    folded(store, sink.clone()).await;
+    let p = Projection::OrganizationEncryption;
+    let checkpoint = sink.checkpoint(p).await.unwrap();
+    let org: OrgId = testing::other_org_id();
+    let ahead = Changes {
+        checkpoint: checkpoint + 10,
+        docs: [(org, Some(serde_json::json!({"written": "ahead"})))].into(),
+        ..Changes::default()
+    };
+    sink.commit(p, ahead).await.unwrap();
+    for stale in [checkpoint + 10, checkpoint + 5, 1] {
+        let behind = Changes {
+            checkpoint: stale,
+            docs: [(org, Some(serde_json::json!({"written": "behind"})))].into(),
+            ..Changes::default()
+        };
+        match sink.commit(p, behind).await {
+            Err(crate::SinkError::Superseded {
+                checkpoint: at,
+                attempted,
+                ..
+            }) => assert_eq!((at, attempted), (checkpoint + 10, stale)),
+            other => panic!("a commit to {stale} after {}: {other:?}", checkpoint + 10),
+        }
+    }
+    assert_eq!(sink.checkpoint(p).await.unwrap(), checkpoint + 10);
+    let docs = sink.load(p, &[org]).await.unwrap();
+    assert_eq!(docs[&org], serde_json::json!({"written": "ahead"}));
 }
 
 /// Reset empties a projection and zeroes its checkpoint; the others are untouched.
@@ -214,6 +248,13 @@ macro_rules! sink_conformance {
                 return;
             };
             $crate::conformance::a_failed_commit_writes_nothing(store, sink).await;
+        }
+        #[tokio::test]
+        async fn a_checkpoint_never_moves_backwards() {
+            let Some((store, sink, _guard)) = $factory().await else {
+                return;
+            };
+            $crate::conformance::a_checkpoint_never_moves_backwards(store, sink).await;
         }
         #[tokio::test]
         async fn reset_empties_one_projection() {

@@ -33,6 +33,20 @@ pub struct Changes {
 pub enum SinkError {
     #[error("projection storage failed: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The stored checkpoint is already at or past this commit's: another runner committed
+    /// these events first. Nothing was written. This runner is not (or no longer) the
+    /// projection's only writer: stop it; a restart resumes from the stored checkpoint.
+    #[error("projection {} is at position {checkpoint}; a commit up to {attempted} would move it back", projection.name())]
+    Superseded {
+        projection: Projection,
+        checkpoint: u64,
+        attempted: u64,
+    },
+    /// The lease this sink's commits are fenced on is no longer held (PostgreSQL: its session
+    /// ended, so another instance may lead the projection). Nothing was written. Stop the
+    /// runner and compete for the lease again.
+    #[error("the lease of projection {} is lost", projection.name())]
+    LeaseLost { projection: Projection },
     /// A deliberately injected failure (tests of crash safety).
     #[error("injected failure")]
     Injected,
@@ -45,7 +59,8 @@ pub trait ProjectionSink: Send + Sync {
     async fn checkpoint(&self, projection: Projection) -> Result<u64, SinkError>;
     /// The current documents of `orgs`; absent ones are left out.
     async fn load(&self, projection: Projection, orgs: &[OrgId]) -> Result<HashMap<OrgId, Value>, SinkError>;
-    /// Writes `changes` and moves the checkpoint, all or nothing.
+    /// Writes `changes` and moves the checkpoint forward, all or nothing. A checkpoint not
+    /// past the stored one gives [`SinkError::Superseded`] and writes nothing.
     async fn commit(&self, projection: Projection, changes: Changes) -> Result<(), SinkError>;
     /// Deletes every row of the projection and sets its checkpoint to 0, all or nothing.
     async fn reset(&self, projection: Projection) -> Result<(), SinkError>;
@@ -319,6 +334,15 @@ impl ProjectionSink for MemorySink {
 
     async fn commit(&self, projection: Projection, changes: Changes) -> Result<(), SinkError> {
         let mut rows = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        // Checkpoints only move forward, as in the SQL tables.
+        let at = rows.checkpoints.get(&projection).copied().unwrap_or(0);
+        if changes.checkpoint <= at {
+            return Err(SinkError::Superseded {
+                projection,
+                checkpoint: at,
+                attempted: changes.checkpoint,
+            });
+        }
         // Audit rows are unique per (tenant, position), as in the SQL tables; check first so a
         // failing commit changes nothing.
         let mut keys: BTreeSet<(keyledger_domain::TenantId, u64)> =

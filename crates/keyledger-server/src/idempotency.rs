@@ -5,7 +5,8 @@
 //! - the same key with another request gets 409 `idempotency_key_reused`;
 //! - concurrent repeats wait for the first to finish.
 //!
-//! Keys belong to the caller (the token's subject). Responses are remembered in this process
+//! Keys are scoped by (token subject, method, path): the same key on another path is another
+//! key (CONTRACT.md, second phase). Responses are remembered in this process
 //! for [`RETENTION`], at most [`CAPACITY`] of them; the key is also passed down as the
 //! command id, so the store refuses a second append of the same command even after a restart
 //! or on another instance (ADR 0013).
@@ -44,7 +45,7 @@ struct Recorded {
 
 type Slot = Arc<tokio::sync::Mutex<Option<Recorded>>>;
 
-/// The remembered responses, by (subject, key).
+/// The remembered responses, by (subject, method, path, key).
 #[derive(Default)]
 pub struct Replays {
     inner: Mutex<ReplayTable>,
@@ -131,13 +132,15 @@ pub(crate) async fn layer(State(state): State<Shared>, request: Request, next: N
         Ok(b) => b,
         Err(_) => return Problem::payload_too_large(state.config.max_body_bytes).into_response(),
     };
-    let id = digest(&[actor.id.as_bytes(), key.as_bytes()]);
-    let fingerprint = digest(&[
+    // The scope of the key, and so of the command id the store sees: one command on one
+    // organization's path never shares an id with a command elsewhere.
+    let id = digest(&[
+        actor.id.as_bytes(),
         parts.method.as_str().as_bytes(),
         parts.uri.path().as_bytes(),
-        parts.uri.query().unwrap_or_default().as_bytes(),
-        &body,
+        key.as_bytes(),
     ]);
+    let fingerprint = digest(&[parts.uri.query().unwrap_or_default().as_bytes(), &body]);
     let slot = state.idempotency.slot(id);
     let mut recorded = slot.lock().await;
     if let Some(r) = recorded.as_ref().filter(|r| r.at.elapsed() < RETENTION) {

@@ -192,6 +192,12 @@ impl From<&AppError> for Problem {
             .with_detail(format!(
                 "If-Match named version {expected}; the organization is at {actual}"
             )),
+            AppError::CommandIdReused => Problem::new(
+                StatusCode::CONFLICT,
+                "idempotency_key_reused",
+                "Idempotency key reused",
+            )
+            .with_detail("this Idempotency-Key was used for a command on another organization"),
             AppError::Contended => {
                 let mut p = Problem::new(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -296,6 +302,14 @@ mod tests {
         assert_eq!(
             response.headers()[header::CONTENT_TYPE],
             "application/problem+json"
+        );
+    }
+
+    #[test]
+    fn a_command_id_reused_on_another_organization_is_409_idempotency_key_reused() {
+        assert_eq!(
+            status_and_code(AppError::CommandIdReused),
+            (409, "idempotency_key_reused")
         );
     }
 

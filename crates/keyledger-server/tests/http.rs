@@ -935,6 +935,23 @@ async fn idempotent_replays(s: &Server) {
     .await
     .problem(409, "idempotency_key_reused");
     assert_eq!(s.event_count().await, count);
+    // Keys are scoped by (subject, method, path): the same key on another organization's path
+    // is another key, and its command is recorded there.
+    let org3 = new_org();
+    s.register(&org3).await;
+    let before = s.call("GET", &org_path(&org3, ""), PLATFORM, None).await.json()["version"]
+        .as_u64()
+        .unwrap();
+    let elsewhere = s
+        .send("PUT", &org_path(&org3, "/plan"), Some(BILLING), Some(body), &key)
+        .await
+        .expect(200);
+    assert_eq!(elsewhere.header("idempotent-replayed"), None);
+    assert_eq!(elsewhere.json()["version"].as_u64(), Some(before + 1));
+    assert_eq!(
+        s.call("GET", &org_path(&org3, ""), PLATFORM, None).await.json()["plan"]["tier"],
+        "premium"
+    );
 }
 
 async fn stale_if_match_is_412(s: &Server) {

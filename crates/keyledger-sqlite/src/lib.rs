@@ -36,7 +36,9 @@ use tokio::sync::{mpsc, oneshot};
 
 mod page;
 pub mod projections;
+pub mod writer_lock;
 pub use projections::SqliteProjections;
+pub use writer_lock::{WriterLock, WriterLockError};
 
 /// The embedded migrations (`migrations/sqlite/`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
@@ -380,8 +382,10 @@ async fn commit_group(
             command_id,
             reply,
         } = req;
-        if let Some(first) = command_id.as_ref().and_then(|c| commands.get(c)) {
-            outcomes.push((reply, Ok(*first)));
+        if let Some(c) = &command_id
+            && let Some(first) = commands.get(c)
+        {
+            outcomes.push((reply, first.for_repeat(c, stream)));
             continue;
         }
         let known = match written.get(&stream) {
@@ -589,7 +593,7 @@ async fn check_and_prepare(
     if let Some(c) = command_id
         && let Some(previous) = command_result(tx, c).await?
     {
-        return Ok(Prepared::Repeat(previous));
+        return previous.for_repeat(c, stream).map(Prepared::Repeat);
     }
     let head = match known {
         Some(head) => head,

@@ -135,6 +135,31 @@ impl ProjectionSink for SqliteProjections {
     async fn commit(&self, projection: Projection, changes: Changes) -> Result<(), SinkError> {
         let name = projection.name();
         let mut tx = self.write.begin().await.map_err(sink_err)?;
+        // First the checkpoint, forward only: a commit another runner got ahead of writes
+        // nothing.
+        let moved = sqlx::query(
+            "INSERT INTO projection_checkpoints (projection, position) VALUES (?, ?) \
+             ON CONFLICT (projection) DO UPDATE SET position = excluded.position \
+             WHERE projection_checkpoints.position < excluded.position",
+        )
+        .bind(name)
+        .bind(i64::try_from(changes.checkpoint).map_err(sink_err)?)
+        .execute(&mut *tx)
+        .await
+        .map_err(sink_err)?;
+        if moved.rows_affected() == 0 {
+            let at: i64 =
+                sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE projection = ?")
+                    .bind(name)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(sink_err)?;
+            return Err(SinkError::Superseded {
+                projection,
+                checkpoint: at.max(0) as u64,
+                attempted: changes.checkpoint,
+            });
+        }
         for (org, doc) in &changes.docs {
             match doc {
                 Some(d) => {
@@ -174,15 +199,6 @@ impl ProjectionSink for SqliteProjections {
             .await
             .map_err(sink_err)?;
         }
-        sqlx::query(
-            "INSERT INTO projection_checkpoints (projection, position) VALUES (?, ?) \
-             ON CONFLICT (projection) DO UPDATE SET position = excluded.position",
-        )
-        .bind(name)
-        .bind(i64::try_from(changes.checkpoint).map_err(sink_err)?)
-        .execute(&mut *tx)
-        .await
-        .map_err(sink_err)?;
         tx.commit().await.map_err(sink_err)
     }
 

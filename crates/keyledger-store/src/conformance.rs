@@ -71,6 +71,8 @@ macro_rules! conformance_suite {
             racing_appends_give_one_winner_per_version,
             repeated_command_id_returns_first_result,
             concurrent_repeats_of_a_command_append_once,
+            a_command_id_is_never_answered_with_another_streams_result,
+            racing_reuses_of_a_command_id_on_two_streams_record_one,
             read_all_sees_every_event_once_under_concurrent_writers,
             subscribe_catches_up_then_goes_live_across_restart,
             verify_names_the_tampered_event,
@@ -502,6 +504,138 @@ pub async fn concurrent_repeats_of_a_command_append_once<F: Fixture>() {
             .len(),
         1
     );
+}
+
+/// A command id names one command on one stream. Reused on another stream (after a restart, or
+/// through another store instance), it is refused with a typed error and stores nothing; it is
+/// never answered with the other stream's append (issue 11, defect 1).
+pub async fn a_command_id_is_never_answered_with_another_streams_result<F: Fixture>() {
+    let ring = ring();
+    let Some(fx) = F::create(ring.clone()).await else {
+        return;
+    };
+    let store = fx.store();
+    let (a, b) = (new_stream(), new_stream());
+    let cmd = CommandId::parse("cmd-reused").unwrap();
+    // Both streams at version 1, so a caller checking only versions would be fooled.
+    append_one(&store, a, 0, "a1").await.unwrap();
+    append_one(&store, b, 0, "b1").await.unwrap();
+    let first = store
+        .append(a, StreamVersion(1), vec![tenant_added("a2")], Some(cmd.clone()))
+        .await
+        .expect("first use");
+    let expect_refused = |r: Result<crate::AppendResult, StoreError>, wanted: StreamId| match r {
+        Err(StoreError::CommandIdReused {
+            command_id,
+            stream,
+            other_stream,
+        }) => {
+            assert_eq!(command_id, cmd);
+            assert_eq!(stream, wanted);
+            assert_eq!(other_stream, a);
+        }
+        other => panic!("expected CommandIdReused, got {other:?}"),
+    };
+    // Another stream at the same version, through this store.
+    expect_refused(
+        store
+            .append(b, StreamVersion(1), vec![tenant_added("b2")], Some(cmd.clone()))
+            .await,
+        b,
+    );
+    // A new stream (no head to read), and the same after a restart, where only the stored
+    // command ids can tell.
+    let fresh = new_stream();
+    expect_refused(
+        store
+            .append(
+                fresh,
+                StreamVersion::NONE,
+                vec![tenant_added("f1")],
+                Some(cmd.clone()),
+            )
+            .await,
+        fresh,
+    );
+    let restarted = fx.reopen(ring).await;
+    expect_refused(
+        restarted
+            .append(b, StreamVersion(1), vec![tenant_added("b2")], Some(cmd.clone()))
+            .await,
+        b,
+    );
+    expect_refused(
+        restarted
+            .append(
+                fresh,
+                StreamVersion::NONE,
+                vec![tenant_added("f1")],
+                Some(cmd.clone()),
+            )
+            .await,
+        fresh,
+    );
+    // Nothing was stored for the refused appends; the first stream's repeat still answers.
+    assert_eq!(
+        restarted.read_stream(b, StreamVersion::NONE).await.unwrap().len(),
+        1
+    );
+    assert!(
+        restarted
+            .read_stream(fresh, StreamVersion::NONE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    read_expecting(&restarted, 3).await;
+    let again = restarted
+        .append(a, StreamVersion(1), vec![tenant_added("a2")], Some(cmd.clone()))
+        .await
+        .expect("a repeat on its own stream");
+    assert_eq!(again, first);
+}
+
+/// Two appends racing with one command id on two streams: one is stored, the other is refused
+/// with [`StoreError::CommandIdReused`] and stores nothing.
+pub async fn racing_reuses_of_a_command_id_on_two_streams_record_one<F: Fixture>() {
+    let Some(fx) = fixture::<F>().await else { return };
+    let store = fx.store();
+    for round in 0..10 {
+        let cmd = CommandId::parse(&format!("cmd-race-{round}")).unwrap();
+        let streams = [new_stream(), new_stream()];
+        let barrier = Arc::new(tokio::sync::Barrier::new(2));
+        let handles: Vec<_> = streams
+            .iter()
+            .map(|&stream| {
+                let (store, cmd, barrier) = (store.clone(), cmd.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    let r = store
+                        .append(stream, StreamVersion::NONE, vec![tenant_added("race")], Some(cmd))
+                        .await;
+                    (stream, r)
+                })
+            })
+            .collect();
+        let mut stored = 0;
+        for h in handles {
+            let (stream, r) = h.await.expect("task");
+            let events = store.read_stream(stream, StreamVersion::NONE).await.unwrap();
+            match r {
+                Ok(result) => {
+                    assert_eq!(result.stream, stream, "an answer about another stream");
+                    assert_eq!(events.len(), 1);
+                    stored += 1;
+                }
+                Err(StoreError::CommandIdReused { stream: s, .. }) => {
+                    assert_eq!(s, stream);
+                    assert!(events.is_empty(), "a refused append stored events");
+                }
+                Err(e) => panic!("unexpected error: {e:?}"),
+            }
+        }
+        assert_eq!(stored, 1, "round {round}");
+    }
 }
 
 pub async fn read_all_sees_every_event_once_under_concurrent_writers<F: Fixture>() {

@@ -1,6 +1,6 @@
 //! Typed errors of the store port. Callers branch on the variant, never on the message text.
 
-use keyledger_domain::{DecodeError, EventId, GlobalPosition, StreamId, StreamVersion};
+use keyledger_domain::{CommandId, DecodeError, EventId, GlobalPosition, StreamId, StreamVersion};
 
 use crate::verify::ChainProblem;
 
@@ -19,6 +19,19 @@ pub enum StoreError {
         stream: StreamId,
         expected: StreamVersion,
         actual: StreamVersion,
+    },
+    /// The command id was already used by an append to another stream, so it cannot name this
+    /// append. Nothing was stored, and the earlier append is not this command's result. The
+    /// caller reused an idempotency key for another command: refuse the request (HTTP: 409
+    /// `idempotency_key_reused`) and do not retry with the same id. Never treat the earlier
+    /// result as this append's.
+    #[error("command id {command_id} was used on {other_stream}, not on {stream}")]
+    CommandIdReused {
+        command_id: CommandId,
+        /// The stream this append was for.
+        stream: StreamId,
+        /// The stream the command id was first appended to.
+        other_stream: StreamId,
     },
     /// An append with no events. A caller bug: a command that decides nothing appends nothing.
     #[error("an append needs at least one event")]

@@ -42,6 +42,23 @@ pub struct AppendResult {
     pub last_position: GlobalPosition,
 }
 
+impl AppendResult {
+    /// This earlier result as the answer to a repeat of `command_id` on `stream`: itself when
+    /// it is an append to `stream`, else [`StoreError::CommandIdReused`]. Every backend answers
+    /// a known command id through this, so none ever answers with another stream's append.
+    pub fn for_repeat(self, command_id: &CommandId, stream: StreamId) -> Result<Self, StoreError> {
+        if self.stream == stream {
+            Ok(self)
+        } else {
+            Err(StoreError::CommandIdReused {
+                command_id: command_id.clone(),
+                stream,
+                other_stream: self.stream,
+            })
+        }
+    }
+}
+
 /// A stream of stored events from [`EventStore::subscribe`]. It ends after yielding an error;
 /// resubscribe from the last position seen.
 pub type EventStream = BoxStream<'static, Result<StoredEvent, StoreError>>;
@@ -53,7 +70,10 @@ pub trait EventStore: Send + Sync {
     /// their hashes and assigning event ids, versions and global positions.
     ///
     /// - a stream not at `expected` gives [`StoreError::Conflict`] and stores nothing;
-    /// - a `command_id` already seen returns that append's result and stores nothing.
+    /// - a `command_id` already seen on `stream` returns that append's result and stores
+    ///   nothing;
+    /// - a `command_id` already seen on another stream gives [`StoreError::CommandIdReused`]
+    ///   and stores nothing: a command id is never answered with another stream's append.
     async fn append(
         &self,
         stream: StreamId,

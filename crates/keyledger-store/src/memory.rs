@@ -98,8 +98,10 @@ impl EventStore for InMemoryStore {
     ) -> Result<AppendResult, StoreError> {
         let result = {
             let mut inner = self.lock();
-            if let Some(previous) = command_id.as_ref().and_then(|c| inner.commands.get(c)) {
-                return Ok(*previous);
+            if let Some(c) = &command_id
+                && let Some(previous) = inner.commands.get(c)
+            {
+                return previous.for_repeat(c, stream);
             }
             let head = inner.head(&stream).unwrap_or_else(StreamHead::empty);
             let prepared = prepare_append(&self.ring, stream, expected, &head, events, command_id.as_ref())?;

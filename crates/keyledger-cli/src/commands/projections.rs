@@ -24,6 +24,14 @@ pub async fn rebuild(url: &StoreUrl, key_file: &Path) -> Result<Outcome, Failure
     // On PostgreSQL, running instances lead each projection under a lease: rebuilding under
     // their feet would interleave two writers. Take every lease, or refuse.
     let mut leases = Vec::new();
+    // On SQLite, a server runs the projections of its file without a lease: refuse while one
+    // uses it (ADR 0014), and keep a server from starting until the rebuild is done.
+    let _writer = match url {
+        StoreUrl::Sqlite(path) => {
+            Some(keyledger_sqlite::WriterLock::acquire(path).map_err(|e| Failure::msg(&what, e))?)
+        }
+        StoreUrl::Postgres(_) => None,
+    };
     if let (Backend::Postgres(_), StoreUrl::Postgres(raw)) = (&opened.backend, url) {
         for p in Projection::ALL {
             match keyledger_postgres::Lease::try_acquire(raw, p).await {
@@ -41,12 +49,23 @@ pub async fn rebuild(url: &StoreUrl, key_file: &Path) -> Result<Outcome, Failure
             }
         }
     }
+    // The rebuild's own writes are fenced on the leases it took, as a leader's are.
+    let sink: Arc<dyn keyledger_projection::ProjectionSink> = match &opened.backend {
+        Backend::Postgres(pg) => Arc::new(
+            leases
+                .iter()
+                .fold(keyledger_postgres::PgProjections::new(pg), |sink, lease| {
+                    sink.fenced(lease)
+                }),
+        ),
+        Backend::Sqlite(_) => opened.sink.clone(),
+    };
     let counting = Arc::new(Counting {
         inner: opened.store.clone(),
         read: AtomicU64::new(0),
     });
     let progress = Progress::new("rebuilding", None);
-    let result = Runner::rebuild_all(counting.clone(), opened.sink.clone(), BATCH, |_| {
+    let result = Runner::rebuild_all(counting.clone(), sink.clone(), BATCH, |_| {
         progress.set(counting.read.load(Ordering::Relaxed))
     })
     .await;
@@ -54,9 +73,7 @@ pub async fn rebuild(url: &StoreUrl, key_file: &Path) -> Result<Outcome, Failure
     // end too.
     let result = match result {
         Ok(reached) => match opened.last_position().await {
-            Ok(Some(end)) if end.0 > reached => {
-                catch_up_to(counting.clone(), opened.sink.clone(), end.0).await
-            }
+            Ok(Some(end)) if end.0 > reached => catch_up_to(counting.clone(), sink.clone(), end.0).await,
             Ok(_) => Ok(()),
             Err(f) => Err(f),
         },
