@@ -194,16 +194,17 @@ impl AzureKeyAccess {
     /// The SSRF guard: the identifier's host must be on the allow list. Runs before any
     /// client is built or request sent.
     fn check_allowed(&self, id: &KeyIdentifier) -> Result<(), KeyAccessError> {
-        if self.config.allowed_vault_hosts.allows(id.host()) {
+        if self.config.allowed_vault_hosts.allows(id.host(), id.port()) {
             Ok(())
         } else {
+            let authority = id.vault_url();
             tracing::warn!(
-                host = id.host(),
-                "key vault host not on the allow list; no request sent"
+                vault = %authority,
+                "key vault host or port not on the allow list; no request sent"
             );
             Err(KeyAccessError::with_detail(
                 Reason::KeyNotAllowed,
-                format!("host {} not allowed", id.host()),
+                format!("{authority} not allowed"),
             ))
         }
     }

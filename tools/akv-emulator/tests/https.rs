@@ -106,7 +106,8 @@ async fn the_sdk_talks_to_the_emulator_over_https() {
     assert!(kid.starts_with(&format!("{vault_url}/keys/cmk/")));
 
     // The SDK, through keyledger-azure, with the emulator's CA as an extra root.
-    let allow = HostAllowList::new(["127.0.0.1"]);
+    // The emulator's address with its port: an entry without one allows only port 443.
+    let allow = HostAllowList::new([vault_url.trim_start_matches("https://")]);
     let config = AzureConfig {
         authority_host: authority.clone(),
         allowed_vault_hosts: allow.clone(),
@@ -227,6 +228,7 @@ async fn the_sdk_talks_to_the_emulator_over_https() {
     }
     let emu = start(&dir);
     let vault_url = emu.startup["vault_url"].as_str().unwrap().to_owned();
+    let allow = HostAllowList::new([vault_url.trim_start_matches("https://")]);
     let access = AzureKeyAccess::new(AzureConfig {
         authority_host: emu.startup["authority_host"].as_str().unwrap().to_owned(),
         allowed_vault_hosts: allow.clone(),
