@@ -124,9 +124,14 @@ impl fmt::Debug for AzureKeyAccess {
 
 impl AzureKeyAccess {
     /// Over HTTPS with reqwest (rustls), trusting `ca_cert_pem` in addition to the platform's
-    /// roots.
+    /// roots. Redirects are never followed, from a vault or from the token endpoint: the vault
+    /// host was checked against the allow list, a redirect's target was not, and a followed
+    /// token request would carry the client secret to it. A 3xx is a failure (`vault_error`).
+    /// (azure_core's own reqwest client turns redirects off the same way; this one is built
+    /// here for the extra trust root and the timeouts.)
     pub fn new(config: AzureConfig) -> Result<Self, BuildError> {
         let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(config.request_timeout)
             .connect_timeout(config.request_timeout);
         if let Some(pem) = &config.ca_cert_pem {
