@@ -167,6 +167,9 @@ impl HealthMonitor {
                 "the stored secret is not open",
             ));
         };
+        // A fresh token, on demand and on schedule: a cached one would still let the probe in
+        // after the secret expired or the app was deleted.
+        self.keys.forget_token(&connection);
         let description = self.keys.describe(&connection).await?;
         if !description.enabled {
             return Err(KeyAccessError::new(Reason::KeyDisabled));

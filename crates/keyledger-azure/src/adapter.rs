@@ -424,6 +424,13 @@ impl KeyAccess for AzureKeyAccess {
         self.returned_key(id, result.kid.as_deref())?;
         Ok(Dek::from_bytes(clear))
     }
+
+    /// `ClientSecretCredential` keeps its token until five minutes before it expires and offers
+    /// no bypass: the cached client, with its credential, is dropped instead, so the next call
+    /// builds a new credential that asks the token endpoint.
+    fn forget_token(&self, connection: &Connection) {
+        self.evict(connection);
+    }
 }
 
 #[cfg(test)]
