@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use keyledger_domain::{Actor, DomainError, GlobalPosition, HealthStatus, OrgId, Protected};
-use keyledger_store::EventStore;
 use keyledger_keys::{Dek, KeyAccess, KeyAccessError, Reason};
+use keyledger_store::EventStore;
 
 use crate::error::AppError;
 use crate::request::{Action, Request};
@@ -277,10 +277,10 @@ const FOLLOWER_FIRST_PAUSE: Duration = Duration::from_millis(100);
 const FOLLOWER_MAX_PAUSE: Duration = Duration::from_secs(10);
 
 /// Keeps `orgs` to the organizations that have a customer key, following the store from the
-/// start until aborted. A store error ends a subscription (CONTRACT of
-/// [`EventStore::subscribe`]): the follower resubscribes after the last event it saw, after a
-/// pause that doubles from 100 ms to 10 s, as the projection runners are restarted, and that
-/// starts again at 100 ms once events flow.
+/// start until aborted. A store error ends a subscription (see [`EventStore::subscribe`]): the
+/// follower resubscribes after the last event it saw, after a pause that doubles from 100 ms to
+/// 10 s, as the projection runners are restarted, and that starts again at 100 ms once events
+/// flow.
 async fn follow_customer_keys(store: Arc<dyn EventStore>, orgs: Arc<Mutex<BTreeSet<OrgId>>>) {
     use futures::StreamExt as _;
     let mut after = GlobalPosition(0);

@@ -33,14 +33,18 @@ fn request(actor: Actor, action: Action) -> Request {
 async fn an_on_demand_probe_sees_an_expired_secret_despite_a_cached_token() {
     let dir = std::env::temp_dir().join(format!("keyledger-app-probe-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let emu = akv_emulator::start(([127, 0, 0, 1], 0).into(), &dir).await.unwrap();
+    let emu = akv_emulator::start(([127, 0, 0, 1], 0).into(), &dir)
+        .await
+        .unwrap();
     emu.vault.register_app(AppRegistration::new(
         &emu.tenant_id,
         CLIENT,
         SECRET,
         &["get", "wrapKey", "unwrapKey"],
     ));
-    emu.vault.create_key(&emu.vault_url, NewKey::rsa("cmk", 2048)).unwrap();
+    emu.vault
+        .create_key(&emu.vault_url, NewKey::rsa("cmk", 2048))
+        .unwrap();
     let allow = HostAllowList::new([emu.vault_url.trim_start_matches("https://")]);
     let config = AzureConfig {
         authority_host: emu.authority_host.clone(),

@@ -618,7 +618,10 @@ impl EventStore for FirstSubscriptionFails {
         if self.failed.swap(true, std::sync::atomic::Ordering::SeqCst) {
             self.inner.subscribe(after)
         } else {
-            futures::stream::iter([Err(keyledger_store::StoreError::backend("injected: connection lost"))]).boxed()
+            futures::stream::iter([Err(keyledger_store::StoreError::backend(
+                "injected: connection lost",
+            ))])
+            .boxed()
         }
     }
 

@@ -52,12 +52,14 @@ fn access(emu: &Emulator, authority_host: &str, allow: HostAllowList) -> Retryin
         request_timeout: Duration::from_secs(10),
         verify_challenge_resource: true,
     };
-    AzureKeyAccess::new(config).expect("adapter").retrying(RetryPolicy {
-        max_attempts: 2,
-        base_delay: Duration::from_millis(5),
-        max_delay: Duration::from_millis(20),
-        request_timeout: Duration::from_secs(10),
-    })
+    AzureKeyAccess::new(config)
+        .expect("adapter")
+        .retrying(RetryPolicy {
+            max_attempts: 2,
+            base_delay: Duration::from_millis(5),
+            max_delay: Duration::from_millis(20),
+            request_timeout: Duration::from_secs(10),
+        })
 }
 
 fn connection(emu: &Emulator, vault_url: &str, allow: &HostAllowList) -> Connection {
@@ -99,7 +101,9 @@ async fn a_redirect_from_the_vault_is_not_followed() {
 
     // Without the redirect the same connection works: the failure was the redirect.
     allowed.vault.clear_faults();
-    let works = access.describe(&connection(&allowed, &allowed.vault_url, &list)).await;
+    let works = access
+        .describe(&connection(&allowed, &allowed.vault_url, &list))
+        .await;
     assert!(works.is_ok(), "{works:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -121,7 +125,9 @@ async fn a_redirect_from_the_token_endpoint_is_not_followed() {
     // Following it would have posted the client secret to the redirect target, whose token
     // the vault accepts: with that directory as the authority, the same connection works.
     let direct = self::access(&vault, &vault.authority_host, list.clone());
-    let works = direct.describe(&connection(&vault, &vault.vault_url, &list)).await;
+    let works = direct
+        .describe(&connection(&vault, &vault.vault_url, &list))
+        .await;
     assert!(works.is_ok(), "{works:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -50,7 +50,12 @@ pub fn envelope_hash(event: &StoredEvent) -> String {
 /// - [`AadScheme::V1`] names the field by position (`data_keys[0].edek`); only for opening
 ///   values sealed before the scheme was recorded;
 /// - [`AadScheme::V2`] names it by identity (`data_keys[dek_id=7].edek`); every new seal.
-pub fn seal_aad(scheme: AadScheme, stream: &StreamId, version: StreamVersion, field: &ProtectedField) -> Vec<u8> {
+pub fn seal_aad(
+    scheme: AadScheme,
+    stream: &StreamId,
+    version: StreamVersion,
+    field: &ProtectedField,
+) -> Vec<u8> {
     match scheme {
         AadScheme::V1 => legacy_seal_aad(stream, version, &field.by_position()),
         AadScheme::V2 => format!("keyledger-seal/v2|{stream}|{version}|{}", field.by_identity()).into_bytes(),

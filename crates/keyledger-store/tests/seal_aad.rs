@@ -94,7 +94,9 @@ fn an_edek_rewrap_sealed_before_the_aad_marker_still_opens() {
     let text = std::fs::read_to_string(legacy_path()).expect("checked-in legacy vector");
     let stored: StoredEvent = serde_json::from_str(&text).unwrap();
     assert!(
-        stored.payload["data_keys"][0]["edek"]["sealed"].get("aad").is_none(),
+        stored.payload["data_keys"][0]["edek"]["sealed"]
+            .get("aad")
+            .is_none(),
         "the vector predates the marker"
     );
     assert_eq!(
