@@ -344,7 +344,7 @@ impl Event {
         let mut event = self.clone();
         event.for_each_protected(|field, slot| {
             slot.redact();
-            withheld.push(field.clone());
+            withheld.push(*field);
         });
         let mut v = match event.payload_json() {
             Ok(v) => v,
