@@ -29,9 +29,23 @@ fn request(actor: Actor, action: Action) -> Request {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_on_demand_probe_sees_an_expired_secret_despite_a_cached_token() {
-    let dir = std::env::temp_dir().join(format!("keyledger-app-probe-{}", std::process::id()));
+/// An emulator with the app and key `cmk`, and an app over it (in-memory store) whose
+/// organization has enabled that key through the SDK adapter.
+struct Setup {
+    emu: akv_emulator::Emulator,
+    app: Arc<App>,
+    keys: Arc<dyn KeyAccess>,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn enabled(test: &str) -> Setup {
+    let dir = std::env::temp_dir().join(format!("keyledger-app-probe-{}-{test}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let emu = akv_emulator::start(([127, 0, 0, 1], 0).into(), &dir)
         .await
@@ -81,18 +95,65 @@ async fn an_on_demand_probe_sees_an_expired_secret_despite_a_cached_token() {
     app.handle(request(admin(), Action::EnableCustomerManagedKey(connection)))
         .await
         .unwrap();
-    let monitor = HealthMonitor::new(app.clone(), keys, HealthConfig::default());
-    let org = testing::org_id();
-    assert_eq!(monitor.probe(org).await.unwrap().status, HealthStatus::Healthy);
+    Setup { emu, app, keys, dir }
+}
 
-    // The client secret expires. The adapter still holds an access token valid for an hour,
-    // which the vault would go on accepting.
+/// The client secret expires. The adapter still holds an access token valid for an hour,
+/// which the vault would go on accepting.
+fn expire_the_secret(emu: &akv_emulator::Emulator) {
     emu.vault.update_app(
         CLIENT,
         AppPatch::default().expires(Some(Utc::now() - chrono::Duration::minutes(1))),
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_on_demand_probe_sees_an_expired_secret_despite_a_cached_token() {
+    let s = enabled("on-demand").await;
+    let monitor = HealthMonitor::new(s.app.clone(), s.keys.clone(), HealthConfig::default());
+    let org = testing::org_id();
+    assert_eq!(monitor.probe(org).await.unwrap().status, HealthStatus::Healthy);
+    expire_the_secret(&s.emu);
     let probe = monitor.probe(org).await.unwrap();
     assert_eq!(probe.status, HealthStatus::CredentialsExpired);
     assert!(probe.changed);
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduled_monitor_sees_an_expired_secret_despite_a_cached_token() {
+    let s = enabled("scheduled").await;
+    let config = HealthConfig {
+        probe_interval: Duration::from_millis(100),
+        ..HealthConfig::default()
+    };
+    let monitor = Arc::new(HealthMonitor::new(s.app.clone(), s.keys.clone(), config));
+    let org = testing::org_id();
+    // The enable left a token in the adapter's cache; the secret expires behind it.
+    expire_the_secret(&s.emu);
+    let store = s.app.store().clone();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(monitor.clone().run(store, async move {
+        let _ = stop_rx.await;
+    }));
+    let mut seen = None;
+    for _ in 0..200 {
+        let status = s
+            .app
+            .view(org)
+            .await
+            .unwrap()
+            .unwrap()
+            .encryption
+            .health
+            .unwrap()
+            .status;
+        if status != HealthStatus::Healthy {
+            seen = Some(status);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop_tx.send(());
+    task.await.unwrap();
+    assert_eq!(seen, Some(HealthStatus::CredentialsExpired));
 }
