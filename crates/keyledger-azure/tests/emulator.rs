@@ -131,3 +131,20 @@ async fn a_redirect_from_the_token_endpoint_is_not_followed() {
     assert!(works.is_ok(), "{works:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vault_on_a_port_off_the_allow_list_gets_no_request() {
+    let dir = state_dir("port");
+    let emu = emulator(&dir).await;
+    // The identifier was recorded under a list that named the emulator's port; the adapter's
+    // list names the host alone, which allows port 443 only.
+    let recorded_under = allow(&emu);
+    let access = access(&emu, &emu.authority_host, HostAllowList::new(["127.0.0.1"]));
+    let e = access
+        .describe(&connection(&emu, &emu.vault_url, &recorded_under))
+        .await
+        .expect_err("another port is another vault");
+    assert_eq!(e.reason, Reason::KeyNotAllowed, "{e}");
+    assert_eq!(emu.vault.request_count(), 0, "nothing was sent");
+    let _ = std::fs::remove_dir_all(&dir);
+}
