@@ -1,13 +1,14 @@
 //! The key-health monitor (R10): probes each customer key, records `KeyHealthChanged` only on
 //! a change, holds transient failures for a grace period, and flags keys near expiry.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use keyledger_domain::{Actor, DomainError, HealthStatus, OrgId, Protected};
+use keyledger_domain::{Actor, DomainError, GlobalPosition, HealthStatus, OrgId, Protected};
 use keyledger_keys::{Dek, KeyAccess, KeyAccessError, Reason};
+use keyledger_store::EventStore;
 
 use crate::error::AppError;
 use crate::request::{Action, Request};
@@ -167,6 +168,9 @@ impl HealthMonitor {
                 "the stored secret is not open",
             ));
         };
+        // A fresh token, on demand and on schedule: a cached one would still let the probe in
+        // after the secret expired or the app was deleted.
+        self.keys.forget_token(&connection);
         let description = self.keys.describe(&connection).await?;
         if !description.enabled {
             return Err(KeyAccessError::new(Reason::KeyDisabled));
@@ -205,30 +209,11 @@ impl HealthMonitor {
     /// round's probes over most of the interval, at most `concurrency` at a time.
     pub async fn run(
         self: Arc<Self>,
-        store: Arc<dyn keyledger_store::EventStore>,
+        store: Arc<dyn EventStore>,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) {
-        use futures::StreamExt as _;
-        let orgs: Arc<Mutex<std::collections::BTreeSet<OrgId>>> = Arc::default();
-        let follower = {
-            let orgs = orgs.clone();
-            let mut events = store.subscribe(keyledger_domain::GlobalPosition(0));
-            tokio::spawn(async move {
-                while let Some(Ok(stored)) = events.next().await {
-                    let org = stored.stream_id.org_id();
-                    let mut set = orgs.lock().unwrap_or_else(|p| p.into_inner());
-                    match stored.event_type.as_str() {
-                        "CustomerManagedKeyEnabled" => {
-                            set.insert(org);
-                        }
-                        "SwitchedToProviderManagedKey" => {
-                            set.remove(&org);
-                        }
-                        _ => {}
-                    }
-                }
-            })
-        };
+        let orgs: Arc<Mutex<BTreeSet<OrgId>>> = Arc::default();
+        let follower = tokio::spawn(follow_customer_keys(store, orgs.clone()));
         tokio::pin!(shutdown);
         let interval = self.config.probe_interval;
         loop {
@@ -284,5 +269,52 @@ impl HealthMonitor {
             }
         }
         out
+    }
+}
+
+/// The follower's first pause after a store error; it doubles up to [`FOLLOWER_MAX_PAUSE`].
+const FOLLOWER_FIRST_PAUSE: Duration = Duration::from_millis(100);
+const FOLLOWER_MAX_PAUSE: Duration = Duration::from_secs(10);
+
+/// Keeps `orgs` to the organizations that have a customer key, following the store from the
+/// start until aborted. A store error ends a subscription (see [`EventStore::subscribe`]): the
+/// follower resubscribes after the last event it saw, after a pause that doubles from 100 ms to
+/// 10 s, as the projection runners are restarted, and that starts again at 100 ms once events
+/// flow.
+async fn follow_customer_keys(store: Arc<dyn EventStore>, orgs: Arc<Mutex<BTreeSet<OrgId>>>) {
+    use futures::StreamExt as _;
+    let mut after = GlobalPosition(0);
+    let mut pause = FOLLOWER_FIRST_PAUSE;
+    loop {
+        let mut events = store.subscribe(after);
+        loop {
+            match events.next().await {
+                Some(Ok(stored)) => {
+                    after = stored.global_position;
+                    pause = FOLLOWER_FIRST_PAUSE;
+                    let org = stored.stream_id.org_id();
+                    let mut set = orgs.lock().unwrap_or_else(|p| p.into_inner());
+                    match stored.event_type.as_str() {
+                        "CustomerManagedKeyEnabled" => {
+                            set.insert(org);
+                        }
+                        "SwitchedToProviderManagedKey" => {
+                            set.remove(&org);
+                        }
+                        _ => {}
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, retry_in = ?pause, "key-health follower failed; resubscribing");
+                    break;
+                }
+                None => {
+                    tracing::warn!(retry_in = ?pause, "key-health follower's subscription ended; resubscribing");
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(FOLLOWER_MAX_PAUSE);
     }
 }

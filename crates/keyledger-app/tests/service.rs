@@ -743,3 +743,116 @@ async fn the_app_believes_only_what_the_store_says_it_wrote() {
     let next = app.handle(add_tenant(b, 3, None)).await.unwrap();
     assert_eq!((next.appended, next.view.version), (1, before.version + 1));
 }
+
+/// The store, whose first subscription ends at once with a backend error (a lost
+/// connection); later ones are the store's own.
+struct FirstSubscriptionFails {
+    inner: Arc<InMemoryStore>,
+    failed: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl EventStore for FirstSubscriptionFails {
+    async fn append(
+        &self,
+        stream: StreamId,
+        expected: StreamVersion,
+        events: Vec<keyledger_store::NewEvent>,
+        command_id: Option<CommandId>,
+    ) -> Result<keyledger_store::AppendResult, keyledger_store::StoreError> {
+        self.inner.append(stream, expected, events, command_id).await
+    }
+
+    async fn read_stream(
+        &self,
+        stream: StreamId,
+        from: StreamVersion,
+    ) -> Result<Vec<StoredEvent>, keyledger_store::StoreError> {
+        self.inner.read_stream(stream, from).await
+    }
+
+    async fn read_all(
+        &self,
+        after: GlobalPosition,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, keyledger_store::StoreError> {
+        self.inner.read_all(after, limit).await
+    }
+
+    fn subscribe(&self, after: GlobalPosition) -> keyledger_store::EventStream {
+        use futures::StreamExt as _;
+        if self.failed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            self.inner.subscribe(after)
+        } else {
+            futures::stream::iter([Err(keyledger_store::StoreError::backend(
+                "injected: connection lost",
+            ))])
+            .boxed()
+        }
+    }
+
+    async fn import(
+        &self,
+        events: Vec<StoredEvent>,
+        batch: keyledger_store::ImportBatch,
+    ) -> Result<usize, keyledger_store::StoreError> {
+        self.inner.import(events, batch).await
+    }
+
+    fn key_ring(&self) -> &KeyRing {
+        self.inner.key_ring()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_monitor_follower_survives_a_store_error() {
+    let f = registered().await;
+    let app = Arc::new(App::new(
+        f.store.clone(),
+        f.vault.clone(),
+        f.clock.clone(),
+        AppConfig::default(),
+    ));
+    let config = HealthConfig {
+        probe_interval: std::time::Duration::from_millis(50),
+        ..HealthConfig::default()
+    };
+    let monitor = Arc::new(HealthMonitor::new(app, f.vault.clone(), config));
+    let failing = Arc::new(FirstSubscriptionFails {
+        inner: f.store.clone(),
+        failed: Default::default(),
+    });
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(monitor.clone().run(failing.clone(), async move {
+        let _ = stop_rx.await;
+    }));
+    // The follower's first subscription has failed; the organization enables its key after.
+    for _ in 0..100 {
+        if failing.failed.load(std::sync::atomic::Ordering::SeqCst) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(failing.failed.load(std::sync::atomic::Ordering::SeqCst));
+    run(
+        &f,
+        admin(),
+        Action::EnableCustomerManagedKey(connection(&kid("cmk", "v1").versionless())),
+    )
+    .await
+    .unwrap();
+    f.vault.disable("cmk", "v2");
+    let org = testing::org_id();
+    let mut recorded = false;
+    for _ in 0..250 {
+        let view = f.app.view(org).await.unwrap().unwrap();
+        if view.encryption.health.unwrap().status == HealthStatus::KeyDisabled {
+            recorded = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let _ = stop_tx.send(());
+    task.await.unwrap();
+    assert!(recorded, "a key enabled after the store error is still probed");
+}

@@ -124,9 +124,14 @@ impl fmt::Debug for AzureKeyAccess {
 
 impl AzureKeyAccess {
     /// Over HTTPS with reqwest (rustls), trusting `ca_cert_pem` in addition to the platform's
-    /// roots.
+    /// roots. Redirects are never followed, from a vault or from the token endpoint: the vault
+    /// host was checked against the allow list, a redirect's target was not, and a followed
+    /// token request would carry the client secret to it. A 3xx is a failure (`vault_error`).
+    /// (azure_core's own reqwest client turns redirects off the same way; this one is built
+    /// here for the extra trust root and the timeouts.)
     pub fn new(config: AzureConfig) -> Result<Self, BuildError> {
         let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(config.request_timeout)
             .connect_timeout(config.request_timeout);
         if let Some(pem) = &config.ca_cert_pem {
@@ -194,16 +199,17 @@ impl AzureKeyAccess {
     /// The SSRF guard: the identifier's host must be on the allow list. Runs before any
     /// client is built or request sent.
     fn check_allowed(&self, id: &KeyIdentifier) -> Result<(), KeyAccessError> {
-        if self.config.allowed_vault_hosts.allows(id.host()) {
+        if self.config.allowed_vault_hosts.allows(id.host(), id.port()) {
             Ok(())
         } else {
+            let authority = id.vault_url();
             tracing::warn!(
-                host = id.host(),
-                "key vault host not on the allow list; no request sent"
+                vault = %authority,
+                "key vault host or port not on the allow list; no request sent"
             );
             Err(KeyAccessError::with_detail(
                 Reason::KeyNotAllowed,
-                format!("host {} not allowed", id.host()),
+                format!("{authority} not allowed"),
             ))
         }
     }
@@ -417,6 +423,13 @@ impl KeyAccess for AzureKeyAccess {
             })?);
         self.returned_key(id, result.kid.as_deref())?;
         Ok(Dek::from_bytes(clear))
+    }
+
+    /// `ClientSecretCredential` keeps its token until five minutes before it expires and offers
+    /// no bypass: the cached client, with its credential, is dropped instead, so the next call
+    /// builds a new credential that asks the token endpoint.
+    fn forget_token(&self, connection: &Connection) {
+        self.evict(connection);
     }
 }
 

@@ -144,6 +144,12 @@ pub fn map_vault(operation: KeyOperation, status: u16, code: &str, inner: Option
         None => format!("vault HTTP {status} {code}"),
     };
     let is = |c: &str| code == c || inner == Some(c);
+    if (300..400).contains(&status) {
+        return KeyAccessError::with_detail(
+            Reason::VaultError,
+            format!("vault HTTP {status} redirect, not followed"),
+        );
+    }
     let reason = match status {
         401 => Reason::CredentialsInvalid,
         403 if is("KeyDisabled") => Reason::KeyDisabled,

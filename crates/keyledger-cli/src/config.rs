@@ -295,7 +295,7 @@ fn check(c: &Config) -> Result<(), ConfigError> {
     {
         return Err(rule(
             "keys.azure.allowed_vault_hosts",
-            "entries are host names or .suffixes, not URLs",
+            "entries are host names or .suffixes (with :PORT for a port other than 443), not URLs",
         ));
     }
     if c.keys.azure.request_timeout.is_zero() {

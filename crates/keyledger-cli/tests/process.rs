@@ -160,11 +160,13 @@ async fn keyledger_and_the_emulator_as_processes_run_the_seed_flow() {
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n\n[store]\nurl = \"sqlite://{}\"\n\n[keys]\n\
              internal_key_file = \"{}\"\nvault = \"azure\"\n\n[keys.azure]\nauthority_host = \"{}\"\n\
-             allowed_vault_hosts = [\"127.0.0.1\"]\nca_cert = \"{ca_cert}\"\nrequest_timeout = \"10s\"\n\n\
+             allowed_vault_hosts = [\"{}\"]\nca_cert = \"{ca_cert}\"\nrequest_timeout = \"10s\"\n\n\
              [health]\nprobe_interval = \"1h\"\ntransient_grace = \"15m\"\n\n{}{}{}{}",
             db.display(),
             dir.path().join("data/internal-keys.json").display(),
             startup["authority_host"].as_str().unwrap(),
+            // The emulator's host with its port: an entry without one allows only port 443.
+            vault.trim_start_matches("https://"),
             token(ADMIN, "org_admin"),
             token(AUDITOR, "auditor"),
             token(PLATFORM, "platform"),

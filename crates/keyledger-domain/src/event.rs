@@ -12,7 +12,7 @@ use crate::health::HealthStatus;
 use crate::ids::{DekId, OrgId, TenantId};
 use crate::key_identifier::KeyIdentifier;
 use crate::plan::Plan;
-use crate::secret::{Edek, Protected, ProtectedSlot, REDACTED};
+use crate::secret::{Edek, Protected, ProtectedSlot};
 use crate::upcast;
 
 /// A tenant of an organization.
@@ -302,23 +302,27 @@ impl Event {
         CURRENT_SCHEMA_VERSION
     }
 
-    /// Visits every protected field with a path that names it inside the payload (used as
-    /// AAD when sealing, so a sealed value cannot be moved to another field).
-    pub fn for_each_protected(&mut self, mut f: impl FnMut(&str, &mut dyn ProtectedSlot)) {
+    /// Visits every protected field, named by where it sits in the payload (bound into the
+    /// AAD when sealing, so a sealed value cannot be moved to another field or DEK).
+    pub fn for_each_protected(&mut self, mut f: impl FnMut(&ProtectedField, &mut dyn ProtectedSlot)) {
         match self {
             Event::CustomerManagedKeyEnabled(e) => {
-                f("connection.client_secret", &mut e.connection.client_secret)
+                f(&ProtectedField::ClientSecret, &mut e.connection.client_secret)
             }
             Event::CustomerManagedKeyConnectionEdited(e) => {
-                f("connection.client_secret", &mut e.connection.client_secret)
+                f(&ProtectedField::ClientSecret, &mut e.connection.client_secret)
             }
             Event::CustomerManagedKeyRotated(e) => {
-                f("connection.client_secret", &mut e.connection.client_secret)
+                f(&ProtectedField::ClientSecret, &mut e.connection.client_secret)
             }
-            Event::DataKeyGenerated(e) => f("edek", &mut e.edek),
+            Event::DataKeyGenerated(e) => f(&ProtectedField::Edek, &mut e.edek),
             Event::DataKeysRewrapped(e) => {
-                for (i, k) in e.data_keys.iter_mut().enumerate() {
-                    f(&format!("data_keys[{i}].edek"), &mut k.edek);
+                for (index, k) in e.data_keys.iter_mut().enumerate() {
+                    let field = ProtectedField::RewrappedEdek {
+                        index,
+                        dek_id: k.dek_id,
+                    };
+                    f(&field, &mut k.edek);
                 }
             }
             _ => {}
@@ -333,43 +337,119 @@ impl Event {
     }
 
     /// The public payload (stream, audit, API): no secret and no wrapped key material.
-    /// Protected fields are removed; connections say `client_secret_set: true` instead.
+    /// Protected fields are removed by where the schema puts them (never by their value, so a
+    /// user's string `"redacted"` stays); connections say `client_secret_set: true` instead.
     pub fn public_payload(&self) -> Value {
-        let mut v = match self.redacted().payload_json() {
+        let mut withheld = Vec::new();
+        let mut event = self.clone();
+        event.for_each_protected(|field, slot| {
+            slot.redact();
+            withheld.push(*field);
+        });
+        let mut v = match event.payload_json() {
             Ok(v) => v,
             // Redacted events always serialize; keep the invariant visible if that ever changes.
             Err(e) => serde_json::json!({ "error": format!("unserializable payload: {e}") }),
         };
-        strip_redacted(&mut v);
+        for field in &withheld {
+            field.withhold(&mut v);
+        }
         v
     }
 }
 
-fn strip_redacted(v: &mut Value) {
-    match v {
-        Value::Object(map) => {
-            let redacted: Vec<String> = map
-                .iter()
-                .filter(|(_, v)| v.as_str() == Some(REDACTED))
-                .map(|(k, _)| k.clone())
-                .collect();
-            for k in redacted {
-                map.remove(&k);
-                if k == "client_secret" {
-                    map.insert("client_secret_set".into(), Value::Bool(true));
+/// Where a protected field sits in its event's payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProtectedField {
+    /// `connection.client_secret` of the key events.
+    ClientSecret,
+    /// `edek` of `DataKeyGenerated`.
+    Edek,
+    /// `data_keys[index].edek` of `DataKeysRewrapped`: the EDEK of DEK `dek_id`.
+    RewrappedEdek { index: usize, dek_id: DekId },
+}
+
+impl ProtectedField {
+    /// The name by position, e.g. `data_keys[0].edek`: what the `v1` seal AAD binds.
+    pub fn by_position(&self) -> String {
+        match self {
+            ProtectedField::ClientSecret => "connection.client_secret".into(),
+            ProtectedField::Edek => "edek".into(),
+            ProtectedField::RewrappedEdek { index, .. } => format!("data_keys[{index}].edek"),
+        }
+    }
+
+    /// The name by identity, e.g. `data_keys[dek_id=7].edek`: what the `v2` seal AAD binds.
+    pub fn by_identity(&self) -> String {
+        match self {
+            ProtectedField::RewrappedEdek { dek_id, .. } => format!("data_keys[dek_id={}].edek", dek_id.0),
+            other => other.by_position(),
+        }
+    }
+
+    /// Removes the field from a payload in JSON form; a client secret leaves
+    /// `client_secret_set: true` behind.
+    fn withhold(&self, payload: &mut Value) {
+        match self {
+            ProtectedField::ClientSecret => {
+                if let Some(connection) = payload.get_mut("connection").and_then(Value::as_object_mut) {
+                    connection.remove("client_secret");
+                    connection.insert("client_secret_set".into(), Value::Bool(true));
                 }
             }
-            map.values_mut().for_each(strip_redacted);
+            ProtectedField::Edek => {
+                if let Some(map) = payload.as_object_mut() {
+                    map.remove("edek");
+                }
+            }
+            ProtectedField::RewrappedEdek { index, .. } => {
+                if let Some(key) = payload
+                    .get_mut("data_keys")
+                    .and_then(|keys| keys.get_mut(*index))
+                    .and_then(Value::as_object_mut)
+                {
+                    key.remove("edek");
+                }
+            }
         }
-        Value::Array(items) => items.iter_mut().for_each(strip_redacted),
-        _ => {}
+    }
+}
+
+impl std::fmt::Display for ProtectedField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.by_identity())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secret::REDACTED;
     use serde_json::json;
+
+    #[test]
+    fn a_user_string_equal_to_redacted_survives_in_public_payloads() {
+        let registered = Event::OrganizationRegistered(OrganizationRegistered {
+            org_id: "01900000-0000-7000-8000-0000000000aa".parse().unwrap(),
+            name: REDACTED.into(),
+            plan: Plan::enterprise(REDACTED),
+            tenants: vec![Tenant {
+                tenant_id: "01900000-0000-7000-8000-0000000000bb".parse().unwrap(),
+                name: REDACTED.into(),
+            }],
+            registered_at: DateTime::UNIX_EPOCH,
+        });
+        let public = registered.public_payload();
+        assert_eq!(public["name"], REDACTED, "{public}");
+        assert_eq!(public["plan"]["tier"], REDACTED, "{public}");
+        assert_eq!(public["tenants"][0]["name"], REDACTED, "{public}");
+        let changed = Event::PlanChanged(PlanChanged {
+            from: Plan::free(),
+            to: Plan::enterprise("standard"),
+            reason: REDACTED.into(),
+        });
+        assert_eq!(changed.public_payload()["reason"], REDACTED);
+    }
 
     #[test]
     fn catalogue_has_fourteen_types() {

@@ -45,7 +45,10 @@ pub enum KeyIdentifierError {
 }
 
 /// The vault hosts a deployment may talk to. An entry starting with `.` matches any host that
-/// ends with it; any other entry must equal the host. Ports are not part of the match.
+/// ends with it; any other entry must equal the host. An entry may end in `:PORT` (IPv6 as
+/// `[::1]:PORT`): it then matches that port only. An entry without a port matches only the
+/// default HTTPS port, 443 (ADR 0017): a test emulator on `127.0.0.1:8443` is allowed by the
+/// entry `127.0.0.1:8443`, never by `127.0.0.1`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct HostAllowList {
     entries: Vec<String>,
@@ -76,19 +79,48 @@ impl HostAllowList {
         ])
     }
 
-    pub fn allows(&self, host: &str) -> bool {
+    /// Whether `host` on `port` (`None`: the default HTTPS port) is allowed.
+    pub fn allows(&self, host: &str, port: Option<u16>) -> bool {
         let host = host.to_ascii_lowercase();
-        self.entries.iter().any(|e| {
-            if e.starts_with('.') {
-                host.len() > e.len() && host.ends_with(e.as_str())
+        let port = port.filter(|p| *p != DEFAULT_HTTPS_PORT);
+        self.entries.iter().any(|entry| {
+            let (pattern, entry_port) = split_port(entry);
+            let host_matches = if pattern.starts_with('.') {
+                host.len() > pattern.len() && host.ends_with(pattern)
             } else {
-                host == *e
-            }
+                host == pattern
+            };
+            host_matches && entry_port == port
         })
     }
 
     pub fn entries(&self) -> &[String] {
         &self.entries
+    }
+}
+
+/// The port Key Vault serves on; a URL that names it is the same as one that does not.
+const DEFAULT_HTTPS_PORT: u16 = 443;
+
+/// An allow-list entry as (host pattern, port). `None` is the default port; so is `:443`.
+/// A suffix that is not a port (`host:abc`) stays part of the pattern and matches no host.
+fn split_port(entry: &str) -> (&str, Option<u16>) {
+    let (pattern, port) = if entry.starts_with('[') {
+        match entry.find(']') {
+            Some(end) => (&entry[..=end], entry[end + 1..].strip_prefix(':')),
+            None => (entry, None),
+        }
+    } else {
+        match entry.rsplit_once(':') {
+            Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => (h, Some(p)),
+            _ => (entry, None),
+        }
+    };
+    match port.map(str::parse::<u16>) {
+        None => (pattern, None),
+        Some(Ok(p)) if p == DEFAULT_HTTPS_PORT => (pattern, None),
+        Some(Ok(p)) => (pattern, Some(p)),
+        Some(Err(_)) => (entry, None),
     }
 }
 
@@ -106,9 +138,9 @@ impl KeyIdentifier {
     /// Parses `s` and checks its host against `allow`.
     pub fn parse(s: &str, allow: &HostAllowList) -> Result<Self, KeyIdentifierError> {
         let id = Self::parse_shape(s)?;
-        if !allow.allows(id.host()) {
+        if !allow.allows(id.host(), id.port()) {
             return Err(KeyIdentifierError::HostNotAllowed {
-                host: id.host().to_owned(),
+                host: id.authority.clone(),
             });
         }
         Ok(id)
@@ -183,6 +215,13 @@ impl KeyIdentifier {
     /// The host, without a port.
     pub fn host(&self) -> &str {
         &self.authority[..self.host_len]
+    }
+
+    /// The port, when the identifier names one other than 443.
+    pub fn port(&self) -> Option<u16> {
+        self.authority
+            .get(self.host_len + 1..)
+            .and_then(|p| p.parse().ok())
     }
 
     /// `https://HOST[:PORT]`, the vault URL the SDK client is built with.
@@ -393,12 +432,27 @@ mod tests {
     }
 
     #[test]
-    fn exact_allow_list_entries_match_only_that_host_any_port() {
-        let allow = HostAllowList::new(["127.0.0.1"]);
+    fn a_key_identifier_on_a_non_default_port_is_refused() {
+        assert!(parse("https://c.vault.azure.net:8443/keys/cmk").is_err());
+        assert!(parse("https://c.vault.azure.net:80/keys/cmk").is_err());
+        // The default port spelled out is the default port.
+        assert!(parse("https://c.vault.azure.net:443/keys/cmk").is_ok());
+        let host_only = HostAllowList::new(["127.0.0.1"]);
+        assert!(KeyIdentifier::parse("https://127.0.0.1:8443/keys/cmk", &host_only).is_err());
+        assert!(KeyIdentifier::parse("https://127.0.0.1/keys/cmk", &host_only).is_ok());
+    }
+
+    #[test]
+    fn an_allow_list_entry_with_a_port_allows_that_host_on_that_port_only() {
+        let allow = HostAllowList::new(["127.0.0.1:8443", "[::1]:9443"]);
         let k = KeyIdentifier::parse("https://127.0.0.1:8443/keys/cmk", &allow).unwrap();
         assert_eq!(k.vault_url(), "https://127.0.0.1:8443");
         assert_eq!(k.host(), "127.0.0.1");
-        assert!(KeyIdentifier::parse("https://127.0.0.2/keys/cmk", &allow).is_err());
+        assert!(KeyIdentifier::parse("https://127.0.0.1/keys/cmk", &allow).is_err());
+        assert!(KeyIdentifier::parse("https://127.0.0.1:8444/keys/cmk", &allow).is_err());
+        assert!(KeyIdentifier::parse("https://127.0.0.2:8443/keys/cmk", &allow).is_err());
+        assert!(KeyIdentifier::parse("https://[::1]:9443/keys/cmk", &allow).is_ok());
+        assert!(KeyIdentifier::parse("https://[::1]/keys/cmk", &allow).is_err());
     }
 
     #[test]

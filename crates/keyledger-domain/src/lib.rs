@@ -33,7 +33,7 @@ pub use command::{Command, CommandKind, CommandName, RewrapEvidence};
 pub use connection::{Connection, ConnectionField, ConnectionRecord};
 pub use decide::{DomainError, authorize, decide, precheck};
 pub use envelope::{EnvelopeActor, EventMetadata, GENESIS_HASH, StoredEvent};
-pub use event::{DecodeError, EVENT_TYPES, Event, Tenant};
+pub use event::{DecodeError, EVENT_TYPES, Event, ProtectedField, Tenant};
 pub use health::HealthStatus;
 pub use ids::{
     ApplicationId, CommandId, CorrelationId, DekId, DirectoryId, EventId, GlobalPosition, IdError, OrgId,
@@ -41,5 +41,5 @@ pub use ids::{
 };
 pub use key_identifier::{HostAllowList, KeyIdentifier, KeyIdentifierError};
 pub use plan::{Plan, PlanError, PlanKind};
-pub use secret::{Edek, Protected, ProtectedSlot, SealedBox};
+pub use secret::{AadScheme, Edek, Protected, ProtectedSlot, SealedBox};
 pub use state::{State, evolve};

@@ -30,11 +30,44 @@ pub struct SealedBox {
     #[serde(with = "b64")]
     #[schemars(with = "String")]
     pub ct: Vec<u8>,
+    /// The additional authenticated data it was sealed with. Absent: `v1`.
+    #[serde(default, skip_serializing_if = "AadScheme::is_v1")]
+    pub aad: AadScheme,
 }
 
 impl fmt::Debug for SealedBox {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SealedBox(kid={}, {} bytes)", self.kid, self.ct.len())
+        write!(
+            f,
+            "SealedBox(kid={}, aad={:?}, {} bytes)",
+            self.kid,
+            self.aad,
+            self.ct.len()
+        )
+    }
+}
+
+/// Which additional authenticated data (AAD) a [`SealedBox`] was sealed with (ADR 0017). It is
+/// recorded in the sealed value, so opening uses exactly the scheme the value was sealed with
+/// and never tries another. Each scheme's AAD starts with its own tag, so rewriting the marker
+/// makes the value fail to open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+pub enum AadScheme {
+    /// `keyledger-seal/v1`: binds the stream, version and the field's position in the payload
+    /// (`data_keys[0].edek`). Everything sealed before ADR 0017; such values carry no marker.
+    #[default]
+    #[serde(rename = "v1")]
+    V1,
+    /// `keyledger-seal/v2`: binds the stream, version and the field's identity
+    /// (`data_keys[dek_id=7].edek`), so an EDEK cannot be moved to another DEK id. Every new
+    /// seal.
+    #[serde(rename = "v2")]
+    V2,
+}
+
+impl AadScheme {
+    pub fn is_v1(&self) -> bool {
+        *self == AadScheme::V1
     }
 }
 
@@ -245,6 +278,7 @@ mod tests {
     #[test]
     fn sealed_and_redacted_round_trip() {
         let p: Protected<Edek> = Protected::Sealed(SealedBox {
+            aad: AadScheme::V2,
             kid: "ik-1".into(),
             nonce: vec![1; 12],
             ct: vec![2; 48],

@@ -534,6 +534,7 @@ pub fn envelopes(events: Vec<Event>) -> Vec<crate::envelope::StoredEvent> {
                 if let Some(clear) = slot.clear_bytes() {
                     slot.set_sealed(crate::secret::SealedBox {
                         kid: "test-xor".into(),
+                        aad: crate::secret::AadScheme::V1,
                         nonce: vec![0; 12],
                         ct: clear.iter().map(|b| b ^ 0x5A).collect(),
                     });

@@ -160,6 +160,7 @@ fn through_json(event: &Event) -> Event {
         let clear = slot.clear_bytes().expect("decide emits open values");
         slot.set_sealed(SealedBox {
             kid: "model".into(),
+            aad: keyledger_domain::AadScheme::V2,
             nonce: vec![0; 12],
             ct: clear.to_vec(),
         });

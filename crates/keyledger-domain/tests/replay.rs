@@ -83,7 +83,7 @@ fn actor(name: &str) -> Actor {
 /// Given events come redacted; the state needs open values, so fill in fixture ones.
 fn open_fixture(mut event: Event) -> Event {
     event.for_each_protected(|path, slot| {
-        let bytes = if path.ends_with("client_secret") {
+        let bytes = if *path == keyledger_domain::ProtectedField::ClientSecret {
             FIXTURE_SECRET.as_bytes().to_vec()
         } else {
             vec![0xEE; 256]

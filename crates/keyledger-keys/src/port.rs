@@ -115,6 +115,12 @@ pub trait KeyAccess: Send + Sync {
     /// Unwraps `edek` with the key version in the connection's identifier (the latest version
     /// when it has none).
     async fn unwrap(&self, connection: &Connection, edek: &Edek) -> Result<Dek, KeyAccessError>;
+
+    /// Drops any access token cached for `connection`, so that the next call asks the token
+    /// endpoint again. A health probe calls it first: a cached token must not hide an expired
+    /// or deleted secret (CONTRACT.md "On-demand probe"). Adapters that cache no token do
+    /// nothing.
+    fn forget_token(&self, _connection: &Connection) {}
 }
 
 #[async_trait]
@@ -128,6 +134,9 @@ impl<T: KeyAccess + ?Sized> KeyAccess for std::sync::Arc<T> {
     async fn unwrap(&self, connection: &Connection, edek: &Edek) -> Result<Dek, KeyAccessError> {
         (**self).unwrap(connection, edek).await
     }
+    fn forget_token(&self, connection: &Connection) {
+        (**self).forget_token(connection)
+    }
 }
 
 #[async_trait]
@@ -140,6 +149,9 @@ impl<T: KeyAccess + ?Sized> KeyAccess for &T {
     }
     async fn unwrap(&self, connection: &Connection, edek: &Edek) -> Result<Dek, KeyAccessError> {
         (**self).unwrap(connection, edek).await
+    }
+    fn forget_token(&self, connection: &Connection) {
+        (**self).forget_token(connection)
     }
 }
 

@@ -115,6 +115,9 @@ impl<K: KeyAccess> KeyAccess for Retrying<K> {
             .run("unwrap", || self.inner.unwrap(connection, edek))
             .await
     }
+    fn forget_token(&self, connection: &Connection) {
+        self.inner.forget_token(connection)
+    }
 }
 
 #[cfg(test)]

@@ -5,8 +5,8 @@
 use chrono::Utc;
 use keyledger_domain::envelope::truncate_to_micros;
 use keyledger_domain::{
-    CommandId, Event, EventId, EventMetadata, GENESIS_HASH, GlobalPosition, StoredEvent, StreamId,
-    StreamVersion,
+    AadScheme, CommandId, Event, EventId, EventMetadata, GENESIS_HASH, GlobalPosition, ProtectedField,
+    StoredEvent, StreamId, StreamVersion,
 };
 use sha2::{Digest as _, Sha256};
 
@@ -45,11 +45,30 @@ pub fn envelope_hash(event: &StoredEvent) -> String {
     hex::encode(Sha256::digest(event.canonical_bytes()))
 }
 
-/// The additional authenticated data of a sealed field: it binds the ciphertext to its
-/// stream, version and field path, so a sealed value cannot be moved.
-pub fn seal_aad(stream: &StreamId, version: StreamVersion, field: &str) -> Vec<u8> {
+/// The additional authenticated data of a sealed field under `scheme` (ADR 0017). It binds
+/// the ciphertext to its stream, version and field, so a sealed value cannot be moved:
+/// - [`AadScheme::V1`] names the field by position (`data_keys[0].edek`); only for opening
+///   values sealed before the scheme was recorded;
+/// - [`AadScheme::V2`] names it by identity (`data_keys[dek_id=7].edek`); every new seal.
+pub fn seal_aad(
+    scheme: AadScheme,
+    stream: &StreamId,
+    version: StreamVersion,
+    field: &ProtectedField,
+) -> Vec<u8> {
+    match scheme {
+        AadScheme::V1 => legacy_seal_aad(stream, version, &field.by_position()),
+        AadScheme::V2 => format!("keyledger-seal/v2|{stream}|{version}|{}", field.by_identity()).into_bytes(),
+    }
+}
+
+/// The `v1` AAD over a field named by position.
+pub fn legacy_seal_aad(stream: &StreamId, version: StreamVersion, field: &str) -> Vec<u8> {
     format!("keyledger-seal/v1|{stream}|{version}|{field}").into_bytes()
 }
+
+/// The scheme every new seal uses.
+pub const SEAL_AAD_SCHEME: AadScheme = AadScheme::V2;
 
 /// Builds the stored envelopes of an append after `head`, after checking the expected
 /// version. Global positions are left at 0 for the backend to assign; they are not hashed.
@@ -125,12 +144,15 @@ pub fn seal_event(
             return;
         }
         let Some(clear) = slot.clear_bytes() else {
-            failure = Some((field.to_owned(), SealError::NotOpen));
+            failure = Some((field.to_string(), SealError::NotOpen));
             return;
         };
-        match ring.seal(&seal_aad(stream, version, field), &clear) {
-            Ok(sealed) => slot.set_sealed(sealed),
-            Err(e) => failure = Some((field.to_owned(), e)),
+        match ring.seal(&seal_aad(SEAL_AAD_SCHEME, stream, version, field), &clear) {
+            Ok(mut sealed) => {
+                sealed.aad = SEAL_AAD_SCHEME;
+                slot.set_sealed(sealed)
+            }
+            Err(e) => failure = Some((field.to_string(), e)),
         }
     });
     match failure {
@@ -159,14 +181,15 @@ pub fn open_event(ring: &KeyRing, stored: &StoredEvent) -> Result<Event, StoreEr
         }
         // Redacted values (fixtures, exports) stay redacted: there is nothing to open.
         let Some(sealed) = slot.sealed_box() else { return };
-        let aad = seal_aad(&stored.stream_id, stored.stream_version, field);
+        // Exactly the scheme recorded in the sealed value; no other is tried.
+        let aad = seal_aad(sealed.aad, &stored.stream_id, stored.stream_version, field);
         match ring.open(sealed, &aad) {
             Ok(clear) => {
                 if !slot.set_clear(clear) {
-                    failure = Some((field.to_owned(), crate::error::OpenError::InvalidValue));
+                    failure = Some((field.to_string(), crate::error::OpenError::InvalidValue));
                 }
             }
-            Err(e) => failure = Some((field.to_owned(), e)),
+            Err(e) => failure = Some((field.to_string(), e)),
         }
     });
     match failure {

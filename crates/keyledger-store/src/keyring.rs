@@ -20,7 +20,7 @@ use aes_gcm::{AeadCore, Aes256Gcm, Nonce};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use chrono::{DateTime, Utc};
-use keyledger_domain::SealedBox;
+use keyledger_domain::{AadScheme, SealedBox};
 use secrecy::{ExposeSecret, SecretBox};
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
@@ -153,6 +153,7 @@ impl KeyRing {
             kid: key.kid.clone(),
             nonce: nonce.to_vec(),
             ct,
+            aad: AadScheme::V1,
         })
     }
 

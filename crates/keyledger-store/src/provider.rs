@@ -1,7 +1,7 @@
 //! The provider-managed key: DEKs wrapped by the internal key ring (DESIGN.md §1, "KEK … the
 //! provider's internal key when off").
 
-use keyledger_domain::{DekId, Edek, OrgId, SealedBox, WrappedBy, WrappedDek};
+use keyledger_domain::{AadScheme, DekId, Edek, OrgId, SealedBox, WrappedBy, WrappedDek};
 use zeroize::Zeroizing;
 
 use crate::error::{OpenError, SealError};
@@ -42,6 +42,7 @@ pub fn unwrap_dek(
         kid: internal_key_id.to_owned(),
         nonce: nonce.to_vec(),
         ct: ct.to_vec(),
+        aad: AadScheme::V1,
     };
     ring.open(&sealed, &aad(org, dek_id))
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use keyledger_domain::{GlobalPosition, StreamVersion};
-use keyledger_store::chain::{StreamHead, envelope_hash, prepare_append, seal_aad};
+use keyledger_store::chain::{StreamHead, envelope_hash, legacy_seal_aad, prepare_append};
 use keyledger_store::conformance::{cmk_enabled, dek_generated, new_stream, tenant_added};
 use keyledger_store::row::EnvelopeColumns;
 use keyledger_store::{KeyRing, OpenError, open_event};
@@ -16,11 +16,11 @@ proptest! {
                                         field in "[a-z_.\\[\\]0-9]{1,40}", version in 1u64..1_000_000) {
         let ring = KeyRing::generate();
         let stream = new_stream();
-        let aad = seal_aad(&stream, StreamVersion(version), &field);
+        let aad = legacy_seal_aad(&stream, StreamVersion(version), &field);
         let sealed = ring.seal(&aad, &clear).unwrap();
         prop_assert_eq!(sealed.nonce.len(), 12);
         prop_assert_eq!(&*ring.open(&sealed, &aad).unwrap(), clear.as_slice());
-        let moved = seal_aad(&stream, StreamVersion(version + 1), &field);
+        let moved = legacy_seal_aad(&stream, StreamVersion(version + 1), &field);
         let is_auth_error = matches!(ring.open(&sealed, &moved), Err(OpenError::Authentication { .. }));
         prop_assert!(is_auth_error);
     }

@@ -68,9 +68,13 @@ async fn dispatch(
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
     let client_request_id = headers.get("x-ms-client-request-id").cloned();
-    let mut response = match vault.roll_fault() {
-        Some(status) => fault_response(status),
-        None => handle(&vault, &method, &uri, &headers, &body),
+    let mut response = if let Some(base) = &faults.redirect_to {
+        redirect(base, &uri)
+    } else {
+        match vault.roll_fault() {
+            Some(status) => fault_response(status),
+            None => handle(&vault, &method, &uri, &headers, &body),
+        }
     };
     let h = response.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -85,6 +89,19 @@ async fn dispatch(
         h.insert("x-ms-client-request-id", v);
     }
     response
+}
+
+/// The injected redirect: 307 to `base` plus the request's path and query.
+fn redirect(base: &str, uri: &Uri) -> Response {
+    let target = format!(
+        "{}{}",
+        base.trim_end_matches('/'),
+        uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+    );
+    match HeaderValue::from_str(&target) {
+        Ok(location) => (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, location)]).into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
 }
 
 fn fault_response(status: u16) -> Response {
@@ -406,8 +423,10 @@ async fn ctl_create_app(State(vault): State<Arc<Vault>>, body: Bytes) -> Respons
         Ok(c) if !known_permissions(&c.app.key_permissions) => ctl_bad_request(UNKNOWN_PERMISSION),
         Ok(c) => {
             let client_id = c.app.client_id.clone();
-            vault.register_app(c.app);
-            json_response(StatusCode::CREATED, &json!({ "client_id": client_id }))
+            match vault.add_app(c.app) {
+                Ok(()) => json_response(StatusCode::CREATED, &json!({ "client_id": client_id })),
+                Err(problem) => ctl_bad_request(&problem),
+            }
         }
         Err(_) => {
             ctl_bad_request("expected {tenant_id, client_id, client_secret, expires_at?, key_permissions}")
@@ -424,6 +443,7 @@ async fn ctl_patch_app(
         Ok(p) if p.key_permissions.as_ref().is_some_and(|k| !known_permissions(k)) => {
             ctl_bad_request(UNKNOWN_PERMISSION)
         }
+        Ok(p) if p.empties_secret() => ctl_bad_request("client_secret must not be empty"),
         Ok(p) => {
             if vault.update_app(&client_id, p) {
                 json_response(StatusCode::OK, &json!({ "client_id": client_id }))
@@ -546,12 +566,15 @@ async fn ctl_set_faults(State(vault): State<Arc<Vault>>, body: Bytes) -> Respons
     match serde_json::from_slice::<Faults>(&body) {
         Ok(f)
             if f.status.is_none_or(|s| matches!(s, 429 | 500 | 503))
-                && f.rate.is_none_or(|r| (0.0..=1.0).contains(&r)) =>
+                && f.rate.is_none_or(|r| (0.0..=1.0).contains(&r))
+                && f.redirect_to.as_deref().is_none_or(|r| r.starts_with("https://")) =>
         {
             vault.set_faults(f.clone());
             json_response(StatusCode::OK, &json!(f))
         }
-        _ => ctl_bad_request("expected {status?: 429|500|503, rate?: 0..1, latency_ms?, unreachable?}"),
+        _ => ctl_bad_request(
+            "expected {status?: 429|500|503, rate?: 0..1, latency_ms?, unreachable?, redirect_to?: \"https://…\"}",
+        ),
     }
 }
 

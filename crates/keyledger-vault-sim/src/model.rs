@@ -222,6 +222,11 @@ pub struct AppPatch {
 }
 
 impl AppPatch {
+    /// Whether the patch would empty the client secret (the control API refuses that).
+    pub fn empties_secret(&self) -> bool {
+        self.client_secret.as_ref().is_some_and(|s| s.0.is_empty())
+    }
+
     /// Sets (or with `None`, clears) the secret's expiry.
     pub fn expires(mut self, expires_at: Option<DateTime<Utc>>) -> Self {
         self.expires_at = Some(expires_at);
@@ -344,6 +349,11 @@ pub struct Faults {
     /// then succeeds" deterministic). Absent means no limit.
     #[serde(default)]
     pub count: Option<u32>,
+    /// Every request is answered `307 Temporary Redirect` to this base URL plus the request's
+    /// path and query (beyond CONTRACT.md: shows that clients do not follow a vault's or the
+    /// token endpoint's redirect).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_to: Option<String>,
 }
 
 /// A cryptographic operation on a key.
@@ -595,6 +605,26 @@ impl Vault {
 
     pub fn register_app(&self, app: AppRegistration) {
         self.lock().apps.insert(app.client_id.clone(), app);
+    }
+
+    /// [`Vault::register_app`] for the control API: refuses, naming the problem, an app that
+    /// could never get a token this vault accepts (another directory), or an empty client id
+    /// or secret. The message never holds the secret.
+    pub fn add_app(&self, app: AppRegistration) -> Result<(), String> {
+        if app.client_id.trim().is_empty() {
+            return Err("client_id must not be empty".into());
+        }
+        if app.client_secret.0.is_empty() {
+            return Err("client_secret must not be empty".into());
+        }
+        if app.tenant_id != self.config.tenant_id {
+            return Err(format!(
+                "tenant_id {:?} is not this vault's directory {:?}: the vault would refuse every token of that app",
+                app.tenant_id, self.config.tenant_id
+            ));
+        }
+        self.register_app(app);
+        Ok(())
     }
 
     /// Dev mode (DESIGN.md §8): an app registration with every key permission and a fresh

@@ -40,6 +40,8 @@ pub struct Emulator {
     pub addr: SocketAddr,
     pub vault_url: String,
     pub authority_host: String,
+    /// The directory (Entra ID tenant) the vault belongs to: only its apps get in.
+    pub tenant_id: String,
     pub ca_cert: PathBuf,
     pub vault: Arc<Vault>,
     state_file: PathBuf,
@@ -48,15 +50,17 @@ pub struct Emulator {
 }
 
 impl Emulator {
-    /// The start-up line: `{"vault_url":…,"authority_host":…,"ca_cert":…}`.
+    /// The start-up line: `{"vault_url":…,"authority_host":…,"ca_cert":…,"tenant_id":…}`.
     pub fn startup_line(&self) -> String {
-        // Keys in the order CONTRACT.md shows them (serde_json's map would sort them).
+        // Keys in the order CONTRACT.md shows them (serde_json's map would sort them); the
+        // second phase's `tenant_id` comes last, so a reader of the first three is unaffected.
         let q = |v: &str| json!(v).to_string();
         format!(
-            "{{\"vault_url\":{},\"authority_host\":{},\"ca_cert\":{}}}",
+            "{{\"vault_url\":{},\"authority_host\":{},\"ca_cert\":{},\"tenant_id\":{}}}",
             q(&self.vault_url),
             q(&self.authority_host),
-            q(&self.ca_cert.display().to_string())
+            q(&self.ca_cert.display().to_string()),
+            q(&self.tenant_id)
         )
     }
 
@@ -199,6 +203,7 @@ pub async fn start(listen: SocketAddr, state_dir: &Path) -> Result<Emulator, Sta
         addr,
         vault_url: base.clone(),
         authority_host: base,
+        tenant_id: vault.config().tenant_id.clone(),
         ca_cert,
         vault,
         state_file,

@@ -1,5 +1,6 @@
 //! `akv-emulator --listen 127.0.0.1:0 --state-dir DIR`: prints one JSON line
-//! `{"vault_url":…,"authority_host":…,"ca_cert":"DIR/ca.pem"}` and serves until SIGINT/SIGTERM.
+//! `{"vault_url":…,"authority_host":…,"ca_cert":"DIR/ca.pem","tenant_id":…}` and serves until
+//! SIGINT/SIGTERM.
 
 use std::io::Write as _;
 use std::net::SocketAddr;

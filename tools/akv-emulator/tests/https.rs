@@ -42,8 +42,9 @@ impl Running {
     }
 }
 
-fn state_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("akv-emulator-test-{}", std::process::id()));
+/// A fresh state directory per test (tests of one binary run in one process, in parallel).
+fn state_dir(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("akv-emulator-test-{}-{test}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     dir
 }
@@ -71,7 +72,7 @@ fn start(state_dir: &std::path::Path) -> Running {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sdk_talks_to_the_emulator_over_https() {
-    let dir = state_dir();
+    let dir = state_dir("sdk");
     let emu = start(&dir);
     let vault_url = emu.startup["vault_url"].as_str().unwrap().to_owned();
     let authority = emu.startup["authority_host"].as_str().unwrap().to_owned();
@@ -105,7 +106,8 @@ async fn the_sdk_talks_to_the_emulator_over_https() {
     assert!(kid.starts_with(&format!("{vault_url}/keys/cmk/")));
 
     // The SDK, through keyledger-azure, with the emulator's CA as an extra root.
-    let allow = HostAllowList::new(["127.0.0.1"]);
+    // The emulator's address with its port: an entry without one allows only port 443.
+    let allow = HostAllowList::new([vault_url.trim_start_matches("https://")]);
     let config = AzureConfig {
         authority_host: authority.clone(),
         allowed_vault_hosts: allow.clone(),
@@ -226,6 +228,7 @@ async fn the_sdk_talks_to_the_emulator_over_https() {
     }
     let emu = start(&dir);
     let vault_url = emu.startup["vault_url"].as_str().unwrap().to_owned();
+    let allow = HostAllowList::new([vault_url.trim_start_matches("https://")]);
     let access = AzureKeyAccess::new(AzureConfig {
         authority_host: emu.startup["authority_host"].as_str().unwrap().to_owned(),
         allowed_vault_hosts: allow.clone(),
@@ -251,6 +254,54 @@ async fn the_sdk_talks_to_the_emulator_over_https() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(access.unwrap(&moved, wrapped.edek()).await.unwrap(), dek);
+    emu.terminate();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_emulator_refuses_an_app_of_another_directory() {
+    let dir = state_dir("tenants");
+    let emu = start(&dir);
+    let vault_url = emu.startup["vault_url"].as_str().unwrap().to_owned();
+    let tenant = emu.startup["tenant_id"]
+        .as_str()
+        .expect("the start line names the vault's directory")
+        .to_owned();
+    let ca_pem = std::fs::read(emu.startup["ca_cert"].as_str().unwrap()).unwrap();
+    let http = http_for(&ca_pem);
+    let create = |body: Value| {
+        let http = http.clone();
+        let url = format!("{vault_url}/_emulator/apps");
+        async move {
+            let r = http.post(url).json(&body).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let app = |tenant: &str, client: &str, secret: &str| {
+        json!({"tenant_id": tenant, "client_id": client, "client_secret": secret,
+               "key_permissions": ["get"]})
+    };
+
+    let other = "00000000-1111-4222-8333-444444444444";
+    let (status, body) = create(app(other, CLIENT, SECRET)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("tenant_id") && body.contains(&tenant), "{body}");
+    let (status, body) = create(app(&tenant, "", SECRET)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("client_id"), "{body}");
+    let (status, body) = create(app(&tenant, CLIENT, "")).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("client_secret") && !body.contains(SECRET), "{body}");
+    let (status, body) = create(app(&tenant, CLIENT, SECRET)).await;
+    assert_eq!(status, 201, "{body}");
+    // A secret cannot be emptied later either.
+    let r = http
+        .patch(format!("{vault_url}/_emulator/apps/{CLIENT}"))
+        .json(&json!({"client_secret": ""}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
     emu.terminate();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -91,7 +91,8 @@ async fn run(n: usize, bits: u32) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     setup(&emulator.vault, &emulator.vault_url, bits)?;
     let ca = std::fs::read(&emulator.ca_cert).map_err(|e| e.to_string())?;
-    let allow = HostAllowList::new(["127.0.0.1"]);
+    // With the emulator's port: an entry without one allows only port 443.
+    let allow = HostAllowList::new([format!("127.0.0.1:{}", emulator.addr.port())]);
     let config = AzureConfig {
         authority_host: emulator.authority_host.clone(),
         allowed_vault_hosts: allow.clone(),
