@@ -66,8 +66,19 @@ pub struct PostgresStore {
     poll: PollConfig,
 }
 
+/// A pool that gave no connection in time is [`StoreError::Unavailable`] (HTTP 503); anything
+/// else is a backend failure.
 fn backend(e: sqlx::Error) -> StoreError {
-    StoreError::backend(e)
+    if is_no_connection(&e) {
+        StoreError::Unavailable(Box::new(e))
+    } else {
+        StoreError::backend(e)
+    }
+}
+
+/// Whether `e` means that no connection could be had (nothing was sent to the database).
+pub(crate) fn is_no_connection(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed)
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
@@ -192,7 +203,10 @@ impl PostgresStore {
 
     /// Uses an existing pool; runs the migrations.
     pub async fn from_pool(pool: PgPool, ring: Arc<KeyRing>, poll: PollConfig) -> Result<Self, StoreError> {
-        MIGRATOR.run(&pool).await.map_err(StoreError::backend)?;
+        MIGRATOR.run(&pool).await.map_err(|e| match e {
+            sqlx::migrate::MigrateError::Execute(e) => backend(e),
+            other => StoreError::backend(other),
+        })?;
         Ok(Self {
             pool,
             heads: HeadCache::default(),

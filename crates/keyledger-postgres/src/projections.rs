@@ -16,6 +16,16 @@ fn sink_err(e: impl std::error::Error + Send + Sync + 'static) -> SinkError {
     SinkError::Backend(Box::new(e))
 }
 
+/// A database error as a sink error: a pool that gave no connection in time is
+/// [`SinkError::Unavailable`].
+fn db_err(e: sqlx::Error) -> SinkError {
+    if crate::is_no_connection(&e) {
+        SinkError::Unavailable(Box::new(e))
+    } else {
+        SinkError::Backend(Box::new(e))
+    }
+}
+
 /// The projection rows of one PostgreSQL database.
 #[derive(Debug, Clone)]
 pub struct PgProjections {
@@ -46,7 +56,7 @@ impl ProjectionSink for PgProjections {
         .bind(i64::from(q.limit))
         .fetch_all(&self.pool)
         .await
-        .map_err(sink_err)?;
+        .map_err(db_err)?;
         rows.iter()
             .map(|r| serde_json::from_str(r.get::<&str, _>(0)).map_err(sink_err))
             .collect()
@@ -62,7 +72,7 @@ impl ProjectionSink for PgProjections {
         .bind(&id)
         .fetch_one(&self.pool)
         .await
-        .map_err(sink_err)?;
+        .map_err(db_err)?;
         Ok(found)
     }
 
@@ -71,7 +81,7 @@ impl ProjectionSink for PgProjections {
             .bind(projection.name())
             .fetch_optional(&self.pool)
             .await
-            .map_err(sink_err)?;
+            .map_err(db_err)?;
         Ok(row.map(|r| r.get::<i64, _>(0)).unwrap_or(0).max(0) as u64)
     }
 
@@ -84,7 +94,7 @@ impl ProjectionSink for PgProjections {
         .bind(&ids)
         .fetch_all(&self.pool)
         .await
-        .map_err(sink_err)?;
+        .map_err(db_err)?;
         rows.iter()
             .map(|r| {
                 let org: &str = r.get(0);
@@ -111,7 +121,7 @@ impl ProjectionSink for PgProjections {
                 None => delete_orgs.push(org.to_string()),
             }
         }
-        let mut tx = self.pool.begin().await.map_err(sink_err)?;
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
         sqlx::query(
             "INSERT INTO projection_documents (projection, org_id, doc) \
              SELECT $1, o, d::jsonb FROM unnest($2::text[], $3::text[]) AS t(o, d) \
@@ -173,7 +183,7 @@ impl ProjectionSink for PgProjections {
     }
 
     async fn reset(&self, projection: Projection) -> Result<(), SinkError> {
-        let mut tx = self.pool.begin().await.map_err(sink_err)?;
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
         sqlx::query("DELETE FROM projection_documents WHERE projection = $1")
             .bind(projection.name())
             .execute(&mut *tx)

@@ -10,8 +10,9 @@ use keyledger_domain::{StreamId, StreamVersion};
 use keyledger_postgres::testing::TestDatabase;
 use keyledger_postgres::{PgProjections, PostgresOptions, PostgresStore};
 use keyledger_projection::conformance::append_history;
-use keyledger_projection::{Projection, ProjectionSink, Runner};
-use keyledger_store::{EventStore, KeyRing};
+use keyledger_projection::{Projection, ProjectionSink, Runner, SinkError};
+use keyledger_store::conformance::tenant_added;
+use keyledger_store::{EventStore, KeyRing, StoreError};
 
 async fn store_with_one_connection(db: &TestDatabase, acquire_timeout: Duration) -> PostgresStore {
     let options = PostgresOptions {
@@ -82,4 +83,39 @@ async fn projection_runners_reach_the_head_with_a_single_pooled_connection() {
     for r in runners {
         r.await.unwrap().unwrap();
     }
+}
+
+/// A caller that gets no connection in time is told so by kind (`Unavailable`: HTTP 503), not
+/// with a generic backend failure (HTTP 500).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_connection_in_time_is_a_typed_unavailable_error() {
+    let Some(db) = TestDatabase::create("kl_pool_timeout").await else {
+        return;
+    };
+    let store = store_with_one_connection(&db, Duration::from_millis(300)).await;
+    let sink = PgProjections::new(&store);
+    let held = store.pool().acquire().await.unwrap();
+    let stream = StreamId::for_org(testing::org_id());
+    match store.read_stream(stream, StreamVersion(1)).await {
+        Err(StoreError::Unavailable(_)) => {}
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    match store
+        .append(stream, StreamVersion::NONE, vec![tenant_added("t")], None)
+        .await
+    {
+        Err(StoreError::Unavailable(_)) => {}
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    match sink.checkpoint(Projection::TenantAudit).await {
+        Err(SinkError::Unavailable(_)) => {}
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    drop(held);
+    // With the connection back, the same calls work.
+    store
+        .append(stream, StreamVersion::NONE, vec![tenant_added("t")], None)
+        .await
+        .unwrap();
+    sink.checkpoint(Projection::TenantAudit).await.unwrap();
 }

@@ -33,6 +33,10 @@ pub struct Changes {
 pub enum SinkError {
     #[error("projection storage failed: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// No connection came free in time (the pool is busy or the database does not answer).
+    /// Nothing was written. Retry after a pause (HTTP: 503 `store_unavailable`).
+    #[error("no connection to the projection storage in time")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A deliberately injected failure (tests of crash safety).
     #[error("injected failure")]
     Injected,
