@@ -174,7 +174,13 @@ async fn serve(config: Config, origin: Origin) -> Result<(), Failure> {
     let ring = KeyRing::load_or_create(key_file)
         .map_err(|e| Failure::new(format!("keys.internal_key_file {}", key_file.display()), &e))?;
     let url = StoreUrl::parse(&config.store.url)?;
-    let opened = OpenedStore::open(&url, Arc::new(ring), Create::IfMissing).await?;
+    let opened = OpenedStore::open_with(
+        &url,
+        Arc::new(ring),
+        Create::IfMissing,
+        config.store.postgres_options(),
+    )
+    .await?;
     let store = opened.store.clone();
 
     let services = Services::new(

@@ -36,10 +36,14 @@ pub use projections::{Lease, PgProjections, run_led};
 /// The embedded migrations (`migrations/postgres/`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
 
-/// How to connect.
+/// How to connect. The defaults are those of `keyledger serve` (`store.max_connections`,
+/// `store.acquire_timeout`).
 #[derive(Debug, Clone)]
 pub struct PostgresOptions {
+    /// Connections in the pool. Every user takes one at a time and never waits for another
+    /// while it holds one (ADR 0015), so any size makes progress; the size sets throughput.
     pub max_connections: u32,
+    /// How long a caller waits for a pooled connection before [`StoreError::Unavailable`].
     pub acquire_timeout: Duration,
     /// Live subscription polling (commits of other instances, and events held behind the
     /// fence by an open transaction).
@@ -50,7 +54,9 @@ impl Default for PostgresOptions {
     fn default() -> Self {
         Self {
             max_connections: 16,
-            acquire_timeout: Duration::from_secs(30),
+            // Well inside a request's 30 s, so a starved request is answered 503
+            // `store_unavailable` (retry) instead of running into the request timeout.
+            acquire_timeout: Duration::from_secs(5),
             poll: PollConfig::default(),
         }
     }
