@@ -13,6 +13,9 @@ use crate::error::AppError;
 use crate::request::{Action, Request};
 use crate::service::App;
 
+/// The pause before the monitor follows the store again after its subscription failed.
+const FOLLOW_RETRY: Duration = Duration::from_secs(1);
+
 /// How the monitor probes.
 #[derive(Debug, Clone)]
 pub struct HealthConfig {
@@ -212,20 +215,34 @@ impl HealthMonitor {
         let orgs: Arc<Mutex<std::collections::BTreeSet<OrgId>>> = Arc::default();
         let follower = {
             let orgs = orgs.clone();
-            let mut events = store.subscribe(keyledger_domain::GlobalPosition(0));
             tokio::spawn(async move {
-                while let Some(Ok(stored)) = events.next().await {
-                    let org = stored.stream_id.org_id();
-                    let mut set = orgs.lock().unwrap_or_else(|p| p.into_inner());
-                    match stored.event_type.as_str() {
-                        "CustomerManagedKeyEnabled" => {
-                            set.insert(org);
+                // A subscription ends after an error (a store that gave no connection in time):
+                // follow again from the last event seen, after a pause, until aborted.
+                let mut after = keyledger_domain::GlobalPosition(0);
+                loop {
+                    let mut events = store.subscribe(after);
+                    while let Some(next) = events.next().await {
+                        let stored = match next {
+                            Ok(stored) => stored,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "health monitor: following the store failed; resuming");
+                                break;
+                            }
+                        };
+                        after = stored.global_position;
+                        let org = stored.stream_id.org_id();
+                        let mut set = orgs.lock().unwrap_or_else(|p| p.into_inner());
+                        match stored.event_type.as_str() {
+                            "CustomerManagedKeyEnabled" => {
+                                set.insert(org);
+                            }
+                            "SwitchedToProviderManagedKey" => {
+                                set.remove(&org);
+                            }
+                            _ => {}
                         }
-                        "SwitchedToProviderManagedKey" => {
-                            set.remove(&org);
-                        }
-                        _ => {}
                     }
+                    tokio::time::sleep(FOLLOW_RETRY).await;
                 }
             })
         };

@@ -577,3 +577,92 @@ async fn the_monitor_probes_every_customer_managed_org_each_interval() {
         "provider-managed orgs are not probed"
     );
 }
+
+/// A store whose first subscription fails at once (as a PostgreSQL subscription does when the
+/// pool gives no connection in time); later subscriptions are the real one.
+struct FirstSubscriptionFails {
+    inner: Arc<InMemoryStore>,
+    failed_once: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl EventStore for FirstSubscriptionFails {
+    async fn append(
+        &self,
+        stream: StreamId,
+        expected: StreamVersion,
+        events: Vec<keyledger_store::NewEvent>,
+        command_id: Option<CommandId>,
+    ) -> Result<keyledger_store::AppendResult, keyledger_store::StoreError> {
+        self.inner.append(stream, expected, events, command_id).await
+    }
+    async fn read_stream(
+        &self,
+        stream: StreamId,
+        from: StreamVersion,
+    ) -> Result<Vec<StoredEvent>, keyledger_store::StoreError> {
+        self.inner.read_stream(stream, from).await
+    }
+    async fn read_all(
+        &self,
+        after: GlobalPosition,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, keyledger_store::StoreError> {
+        self.inner.read_all(after, limit).await
+    }
+    fn subscribe(&self, after: GlobalPosition) -> keyledger_store::EventStream {
+        use futures::StreamExt as _;
+        if self.failed_once.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return self.inner.subscribe(after);
+        }
+        let no_connection = keyledger_store::StoreError::Unavailable("pool timed out".into());
+        futures::stream::iter([Err(no_connection)]).boxed()
+    }
+    async fn import(
+        &self,
+        events: Vec<StoredEvent>,
+        batch: keyledger_store::ImportBatch,
+    ) -> Result<usize, keyledger_store::StoreError> {
+        self.inner.import(events, batch).await
+    }
+    fn key_ring(&self) -> &KeyRing {
+        self.inner.key_ring()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_monitor_follows_the_store_again_after_its_subscription_fails() {
+    let f = enabled().await;
+    let store = Arc::new(FirstSubscriptionFails {
+        inner: f.store.clone(),
+        failed_once: std::sync::atomic::AtomicBool::new(false),
+    });
+    let app = Arc::new(App::new(
+        store.clone(),
+        f.vault.clone(),
+        f.clock.clone(),
+        AppConfig::default(),
+    ));
+    let config = HealthConfig {
+        probe_interval: std::time::Duration::from_millis(100),
+        ..HealthConfig::default()
+    };
+    let monitor = Arc::new(HealthMonitor::new(app, f.vault.clone(), config));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(monitor.clone().run(store, async move {
+        let _ = stop_rx.await;
+    }));
+    let org = testing::org_id();
+    for _ in 0..250 {
+        if monitor.last_probe_at(org).is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let _ = stop_tx.send(());
+    task.await.unwrap();
+    assert!(
+        monitor.last_probe_at(org).is_some(),
+        "the monitor learnt of the customer-managed org after its first subscription failed"
+    );
+}
