@@ -11,8 +11,7 @@ use std::sync::Arc;
 use keyledger_app::HealthConfig;
 use keyledger_domain::{HostAllowList, OrgId, Role, TenantId};
 use keyledger_keys::{KeyAccess, RetryPolicy};
-use keyledger_projection::Projection;
-use keyledger_server::background::{self, stopped, supervise};
+use keyledger_server::background;
 use keyledger_server::dev::{DemoVault, demo_tokens, role_name};
 use keyledger_server::{ServerConfig, Services, TokenGrant, Tokens};
 use keyledger_store::KeyRing;
@@ -206,18 +205,7 @@ async fn serve(config: Config, origin: Origin) -> Result<(), Failure> {
             let StoreUrl::Postgres(raw) = &url else {
                 unreachable!("a PostgreSQL backend comes from a postgres URL")
             };
-            Projection::ALL
-                .into_iter()
-                .map(|projection| {
-                    let (raw, store, sink) = (raw.clone(), store.clone(), opened.sink.clone());
-                    supervise(projection.name(), stopping.clone(), move |stop| {
-                        let (raw, store, sink) = (raw.clone(), store.clone(), sink.clone());
-                        async move {
-                            keyledger_postgres::run_led(&raw, store, sink, projection, stopped(stop)).await
-                        }
-                    })
-                })
-                .collect()
+            background::led_projection_runners(raw, store.clone(), opened.sink.clone(), stopping.clone())
         }
     };
     tasks.push(background::health_monitor(
