@@ -452,7 +452,11 @@ tenants = ["*"]
     fn the_pool_comes_from_the_store_section_or_its_variables() {
         Jail::expect_with(|jail| {
             jail.set_env("KEYLEDGER_STORE__ACQUIRE_TIMEOUT", "2s");
-            let (c, _) = load_in(jail, "[store]\nurl = \"postgres://root@h/k\"\nmax_connections = 40\n").unwrap();
+            let (c, _) = load_in(
+                jail,
+                "[store]\nurl = \"postgres://root@h/k\"\nmax_connections = 40\n",
+            )
+            .unwrap();
             let options = c.store.postgres_options();
             assert_eq!(options.max_connections, 40);
             assert_eq!(options.acquire_timeout, Duration::from_secs(2));

@@ -4,11 +4,11 @@
 //! instance. Skips when PostgreSQL does not answer, unless `KEYLEDGER_REQUIRE_POSTGRES=1`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use keyledger_domain::StoredEvent;
@@ -297,7 +297,10 @@ async fn a_killed_instance_loses_no_acknowledged_command() {
     let mut doomed = Instance::start(dir.path(), "doomed", &url);
     let started = Instant::now();
     while leases_held(&url).await < 4 {
-        assert!(started.elapsed() < Duration::from_secs(20), "the first instance took no leases");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the first instance took no leases"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let survivor = Instance::start(dir.path(), "survivor", &url);
@@ -339,7 +342,10 @@ async fn a_killed_instance_loses_no_acknowledged_command() {
         .collect();
     // SIGKILL midway.
     while answered.load(Ordering::SeqCst) < COMMANDS / 3 {
-        assert!(load_started.elapsed() < Duration::from_secs(60), "the load did not get going");
+        assert!(
+            load_started.elapsed() < Duration::from_secs(60),
+            "the load did not get going"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     doomed.kill();
@@ -372,7 +378,9 @@ async fn a_killed_instance_loses_no_acknowledged_command() {
     let lost: Vec<&String> = acknowledged.iter().filter(|o| !registered.contains(*o)).collect();
     assert!(lost.is_empty(), "acknowledged but not on record: {lost:?}");
     assert!(
-        events.windows(2).all(|w| w[0].global_position < w[1].global_position),
+        events
+            .windows(2)
+            .all(|w| w[0].global_position < w[1].global_position),
         "the export is in commit order"
     );
     let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
@@ -381,10 +389,17 @@ async fn a_killed_instance_loses_no_acknowledged_command() {
         .await
         .unwrap();
     let _ = c.close().await;
-    assert_eq!(events.len() as i64, rows, "the ordered read skips no stored event");
+    assert_eq!(
+        events.len() as i64,
+        rows,
+        "the ordered read skips no stored event"
+    );
     let mut versions: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for e in &events {
-        versions.entry(e.stream_id.to_string()).or_default().push(e.stream_version.0);
+        versions
+            .entry(e.stream_id.to_string())
+            .or_default()
+            .push(e.stream_version.0);
     }
     for (stream, v) in versions {
         assert!(

@@ -111,7 +111,9 @@ fn parse_args() -> Result<Args, String> {
         ));
     }
     if a.clients == 0 || a.orgs < a.clients || a.lag_rate == 0 || a.max_connections == 0 {
-        return Err("--clients must be ≥ 1, --orgs ≥ --clients, --lag-rate ≥ 1, --max-connections ≥ 1".into());
+        return Err(
+            "--clients must be ≥ 1, --orgs ≥ --clients, --lag-rate ≥ 1, --max-connections ≥ 1".into(),
+        );
     }
     Ok(a)
 }
