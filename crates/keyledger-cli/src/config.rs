@@ -61,12 +61,35 @@ impl Default for ServerConfig {
 pub struct StoreConfig {
     /// `sqlite://PATH` or `postgres://…`.
     pub url: String,
+    /// PostgreSQL: connections in this instance's pool, shared by requests, the projection
+    /// runners and the health monitor (the projection leases hold their own sessions outside
+    /// it). SQLite ignores it (one writer, its own readers).
+    pub max_connections: u32,
+    /// PostgreSQL: how long a caller waits for a pooled connection before it gives up; a request
+    /// then gets 503 `store_unavailable` with `Retry-After`. Shorter than
+    /// `server.request_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
+        let postgres = keyledger_postgres::PostgresOptions::default();
         Self {
             url: "sqlite://keyledger-data/keyledger.db".into(),
+            max_connections: postgres.max_connections,
+            acquire_timeout: postgres.acquire_timeout,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// The PostgreSQL pool these settings describe.
+    pub fn postgres_options(&self) -> keyledger_postgres::PostgresOptions {
+        keyledger_postgres::PostgresOptions {
+            max_connections: self.max_connections,
+            acquire_timeout: self.acquire_timeout,
+            ..keyledger_postgres::PostgresOptions::default()
         }
     }
 }
@@ -284,6 +307,16 @@ fn check(c: &Config) -> Result<(), ConfigError> {
     if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         return Err(rule("store.url", "must start with sqlite: or postgres://"));
     }
+    if c.store.max_connections == 0 {
+        return Err(rule("store.max_connections", "must be at least 1"));
+    }
+    if c.store.acquire_timeout.is_zero() || c.store.acquire_timeout >= c.server.request_timeout {
+        return Err(rule(
+            "store.acquire_timeout",
+            "must be more than zero and shorter than server.request_timeout, so that a request \
+             that gets no connection is answered 503 store_unavailable",
+        ));
+    }
     if !c.keys.azure.authority_host.starts_with("https://") {
         return Err(rule("keys.azure.authority_host", "must be an https URL"));
     }
@@ -403,6 +436,8 @@ tenants = ["*"]
             assert_eq!(c.health.probe_interval, Duration::from_secs(300));
             assert_eq!(c.auth.tokens[0].roles, vec![Role::OrgAdmin]);
             assert_eq!(c.server.listen.port(), 0);
+            assert_eq!(c.store.max_connections, 16);
+            assert_eq!(c.store.acquire_timeout, Duration::from_secs(5));
             Ok(())
         });
     }
@@ -428,6 +463,22 @@ tenants = ["*"]
             let (c, origin) = load(None).unwrap();
             assert_eq!(origin, Origin::DevMode);
             assert_eq!(c, Config::default());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_pool_comes_from_the_store_section_or_its_variables() {
+        Jail::expect_with(|jail| {
+            jail.set_env("KEYLEDGER_STORE__ACQUIRE_TIMEOUT", "2s");
+            let (c, _) = load_in(
+                jail,
+                "[store]\nurl = \"postgres://root@h/k\"\nmax_connections = 40\n",
+            )
+            .unwrap();
+            let options = c.store.postgres_options();
+            assert_eq!(options.max_connections, 40);
+            assert_eq!(options.acquire_timeout, Duration::from_secs(2));
             Ok(())
         });
     }
@@ -521,6 +572,8 @@ tenants = ["*"]
         Jail::expect_with(|jail| {
             let cases = [
                 ("[store]\nurl = \"mysql://x\"\n", "store.url"),
+                ("[store]\nmax_connections = 0\n", "store.max_connections"),
+                ("[store]\nacquire_timeout = \"1m\"\n", "store.acquire_timeout"),
                 (
                     "[keys.azure]\nauthority_host = \"http://login\"\nallowed_vault_hosts = []\nrequest_timeout = \"1s\"\n",
                     "keys.azure.authority_host",

@@ -11,8 +11,7 @@ use std::sync::Arc;
 use keyledger_app::HealthConfig;
 use keyledger_domain::{HostAllowList, OrgId, Role, TenantId};
 use keyledger_keys::{KeyAccess, RetryPolicy};
-use keyledger_projection::Projection;
-use keyledger_server::background::{self, stopped, supervise};
+use keyledger_server::background;
 use keyledger_server::dev::{DemoVault, demo_tokens, role_name};
 use keyledger_server::{ServerConfig, Services, TokenGrant, Tokens};
 use keyledger_store::KeyRing;
@@ -188,7 +187,13 @@ async fn serve(config: Config, origin: Origin) -> Result<(), Failure> {
     let ring_loaded = loaded.is_some();
     let ring = Arc::new(loaded.unwrap_or_else(KeyRing::generate));
     let url = StoreUrl::parse(&config.store.url)?;
-    let opened = OpenedStore::open(&url, ring.clone(), Create::IfMissing).await?;
+    let opened = OpenedStore::open_with(
+        &url,
+        ring.clone(),
+        Create::IfMissing,
+        config.store.postgres_options(),
+    )
+    .await?;
     // One projection writer per SQLite file (ADR 0014), held until the process ends.
     let _writer = match &url {
         StoreUrl::Sqlite(path) => Some(
@@ -226,19 +231,12 @@ async fn serve(config: Config, origin: Origin) -> Result<(), Failure> {
             let StoreUrl::Postgres(raw) = &url else {
                 unreachable!("a PostgreSQL backend comes from a postgres URL")
             };
-            let sink = keyledger_postgres::PgProjections::new(pg);
-            Projection::ALL
-                .into_iter()
-                .map(|projection| {
-                    let (raw, store, sink) = (raw.clone(), store.clone(), sink.clone());
-                    supervise(projection.name(), stopping.clone(), move |stop| {
-                        let (raw, store, sink) = (raw.clone(), store.clone(), sink.clone());
-                        async move {
-                            keyledger_postgres::run_led(&raw, store, sink, projection, stopped(stop)).await
-                        }
-                    })
-                })
-                .collect()
+            background::led_projection_runners(
+                raw,
+                store.clone(),
+                keyledger_postgres::PgProjections::new(pg),
+                stopping.clone(),
+            )
         }
     };
     tasks.push(background::health_monitor(

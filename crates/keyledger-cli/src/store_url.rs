@@ -121,8 +121,19 @@ impl fmt::Debug for OpenedStore {
 }
 
 impl OpenedStore {
-    /// Opens the store at `url`, applying pending migrations, sealing and opening with `ring`.
+    /// Opens the store at `url`, applying pending migrations, sealing and opening with `ring`;
+    /// a PostgreSQL pool gets the default options (those of `keyledger serve`).
     pub async fn open(url: &StoreUrl, ring: Arc<KeyRing>, create: Create) -> Result<Self, Failure> {
+        Self::open_with(url, ring, create, PostgresOptions::default()).await
+    }
+
+    /// [`OpenedStore::open`] with the PostgreSQL pool given by `postgres`.
+    pub async fn open_with(
+        url: &StoreUrl,
+        ring: Arc<KeyRing>,
+        create: Create,
+        postgres: PostgresOptions,
+    ) -> Result<Self, Failure> {
         let failed = |e: &keyledger_store::StoreError| Failure::new(format!("cannot open store {url}"), e);
         match url {
             StoreUrl::Sqlite(path) => {
@@ -145,11 +156,7 @@ impl OpenedStore {
                 })
             }
             StoreUrl::Postgres(raw) => {
-                let options = PostgresOptions {
-                    max_connections: 4,
-                    ..Default::default()
-                };
-                let store = PostgresStore::connect_with(raw, ring, options)
+                let store = PostgresStore::connect_with(raw, ring, postgres)
                     .await
                     .map_err(|e| failed(&e))?;
                 Ok(Self {

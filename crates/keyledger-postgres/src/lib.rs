@@ -36,10 +36,14 @@ pub use projections::{LEASE_CHECK, Lease, PgProjections, lease_key, run_led};
 /// The embedded migrations (`migrations/postgres/`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
 
-/// How to connect.
+/// How to connect. The defaults are those of `keyledger serve` (`store.max_connections`,
+/// `store.acquire_timeout`).
 #[derive(Debug, Clone)]
 pub struct PostgresOptions {
+    /// Connections in the pool. Every user takes one at a time and never waits for another
+    /// while it holds one (ADR 0015), so any size makes progress; the size sets throughput.
     pub max_connections: u32,
+    /// How long a caller waits for a pooled connection before [`StoreError::Unavailable`].
     pub acquire_timeout: Duration,
     /// Live subscription polling (commits of other instances, and events held behind the
     /// fence by an open transaction).
@@ -50,7 +54,9 @@ impl Default for PostgresOptions {
     fn default() -> Self {
         Self {
             max_connections: 16,
-            acquire_timeout: Duration::from_secs(30),
+            // Well inside a request's 30 s, so a starved request is answered 503
+            // `store_unavailable` (retry) instead of running into the request timeout.
+            acquire_timeout: Duration::from_secs(5),
             poll: PollConfig::default(),
         }
     }
@@ -66,8 +72,19 @@ pub struct PostgresStore {
     poll: PollConfig,
 }
 
+/// A pool that gave no connection in time is [`StoreError::Unavailable`] (HTTP 503); anything
+/// else is a backend failure.
 fn backend(e: sqlx::Error) -> StoreError {
-    StoreError::backend(e)
+    if is_no_connection(&e) {
+        StoreError::Unavailable(Box::new(e))
+    } else {
+        StoreError::backend(e)
+    }
+}
+
+/// Whether `e` means that no connection could be had (nothing was sent to the database).
+pub(crate) fn is_no_connection(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed)
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
@@ -192,7 +209,10 @@ impl PostgresStore {
 
     /// Uses an existing pool; runs the migrations.
     pub async fn from_pool(pool: PgPool, ring: Arc<KeyRing>, poll: PollConfig) -> Result<Self, StoreError> {
-        MIGRATOR.run(&pool).await.map_err(StoreError::backend)?;
+        MIGRATOR.run(&pool).await.map_err(|e| match e {
+            sqlx::migrate::MigrateError::Execute(e) => backend(e),
+            other => StoreError::backend(other),
+        })?;
         Ok(Self {
             pool,
             heads: HeadCache::default(),

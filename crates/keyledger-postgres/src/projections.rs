@@ -26,6 +26,16 @@ const LEASE_HELD_SQL: &str = "SELECT EXISTS (SELECT 1 FROM pg_locks AS l \
        AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
        AND l.classid::bigint = $3 AND l.objid::bigint = $4 AND l.objsubid = 1)";
 
+/// A database error as a sink error: a pool that gave no connection in time is
+/// [`SinkError::Unavailable`].
+fn db_err(e: sqlx::Error) -> SinkError {
+    if crate::is_no_connection(&e) {
+        SinkError::Unavailable(Box::new(e))
+    } else {
+        SinkError::Backend(Box::new(e))
+    }
+}
+
 /// The projection rows of one PostgreSQL database.
 ///
 /// Commits move a projection's checkpoint forward only. A sink made by
@@ -104,7 +114,7 @@ impl ProjectionSink for PgProjections {
         .bind(i64::from(q.limit))
         .fetch_all(&self.pool)
         .await
-        .map_err(sink_err)?;
+        .map_err(db_err)?;
         rows.iter()
             .map(|r| serde_json::from_str(r.get::<&str, _>(0)).map_err(sink_err))
             .collect()
@@ -120,7 +130,7 @@ impl ProjectionSink for PgProjections {
         .bind(&id)
         .fetch_one(&self.pool)
         .await
-        .map_err(sink_err)?;
+        .map_err(db_err)?;
         Ok(found)
     }
 
@@ -129,7 +139,7 @@ impl ProjectionSink for PgProjections {
             .bind(projection.name())
             .fetch_optional(&self.pool)
             .await
-            .map_err(sink_err)?;
+            .map_err(db_err)?;
         Ok(row.map(|r| r.get::<i64, _>(0)).unwrap_or(0).max(0) as u64)
     }
 
@@ -142,7 +152,7 @@ impl ProjectionSink for PgProjections {
         .bind(&ids)
         .fetch_all(&self.pool)
         .await
-        .map_err(sink_err)?;
+        .map_err(db_err)?;
         rows.iter()
             .map(|r| {
                 let org: &str = r.get(0);
@@ -169,7 +179,7 @@ impl ProjectionSink for PgProjections {
                 None => delete_orgs.push(org.to_string()),
             }
         }
-        let mut tx = self.pool.begin().await.map_err(sink_err)?;
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
         self.check_fence(&mut tx, projection).await?;
         // Then the checkpoint, forward only. Its row lock also orders this commit after any
         // other one in flight for the projection, which then makes this one stale.
@@ -248,7 +258,7 @@ impl ProjectionSink for PgProjections {
     }
 
     async fn reset(&self, projection: Projection) -> Result<(), SinkError> {
-        let mut tx = self.pool.begin().await.map_err(sink_err)?;
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
         self.check_fence(&mut tx, projection).await?;
         sqlx::query("DELETE FROM projection_documents WHERE projection = $1")
             .bind(projection.name())

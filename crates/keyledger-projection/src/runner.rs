@@ -47,6 +47,10 @@ pub enum SinkError {
     /// runner and compete for the lease again.
     #[error("the lease of projection {} is lost", projection.name())]
     LeaseLost { projection: Projection },
+    /// No connection came free in time (the pool is busy or the database does not answer).
+    /// Nothing was written. Retry after a pause (HTTP: 503 `store_unavailable`).
+    #[error("no connection to the projection storage in time")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A deliberately injected failure (tests of crash safety).
     #[error("injected failure")]
     Injected,

@@ -59,6 +59,28 @@ pub fn projection_runners(
         .collect()
 }
 
+/// One supervised runner per projection on a PostgreSQL store that several instances share:
+/// each folds only while this instance holds the projection's advisory-lock lease (on its own
+/// session, outside the pool), and another instance takes over when this one dies. This is how
+/// `keyledger serve` runs on PostgreSQL, and so how the HTTP benchmark runs.
+pub fn led_projection_runners(
+    url: &str,
+    store: Arc<dyn EventStore>,
+    sink: keyledger_postgres::PgProjections,
+    shutdown: watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
+    Projection::ALL
+        .into_iter()
+        .map(|projection| {
+            let (url, store, sink) = (url.to_owned(), store.clone(), sink.clone());
+            supervise(projection.name(), shutdown.clone(), move |stop| {
+                let (url, store, sink) = (url.clone(), store.clone(), sink.clone());
+                async move { keyledger_postgres::run_led(&url, store, sink, projection, stopped(stop)).await }
+            })
+        })
+        .collect()
+}
+
 /// The key-health monitor until shutdown.
 pub fn health_monitor(
     monitor: Arc<HealthMonitor>,

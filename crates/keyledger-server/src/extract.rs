@@ -124,7 +124,10 @@ pub(crate) fn cursor(field: &str, value: u64) -> Result<u64, Problem> {
     if value <= crate::api::MAX_POSITION {
         Ok(value)
     } else {
-        Err(invalid(field, format!("must be at most {}", crate::api::MAX_POSITION)))
+        Err(invalid(
+            field,
+            format!("must be at most {}", crate::api::MAX_POSITION),
+        ))
     }
 }
 

@@ -552,6 +552,10 @@ fn operation(route: &RouteDoc, g: &mut SchemaGenerator) -> Value {
     let mut codes: Vec<&str> = route.errors.to_vec();
     if !route.roles.is_empty() {
         codes.extend(["unauthenticated", "forbidden"]);
+        // Every authenticated route reads the store or the projections (ADR 0015).
+        if !codes.contains(&"store_unavailable") {
+            codes.push("store_unavailable");
+        }
     }
     if route.command {
         codes.extend(["idempotency_key_reused", "version_mismatch"]);

@@ -9,6 +9,9 @@ use keyledger_app::AppError;
 use keyledger_domain::DomainError;
 use serde::Serialize;
 
+/// What a 503 `store_unavailable` asks the client to wait.
+const STORE_RETRY_AFTER: Duration = Duration::from_secs(1);
+
 /// One invalid field of a request (400 `invalid_request`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct FieldError {
@@ -101,6 +104,19 @@ impl Problem {
         .with_detail(format!("the body must be at most {limit} bytes"))
     }
 
+    /// 503 `store_unavailable` with `Retry-After`: the event store gave no connection in time
+    /// (or does not answer). Nothing was recorded; the caller may retry.
+    pub fn store_unavailable() -> Self {
+        let mut p = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "The event store is not answering",
+        )
+        .with_detail("the event store is busy or unreachable; nothing was recorded; retry");
+        p.retry_after = Some(STORE_RETRY_AFTER);
+        p
+    }
+
     /// A 500 whose cause the caller logged; it is never sent.
     pub fn internal_error() -> Self {
         Self::new(
@@ -149,7 +165,7 @@ impl From<DomainError> for Problem {
     }
 }
 
-/// A store failure: a 500 whose cause is logged.
+/// A store failure: 503 when no connection came in time, otherwise a 500 whose cause is logged.
 impl From<keyledger_store::StoreError> for Problem {
     fn from(e: keyledger_store::StoreError) -> Self {
         Problem::from(&AppError::Store(e))
@@ -207,6 +223,10 @@ impl From<&AppError> for Problem {
                 .with_detail("the organization is being changed concurrently; retry");
                 p.retry_after = Some(Duration::from_secs(1));
                 p
+            }
+            AppError::Store(keyledger_store::StoreError::Unavailable(cause)) => {
+                tracing::warn!(error = %cause, "request refused: no event-store connection in time");
+                Problem::store_unavailable()
             }
             other => {
                 tracing::error!(error = %other, "request failed");
@@ -311,6 +331,17 @@ mod tests {
             status_and_code(AppError::CommandIdReused),
             (409, "idempotency_key_reused")
         );
+    }
+
+    #[test]
+    fn no_store_connection_in_time_is_503_with_retry_after() {
+        let e = keyledger_store::StoreError::Unavailable("pool timed out".into());
+        let p = Problem::from(e);
+        assert_eq!((p.status, p.code), (503, "store_unavailable"));
+        let body = serde_json::to_string(&p).unwrap();
+        assert!(!body.contains("pool timed out"), "{body}");
+        let response = p.into_response();
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
     }
 
     #[test]

@@ -92,8 +92,12 @@ pub struct SqliteStore {
     poll: PollConfig,
 }
 
+/// A pool that gave no connection in time is [`StoreError::Unavailable`] (HTTP 503).
 fn backend(e: sqlx::Error) -> StoreError {
-    StoreError::backend(e)
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => StoreError::Unavailable(Box::new(e)),
+        e => StoreError::backend(e),
+    }
 }
 
 impl SqliteStore {

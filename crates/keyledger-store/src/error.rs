@@ -94,7 +94,13 @@ pub enum StoreError {
         event_id: EventId,
         problem: ChainProblem,
     },
-    /// The backend failed (connection lost, disk full, pool timeout). Usually transient: retry
+    /// No connection to the backend came free in time (every pooled connection was busy, or
+    /// the database did not answer). Nothing was done. Retry after a short pause (HTTP: 503
+    /// `store_unavailable` with `Retry-After`); if it lasts, the pool is too small for the load
+    /// (`store.max_connections`) or the database is down.
+    #[error("no connection to the event store in time")]
+    Unavailable(#[source] BoxError),
+    /// The backend failed (connection lost, disk full). Usually transient: retry
     /// with backoff; the append either committed whole or not at all, and a retry with the same
     /// command id is safe.
     #[error("storage backend error")]

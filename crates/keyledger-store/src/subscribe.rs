@@ -4,6 +4,13 @@
 //!
 //! No gap and no duplicate follow from `read_all`: each read starts strictly after the last
 //! position delivered, and `read_all` never returns a position before one it may still fill.
+//!
+//! Every read runs on its own task, so it finishes and gives its connection back whether or not
+//! the consumer keeps polling. A consumer that stops polling between items (`ready_chunks`
+//! hands over what is buffered as soon as the next read is pending; an SSE client that stops
+//! reading) would otherwise keep a suspended read, and its pooled connection, for as long as it
+//! works; a projection runner whose commit needs a connection would then wait for the one its
+//! own subscription holds, and a pool of N deadlocks once N runners do (ADR 0015).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -121,7 +128,10 @@ where
                 None => {
                     // Mark the signal seen before reading, so a commit after the read wakes us.
                     st.signal.borrow_and_update();
-                    st.store.read_all(st.after, st.config.batch).await
+                    let (store, after, batch) = (st.store.clone(), st.after, st.config.batch);
+                    NextPage::spawn(async move { store.read_all(after, batch).await })
+                        .get()
+                        .await
                 }
             };
             match page {

@@ -1,7 +1,11 @@
 //! HTTP load tool (issue "HTTP service"): the real service wired in process the way
 //! `keyledger serve` wires it (`keyledger_server::run` on a loopback listener, the application
 //! service, the health monitor, the projection runners, SQLite or PostgreSQL), driven over real
-//! sockets with `reqwest` (HTTP/1.1 keep-alive). One run measures:
+//! sockets with `reqwest` (HTTP/1.1 keep-alive). On PostgreSQL it runs what `serve` ships: the
+//! pool of `store.max_connections` (default [`PostgresOptions::default`], as in `serve`; set
+//! with `--max-connections`) shared by requests, runners and the monitor, and the projection
+//! runners led by advisory-lock leases (`background::led_projection_runners`, as in `serve`).
+//! One run measures:
 //!
 //! 1. plan changes (`PUT /v1/organizations/{org}/plan`, billing token) from closed-loop clients
 //!    for a fixed time: requests/s, p50, p99, max, and every non-200 counted;
@@ -14,7 +18,7 @@
 //! ```sh
 //! cargo run --release -p http-bench -- [--store sqlite|postgres://root@127.0.0.1:5432/postgres]
 //!     [--seconds 10] [--warmup 2] [--clients 32] [--orgs 256] [--sse-events 100000]
-//!     [--lag-rate 500] [--lag-seconds 5] [--no-background]
+//!     [--lag-rate 500] [--lag-seconds 5] [--max-connections 16] [--no-background]
 //! ```
 //!
 //! `--no-background` is a diagnostic: it leaves out the projection runners and the health
@@ -36,6 +40,7 @@ use keyledger_app::HealthConfig;
 use keyledger_domain::envelope::{EnvelopeActor, EventMetadata, truncate_to_micros};
 use keyledger_domain::event::PlanChanged;
 use keyledger_domain::{Actor, Event, OrgId, Plan, Role, StreamId, StreamVersion};
+use keyledger_postgres::PostgresOptions;
 use keyledger_projection::{Projection, ProjectionSink};
 use keyledger_server::dev::{DemoVault, demo_tokens};
 use keyledger_server::{ServerConfig, Services, Tokens};
@@ -61,6 +66,8 @@ struct Args {
     sse_events: u64,
     lag_rate: u32,
     lag_seconds: u64,
+    /// PostgreSQL: `store.max_connections` (the pool `serve` opens).
+    max_connections: u32,
     /// Diagnostic: serve without the projection runners and the health monitor, to see what
     /// they cost the request path. Not how `keyledger serve` runs.
     no_background: bool,
@@ -76,6 +83,7 @@ fn parse_args() -> Result<Args, String> {
         sse_events: 100_000,
         lag_rate: 500,
         lag_seconds: 5,
+        max_connections: PostgresOptions::default().max_connections,
         no_background: false,
     };
     let mut it = std::env::args().skip(1);
@@ -91,6 +99,7 @@ fn parse_args() -> Result<Args, String> {
             "--sse-events" => a.sse_events = num(value()?, &flag)?,
             "--lag-rate" => a.lag_rate = num(value()?, &flag)? as u32,
             "--lag-seconds" => a.lag_seconds = num(value()?, &flag)?,
+            "--max-connections" => a.max_connections = num(value()?, &flag)? as u32,
             "--no-background" => a.no_background = true,
             other => return Err(format!("unknown flag {other}")),
         }
@@ -101,8 +110,10 @@ fn parse_args() -> Result<Args, String> {
             a.store
         ));
     }
-    if a.clients == 0 || a.orgs < a.clients || a.lag_rate == 0 {
-        return Err("--clients must be ≥ 1, --orgs ≥ --clients, --lag-rate ≥ 1".into());
+    if a.clients == 0 || a.orgs < a.clients || a.lag_rate == 0 || a.max_connections == 0 {
+        return Err(
+            "--clients must be ≥ 1, --orgs ≥ --clients, --lag-rate ≥ 1, --max-connections ≥ 1".into(),
+        );
     }
     Ok(a)
 }
@@ -125,7 +136,13 @@ struct Server {
 
 /// Wires the service as `keyledger serve` does and starts it on 127.0.0.1:0. Call on the server
 /// runtime: the store's writer task and the background work are spawned there.
-async fn start(store: Arc<dyn EventStore>, sink: Arc<dyn ProjectionSink>, background_work: bool) -> Server {
+async fn start(backend: Backend, background_work: bool) -> Server {
+    let Backend {
+        store,
+        sink,
+        postgres,
+        ..
+    } = backend;
     let vault = DemoVault::new();
     let grants = demo_tokens();
     let token = |role: Role| {
@@ -147,8 +164,20 @@ async fn start(store: Arc<dyn EventStore>, sink: Arc<dyn ProjectionSink>, backgr
     let (stop_background, stopping) = watch::channel(false);
     let mut background = Vec::new();
     if background_work {
-        background =
-            keyledger_server::background::projection_runners(store.clone(), sink.clone(), stopping.clone());
+        background = match &postgres {
+            // As `serve` on PostgreSQL: each runner folds while it holds its projection's lease.
+            Some((url, pg_sink)) => keyledger_server::background::led_projection_runners(
+                url,
+                store.clone(),
+                pg_sink.clone(),
+                stopping.clone(),
+            ),
+            None => keyledger_server::background::projection_runners(
+                store.clone(),
+                sink.clone(),
+                stopping.clone(),
+            ),
+        };
         background.push(keyledger_server::background::health_monitor(
             monitor.clone(),
             store.clone(),
@@ -840,6 +869,9 @@ struct Backend {
     name: &'static str,
     store: Arc<dyn EventStore>,
     sink: Arc<dyn ProjectionSink>,
+    /// PostgreSQL: the scratch database (for the projection leases) and the sink the leases
+    /// fence.
+    postgres: Option<(String, keyledger_postgres::PgProjections)>,
 }
 
 /// A scratch PostgreSQL database, dropped by [`drop_scratch`].
@@ -860,6 +892,7 @@ async fn open_backend(args: &Args, dir: &std::path::Path) -> Result<(Backend, Op
                 name: "sqlite",
                 store: Arc::new(store),
                 sink,
+                postgres: None,
             },
             None,
         ));
@@ -867,7 +900,7 @@ async fn open_backend(args: &Args, dir: &std::path::Path) -> Result<(Backend, Op
     let name = format!("http_bench_{}", std::process::id());
     let mut admin = sqlx::PgConnection::connect(&args.store)
         .await
-        .map_err(|e| format!("PostgreSQL at {}: {e}", args.store))?;
+        .map_err(|e| format!("PostgreSQL at --store (URL not shown: it may hold a password): {e}"))?;
     sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
         .execute(&mut admin)
         .await
@@ -881,15 +914,20 @@ async fn open_backend(args: &Args, dir: &std::path::Path) -> Result<(Backend, Op
         Some((root, _)) => format!("{root}/{name}"),
         None => return Err("--store: the URL names no database".into()),
     };
-    let store = keyledger_postgres::PostgresStore::connect(&url, Arc::new(KeyRing::generate()))
+    let options = PostgresOptions {
+        max_connections: args.max_connections,
+        ..PostgresOptions::default()
+    };
+    let store = keyledger_postgres::PostgresStore::connect_with(&url, Arc::new(KeyRing::generate()), options)
         .await
         .map_err(|e| e.to_string())?;
-    let sink = Arc::new(keyledger_postgres::PgProjections::new(&store));
+    let pg_sink = keyledger_postgres::PgProjections::new(&store);
     Ok((
         Backend {
             name: "postgres",
             store: Arc::new(store),
-            sink,
+            sink: Arc::new(pg_sink.clone()),
+            postgres: Some((url, pg_sink)),
         },
         Some(Scratch {
             admin_url: args.store.clone(),
@@ -1091,6 +1129,7 @@ fn report(name: &str, args: &Args, f: &Figures) {
     let line = json!({
         "tool": "http-bench",
         "store": name,
+        "max_connections": if name == "postgres" { Some(args.max_connections) } else { None },
         "plan_change": {
             "clients": args.clients,
             "seconds": args.seconds,
@@ -1163,7 +1202,7 @@ fn main() {
         }
     };
     let name = backend.name;
-    let server = server_rt.block_on(start(backend.store, backend.sink, !args.no_background));
+    let server = server_rt.block_on(start(backend, !args.no_background));
     let figures = client_rt.block_on(bench(&server_rt, &server, name, &args));
     server_rt.block_on(server.stop());
     if let Some(s) = scratch {

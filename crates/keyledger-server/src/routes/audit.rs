@@ -14,6 +14,10 @@ const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 1000;
 
 fn sink_failed(e: keyledger_projection::SinkError) -> Problem {
+    if let keyledger_projection::SinkError::Unavailable(cause) = &e {
+        tracing::warn!(error = %cause, "audit query refused: no connection in time");
+        return Problem::store_unavailable();
+    }
     tracing::error!(error = %e, "audit query failed");
     Problem::internal_error()
 }
