@@ -164,9 +164,22 @@ async fn a_leader_that_lost_its_lease_stops() {
         }
     });
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    // The lease is taken once its session has also read its own pid and start time (the last
+    // statement of `Lease::try_acquire`); a session killed before that fails the acquisition,
+    // which is not what this test is about.
     let holder = loop {
         if let Some(pid) = lease_holders(store.pool(), p).await.first() {
-            break *pid;
+            let acquired: bool = sqlx::query_scalar(
+                "SELECT coalesce(bool_or(state = 'idle' AND query LIKE '%backend_start%'), false) \
+                 FROM pg_stat_activity WHERE pid = $1",
+            )
+            .bind(*pid)
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+            if acquired {
+                break *pid;
+            }
         }
         assert!(
             tokio::time::Instant::now() < deadline,
