@@ -6,8 +6,9 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Utc};
 use keyledger_domain::envelope::{EnvelopeActor, EventMetadata};
 use keyledger_domain::{
-    Command, CommandKind, CommandName, Connection, DekId, DomainError, Edek, Event, KeyIdentifier, OrgId,
-    Protected, RewrapEvidence, State, StreamId, StreamVersion, WrappedDek, authorize, evolve, precheck,
+    Command, CommandId, CommandKind, CommandName, Connection, DekId, DomainError, Edek, Event, KeyIdentifier,
+    OrgId, Protected, RewrapEvidence, State, StreamId, StreamVersion, WrappedDek, authorize, evolve,
+    precheck,
 };
 use keyledger_keys::evidence::{unwrap_all, wrap_all};
 use keyledger_keys::{Dek, KeyAccess, test_connection};
@@ -148,7 +149,47 @@ impl App {
     }
 
     /// Handles one command. See the crate docs for the steps.
+    ///
+    /// A command the rules refuse now, whose command id the organization's stream already
+    /// holds, is a repeat of a command recorded before (after a restart, or on another
+    /// instance, once the state has moved on: a registration repeated finds the organization
+    /// registered): it gets the recorded answer and appends nothing.
     pub async fn handle(&self, request: Request) -> Result<Outcome, AppError> {
+        let (org, command_id) = (request.org_id, request.command_id.clone());
+        match self.decide_and_append(request).await {
+            Err(AppError::Rejected(rejection)) if rejection != DomainError::Forbidden => match command_id {
+                Some(id) => self
+                    .recorded(org, &id)
+                    .await?
+                    .ok_or(AppError::Rejected(rejection)),
+                None => Err(AppError::Rejected(rejection)),
+            },
+            other => other,
+        }
+    }
+
+    /// The answer to a command already recorded in `org`'s stream under `id`, if any.
+    async fn recorded(&self, org: OrgId, id: &CommandId) -> Result<Option<Outcome>, AppError> {
+        let stored = self
+            .store
+            .read_stream(StreamId::for_org(org), StreamVersion(1))
+            .await?;
+        let Some(last) = stored.iter().rev().find(|e| e.command_id.as_ref() == Some(id)) else {
+            return Ok(None);
+        };
+        let view = self
+            .load(org)
+            .await?
+            .view
+            .ok_or(AppError::Rejected(DomainError::OrganizationNotFound))?;
+        Ok(Some(Outcome {
+            view,
+            appended: 0,
+            position: Some(last.global_position),
+        }))
+    }
+
+    async fn decide_and_append(&self, request: Request) -> Result<Outcome, AppError> {
         let stream = StreamId::for_org(request.org_id);
         let name = action_name(&request.action);
         let mut prepared: Option<Prepared> = None;

@@ -229,3 +229,52 @@ async fn projections_rebuild_refuses_while_a_server_uses_the_sqlite_file() {
     let done = rebuild(dir.path());
     assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
 }
+
+/// A registration without `org_id`, repeated with the same `Idempotency-Key` after a restart,
+/// answers the first organization and records no second one (ADR 0013: the org id comes from
+/// the key when the body names none).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_registration_without_org_id_after_a_restart_answers_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let body = json!({"name": "Org", "plan": {"kind": "enterprise", "tier": "standard"},
+                      "tenants": [tenant(TENANT_1, "Default")]});
+    let server = Serving::start(&config, &dir.path().join("first.log"));
+    let (status, first) = server
+        .post("/v1/organizations", body.clone(), Some("reg-1"))
+        .await;
+    assert_eq!(status, 201, "{first}");
+    assert!(server.stop().success());
+
+    let server = Serving::start(&config, &dir.path().join("second.log"));
+    let (status, again) = server
+        .post("/v1/organizations", body.clone(), Some("reg-1"))
+        .await;
+    assert!(status == 200 || status == 201, "{status} {again}");
+    assert_eq!(again["org_id"], first["org_id"], "{again}");
+    // Another key is another registration.
+    let (status, other) = server.post("/v1/organizations", body, Some("reg-2")).await;
+    assert_eq!(status, 201, "{other}");
+    assert_ne!(other["org_id"], first["org_id"]);
+    assert!(server.stop().success());
+    let export = Command::new(keyledger())
+        .args(["events", "export", "--store"])
+        .arg(format!(
+            "sqlite://{}",
+            dir.path().join("data/keyledger.db").display()
+        ))
+        .env_remove("KEYLEDGER_STORE__URL")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    let registered = String::from_utf8_lossy(&export.stdout)
+        .lines()
+        .filter(|l| l.contains("\"OrganizationRegistered\""))
+        .count();
+    assert_eq!(registered, 2);
+}

@@ -1415,6 +1415,19 @@ async fn a_tenant_auditor_with_no_organizations_sees_every_row_of_its_tenant(s: 
     )
     .await
     .problem(403, "forbidden");
+    // An empty organization list widens nothing for a token with every tenant: it names no
+    // organization and no tenant, so it reads no row.
+    let page = s
+        .call(
+            "GET",
+            &format!("/v1/tenants/{TENANT_A}/audit?limit=1000"),
+            ADMIN_NO_ORGS,
+            None,
+        )
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(page["entries"], json!([]), "{page}");
 }
 
 /// The `keyledger_http_requests_total` series, one line each.

@@ -73,11 +73,14 @@ pub(crate) async fn tenant_audit(
         .flatten();
     // CONTRACT.md "Tenant audit scope": `tenants` governs; `organizations` narrows the rows
     // only when it lists some (an auditor of a tenant often has no organization of its own).
-    let entries = match &actor.scope.organizations {
-        Reach::Only(orgs) if !orgs.is_empty() => {
+    // An empty list widens nothing for a token whose tenants are "*": such a token names no
+    // tenant and no organization, so it sees no row (ADR 0016).
+    let entries = match (&actor.scope.organizations, &actor.scope.tenants) {
+        (Reach::Only(orgs), _) if !orgs.is_empty() => {
             rows.into_iter().filter(|r| orgs.contains(&r.org_id)).collect()
         }
-        Reach::All | Reach::Only(_) => rows,
+        (Reach::Only(_), Reach::All) => Vec::new(),
+        (Reach::All, _) | (Reach::Only(_), Reach::Only(_)) => rows,
     };
     Ok(Json(AuditPage { entries, next }))
 }

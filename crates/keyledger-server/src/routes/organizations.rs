@@ -93,13 +93,35 @@ pub(crate) async fn register(
     headers: CommandHeaders,
     JsonBody(body): JsonBody<RegisterOrganization>,
 ) -> Result<Response, Problem> {
-    let org = body.org_id.unwrap_or_else(OrgId::new_v7);
+    let org = match (body.org_id, &headers.command_id) {
+        (Some(org), _) => org,
+        (None, Some(command)) => org_for_command(command),
+        (None, None) => OrgId::new_v7(),
+    };
     let action = Action::Register {
         name: body.name,
         plan: body.plan,
         tenants: body.tenants,
     };
     execute(&state, actor, org, headers, action, StatusCode::CREATED).await
+}
+
+/// The organization id of a registration that names none but carries an `Idempotency-Key`:
+/// derived from the key's command id (a UUIDv8 of its SHA-256), so a repeat after a restart or
+/// on another instance registers the same organization, and the store answers it with the first
+/// append instead of refusing the key as used on another stream (ADR 0013).
+fn org_for_command(command: &keyledger_domain::CommandId) -> OrgId {
+    use sha2::{Digest as _, Sha256};
+    let digest = Sha256::new()
+        .chain_update(b"keyledger:org-for-command:")
+        .chain_update(command.as_str().as_bytes())
+        .finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    bytes[6] = (bytes[6] & 0x0f) | 0x80; // version 8: custom
+    bytes[8] = (bytes[8] & 0x3f) | 0x80; // RFC 9562 variant
+    // Never nil: the version and variant bits are set.
+    OrgId::from_uuid(uuid::Uuid::from_bytes(bytes)).unwrap_or_else(|_| OrgId::new_v7())
 }
 
 pub(crate) async fn view(

@@ -27,6 +27,8 @@ pub const SUPPORT: &str = "t-support-0123456789";
 pub const ADMIN_OTHER: &str = "t-admin-other-0123456789";
 /// An auditor of tenant A with `organizations = []` (CONTRACT.md "Tenant audit scope").
 pub const AUDITOR_A_NO_ORGS: &str = "t-auditor-a-no-orgs-0123456789";
+/// An administrator with `organizations = []` and every tenant: scoped to nothing.
+pub const ADMIN_NO_ORGS: &str = "t-admin-no-orgs-0123456789";
 
 pub const TENANT_A: &str = "01900000-0000-7000-8000-00000000000a";
 pub const TENANT_B: &str = "01900000-0000-7000-8000-00000000000b";
@@ -61,6 +63,7 @@ pub fn tokens() -> Tokens {
         grant(SUPPORT, Role::Support, None, None),
         grant(ADMIN_OTHER, Role::OrgAdmin, Some(&[OTHER_ORG]), None),
         grant(AUDITOR_A_NO_ORGS, Role::Auditor, Some(&[]), Some(&[TENANT_A])),
+        grant(ADMIN_NO_ORGS, Role::OrgAdmin, Some(&[]), None),
     ])
 }
 
