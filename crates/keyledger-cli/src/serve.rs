@@ -187,6 +187,18 @@ async fn serve(config: Config, origin: Origin) -> Result<(), Failure> {
     let ring_loaded = loaded.is_some();
     let ring = Arc::new(loaded.unwrap_or_else(KeyRing::generate));
     let url = StoreUrl::parse(&config.store.url)?;
+    // One projection writer per SQLite file (ADR 0014), held until the process ends; taken
+    // before the store is opened, so a refused start touches nothing.
+    let _writer = match &url {
+        StoreUrl::Sqlite(path) => {
+            ensure_parent(path)?;
+            Some(
+                keyledger_sqlite::WriterLock::acquire(path)
+                    .map_err(|e| Failure::msg(format!("cannot serve {url}"), e))?,
+            )
+        }
+        StoreUrl::Postgres(_) => None,
+    };
     let opened = OpenedStore::open_with(
         &url,
         ring.clone(),
@@ -194,14 +206,6 @@ async fn serve(config: Config, origin: Origin) -> Result<(), Failure> {
         config.store.postgres_options(),
     )
     .await?;
-    // One projection writer per SQLite file (ADR 0014), held until the process ends.
-    let _writer = match &url {
-        StoreUrl::Sqlite(path) => Some(
-            keyledger_sqlite::WriterLock::acquire(path)
-                .map_err(|e| Failure::msg(format!("cannot serve {url}"), e))?,
-        ),
-        StoreUrl::Postgres(_) => None,
-    };
     let store = opened.store.clone();
     if let Err(failure) = key_file::settle(key_file, &ring, ring_loaded, store.as_ref()).await {
         opened.close().await;

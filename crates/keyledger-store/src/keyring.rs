@@ -142,6 +142,11 @@ impl KeyRing {
     }
 
     /// Seals `clear` with the newest key, a fresh 96-bit nonce and `aad`.
+    ///
+    /// The box records [`AadScheme::V1`], the scheme of a caller-built `aad` such as the
+    /// provider-wrapped DEKs'. Event fields are sealed through `chain::seal_event`, which builds
+    /// a v2 AAD and records `V2`: a caller that builds its own v2 AAD must set `aad` likewise,
+    /// or the box will not open.
     pub fn seal(&self, aad: &[u8], clear: &[u8]) -> Result<SealedBox, SealError> {
         let key = self.newest();
         let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
@@ -172,20 +177,6 @@ impl KeyRing {
             .map_err(|_| OpenError::Authentication {
                 kid: sealed.kid.clone(),
             })
-    }
-
-    /// Loads the ring from `path`, or creates the file (mode 0600) with one fresh key when it
-    /// does not exist.
-    pub fn load_or_create(path: &Path) -> Result<Self, KeyRingError> {
-        match std::fs::metadata(path) {
-            Ok(_) => Self::load(path),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let ring = Self::generate();
-                ring.write_new(path)?;
-                Ok(ring)
-            }
-            Err(source) => Err(io_err(path, source)),
-        }
     }
 
     /// Writes the ring to a new file at `path` (mode 0600). Never replaces an existing file:
@@ -369,7 +360,12 @@ mod tests {
     fn file_is_created_private_and_round_trips() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("internal-keys.json");
-        let mut ring = KeyRing::load_or_create(&path).unwrap();
+        let mut ring = KeyRing::generate();
+        ring.create_file(&path).unwrap();
+        assert!(
+            ring.create_file(&path).is_err(),
+            "an existing file is never replaced"
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;
@@ -379,7 +375,7 @@ mod tests {
         let sealed = ring.seal(b"a", b"payload").unwrap();
         ring.rotate();
         ring.save(&path).unwrap();
-        let again = KeyRing::load_or_create(&path).unwrap();
+        let again = KeyRing::load(&path).unwrap();
         assert_eq!(again.kids(), ring.kids());
         assert_eq!(&*again.open(&sealed, b"a").unwrap(), b"payload");
     }
@@ -390,7 +386,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys.json");
-        KeyRing::load_or_create(&path).unwrap();
+        KeyRing::generate().create_file(&path).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(matches!(
             KeyRing::load(&path),
