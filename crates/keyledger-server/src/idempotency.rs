@@ -1,7 +1,7 @@
 //! `Idempotency-Key` on POST, PUT, PATCH and DELETE (CONTRACT.md):
 //!
-//! - a repeat with the same method, path and body returns the first response and appends
-//!   nothing;
+//! - a repeat with the same method, path, `If-Match` and body returns the first response and
+//!   appends nothing;
 //! - the same key with another request gets 409 `idempotency_key_reused`;
 //! - concurrent repeats wait for the first to finish.
 //!
@@ -140,7 +140,13 @@ pub(crate) async fn layer(State(state): State<Shared>, request: Request, next: N
         parts.uri.path().as_bytes(),
         key.as_bytes(),
     ]);
-    let fingerprint = digest(&[parts.uri.query().unwrap_or_default().as_bytes(), &body]);
+    // What makes two requests the same: the query, the precondition and the body. A repeat
+    // with another (or a malformed) `If-Match` is another request, never a replayed success.
+    let if_match = parts
+        .headers
+        .get(header::IF_MATCH)
+        .map_or(&[][..], |v| v.as_bytes());
+    let fingerprint = digest(&[parts.uri.query().unwrap_or_default().as_bytes(), if_match, &body]);
     let slot = state.idempotency.slot(id);
     let mut recorded = slot.lock().await;
     if let Some(r) = recorded.as_ref().filter(|r| r.at.elapsed() < RETENTION) {

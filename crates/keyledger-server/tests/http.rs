@@ -892,6 +892,21 @@ async fn idempotent_replays(s: &Server) {
         assert_eq!(again.header("idempotent-replayed"), Some("true"));
     }
     assert_eq!(s.event_count().await, count);
+    // The same key and body with a malformed or another `If-Match` is another request: never a
+    // replayed success.
+    for if_match in ["{}", "\"1\""] {
+        let reply = s
+            .send(
+                "PUT",
+                &org_path(&org, "/plan"),
+                Some(BILLING),
+                Some(body),
+                &[key[0], ("if-match", if_match)],
+            )
+            .await;
+        assert!(reply.status >= 400, "If-Match {if_match}: {reply:?}");
+        assert_eq!(reply.header("idempotent-replayed"), None);
+    }
     // Concurrent repeats of a new key append once.
     let key2 = [("idempotency-key", "register-2")];
     let org2 = new_org();
