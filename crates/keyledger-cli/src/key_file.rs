@@ -68,12 +68,7 @@ async fn first_sealing_key(store: &dyn EventStore) -> Result<Option<String>, Sto
         let Some(last) = page.last() else { return Ok(None) };
         after = last.global_position;
         for stored in &page {
-            let mut event = stored.decode().map_err(|source| StoreError::Decode {
-                stream: stored.stream_id,
-                version: stored.stream_version,
-                event_id: stored.event_id,
-                source,
-            })?;
+            let mut event = keyledger_store::chain::decode_event(stored)?;
             let mut kid = None;
             event.for_each_protected(|_, slot| {
                 if kid.is_none() {

@@ -166,14 +166,19 @@ pub fn seal_event(
     }
 }
 
-/// Decodes a stored event and opens its protected fields. Typed errors name the event.
-pub fn open_event(ring: &KeyRing, stored: &StoredEvent) -> Result<Event, StoreError> {
-    let mut event = stored.decode().map_err(|source| StoreError::Decode {
+/// Decodes a stored event, its protected fields still sealed. The error names the event.
+pub fn decode_event(stored: &StoredEvent) -> Result<Event, StoreError> {
+    stored.decode().map_err(|source| StoreError::Decode {
         stream: stored.stream_id,
         version: stored.stream_version,
         event_id: stored.event_id,
         source,
-    })?;
+    })
+}
+
+/// Decodes a stored event and opens its protected fields. Typed errors name the event.
+pub fn open_event(ring: &KeyRing, stored: &StoredEvent) -> Result<Event, StoreError> {
+    let mut event = decode_event(stored)?;
     let mut failure: Option<(String, crate::error::OpenError)> = None;
     event.for_each_protected(|field, slot| {
         if failure.is_some() {
