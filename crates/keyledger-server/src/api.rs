@@ -17,6 +17,8 @@ pub const MAX_POSITION: u64 = i64::MAX as u64 - 1;
 /// The smallest and largest page size; another `limit` is refused.
 pub const MIN_LIMIT: u32 = 1;
 pub const MAX_LIMIT: u32 = 1000;
+/// The page size when a query gives no `limit`.
+pub const DEFAULT_LIMIT: u32 = 100;
 
 /// An optional position or version in a query: 0 to [`MAX_POSITION`].
 fn position<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {

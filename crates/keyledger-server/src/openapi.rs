@@ -467,7 +467,8 @@ pub const ROUTES: &[RouteDoc] = &[
 ];
 
 /// The 503s any route may answer besides its own: the request timeout (every route but the
-/// stream, which is meant to stay open) and a store that does not answer in time.
+/// stream, which is meant to stay open) and, on every authenticated route (each reads the store
+/// or the projections, ADR 0015), a store that does not answer in time.
 fn implicit_unavailable(route: &RouteDoc) -> &'static [&'static str] {
     match (route.path == crate::routes::STREAM_PATH, route.roles.is_empty()) {
         (true, _) => &["store_unavailable"],
@@ -552,10 +553,6 @@ fn operation(route: &RouteDoc, g: &mut SchemaGenerator) -> Value {
     let mut codes: Vec<&str> = route.errors.to_vec();
     if !route.roles.is_empty() {
         codes.extend(["unauthenticated", "forbidden"]);
-        // Every authenticated route reads the store or the projections (ADR 0015).
-        if !codes.contains(&"store_unavailable") {
-            codes.push("store_unavailable");
-        }
     }
     if route.command {
         codes.extend(["idempotency_key_reused", "version_mismatch"]);

@@ -63,6 +63,12 @@ impl Problem {
         self
     }
 
+    /// Asks the client to retry after `after` (the `Retry-After` header of a 503).
+    pub fn with_retry_after(mut self, after: Duration) -> Self {
+        self.retry_after = Some(after);
+        self
+    }
+
     pub fn unauthenticated() -> Self {
         Self::new(
             StatusCode::UNAUTHORIZED,
@@ -107,14 +113,13 @@ impl Problem {
     /// 503 `store_unavailable` with `Retry-After`: the event store gave no connection in time
     /// (or does not answer). Nothing was recorded; the caller may retry.
     pub fn store_unavailable() -> Self {
-        let mut p = Self::new(
+        Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "store_unavailable",
             "The event store is not answering",
         )
-        .with_detail("the event store is busy or unreachable; nothing was recorded; retry");
-        p.retry_after = Some(STORE_RETRY_AFTER);
-        p
+        .with_detail("the event store is busy or unreachable; nothing was recorded; retry")
+        .with_retry_after(STORE_RETRY_AFTER)
     }
 
     /// A 500 whose cause the caller logged; it is never sent.
@@ -195,9 +200,9 @@ impl From<&AppError> for Problem {
                     "key_vault_unavailable",
                     "The key vault is unavailable",
                 )
-                .with_detail(format!("{}; retry later", error.reason));
+                .with_detail(format!("{}; retry later", error.reason))
+                .with_retry_after(*retry_after);
                 p.reason = Some(error.reason.code());
-                p.retry_after = Some(*retry_after);
                 p
             }
             AppError::VersionMismatch { expected, actual } => Problem::new(
@@ -214,16 +219,13 @@ impl From<&AppError> for Problem {
                 "Idempotency key reused",
             )
             .with_detail("this Idempotency-Key was used for a command on another organization"),
-            AppError::Contended => {
-                let mut p = Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "key_vault_unavailable",
-                    "Too many concurrent changes",
-                )
-                .with_detail("the organization is being changed concurrently; retry");
-                p.retry_after = Some(Duration::from_secs(1));
-                p
-            }
+            AppError::Contended => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "key_vault_unavailable",
+                "Too many concurrent changes",
+            )
+            .with_detail("the organization is being changed concurrently; retry")
+            .with_retry_after(Duration::from_secs(1)),
             AppError::Store(keyledger_store::StoreError::Unavailable(cause)) => {
                 tracing::warn!(error = %cause, "request refused: no event-store connection in time");
                 Problem::store_unavailable()

@@ -10,8 +10,7 @@ use crate::api::{AuditPage, AuditQueryParams};
 use crate::extract::{Caller, Query, cursor, path_id};
 use crate::problem::{FieldError, Problem};
 
-const DEFAULT_LIMIT: u32 = 100;
-const MAX_LIMIT: u32 = 1000;
+use crate::api::DEFAULT_LIMIT;
 
 fn sink_failed(e: keyledger_projection::SinkError) -> Problem {
     if let keyledger_projection::SinkError::Unavailable(cause) = &e {
@@ -52,7 +51,7 @@ pub(crate) async fn tenant_audit(
             })?,
     };
     let sink = &state.services.projections;
-    let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
     let rows = sink
         .audit(&AuditQuery {
             tenant,

@@ -17,8 +17,7 @@ use crate::cloudevent::{cloud_event, cloud_event_text};
 use crate::extract::{Caller, Query, cursor};
 use crate::problem::{FieldError, Problem};
 
-const DEFAULT_LIMIT: u32 = 100;
-const MAX_LIMIT: u32 = 1000;
+use crate::api::DEFAULT_LIMIT;
 
 fn platform_only(actor: &keyledger_domain::Actor) -> Result<(), Problem> {
     if actor.has_role(Role::Platform) {
@@ -38,14 +37,13 @@ fn undecodable(stored: &keyledger_domain::StoredEvent, e: &dyn std::fmt::Display
 const STREAM_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 fn too_many_streams() -> Problem {
-    let mut p = Problem::new(
+    Problem::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "too_many_streams",
         "Too many open streams",
     )
-    .with_detail("the server holds as many event streams as it is configured for; retry later");
-    p.retry_after = Some(STREAM_RETRY_AFTER);
-    p
+    .with_detail("the server holds as many event streams as it is configured for; retry later")
+    .with_retry_after(STREAM_RETRY_AFTER)
 }
 
 /// `GET /v1/events?after=&limit=`.
@@ -55,8 +53,9 @@ pub(crate) async fn page(
     Query(q): Query<EventsQuery>,
 ) -> Result<Json<EventsPage>, Problem> {
     platform_only(&actor)?;
-    let after = cursor("after", q.after.unwrap_or(0))?;
-    let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT) as usize;
+    // `after` and `limit` were held to their ranges when the query was read (`api.rs`).
+    let after = q.after.unwrap_or(0);
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT) as usize;
     let stored = state
         .services
         .store
@@ -71,9 +70,10 @@ pub(crate) async fn page(
 }
 
 /// Where a stream starts: `Last-Event-ID` (a reconnect) wins over `?after=`.
-/// Both are checked, so a bad `after` is a 400 even on a reconnect.
+/// Both are checked (`after` when the query was read), so a bad `after` is a 400 even on a
+/// reconnect.
 fn start(headers: &HeaderMap, q: &EventsQuery) -> Result<u64, Problem> {
-    let after = cursor("after", q.after.unwrap_or(0))?;
+    let after = q.after.unwrap_or(0);
     match headers.get("last-event-id") {
         None => Ok(after),
         Some(v) => v

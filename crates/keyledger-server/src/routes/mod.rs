@@ -124,16 +124,14 @@ async fn timeout(State(state): State<Shared>, request: Request, next: Next) -> R
     }
     match tokio::time::timeout(state.config.request_timeout, next.run(request)).await {
         Ok(response) => response,
-        Err(_) => {
-            let mut p = Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "request_timeout",
-                "The request took too long",
-            )
-            .with_detail("the request was abandoned; nothing was recorded unless a retry shows it was");
-            p.retry_after = Some(std::time::Duration::from_secs(1));
-            p.into_response()
-        }
+        Err(_) => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "request_timeout",
+            "The request took too long",
+        )
+        .with_detail("the request was abandoned; nothing was recorded unless a retry shows it was")
+        .with_retry_after(std::time::Duration::from_secs(1))
+        .into_response(),
     }
 }
 

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use axum::response::IntoResponse;
 use keyledger_domain::GlobalPosition;
 use serde_json::{Value, json};
@@ -26,23 +26,13 @@ pub(crate) async fn readyz(State(state): State<Shared>) -> Result<Json<Value>, P
         Ok(Ok(_)) => Ok(Json(json!({"status": "ready"}))),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "readiness: the store failed");
-            Err(not_ready())
+            Err(Problem::store_unavailable())
         }
         Err(_) => {
             tracing::warn!("readiness: the store did not answer in time");
-            Err(not_ready())
+            Err(Problem::store_unavailable())
         }
     }
-}
-
-fn not_ready() -> Problem {
-    let mut p = Problem::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "store_unavailable",
-        "The event store is not answering",
-    );
-    p.retry_after = Some(Duration::from_secs(1));
-    p
 }
 
 pub(crate) async fn metrics(State(state): State<Shared>) -> impl IntoResponse {

@@ -12,7 +12,7 @@ use keyledger_projection::{DataKeyInventory, OrganizationView};
 use super::{ANY_ROLE, may_read};
 use crate::Shared;
 use crate::api::{ChangePlan, OrgEvents, OrgEventsQuery, PublicEnvelope, RegisterOrganization};
-use crate::extract::{Caller, CommandHeaders, JsonBody, Query, cursor, path_id};
+use crate::extract::{Caller, CommandHeaders, JsonBody, Query, path_id};
 use crate::problem::Problem;
 
 /// The view with its version as the entity tag, for `If-Match`.
@@ -223,10 +223,6 @@ pub(crate) async fn data_keys(
     Ok(Json(inventory))
 }
 
-/// Page size of the organization's event list.
-const ORG_EVENTS_DEFAULT: u32 = 100;
-const ORG_EVENTS_MAX: u32 = 1000;
-
 pub(crate) async fn events(
     State(state): State<Shared>,
     Caller(actor): Caller,
@@ -234,9 +230,10 @@ pub(crate) async fn events(
     Query(q): Query<OrgEventsQuery>,
 ) -> Result<Json<OrgEvents>, Problem> {
     let org = org_path(&org)?;
-    let after_version = cursor("after_version", q.after_version.unwrap_or(0))?;
+    // `after_version` and `limit` were held to their ranges when the query was read (`api.rs`).
+    let after_version = q.after_version.unwrap_or(0);
     readable_view(&state, &actor, &[Role::Platform, Role::Auditor], org).await?;
-    let limit = q.limit.unwrap_or(ORG_EVENTS_DEFAULT).clamp(1, ORG_EVENTS_MAX) as usize;
+    let limit = q.limit.unwrap_or(crate::api::DEFAULT_LIMIT) as usize;
     let from = StreamVersion(after_version + 1);
     let stored = stream_events(&state, org, from).await?;
     let events = stored
