@@ -3,14 +3,16 @@
 //! pool against starvation (issue 11, item 14) and acknowledged commands against a killed
 //! instance. Skips when PostgreSQL does not answer, unless `KEYLEDGER_REQUIRE_POSTGRES=1`.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::Serving;
 use keyledger_domain::StoredEvent;
 use keyledger_postgres::testing::TestDatabase;
 use serde_json::{Value, json};
@@ -19,69 +21,26 @@ use sqlx::Connection as _;
 const PLATFORM: &str = "pg-serve-platform-token-0001";
 const BILLING: &str = "pg-serve-billing-token-00001";
 
-/// One `keyledger serve` process, killed when dropped.
-struct Instance {
-    child: Child,
-    base: String,
+/// Starts `keyledger serve` on `store` with the shipped defaults (the simulated vault, so
+/// commands need no network beyond 127.0.0.1). `name` separates the instances' files.
+fn start(dir: &Path, name: &str, store: &str) -> Serving {
+    start_with(dir, name, store, "", "")
 }
 
-impl Drop for Instance {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Instance {
-    /// Starts `keyledger serve` on `store` with the shipped defaults (the simulated vault,
-    /// so commands need no network beyond 127.0.0.1). `name` separates the instances' files.
-    fn start(dir: &Path, name: &str, store: &str) -> Instance {
-        Self::start_with(dir, name, store, "", "")
-    }
-
-    /// [`Instance::start`] with extra lines for the `[server]` and `[store]` tables.
-    fn start_with(dir: &Path, name: &str, store: &str, server_extra: &str, store_extra: &str) -> Instance {
-        let data = dir.join("data");
-        std::fs::create_dir_all(&data).unwrap();
-        let config = dir.join(format!("{name}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                "[server]\nlisten = \"127.0.0.1:0\"\n{server_extra}\n\n[store]\nurl = \"{store}\"\n{store_extra}\n\n[keys]\n\
-                 internal_key_file = \"{}\"\nvault = \"simulated\"\n\n\
-                 [[auth.tokens]]\ntoken = \"{PLATFORM}\"\nsubject = \"platform@example.com\"\nroles = [\"platform\"]\n\n\
-                 [[auth.tokens]]\ntoken = \"{BILLING}\"\nsubject = \"billing@example.com\"\nroles = [\"billing\"]\n",
-                // Both instances share one key ring, as instances of one deployment do.
-                data.join("internal-keys.json").display(),
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_keyledger"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env_remove("KEYLEDGER_STORE__URL")
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let base = line
-            .trim_end()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("{name}: first stdout line {line:?}"))
-            .to_owned();
-        Instance { child, base }
-    }
-
-    fn kill(&mut self) {
-        // SIGKILL: no drain, no lease release; the database sees the sessions end.
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
+/// [`start`] with extra lines for the `[server]` and `[store]` tables.
+fn start_with(dir: &Path, name: &str, store: &str, server_extra: &str, store_extra: &str) -> Serving {
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let config = common::write_config(
+        &dir.join(format!("{name}.toml")),
+        store,
+        // Both instances share one key ring, as instances of one deployment do.
+        &data.join("internal-keys.json"),
+        &[(PLATFORM, "platform"), (BILLING, "billing")],
+        server_extra,
+        store_extra,
+    );
+    Serving::start(&config, &dir.join(format!("{name}.log")))
 }
 
 fn tenant(n: usize) -> String {
@@ -234,7 +193,7 @@ async fn sixty_four_concurrent_commands_on_postgres_all_succeed() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let one = Instance::start(dir.path(), "one", db.url());
+    let one = start(dir.path(), "one", db.url());
     let (orgs, failures) = sixty_four_at_once(std::slice::from_ref(&one.base)).await;
     assert!(failures.is_empty(), "{} failed: {failures:#?}", failures.len());
     assert_eq!(orgs.len(), 64);
@@ -247,8 +206,8 @@ async fn sixty_four_concurrent_commands_on_two_postgres_instances_all_succeed() 
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let one = Instance::start(dir.path(), "one", db.url());
-    let two = Instance::start(dir.path(), "two", db.url());
+    let one = start(dir.path(), "one", db.url());
+    let two = start(dir.path(), "two", db.url());
     let (orgs, failures) = sixty_four_at_once(&[one.base.clone(), two.base.clone()]).await;
     assert!(failures.is_empty(), "{} failed: {failures:#?}", failures.len());
     assert_eq!(orgs.len(), 64);
@@ -271,7 +230,7 @@ async fn leases_held(url: &str) -> i64 {
 
 /// `keyledger events export`: every stored envelope, in commit order.
 fn export(url: &str) -> Vec<StoredEvent> {
-    let out = Command::new(env!("CARGO_BIN_EXE_keyledger"))
+    let out = Command::new(common::keyledger())
         .args(["events", "export", "--store", url])
         .output()
         .unwrap();
@@ -294,7 +253,7 @@ async fn a_killed_instance_loses_no_acknowledged_command() {
     let dir = tempfile::tempdir().unwrap();
     // The doomed instance starts first and takes every projection lease, so its death forces
     // the survivor to take them over.
-    let mut doomed = Instance::start(dir.path(), "doomed", &url);
+    let mut doomed = start(dir.path(), "doomed", &url);
     let started = Instant::now();
     while leases_held(&url).await < 4 {
         assert!(
@@ -303,7 +262,7 @@ async fn a_killed_instance_loses_no_acknowledged_command() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let survivor = Instance::start(dir.path(), "survivor", &url);
+    let survivor = start(dir.path(), "survivor", &url);
     let bases = [doomed.base.clone(), survivor.base.clone()];
 
     // A bounded load on both: COMMANDS registrations from CLIENTS clients, at most 60 s.
@@ -415,7 +374,7 @@ async fn a_request_that_gets_no_connection_in_time_is_503_with_retry_after() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let one = Instance::start_with(
+    let one = start_with(
         dir.path(),
         "one",
         db.url(),

@@ -1,10 +1,12 @@
 //! `keyledger serve` as a process, restarted over the same SQLite file: what must survive a
 //! restart does (issue 11).
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+mod common;
 
+use std::path::Path;
+use std::process::Command;
+
+use common::{Serving, keyledger};
 use serde_json::{Value, json};
 
 const PLATFORM: &str = "restart-platform-token-0001";
@@ -14,55 +16,7 @@ const TENANT_1: &str = "01900000-0000-7000-8000-000000000a01";
 const TENANT_2: &str = "01900000-0000-7000-8000-000000000b02";
 const TENANT_3: &str = "01900000-0000-7000-8000-000000000b03";
 
-fn keyledger() -> &'static str {
-    env!("CARGO_BIN_EXE_keyledger")
-}
-
-/// A running `keyledger serve`; killed if the test fails before it is stopped.
-struct Serving {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl Serving {
-    fn start(config: &Path, log: &Path) -> Self {
-        let mut child = Command::new(keyledger())
-            .args(["serve", "--config"])
-            .arg(config)
-            .env_remove("KEYLEDGER_STORE__URL")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let base = line
-            .trim_end()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("first stdout line: {line:?}"))
-            .to_owned();
-        Self { child, base }
-    }
-
-    /// SIGTERM, and the exit status.
-    fn stop(mut self) -> std::process::ExitStatus {
-        let sent = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(sent.success());
-        self.child.wait().unwrap()
-    }
-
     async fn post(&self, path: &str, body: Value, key: Option<&str>) -> (u16, Value) {
         let mut req = reqwest::Client::new()
             .post(format!("{}{path}", self.base))
@@ -80,27 +34,22 @@ impl Serving {
 }
 
 fn write_config(dir: &Path) -> std::path::PathBuf {
-    let config = dir.join("keyledger.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n\n[store]\nurl = \"sqlite://{}\"\n\n[keys]\n\
-             internal_key_file = \"{}\"\nvault = \"simulated\"\n\n\
-             [[auth.tokens]]\ntoken = \"{PLATFORM}\"\nsubject = \"platform@example.com\"\nroles = [\"platform\"]\n",
-            dir.join("data/keyledger.db").display(),
-            dir.join("data/internal-keys.json").display(),
-        ),
+    common::write_config(
+        &dir.join("keyledger.toml"),
+        &format!("sqlite://{}", dir.join("data/keyledger.db").display()),
+        &dir.join("data/internal-keys.json"),
+        &[(PLATFORM, "platform")],
+        "",
+        "",
     )
-    .unwrap();
-    config
 }
 
 fn tenant(id: &str, name: &str) -> Value {
     json!({"tenant_id": id, "name": name})
 }
 
-/// The `TenantAdded` events of `org` in `keyledger events export`.
-fn exported_tenants_added(dir: &Path, org: &str) -> Vec<String> {
+/// Every stored envelope, from `keyledger events export`.
+fn exported(dir: &Path) -> Vec<Value> {
     let out = Command::new(keyledger())
         .args(["events", "export", "--store"])
         .arg(format!("sqlite://{}", dir.join("data/keyledger.db").display()))
@@ -113,6 +62,13 @@ fn exported_tenants_added(dir: &Path, org: &str) -> Vec<String> {
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .collect()
+}
+
+/// The `TenantAdded` events of `org` in `keyledger events export`.
+fn exported_tenants_added(dir: &Path, org: &str) -> Vec<String> {
+    exported(dir)
+        .into_iter()
         .filter(|e| e["event_type"] == "TenantAdded" && e["stream_id"] == format!("org-{org}"))
         .map(|e| e["payload"]["tenant_id"].as_str().unwrap_or_default().to_owned())
         .collect()
@@ -257,24 +213,9 @@ async fn a_repeated_registration_without_org_id_after_a_restart_answers_the_firs
     assert_eq!(status, 201, "{other}");
     assert_ne!(other["org_id"], first["org_id"]);
     assert!(server.stop().success());
-    let export = Command::new(keyledger())
-        .args(["events", "export", "--store"])
-        .arg(format!(
-            "sqlite://{}",
-            dir.path().join("data/keyledger.db").display()
-        ))
-        .env_remove("KEYLEDGER_STORE__URL")
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        export.status.success(),
-        "{}",
-        String::from_utf8_lossy(&export.stderr)
-    );
-    let registered = String::from_utf8_lossy(&export.stdout)
-        .lines()
-        .filter(|l| l.contains("\"OrganizationRegistered\""))
+    let registered = exported(dir.path())
+        .iter()
+        .filter(|e| e["event_type"] == "OrganizationRegistered")
         .count();
     assert_eq!(registered, 2);
 }

@@ -5,84 +5,46 @@
 //! - configured bearer tokens never reach stderr or stdout;
 //! - a password in a store URL is never printed, whatever form the URL takes.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
+use common::{Serving, keyledger, serve_command};
 use serde_json::json;
 
 const PLATFORM: &str = "guards-configured-platform-token-7c1d";
 const TENANT: &str = "01900000-0000-7000-8000-00000000000a";
 
-fn keyledger() -> &'static str {
-    env!("CARGO_BIN_EXE_keyledger")
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A configuration with the simulated vault, a SQLite store and one configured token.
 fn write_config(dir: &Path, key_file: &Path) -> PathBuf {
-    let config = dir.join("keyledger.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n\n[store]\nurl = \"sqlite://{}\"\n\n[keys]\n\
-             internal_key_file = \"{}\"\nvault = \"simulated\"\n\n\
-             [[auth.tokens]]\ntoken = \"{PLATFORM}\"\nsubject = \"platform@example.com\"\nroles = [\"platform\"]\n",
-            dir.join("data/keyledger.db").display(),
-            key_file.display(),
-        ),
+    common::write_config(
+        &dir.join("keyledger.toml"),
+        &format!("sqlite://{}", dir.join("data/keyledger.db").display()),
+        key_file,
+        &[(PLATFORM, "platform")],
+        "",
+        "",
     )
-    .unwrap();
-    config
 }
 
+/// `serve` with debug logs: a secret must not reach even those.
 fn serve(config: &Path, stderr: &Path) -> Command {
-    let mut cmd = Command::new(keyledger());
-    cmd.args(["serve", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "debug")
-        .env_remove("KEYLEDGER_STORE__URL")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(stderr).unwrap());
+    let mut cmd = serve_command(config, stderr);
+    cmd.env("RUST_LOG", "debug");
     cmd
 }
 
 /// Starts `serve` and returns it with its base URL once it listens.
-fn start(config: &Path, stderr: &Path) -> (Killed, String) {
-    let mut child = serve(config, stderr).spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .trim_end()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| {
-            panic!(
-                "first stdout line {line:?}; stderr: {}",
-                std::fs::read_to_string(stderr).unwrap_or_default()
-            )
-        })
-        .to_owned();
-    (Killed(child), base)
+fn start(config: &Path, stderr: &Path) -> (Serving, String) {
+    let server = Serving::spawn(serve(config, stderr), stderr);
+    let base = server.base.clone();
+    (server, base)
 }
 
-fn terminate(mut server: Killed) {
-    let status = Command::new("kill")
-        .args(["-TERM", &server.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = server.0.wait().unwrap();
+fn terminate(server: Serving) {
+    let exit = server.stop();
     assert!(exit.success(), "serve exited with {exit}");
 }
 
