@@ -17,6 +17,7 @@ use rsa::{Oaep, RsaPrivateKey};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::Sha256;
+use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use crate::clock::Clock;
@@ -722,7 +723,7 @@ impl Vault {
             ));
         };
         let secret_ok = client_secret
-            .is_some_and(|given| constant_time_eq(given.as_bytes(), app.client_secret.0.as_bytes()));
+            .is_some_and(|given| bool::from(given.as_bytes().ct_eq(app.client_secret.0.as_bytes())));
         if !secret_ok {
             return Err(err(
                 401,
@@ -1433,8 +1434,4 @@ pub(crate) fn random_hex(bytes: usize) -> String {
     let mut b = vec![0u8; bytes];
     rand::thread_rng().fill_bytes(&mut b);
     b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
