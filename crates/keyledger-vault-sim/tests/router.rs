@@ -107,7 +107,11 @@ async fn entra_errors_carry_aadsts_codes() {
     // A prefix or an extension of the secret is not the secret.
     for near in ["s3cre", "s3cret!"] {
         let (status, body) = s.token_with(&tenant, CLIENT, near).await;
-        assert_eq!((status, body["error"].as_str()), (401, Some("invalid_client")), "{near}");
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (401, Some("invalid_client")),
+            "{near}"
+        );
     }
 
     let (status, body) = s
