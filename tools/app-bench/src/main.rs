@@ -15,6 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use clap::builder::RangedU64ValueParser;
+use clap::{Parser, ValueEnum};
 use keyledger_app::{Action, App, AppConfig, ConnectionPatch, Request, SystemClock};
 use keyledger_azure::AzureKeyAccess;
 use keyledger_domain::{
@@ -27,51 +29,53 @@ use keyledger_vault_sim::{Clock as SimClock, Vault, VaultConfig};
 use secrecy::SecretString;
 use sqlx::Connection as _;
 
-#[derive(Debug, Clone)]
+/// Command latency and throughput, flat cost on long streams, and projection rebuild rate.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "app-bench")]
 struct Args {
-    sqlite: bool,
-    postgres: bool,
+    /// Which event stores to measure.
+    #[arg(long, value_enum, default_value_t = Which::Both)]
+    backend: Which,
+    /// Plan changes from the concurrent clients in all; the other command runs scale from it.
+    #[arg(long, default_value_t = 2000)]
     commands: usize,
+    /// Concurrent clients (one organization each).
+    #[arg(long, default_value_t = 32,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     concurrency: usize,
+    /// Plan changes per second of the open-loop run.
+    #[arg(long, default_value_t = 500)]
     rate: u32,
+    /// Events in the log the projection rebuild replays (0 skips the rebuild).
+    #[arg(long, default_value_t = 1_000_000)]
     rebuild_events: u64,
+    /// Events on the long stream of the flat-cost run.
+    #[arg(long, default_value_t = 10_000)]
     long_stream: u64,
+    /// The PostgreSQL server; the benchmark creates and drops its own database there.
+    #[arg(
+        long,
+        env = "KEYLEDGER_TEST_POSTGRES_URL",
+        default_value = "postgres://root@127.0.0.1:5432/postgres"
+    )]
     postgres_url: String,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut a = Args {
-        sqlite: true,
-        postgres: true,
-        commands: 2000,
-        concurrency: 32,
-        rate: 500,
-        rebuild_events: 1_000_000,
-        long_stream: 10_000,
-        postgres_url: std::env::var("KEYLEDGER_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into()),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
-        let num = |v: String, f: &str| v.parse::<u64>().map_err(|e| format!("{f}: {e}"));
-        match flag.as_str() {
-            "--backend" => match value()?.as_str() {
-                "sqlite" => a.postgres = false,
-                "postgres" => a.sqlite = false,
-                "both" => {}
-                other => return Err(format!("--backend: unknown {other}")),
-            },
-            "--commands" => a.commands = num(value()?, &flag)? as usize,
-            "--concurrency" => a.concurrency = num(value()?, &flag)? as usize,
-            "--rate" => a.rate = num(value()?, &flag)? as u32,
-            "--rebuild-events" => a.rebuild_events = num(value()?, &flag)?,
-            "--long-stream" => a.long_stream = num(value()?, &flag)?,
-            "--postgres-url" => a.postgres_url = value()?,
-            other => return Err(format!("unknown flag {other}")),
-        }
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Which {
+    Sqlite,
+    Postgres,
+    Both,
+}
+
+impl Args {
+    fn sqlite(&self) -> bool {
+        self.backend != Which::Postgres
     }
-    Ok(a)
+
+    fn postgres(&self) -> bool {
+        self.backend != Which::Sqlite
+    }
 }
 
 const BASE: &str = "https://contoso.vault.azure.net";
@@ -506,15 +510,9 @@ async fn run(b: Backend, args: &Args) {
 
 #[tokio::main]
 async fn main() {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("app-bench: {e}");
-            std::process::exit(2);
-        }
-    };
+    let args = Args::parse();
     println!("app-bench: {args:?}");
-    if args.sqlite {
+    if args.sqlite() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store =
             keyledger_sqlite::SqliteStore::open(&dir.path().join("bench.db"), Arc::new(KeyRing::generate()))
@@ -531,7 +529,7 @@ async fn main() {
         )
         .await;
     }
-    if args.postgres {
+    if args.postgres() {
         let name = format!("kl_app_bench_{}", uuid::Uuid::now_v7().simple());
         let mut admin = sqlx::PgConnection::connect(&args.postgres_url)
             .await

@@ -8,6 +8,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
+use clap::builder::RangedU64ValueParser;
+
 use keyledger_azure::{AzureConfig, AzureKeyAccess, InProcessTransport};
 use keyledger_domain::{Connection, HostAllowList, KeyIdentifier};
 use keyledger_keys::{KeyAccess, RetryPolicy, test_connection};
@@ -121,20 +124,24 @@ async fn run(n: usize, bits: u32) -> Result<(), String> {
     Ok(())
 }
 
+/// Connection tests per second: the in-process simulated vault against the HTTPS emulator.
+#[derive(Debug, Parser)]
+#[command(name = "key-bench")]
+struct Args {
+    /// Connection tests per vault, after a warm-up of five.
+    #[arg(long, value_name = "N", default_value_t = 200,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    iterations: usize,
+    /// RSA modulus size of the test key: 2048, 3072 or 4096.
+    #[arg(long, value_name = "BITS", default_value_t = 2048)]
+    key_size: u32,
+}
+
 fn main() -> ExitCode {
-    let mut n = 200usize;
-    let mut bits = 2048u32;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match (a.as_str(), args.next().and_then(|v| v.parse::<u64>().ok())) {
-            ("--iterations", Some(v)) if v > 0 => n = usize::try_from(v).unwrap_or(usize::MAX),
-            ("--key-size", Some(v)) => bits = u32::try_from(v).unwrap_or(0),
-            _ => {
-                eprintln!("usage: key-bench [--iterations N] [--key-size 2048|3072|4096]");
-                return ExitCode::from(2);
-            }
-        }
-    }
+    let Args {
+        iterations: n,
+        key_size: bits,
+    } = Args::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
