@@ -9,7 +9,6 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use clap::builder::RangedU64ValueParser;
 
 use keyledger_azure::{AzureConfig, AzureKeyAccess, InProcessTransport};
 use keyledger_domain::{Connection, HostAllowList, KeyIdentifier};
@@ -50,7 +49,7 @@ fn connection(vault: &Vault, base: &str, allow: &HostAllowList) -> Result<Connec
 async fn measure<K: KeyAccess>(
     access: &K,
     connection: &Connection,
-    n: usize,
+    n: u32,
 ) -> Result<(f64, Duration), String> {
     for _ in 0..WARM_UP {
         test_connection(access, connection, chrono::Utc::now())
@@ -66,10 +65,10 @@ async fn measure<K: KeyAccess>(
             .map_err(|e| e.to_string())?;
     }
     let elapsed = started.elapsed();
-    Ok((n as f64 / elapsed.as_secs_f64(), elapsed))
+    Ok((f64::from(n) / elapsed.as_secs_f64(), elapsed))
 }
 
-async fn run(n: usize, bits: u32) -> Result<(), String> {
+async fn run(n: u32, bits: u32) -> Result<(), String> {
     let policy = RetryPolicy {
         max_attempts: 1,
         ..RetryPolicy::default()
@@ -130,8 +129,8 @@ async fn run(n: usize, bits: u32) -> Result<(), String> {
 struct Args {
     /// Connection tests per vault, after a warm-up of five.
     #[arg(long, value_name = "N", default_value_t = 200,
-          value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
-    iterations: usize,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    iterations: u32,
     /// RSA modulus size of the test key: 2048, 3072 or 4096.
     #[arg(long, value_name = "BITS", default_value_t = 2048)]
     key_size: u32,
