@@ -336,8 +336,10 @@ fn rsa_bits(n: Option<&[u8]>) -> Option<u32> {
     let n = n?;
     let first = n.iter().position(|b| *b != 0)?;
     let significant = &n[first..];
-    let bits = (significant.len() as u32 - 1) * 8 + (8 - significant[0].leading_zeros());
-    Some(bits)
+    let whole_bytes = u32::try_from(significant.len() - 1).ok()?;
+    whole_bytes
+        .checked_mul(8)?
+        .checked_add(8 - significant[0].leading_zeros())
 }
 
 fn parameters(value: &[u8]) -> Result<RequestContent<KeyOperationParameters>, KeyAccessError> {

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 /// The whole configuration, with defaults for everything but the tokens.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Config {
+pub(crate) struct Config {
     #[serde(default)]
     pub server: ServerConfig,
     #[serde(default)]
@@ -29,7 +29,7 @@ pub struct Config {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ServerConfig {
+pub(crate) struct ServerConfig {
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
     #[serde(with = "humantime_serde")]
@@ -58,7 +58,7 @@ impl Default for ServerConfig {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct StoreConfig {
+pub(crate) struct StoreConfig {
     /// `sqlite://PATH` or `postgres://…`.
     pub url: String,
     /// PostgreSQL: connections in this instance's pool, shared by requests, the projection
@@ -85,7 +85,7 @@ impl Default for StoreConfig {
 
 impl StoreConfig {
     /// The PostgreSQL pool these settings describe.
-    pub fn postgres_options(&self) -> keyledger_postgres::PostgresOptions {
+    pub(crate) fn postgres_options(&self) -> keyledger_postgres::PostgresOptions {
         keyledger_postgres::PostgresOptions {
             max_connections: self.max_connections,
             acquire_timeout: self.acquire_timeout,
@@ -96,7 +96,7 @@ impl StoreConfig {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum VaultKind {
+pub(crate) enum VaultKind {
     /// The customer's Azure Key Vault through the official SDK.
     Azure,
     /// The in-process simulated vault (dev mode and tests).
@@ -105,7 +105,7 @@ pub enum VaultKind {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct KeysConfig {
+pub(crate) struct KeysConfig {
     pub internal_key_file: PathBuf,
     pub vault: VaultKind,
     #[serde(default)]
@@ -124,7 +124,7 @@ impl Default for KeysConfig {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AzureConfig {
+pub(crate) struct AzureConfig {
     pub authority_host: String,
     pub allowed_vault_hosts: Vec<String>,
     #[serde(default)]
@@ -148,7 +148,7 @@ impl Default for AzureConfig {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct HealthConfig {
+pub(crate) struct HealthConfig {
     #[serde(with = "humantime_serde")]
     pub probe_interval: Duration,
     #[serde(with = "humantime_serde")]
@@ -166,7 +166,7 @@ impl Default for HealthConfig {
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AuthConfig {
+pub(crate) struct AuthConfig {
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
 }
@@ -174,7 +174,7 @@ pub struct AuthConfig {
 /// One bearer token and what it may do.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TokenConfig {
+pub(crate) struct TokenConfig {
     pub token: String,
     pub subject: String,
     pub roles: Vec<Role>,
@@ -203,7 +203,7 @@ impl std::fmt::Debug for TokenConfig {
 /// A configuration that cannot be used. The message names the key.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum ConfigError {
+pub(crate) enum ConfigError {
     /// A value has the wrong type or format, or a key is unknown.
     #[error("{0}")]
     Invalid(String),
@@ -242,7 +242,7 @@ impl From<figment::Error> for ConfigError {
 
 /// Where a configuration came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
+pub(crate) enum Origin {
     /// No file and no `KEYLEDGER_*` variable: dev mode (DESIGN.md §8).
     DevMode,
     /// A file and/or environment variables.
@@ -259,7 +259,7 @@ fn config_vars() -> Env {
 }
 
 /// Loads the configuration: defaults, then `file`, then `KEYLEDGER_*` variables.
-pub fn load(file: Option<&Path>) -> Result<(Config, Origin), ConfigError> {
+pub(crate) fn load(file: Option<&Path>) -> Result<(Config, Origin), ConfigError> {
     let has_env = std::env::vars().any(|(k, _)| k.starts_with("KEYLEDGER_") && k.contains("__"));
     // (the same rule as `config_vars`)
     let mut figment = Figment::from(Serialized::defaults(Config::default()));

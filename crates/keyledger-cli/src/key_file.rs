@@ -15,7 +15,7 @@ use crate::report::Failure;
 const PAGE: usize = 1_000;
 
 /// The ring read from `path`, or `None` when the file does not exist.
-pub fn load(path: &Path) -> Result<Option<KeyRing>, Failure> {
+pub(crate) fn load(path: &Path) -> Result<Option<KeyRing>, Failure> {
     match KeyRing::load(path) {
         Ok(ring) => Ok(Some(ring)),
         Err(KeyRingError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -25,7 +25,7 @@ pub fn load(path: &Path) -> Result<Option<KeyRing>, Failure> {
 
 /// Holds `ring` (the file's, or a new one when `loaded` is false) against the sealed data of
 /// `store`, and writes a new ring to `path` only when the store holds none.
-pub async fn settle(
+pub(crate) async fn settle(
     path: &Path,
     ring: &Arc<KeyRing>,
     loaded: bool,

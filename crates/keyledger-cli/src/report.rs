@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// How a command that ran ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Exit 0.
     Done,
     /// Exit 3: `verify` found a broken hash chain (already reported on stderr).
@@ -18,7 +18,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn exit_code(self) -> ExitCode {
+    pub(crate) fn exit_code(self) -> ExitCode {
         match self {
             Outcome::Done => ExitCode::SUCCESS,
             Outcome::ChainBroken => ExitCode::from(3),
@@ -29,13 +29,13 @@ impl Outcome {
 /// A command that failed (exit 1): what failed and why, on one line. The cause is the error's
 /// chain of sources, never a Debug dump.
 #[derive(Debug)]
-pub struct Failure {
+pub(crate) struct Failure {
     what: String,
     cause: String,
 }
 
 impl Failure {
-    pub fn new(what: impl Into<String>, cause: &(dyn std::error::Error + 'static)) -> Self {
+    pub(crate) fn new(what: impl Into<String>, cause: &(dyn std::error::Error + 'static)) -> Self {
         let mut parts = vec![cause.to_string()];
         let mut source = cause.source();
         while let Some(s) = source {
@@ -49,19 +49,19 @@ impl Failure {
         Self::msg(what, parts.join(": "))
     }
 
-    pub fn msg(what: impl Into<String>, cause: impl std::fmt::Display) -> Self {
+    pub(crate) fn msg(what: impl Into<String>, cause: impl std::fmt::Display) -> Self {
         Self {
             what: what.into(),
             cause: cause.to_string(),
         }
     }
 
-    pub fn cause(&self) -> &str {
+    pub(crate) fn cause(&self) -> &str {
         &self.cause
     }
 
     /// Prints `keyledger: <what>: <cause>` as one line on stderr and gives exit code 1.
-    pub fn report(&self) -> ExitCode {
+    pub(crate) fn report(&self) -> ExitCode {
         let line = format!("keyledger: {}: {}", self.what, self.cause);
         eprintln!("{}", line.replace(['\n', '\r'], " "));
         ExitCode::FAILURE
@@ -71,14 +71,14 @@ impl Failure {
 /// Progress of a long command on stderr: a bar (or a counter when the total is unknown) when
 /// stderr is a terminal, nothing otherwise; [`Progress::finish`] prints the summary line.
 #[derive(Debug)]
-pub struct Progress {
+pub(crate) struct Progress {
     bar: ProgressBar,
     started: Instant,
 }
 
 impl Progress {
     /// `total`: the number of events when known.
-    pub fn new(message: &'static str, total: Option<u64>) -> Self {
+    pub(crate) fn new(message: &'static str, total: Option<u64>) -> Self {
         let target = if std::io::stderr().is_terminal() {
             ProgressDrawTarget::stderr()
         } else {
@@ -104,28 +104,47 @@ impl Progress {
     }
 
     /// Events done so far.
-    pub fn set(&self, done: u64) {
+    pub(crate) fn set(&self, done: u64) {
         self.bar.set_position(done);
     }
 
-    pub fn elapsed(&self) -> Duration {
+    pub(crate) fn elapsed(&self) -> Duration {
         self.started.elapsed()
     }
 
     /// Clears the bar and prints `summary` on stderr.
-    pub fn finish(&self, summary: impl std::fmt::Display) {
+    pub(crate) fn finish(&self, summary: impl std::fmt::Display) {
         self.bar.finish_and_clear();
         eprintln!("{summary}");
     }
 
     /// Clears the bar (the command failed; its error follows).
-    pub fn abandon(&self) {
+    pub(crate) fn abandon(&self) {
         self.bar.finish_and_clear();
     }
 }
 
 /// `n` events in `elapsed`, as events per second.
-pub fn rate(n: u64, elapsed: Duration) -> u64 {
-    let secs = elapsed.as_secs_f64();
-    if secs > 0.0 { (n as f64 / secs) as u64 } else { n }
+pub(crate) fn rate(n: u64, elapsed: Duration) -> u64 {
+    match elapsed.as_nanos() {
+        0 => n,
+        nanos => u64::try_from(u128::from(n) * 1_000_000_000 / nanos).unwrap_or(u64::MAX),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_is_events_per_second_rounded_down() {
+        assert_eq!(rate(10, Duration::from_secs(2)), 5);
+        assert_eq!(rate(1_000, Duration::from_millis(3)), 333_333);
+    }
+
+    #[test]
+    fn rate_without_elapsed_time_is_the_count_and_saturates() {
+        assert_eq!(rate(7, Duration::ZERO), 7);
+        assert_eq!(rate(u64::MAX, Duration::from_nanos(1)), u64::MAX);
+    }
 }

@@ -23,7 +23,7 @@ use crate::key_file;
 use crate::report::Failure;
 use crate::store_url::{Backend, Create, OpenedStore, StoreUrl};
 
-pub fn run(config_file: Option<PathBuf>) -> ExitCode {
+pub(crate) fn run(config_file: Option<PathBuf>) -> ExitCode {
     let (config, origin) = match config::load(config_file.as_deref()) {
         Ok(loaded) => loaded,
         Err(e) => {

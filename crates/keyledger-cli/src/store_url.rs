@@ -18,14 +18,14 @@ use crate::report::Failure;
 
 /// A parsed store URL.
 #[derive(Clone, PartialEq, Eq)]
-pub enum StoreUrl {
+pub(crate) enum StoreUrl {
     Sqlite(PathBuf),
     /// The URL as given (it may hold a password: show it only through `Display`).
     Postgres(String),
 }
 
 impl StoreUrl {
-    pub fn parse(url: &str) -> Result<Self, Failure> {
+    pub(crate) fn parse(url: &str) -> Result<Self, Failure> {
         let url = url.trim();
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             return Ok(StoreUrl::Postgres(url.to_owned()));
@@ -90,7 +90,7 @@ fn redact_password(raw: &str) -> String {
 
 /// Whether opening may create a SQLite file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Create {
+pub(crate) enum Create {
     /// `migrate` and `events import` start new stores.
     IfMissing,
     /// Reading commands refuse a missing file instead of creating an empty store.
@@ -99,14 +99,14 @@ pub enum Create {
 
 /// The backend behind an [`OpenedStore`].
 #[derive(Debug, Clone)]
-pub enum Backend {
+pub(crate) enum Backend {
     Sqlite(SqliteStore),
     Postgres(PostgresStore),
 }
 
 /// An open store (migrations applied) with its projection sink.
 #[derive(Clone)]
-pub struct OpenedStore {
+pub(crate) struct OpenedStore {
     pub backend: Backend,
     pub store: Arc<dyn EventStore>,
     pub sink: Arc<dyn ProjectionSink>,
@@ -123,12 +123,12 @@ impl fmt::Debug for OpenedStore {
 impl OpenedStore {
     /// Opens the store at `url`, applying pending migrations, sealing and opening with `ring`;
     /// a PostgreSQL pool gets the default options (those of `keyledger serve`).
-    pub async fn open(url: &StoreUrl, ring: Arc<KeyRing>, create: Create) -> Result<Self, Failure> {
+    pub(crate) async fn open(url: &StoreUrl, ring: Arc<KeyRing>, create: Create) -> Result<Self, Failure> {
         Self::open_with(url, ring, create, PostgresOptions::default()).await
     }
 
     /// [`OpenedStore::open`] with the PostgreSQL pool given by `postgres`.
-    pub async fn open_with(
+    pub(crate) async fn open_with(
         url: &StoreUrl,
         ring: Arc<KeyRing>,
         create: Create,
@@ -171,7 +171,7 @@ impl OpenedStore {
     /// The position of the last committed event (`None`: no event). On PostgreSQL a reader's
     /// fence may hold the last events back for as long as a transaction older than their own
     /// stays open on the server; readers that must reach the end wait for this position.
-    pub async fn last_position(&self) -> Result<Option<GlobalPosition>, Failure> {
+    pub(crate) async fn last_position(&self) -> Result<Option<GlobalPosition>, Failure> {
         let last: Option<i64> = match &self.backend {
             Backend::Sqlite(s) => {
                 sqlx::query_scalar("SELECT max(position) FROM events")
@@ -189,7 +189,7 @@ impl OpenedStore {
     }
 
     /// Flushes and closes (a SQLite store checkpoints its WAL).
-    pub async fn close(&self) {
+    pub(crate) async fn close(&self) {
         match &self.backend {
             Backend::Sqlite(s) => s.close().await,
             Backend::Postgres(s) => s.pool().close().await,
@@ -199,7 +199,7 @@ impl OpenedStore {
 
 /// The migration versions recorded as applied in the store at `url`, without applying any
 /// (an absent SQLite file or migrations table: none).
-pub async fn applied_migrations(url: &StoreUrl) -> Result<BTreeSet<i64>, Failure> {
+pub(crate) async fn applied_migrations(url: &StoreUrl) -> Result<BTreeSet<i64>, Failure> {
     let failed = |e: sqlx::Error| Failure::new(format!("cannot read the migrations of {url}"), &e);
     match url {
         StoreUrl::Sqlite(path) => {

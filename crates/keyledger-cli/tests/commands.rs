@@ -162,7 +162,7 @@ async fn populate(store: &dyn EventStore) -> Populated {
     let mut last_position = GlobalPosition::START;
     let mut events = 0;
     let mut orgs = Vec::new();
-    for i in 0..3 {
+    for i in 0..3u8 {
         let org = OrgId::new_v7();
         orgs.push(org);
         let stream = StreamId::for_org(org);
@@ -183,7 +183,7 @@ async fn populate(store: &dyn EventStore) -> Populated {
             .append(
                 stream,
                 StreamVersion::NONE,
-                vec![registered, dek_generated(&[i as u8 + 1; 48])],
+                vec![registered, dek_generated(&[i + 1; 48])],
                 Some(CommandId::parse(&format!("register-{i}")).unwrap()),
             )
             .await

@@ -349,7 +349,7 @@ async fn a_killed_instance_loses_no_acknowledged_command() {
         .unwrap();
     let _ = c.close().await;
     assert_eq!(
-        events.len() as i64,
+        i64::try_from(events.len()).unwrap(),
         rows,
         "the ordered read skips no stored event"
     );
@@ -362,7 +362,7 @@ async fn a_killed_instance_loses_no_acknowledged_command() {
     }
     for (stream, v) in versions {
         assert!(
-            v.iter().copied().eq(1..=v.len() as u64),
+            v.iter().copied().eq(1..=u64::try_from(v.len()).unwrap()),
             "{stream} versions are not 1..n: {v:?}"
         );
     }

@@ -369,7 +369,8 @@ async fn seed_flow(dir: &Path, store: &str, sqlite_file: Option<&Path>) {
         .await
         .unwrap();
     let mut sse = String::new();
-    while sse.matches("\nid: ").count() + usize::from(sse.starts_with("id: ")) < version as usize {
+    let events = usize::try_from(version).unwrap();
+    while sse.matches("\nid: ").count() + usize::from(sse.starts_with("id: ")) < events {
         match tokio::time::timeout(Duration::from_secs(10), stream.chunk()).await {
             Ok(Ok(Some(chunk))) => sse.push_str(std::str::from_utf8(&chunk).unwrap()),
             other => panic!("stream ended early: {other:?}\n{sse}"),
@@ -397,7 +398,7 @@ async fn seed_flow(dir: &Path, store: &str, sqlite_file: Option<&Path>) {
         .output()
         .unwrap();
     assert!(export.status.success());
-    assert!(String::from_utf8_lossy(&export.stdout).lines().count() as u64 >= version);
+    assert!(String::from_utf8_lossy(&export.stdout).lines().count() >= events);
 
     // The client secrets appear nowhere.
     let mut stderr = Vec::new();

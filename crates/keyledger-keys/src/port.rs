@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use keyledger_domain::{Connection, Edek, KeyIdentifier, KeyProperties, WrappedDek};
 use rand::RngCore;
+use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use crate::reason::KeyAccessError;
@@ -45,15 +46,10 @@ impl Dek {
 }
 
 impl PartialEq for Dek {
-    /// Constant-time in the length-equal case, so comparing a round trip leaks nothing useful.
+    /// Constant-time in the length-equal case (the length is not secret), so comparing a
+    /// round trip leaks nothing useful.
     fn eq(&self, other: &Self) -> bool {
-        self.0.len() == other.0.len()
-            && self
-                .0
-                .iter()
-                .zip(other.0.iter())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
+        self.0.as_slice().ct_eq(other.0.as_slice()).into()
     }
 }
 
@@ -174,5 +170,16 @@ mod tests {
         assert_eq!(a.len(), 32);
         assert_ne!(a, b);
         assert_eq!(a, a.clone());
+    }
+
+    #[test]
+    fn deks_of_different_length_are_not_equal() {
+        let long = Dek::from_bytes(Zeroizing::new(vec![7u8; 32]));
+        let prefix = Dek::from_bytes(Zeroizing::new(vec![7u8; 16]));
+        let empty = Dek::from_bytes(Zeroizing::new(Vec::new()));
+        assert_ne!(long, prefix);
+        assert_ne!(prefix, long);
+        assert_ne!(long, empty);
+        assert_eq!(empty, empty.clone());
     }
 }

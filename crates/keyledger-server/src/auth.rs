@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 
 use keyledger_domain::{Actor, ActorKind, OrgId, Reach, Role, Scope, TenantId};
 use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq;
 
 use crate::problem::Problem;
 
@@ -100,12 +101,7 @@ impl Tokens {
         let mut found = None;
         for (candidate, actor) in &self.entries {
             // Constant time over every entry: no early exit on a match.
-            let same = candidate
-                .iter()
-                .zip(d.iter())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
-            if same {
+            if bool::from(candidate.as_slice().ct_eq(d.as_slice())) {
                 found = Some(actor);
             }
         }

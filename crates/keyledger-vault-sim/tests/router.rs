@@ -104,6 +104,15 @@ async fn entra_errors_carry_aadsts_codes() {
     assert_eq!((status, body["error"].as_str()), (401, Some("invalid_client")));
     assert_eq!(body["error_codes"], json!([7000215]));
     assert!(!body.to_string().contains("s3cret"));
+    // A prefix or an extension of the secret is not the secret.
+    for near in ["s3cre", "s3cret!"] {
+        let (status, body) = s.token_with(&tenant, CLIENT, near).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (401, Some("invalid_client")),
+            "{near}"
+        );
+    }
 
     let (status, body) = s
         .token_with(&tenant, "99999999-0000-4000-8000-000000000000", "x")

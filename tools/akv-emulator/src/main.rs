@@ -7,29 +7,24 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: akv-emulator [--listen ADDR:PORT] [--state-dir DIR]";
+use clap::Parser;
+
+/// An HTTPS Azure Key Vault (keys) and Entra ID token endpoint emulator with a control API.
+#[derive(Debug, Parser)]
+#[command(name = "akv-emulator")]
+struct Args {
+    /// The address to listen on (port 0 picks a free port; the start-up line names it).
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Where the CA certificate and key (`ca.pem`, `ca-key.pem`) and the vault's state
+    /// (`state.json`) are kept.
+    #[arg(long, value_name = "DIR", default_value = "akv-emulator-state")]
+    state_dir: PathBuf,
+}
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let mut listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 0));
-    let mut state_dir = PathBuf::from("akv-emulator-state");
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match (arg.as_str(), args.next()) {
-            ("--listen", Some(v)) => match v.parse() {
-                Ok(a) => listen = a,
-                Err(_) => {
-                    eprintln!("akv-emulator: --listen needs ADDR:PORT, got {v:?}\n{USAGE}");
-                    return ExitCode::from(2);
-                }
-            },
-            ("--state-dir", Some(v)) => state_dir = PathBuf::from(v),
-            _ => {
-                eprintln!("{USAGE}");
-                return ExitCode::from(2);
-            }
-        }
-    }
+    let Args { listen, state_dir } = Args::parse();
     let emulator = match akv_emulator::start(listen, &state_dir).await {
         Ok(e) => e,
         Err(e) => {

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use clap::{Parser, ValueEnum};
 use keyledger_app::{Action, App, AppConfig, ConnectionPatch, Request, SystemClock};
 use keyledger_azure::AzureKeyAccess;
 use keyledger_domain::{
@@ -27,51 +28,53 @@ use keyledger_vault_sim::{Clock as SimClock, Vault, VaultConfig};
 use secrecy::SecretString;
 use sqlx::Connection as _;
 
-#[derive(Debug, Clone)]
+/// Command latency and throughput, flat cost on long streams, and projection rebuild rate.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "app-bench")]
 struct Args {
-    sqlite: bool,
-    postgres: bool,
-    commands: usize,
-    concurrency: usize,
+    /// Which event stores to measure.
+    #[arg(long, value_enum, default_value_t = Which::Both)]
+    backend: Which,
+    /// Plan changes from the concurrent clients in all; the other command runs scale from it.
+    #[arg(long, default_value_t = 2000)]
+    commands: u64,
+    /// Concurrent clients (one organization each).
+    #[arg(long, default_value_t = 32,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    concurrency: u64,
+    /// Plan changes per second of the open-loop run.
+    #[arg(long, default_value_t = 500)]
     rate: u32,
+    /// Events in the log the projection rebuild replays (0 skips the rebuild).
+    #[arg(long, default_value_t = 1_000_000)]
     rebuild_events: u64,
+    /// Events on the long stream of the flat-cost run.
+    #[arg(long, default_value_t = 10_000)]
     long_stream: u64,
+    /// The PostgreSQL server; the benchmark creates and drops its own database there.
+    #[arg(
+        long,
+        env = "KEYLEDGER_TEST_POSTGRES_URL",
+        default_value = "postgres://root@127.0.0.1:5432/postgres"
+    )]
     postgres_url: String,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut a = Args {
-        sqlite: true,
-        postgres: true,
-        commands: 2000,
-        concurrency: 32,
-        rate: 500,
-        rebuild_events: 1_000_000,
-        long_stream: 10_000,
-        postgres_url: std::env::var("KEYLEDGER_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into()),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
-        let num = |v: String, f: &str| v.parse::<u64>().map_err(|e| format!("{f}: {e}"));
-        match flag.as_str() {
-            "--backend" => match value()?.as_str() {
-                "sqlite" => a.postgres = false,
-                "postgres" => a.sqlite = false,
-                "both" => {}
-                other => return Err(format!("--backend: unknown {other}")),
-            },
-            "--commands" => a.commands = num(value()?, &flag)? as usize,
-            "--concurrency" => a.concurrency = num(value()?, &flag)? as usize,
-            "--rate" => a.rate = num(value()?, &flag)? as u32,
-            "--rebuild-events" => a.rebuild_events = num(value()?, &flag)?,
-            "--long-stream" => a.long_stream = num(value()?, &flag)?,
-            "--postgres-url" => a.postgres_url = value()?,
-            other => return Err(format!("unknown flag {other}")),
-        }
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Which {
+    Sqlite,
+    Postgres,
+    Both,
+}
+
+impl Args {
+    fn sqlite(&self) -> bool {
+        self.backend != Which::Postgres
     }
-    Ok(a)
+
+    fn postgres(&self) -> bool {
+        self.backend != Which::Sqlite
+    }
 }
 
 const BASE: &str = "https://contoso.vault.azure.net";
@@ -85,20 +88,27 @@ struct Backend {
 struct Latencies(Vec<Duration>);
 
 impl Latencies {
-    fn pct(&mut self, p: f64) -> Duration {
+    /// The `percent`th percentile (nearest rank, rounded half up).
+    fn pct(&mut self, percent: usize) -> Duration {
         self.0.sort_unstable();
-        let i = ((self.0.len() as f64 - 1.0) * p).round() as usize;
+        let i = (self.0.len().saturating_sub(1) * percent + 50) / 100;
         self.0.get(i).copied().unwrap_or_default()
     }
     fn report(&mut self, what: &str, backend: &str, elapsed: Duration) {
         let n = self.0.len();
         println!(
             "{backend:8} {what:44} {n:6} cmds  {:9.0} cmds/s  p50 {:7.2} ms  p99 {:7.2} ms",
-            n as f64 / elapsed.as_secs_f64(),
-            self.pct(0.50).as_secs_f64() * 1000.0,
-            self.pct(0.99).as_secs_f64() * 1000.0,
+            per_second(n, elapsed),
+            self.pct(50).as_secs_f64() * 1000.0,
+            self.pct(99).as_secs_f64() * 1000.0,
         );
     }
+}
+
+/// `n` per second of `elapsed`. The counts measured here stay far below `u32::MAX`, whose
+/// conversion to `f64` is exact.
+fn per_second(n: impl TryInto<u32>, elapsed: Duration) -> f64 {
+    f64::from(n.try_into().unwrap_or(u32::MAX)) / elapsed.as_secs_f64()
 }
 
 fn org(i: u64) -> OrgId {
@@ -188,7 +198,7 @@ async fn register(app: &App, o: OrgId) {
 /// Plan changes from `concurrency` closed-loop clients on distinct organizations.
 async fn plan_changes(b: &Backend, s: &Sim, args: &Args) {
     let app = app(b, s);
-    let orgs = args.concurrency as u64;
+    let orgs = args.concurrency;
     for i in 0..orgs {
         register(&app, org(i)).await;
     }
@@ -198,7 +208,7 @@ async fn plan_changes(b: &Backend, s: &Sim, args: &Args) {
     for c in 0..args.concurrency {
         let app = app.clone();
         tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(per);
+            let mut lat = Vec::new();
             for n in 0..per {
                 let plan = if n % 2 == 0 {
                     Plan::enterprise("a")
@@ -207,7 +217,7 @@ async fn plan_changes(b: &Backend, s: &Sim, args: &Args) {
                 };
                 let t = Instant::now();
                 app.handle(request(
-                    org(c as u64),
+                    org(c),
                     Role::Billing,
                     Action::ChangePlan {
                         plan,
@@ -233,11 +243,14 @@ async fn plan_changes(b: &Backend, s: &Sim, args: &Args) {
 
     // Open loop at a fixed rate: latency at a given load, not at saturation.
     let interval = Duration::from_secs_f64(1.0 / f64::from(args.rate.max(1)));
-    let total = (args.rate as usize * 5).min(args.commands * 2);
+    let total = args
+        .rate
+        .saturating_mul(5)
+        .min(u32::try_from(args.commands.saturating_mul(2)).unwrap_or(u32::MAX));
     let start = Instant::now();
-    let mut tasks = Vec::with_capacity(total);
+    let mut tasks = Vec::new();
     for n in 0..total {
-        let due = start + interval * n as u32;
+        let due = start + interval * n;
         tokio::time::sleep_until(due.into()).await;
         let app = app.clone();
         tasks.push(tokio::spawn(async move {
@@ -248,7 +261,7 @@ async fn plan_changes(b: &Backend, s: &Sim, args: &Args) {
             };
             let t = Instant::now();
             app.handle(request(
-                org(n as u64 % orgs),
+                org(u64::from(n) % orgs),
                 Role::Billing,
                 Action::ChangePlan {
                     plan,
@@ -274,7 +287,7 @@ async fn plan_changes(b: &Backend, s: &Sim, args: &Args) {
 /// Enable then rotate back and forth: each runs the live key test (RSA-2048 through the SDK).
 async fn enable_rotate(b: &Backend, s: &Sim, args: &Args) {
     let app = app(b, s);
-    let n = (args.commands / 10).max(20) as u64;
+    let n = (args.commands / 10).max(20);
     let base = 10_000;
     for i in 0..n {
         register(&app, org(base + i)).await;
@@ -373,7 +386,7 @@ async fn flat_cost(b: &Backend, s: &Sim, args: &Args) {
         }
     }
     let (mut a, mut b2) = (Latencies(lat_long), Latencies(lat_new));
-    let (pa, pb) = (a.pct(0.5), b2.pct(0.5));
+    let (pa, pb) = (a.pct(50), b2.pct(50));
     println!(
         "{:8} plan change on a {}-event stream vs a new one: p50 {:.3} ms vs {:.3} ms, ratio {:.3}",
         b.name,
@@ -388,8 +401,8 @@ async fn flat_cost(b: &Backend, s: &Sim, args: &Args) {
 /// projection from 0.
 async fn rebuild(b: &Backend, args: &Args) {
     let system = EnvelopeActor::from_actor(&Actor::system(), None);
-    let per_org = 10_000u64;
-    let orgs = args.rebuild_events.div_ceil(per_org);
+    const PER_ORG: u16 = 10_000;
+    let orgs = args.rebuild_events.div_ceil(u64::from(PER_ORG));
     let start = Instant::now();
     for i in 0..orgs {
         let o = org(100_000 + i);
@@ -418,7 +431,7 @@ async fn rebuild(b: &Backend, args: &Args) {
                 generated_at: Utc::now(),
             },
         ));
-        while (events.len() as u64) < per_org {
+        while events.len() < usize::from(PER_ORG) {
             let tenant = uuid::Uuid::now_v7().to_string().parse().expect("uuid");
             events.push(keyledger_domain::Event::TenantAdded(
                 keyledger_domain::event::TenantAdded {
@@ -454,10 +467,10 @@ async fn rebuild(b: &Backend, args: &Args) {
                 )
                 .await
                 .expect("append");
-            version += chunk.len() as u64;
+            version += u64::try_from(chunk.len()).expect("a chunk holds at most 100 events");
         }
     }
-    let appended = orgs * per_org;
+    let appended = orgs * u64::from(PER_ORG);
     println!(
         "{:8} appended {appended} events for the rebuild in {:.1} s",
         b.name,
@@ -475,13 +488,13 @@ async fn rebuild(b: &Backend, args: &Args) {
             "{:8} rebuild {:26} {:>9.0} events/s",
             b.name,
             p.name(),
-            appended as f64 / t.elapsed().as_secs_f64()
+            per_second(appended, t.elapsed())
         );
     }
     println!(
         "{:8} rebuild of the four, one after the other: {:.0} events/s of log",
         b.name,
-        appended as f64 / total.elapsed().as_secs_f64()
+        per_second(appended, total.elapsed())
     );
     let t = Instant::now();
     Runner::rebuild_all(b.store.clone(), b.sink.clone(), 5000, |_| {})
@@ -490,7 +503,7 @@ async fn rebuild(b: &Backend, args: &Args) {
     println!(
         "{:8} rebuild of all four in one pass over the log: {:.0} events/s of log",
         b.name,
-        appended as f64 / t.elapsed().as_secs_f64()
+        per_second(appended, t.elapsed())
     );
 }
 
@@ -506,15 +519,9 @@ async fn run(b: Backend, args: &Args) {
 
 #[tokio::main]
 async fn main() {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("app-bench: {e}");
-            std::process::exit(2);
-        }
-    };
+    let args = Args::parse();
     println!("app-bench: {args:?}");
-    if args.sqlite {
+    if args.sqlite() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store =
             keyledger_sqlite::SqliteStore::open(&dir.path().join("bench.db"), Arc::new(KeyRing::generate()))
@@ -531,7 +538,7 @@ async fn main() {
         )
         .await;
     }
-    if args.postgres {
+    if args.postgres() {
         let name = format!("kl_app_bench_{}", uuid::Uuid::now_v7().simple());
         let mut admin = sqlx::PgConnection::connect(&args.postgres_url)
             .await

@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
+
 use keyledger_azure::{AzureConfig, AzureKeyAccess, InProcessTransport};
 use keyledger_domain::{Connection, HostAllowList, KeyIdentifier};
 use keyledger_keys::{KeyAccess, RetryPolicy, test_connection};
@@ -47,7 +49,7 @@ fn connection(vault: &Vault, base: &str, allow: &HostAllowList) -> Result<Connec
 async fn measure<K: KeyAccess>(
     access: &K,
     connection: &Connection,
-    n: usize,
+    n: u32,
 ) -> Result<(f64, Duration), String> {
     for _ in 0..WARM_UP {
         test_connection(access, connection, chrono::Utc::now())
@@ -63,10 +65,10 @@ async fn measure<K: KeyAccess>(
             .map_err(|e| e.to_string())?;
     }
     let elapsed = started.elapsed();
-    Ok((n as f64 / elapsed.as_secs_f64(), elapsed))
+    Ok((f64::from(n) / elapsed.as_secs_f64(), elapsed))
 }
 
-async fn run(n: usize, bits: u32) -> Result<(), String> {
+async fn run(n: u32, bits: u32) -> Result<(), String> {
     let policy = RetryPolicy {
         max_attempts: 1,
         ..RetryPolicy::default()
@@ -121,20 +123,24 @@ async fn run(n: usize, bits: u32) -> Result<(), String> {
     Ok(())
 }
 
+/// Connection tests per second: the in-process simulated vault against the HTTPS emulator.
+#[derive(Debug, Parser)]
+#[command(name = "key-bench")]
+struct Args {
+    /// Connection tests per vault, after a warm-up of five.
+    #[arg(long, value_name = "N", default_value_t = 200,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    iterations: u32,
+    /// RSA modulus size of the test key: 2048, 3072 or 4096.
+    #[arg(long, value_name = "BITS", default_value_t = 2048)]
+    key_size: u32,
+}
+
 fn main() -> ExitCode {
-    let mut n = 200usize;
-    let mut bits = 2048u32;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match (a.as_str(), args.next().and_then(|v| v.parse::<u64>().ok())) {
-            ("--iterations", Some(v)) if v > 0 => n = usize::try_from(v).unwrap_or(usize::MAX),
-            ("--key-size", Some(v)) => bits = u32::try_from(v).unwrap_or(0),
-            _ => {
-                eprintln!("usage: key-bench [--iterations N] [--key-size 2048|3072|4096]");
-                return ExitCode::from(2);
-            }
-        }
-    }
+    let Args {
+        iterations: n,
+        key_size: bits,
+    } = Args::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {

@@ -14,7 +14,7 @@ use crate::report::{Failure, Outcome, Progress, rate};
 use crate::store_url::{Create, OpenedStore, StoreUrl};
 
 /// Writes every event after `after` to stdout, one JSON envelope a line, page by page.
-pub async fn export(url: &StoreUrl, after: u64) -> Result<Outcome, Failure> {
+pub(crate) async fn export(url: &StoreUrl, after: u64) -> Result<Outcome, Failure> {
     let opened = OpenedStore::open(url, super::throwaway_ring(), Create::No).await?;
     let started = std::time::Instant::now();
     let mut out = BufWriter::new(std::io::stdout());
@@ -56,7 +56,7 @@ pub async fn export(url: &StoreUrl, after: u64) -> Result<Outcome, Failure> {
         if let Err(e) = write() {
             break Err(e);
         }
-        n += page.len() as u64;
+        n += u64::try_from(page.len()).expect("a page length fits in u64");
     };
     opened.close().await;
     match written {
@@ -76,7 +76,7 @@ pub async fn export(url: &StoreUrl, after: u64) -> Result<Outcome, Failure> {
 
 /// Imports an export into an empty store: checks the whole file first (every line parses,
 /// every chain holds), so a bad file stores nothing, then writes it in batches.
-pub async fn import(url: &StoreUrl, file: &Path) -> Result<Outcome, Failure> {
+pub(crate) async fn import(url: &StoreUrl, file: &Path) -> Result<Outcome, Failure> {
     let what = format!("cannot import {} into {url}", file.display());
     let opened = OpenedStore::open(url, super::throwaway_ring(), Create::IfMissing).await?;
     // Fail fast on a non-empty store; the first batch checks again in its transaction.
@@ -112,7 +112,7 @@ pub async fn import(url: &StoreUrl, file: &Path) -> Result<Outcome, Failure> {
                 }
                 f
             })?;
-            imported += n as u64;
+            imported += u64::try_from(n).expect("a batch length fits in u64");
             batch_kind = ImportBatch::Next;
             progress.set(imported);
         }

@@ -3,7 +3,7 @@
 use crate::report::{Failure, Outcome};
 use crate::store_url::{Backend, Create, OpenedStore, StoreUrl, applied_migrations};
 
-pub async fn run(url: &StoreUrl) -> Result<Outcome, Failure> {
+pub(crate) async fn run(url: &StoreUrl) -> Result<Outcome, Failure> {
     let before = applied_migrations(url).await?;
     let opened = OpenedStore::open(url, super::throwaway_ring(), Create::IfMissing).await?;
     opened.close().await;

@@ -16,7 +16,7 @@ use super::BATCH;
 use crate::report::{Failure, Outcome, Progress, rate};
 use crate::store_url::{Backend, Create, OpenedStore, StoreUrl};
 
-pub async fn rebuild(url: &StoreUrl, key_file: &Path) -> Result<Outcome, Failure> {
+pub(crate) async fn rebuild(url: &StoreUrl, key_file: &Path) -> Result<Outcome, Failure> {
     // Never created here: a new ring could not open what the old one sealed.
     let ring = KeyRing::load(key_file).map_err(|e| Failure::new("cannot load the internal key ring", &e))?;
     let opened = OpenedStore::open(url, Arc::new(ring), Create::No).await?;
@@ -149,7 +149,8 @@ impl EventStore for Counting {
 
     async fn read_all(&self, after: GlobalPosition, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
         let page = self.inner.read_all(after, limit).await?;
-        self.read.fetch_add(page.len() as u64, Ordering::Relaxed);
+        let read = u64::try_from(page.len()).expect("a page length fits in u64");
+        self.read.fetch_add(read, Ordering::Relaxed);
         Ok(page)
     }
 

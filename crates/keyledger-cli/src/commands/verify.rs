@@ -6,7 +6,7 @@ use keyledger_store::VerifyScope;
 use crate::report::{Failure, Outcome, Progress, rate};
 use crate::store_url::{Create, OpenedStore, StoreUrl};
 
-pub async fn run(url: &StoreUrl, org: Option<OrgId>) -> Result<Outcome, Failure> {
+pub(crate) async fn run(url: &StoreUrl, org: Option<OrgId>) -> Result<Outcome, Failure> {
     let opened = OpenedStore::open(url, super::throwaway_ring(), Create::No).await?;
     let scope = org.map_or(VerifyScope::All, |o| VerifyScope::Stream(StreamId::for_org(o)));
     let progress = Progress::new("verifying", None);

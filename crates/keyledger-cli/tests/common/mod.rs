@@ -8,14 +8,14 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 
-pub fn keyledger() -> &'static str {
+pub(crate) fn keyledger() -> &'static str {
     env!("CARGO_BIN_EXE_keyledger")
 }
 
 /// A configuration file at `path` for `store` with the simulated vault, the internal key file
 /// `key_file`, `[[auth.tokens]]` of the given (token, role) pairs, and extra lines for the
 /// `[server]` and `[store]` tables.
-pub fn write_config(
+pub(crate) fn write_config(
     path: &Path,
     store: &str,
     key_file: &Path,
@@ -38,7 +38,7 @@ pub fn write_config(
 }
 
 /// `keyledger serve --config config`, its stderr written to `log`, its stdout piped.
-pub fn serve_command(config: &Path, log: &Path) -> Command {
+pub(crate) fn serve_command(config: &Path, log: &Path) -> Command {
     let mut cmd = Command::new(keyledger());
     cmd.args(["serve", "--config"])
         .arg(config)
@@ -49,7 +49,7 @@ pub fn serve_command(config: &Path, log: &Path) -> Command {
 }
 
 /// A running `keyledger serve`; killed when dropped, if the test did not stop it.
-pub struct Serving {
+pub(crate) struct Serving {
     pub child: Child,
     pub base: String,
 }
@@ -63,13 +63,13 @@ impl Drop for Serving {
 
 impl Serving {
     /// Starts `serve` with `config` and waits for its listening line.
-    pub fn start(config: &Path, log: &Path) -> Self {
+    pub(crate) fn start(config: &Path, log: &Path) -> Self {
         Self::spawn(serve_command(config, log), log)
     }
 
     /// Spawns `cmd` (a `serve_command`) and waits for its listening line; a server that ends
     /// first fails the test with its log.
-    pub fn spawn(mut cmd: Command, log: &Path) -> Self {
+    pub(crate) fn spawn(mut cmd: Command, log: &Path) -> Self {
         let mut child = cmd.spawn().unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
@@ -89,7 +89,7 @@ impl Serving {
     }
 
     /// SIGTERM, and the exit status.
-    pub fn stop(mut self) -> ExitStatus {
+    pub(crate) fn stop(mut self) -> ExitStatus {
         let sent = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -99,7 +99,7 @@ impl Serving {
     }
 
     /// SIGKILL: no drain, no lease release.
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
     }
