@@ -13,7 +13,7 @@
 //!   `(stream_id, stream_version)` index, or not at all when the writer knows it; it never
 //!   loads the stream.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr as _;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -46,8 +46,19 @@ pub use writer_lock::{WriterLock, WriterLockError};
 use sql::{SELECT_EVENTS, event_row, last_position};
 use writer::{ImportRequest, Request, WriteRequest, writer_loop};
 
-/// The embedded migrations (`migrations/sqlite/`).
+/// The embedded migrations of the event log (`migrations/sqlite/`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
+
+/// The embedded migrations of the projection file (`migrations/sqlite-projections/`).
+pub static PROJECTIONS_MIGRATOR: sqlx::migrate::Migrator =
+    sqlx::migrate!("../../migrations/sqlite-projections");
+
+/// The projection file of the event log at `path`: `<path>-projections`, beside it (ADR 0021).
+pub fn projections_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push("-projections");
+    PathBuf::from(name)
+}
 
 /// When a commit is durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -84,10 +95,13 @@ impl Default for SqliteOptions {
     }
 }
 
-/// An event store in one SQLite file.
+/// An event store in one SQLite file, with its projections in a second file beside it
+/// ([`projections_path`]).
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     write: SqlitePool,
+    /// The projection file's pools, for [`SqliteProjections`].
+    projections: projections::ProjectionFile,
     writer: mpsc::Sender<Request>,
     read: SqlitePool,
     ring: Arc<KeyRing>,
@@ -107,7 +121,8 @@ pub(crate) fn backend(e: sqlx::Error) -> StoreError {
 }
 
 impl SqliteStore {
-    /// Opens (creating when absent) the database file at `path` and runs the migrations.
+    /// Opens (creating when absent) the database file at `path` and its projection file
+    /// ([`projections_path`]), and runs the migrations of both.
     pub async fn open(path: &Path, ring: Arc<KeyRing>) -> Result<Self, StoreError> {
         Self::open_with(path, ring, SqliteOptions::default()).await
     }
@@ -149,8 +164,11 @@ impl SqliteStore {
             .connect_with(connect.read_only(true).row_buffer_size(4096))
             .await
             .map_err(backend)?;
+        let log_end = last_position(&write).await?;
+        let projections =
+            projections::ProjectionFile::open(&projections_path(path), &options, log_end).await?;
         let signal = CommitSignal::default();
-        let written_up_to = Arc::new(AtomicU64::new(last_position(&write).await?));
+        let written_up_to = Arc::new(AtomicU64::new(log_end));
         let (writer, requests) = mpsc::channel(1024);
         tokio::spawn(writer_loop(
             write.clone(),
@@ -160,6 +178,7 @@ impl SqliteStore {
         ));
         Ok(Self {
             write,
+            projections,
             writer,
             read,
             ring,
@@ -187,10 +206,11 @@ impl SqliteStore {
         &self.write
     }
 
-    /// Closes both pools (checkpointing the WAL).
+    /// Closes the pools of both files (checkpointing their WALs).
     pub async fn close(&self) {
         self.read.close().await;
         self.write.close().await;
+        self.projections.close().await;
     }
 }
 
