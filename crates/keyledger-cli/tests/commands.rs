@@ -27,6 +27,13 @@ enum Kind {
     Postgres,
 }
 
+/// Which SQLite file a statement runs in: the event log or the projection file beside it.
+#[derive(Debug, Clone, Copy)]
+enum File {
+    Log,
+    Projections,
+}
+
 /// One empty store: a SQLite file in a temporary directory or a fresh PostgreSQL database.
 enum Target {
     Sqlite { _dir: tempfile::TempDir, path: PathBuf },
@@ -78,8 +85,17 @@ impl Target {
     /// Runs one SQL statement with text parameters (`?` on SQLite, `$n` on PostgreSQL) and
     /// returns the first column of each row as text.
     async fn sql(&self, sqlite: &str, postgres: &str, params: &[&str]) -> Vec<String> {
+        self.sql_in(File::Log, sqlite, postgres, params).await
+    }
+
+    /// [`Target::sql`] in one of SQLite's two files (PostgreSQL has one database).
+    async fn sql_in(&self, file: File, sqlite: &str, postgres: &str, params: &[&str]) -> Vec<String> {
         match self {
             Target::Sqlite { path, .. } => {
+                let path = match file {
+                    File::Log => path.clone(),
+                    File::Projections => keyledger_sqlite::projections_path(path),
+                };
                 let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
                     .await
                     .unwrap();
@@ -103,7 +119,8 @@ impl Target {
     /// Every projection row and checkpoint, as text, in a stable order.
     async fn projection_rows(&self) -> Vec<String> {
         let mut rows = self
-            .sql(
+            .sql_in(
+                File::Projections,
                 "SELECT projection || '|' || org_id || '|' || doc FROM projection_documents \
                  ORDER BY projection, org_id",
                 "SELECT projection || '|' || org_id || '|' || doc::text FROM projection_documents \
@@ -112,7 +129,8 @@ impl Target {
             )
             .await;
         rows.extend(
-            self.sql(
+            self.sql_in(
+                File::Projections,
                 "SELECT tenant_id || '|' || position || '|' || org_id || '|' || action || '|' || entry \
                  FROM tenant_audit ORDER BY tenant_id, position",
                 "SELECT tenant_id || '|' || position::text || '|' || org_id || '|' || action || '|' || \
@@ -122,7 +140,8 @@ impl Target {
             .await,
         );
         rows.extend(
-            self.sql(
+            self.sql_in(
+                File::Projections,
                 "SELECT projection || '|' || position FROM projection_checkpoints ORDER BY projection",
                 "SELECT projection || '|' || position::text FROM projection_checkpoints ORDER BY projection",
                 &[],
@@ -506,7 +525,8 @@ async fn rebuild_gives_the_live_projection_rows(kind: Kind) {
     );
     // Lose the rows, then rebuild them.
     target
-        .sql(
+        .sql_in(
+            File::Projections,
             "DELETE FROM projection_documents RETURNING org_id",
             "DELETE FROM projection_documents RETURNING org_id",
             &[],

@@ -5,10 +5,12 @@
 //! `xid * 65536 + index`, and readers only read below `pg_snapshot_xmin(pg_current_snapshot())`,
 //! so a catch-up reader never skips an event that commits later.
 //!
-//! An append costs two round trips: one query reads the stream head (last version and hash)
-//! and the command id's earlier result; one statement inserts the events and the command id.
-//! The `(stream_id, stream_version)` unique constraint settles races; a violation is classified
-//! by its error kind and re-read as a typed conflict or an idempotent repeat.
+//! An append costs at most two round trips: one query reads the stream head (last version and
+//! hash) and the command id's earlier result (skipped for a new stream or a cached head); one
+//! statement inserts the events and the command id, shared with the appends waiting at the same
+//! time ([`group`]: group commit). The `(stream_id, stream_version)` unique constraint settles
+//! races; a violation is classified by its error kind and re-read as a typed conflict or an
+//! idempotent repeat.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,6 +29,7 @@ use keyledger_store::{
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{Executor, Postgres, Row as _};
 
+mod group;
 pub mod projections;
 #[cfg(feature = "test-hooks")]
 pub mod testing;
@@ -66,6 +69,8 @@ impl Default for PostgresOptions {
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// The committer tasks that appends are queued to (group commit).
+    group: group::GroupCommit,
     heads: HeadCache,
     ring: Arc<KeyRing>,
     signal: CommitSignal,
@@ -214,6 +219,7 @@ impl PostgresStore {
             other => StoreError::backend(other),
         })?;
         Ok(Self {
+            group: group::GroupCommit::start(pool.clone()),
             pool,
             heads: HeadCache::default(),
             ring,
@@ -615,17 +621,15 @@ impl EventStore for PostgresStore {
         // unique, so if version head+1 is still free at insert time, the head read is current.
         let prepared =
             keyledger_store::prepare_append(&self.ring, stream, expected, &head, events, command_id)?;
-        match Self::insert(&self.pool, stream, &prepared, command_id).await {
+        // Invariant: prepare_append refuses an empty batch.
+        let last = &prepared[prepared.len() - 1];
+        let new_head = StreamHead {
+            version: last.stream_version,
+            hash: last.hash.clone(),
+        };
+        match self.group.insert(stream, prepared, command_id.cloned()).await {
             Ok(result) => {
-                // Invariant: prepare_append refuses an empty batch.
-                let last = &prepared[prepared.len() - 1];
-                self.heads.set(
-                    stream,
-                    StreamHead {
-                        version: last.stream_version,
-                        hash: last.hash.clone(),
-                    },
-                );
+                self.heads.set(stream, new_head);
                 self.signal.notify();
                 Ok(result)
             }

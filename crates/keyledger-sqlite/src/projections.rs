@@ -1,32 +1,97 @@
-//! Projection tables in the SQLite file: the sink of the projection runners.
+//! The projection file: the sink of the projection runners, in a SQLite file of its own beside
+//! the event log (ADR 0021). Its commits take its own write lock, never the log's, so a runner's
+//! commit does not queue in front of the appends; each commit keeps the checkpoint and the rows
+//! in one transaction of this file.
+//!
+//! The file is written with `synchronous=NORMAL`: a power loss can take its last commits, and
+//! the checkpoint goes back with the rows, so the runners fold those events again from the log.
+//! A projection is never ahead of the log it folds: at open, a projection whose checkpoint is
+//! past the log's end (a log that lost its last commits, possible only with
+//! [`Durability::Normal`](crate::Durability::Normal)) is reset and rebuilt from 0.
 
 use std::collections::HashMap;
+use std::path::Path;
+use std::str::FromStr as _;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use keyledger_domain::{OrgId, TenantId};
 use keyledger_projection::{AuditEntry, AuditQuery, Changes, Projection, ProjectionSink, SinkError};
+use keyledger_store::StoreError;
 use serde_json::Value;
 use sqlx::Row as _;
-use sqlx::sqlite::SqlitePool;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
-use crate::SqliteStore;
+use crate::{PROJECTIONS_MIGRATOR, SqliteOptions, SqliteStore, backend};
 
 fn sink_err(e: impl std::error::Error + Send + Sync + 'static) -> SinkError {
     SinkError::Backend(Box::new(e))
 }
 
-/// The projection rows of one SQLite store.
+/// The pools of a projection file: one write connection (commits, and the loads a runner folds
+/// on, so it reads its own last commit) and a few readers.
 #[derive(Debug, Clone)]
-pub struct SqliteProjections {
+pub(crate) struct ProjectionFile {
     write: SqlitePool,
     read: SqlitePool,
+}
+
+impl ProjectionFile {
+    /// Opens (creating when absent) the projection file at `path`, runs its migrations and resets
+    /// every projection whose checkpoint is past `log_end`, the log's last position.
+    pub(crate) async fn open(path: &Path, options: &SqliteOptions, log_end: u64) -> Result<Self, StoreError> {
+        let connect = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(backend)?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(options.busy_timeout);
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(60))
+            .connect_with(connect.clone())
+            .await
+            .map_err(backend)?;
+        PROJECTIONS_MIGRATOR
+            .run(&write)
+            .await
+            .map_err(StoreError::backend)?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(options.read_connections.clamp(1, 4))
+            .acquire_timeout(Duration::from_secs(60))
+            .connect_with(connect.read_only(true))
+            .await
+            .map_err(backend)?;
+        let file = Self { write, read };
+        let sink = SqliteProjections { file: file.clone() };
+        for projection in Projection::ALL {
+            let at = sink.checkpoint(projection).await.map_err(StoreError::backend)?;
+            if at > log_end {
+                sink.reset(projection).await.map_err(StoreError::backend)?;
+            }
+        }
+        Ok(file)
+    }
+
+    pub(crate) async fn close(&self) {
+        self.read.close().await;
+        self.write.close().await;
+    }
+}
+
+/// The projection rows of one SQLite store, in its projection file.
+#[derive(Debug, Clone)]
+pub struct SqliteProjections {
+    file: ProjectionFile,
 }
 
 impl SqliteProjections {
     pub fn new(store: &SqliteStore) -> Self {
         Self {
-            write: store.write_pool().clone(),
-            read: store.read_pool().clone(),
+            file: store.projections.clone(),
         }
     }
 
@@ -35,7 +100,7 @@ impl SqliteProjections {
         let rows =
             sqlx::query("SELECT org_id, doc FROM projection_documents WHERE projection = ? ORDER BY org_id")
                 .bind(projection.name())
-                .fetch_all(&self.read)
+                .fetch_all(&self.file.read)
                 .await
                 .map_err(sink_err)?;
         rows.iter()
@@ -76,7 +141,7 @@ impl ProjectionSink for SqliteProjections {
         .bind(until.as_deref())
         .bind(until.as_deref())
         .bind(i64::from(q.limit))
-        .fetch_all(&self.read)
+        .fetch_all(&self.file.read)
         .await
         .map_err(sink_err)?;
         rows.iter()
@@ -93,7 +158,7 @@ impl ProjectionSink for SqliteProjections {
         )
         .bind(&id)
         .bind(&id)
-        .fetch_optional(&self.read)
+        .fetch_optional(&self.file.read)
         .await
         .map_err(sink_err)?;
         Ok(found.is_some())
@@ -102,7 +167,7 @@ impl ProjectionSink for SqliteProjections {
     async fn checkpoint(&self, projection: Projection) -> Result<u64, SinkError> {
         let row = sqlx::query("SELECT position FROM projection_checkpoints WHERE projection = ?")
             .bind(projection.name())
-            .fetch_optional(&self.read)
+            .fetch_optional(&self.file.read)
             .await
             .map_err(sink_err)?;
         Ok(row.map(|r| r.get::<i64, _>(0)).unwrap_or(0).max(0) as u64)
@@ -120,7 +185,7 @@ impl ProjectionSink for SqliteProjections {
             for org in chunk {
                 q = q.bind(org.to_string());
             }
-            for r in q.fetch_all(&self.write).await.map_err(sink_err)? {
+            for r in q.fetch_all(&self.file.write).await.map_err(sink_err)? {
                 let org: String = r.get(0);
                 let doc: String = r.get(1);
                 out.insert(
@@ -134,7 +199,7 @@ impl ProjectionSink for SqliteProjections {
 
     async fn commit(&self, projection: Projection, changes: Changes) -> Result<(), SinkError> {
         let name = projection.name();
-        let mut tx = self.write.begin().await.map_err(sink_err)?;
+        let mut tx = self.file.write.begin().await.map_err(sink_err)?;
         // First the checkpoint, forward only: a commit another runner got ahead of writes
         // nothing.
         let moved = sqlx::query(
@@ -203,7 +268,7 @@ impl ProjectionSink for SqliteProjections {
     }
 
     async fn reset(&self, projection: Projection) -> Result<(), SinkError> {
-        let mut tx = self.write.begin().await.map_err(sink_err)?;
+        let mut tx = self.file.write.begin().await.map_err(sink_err)?;
         sqlx::query("DELETE FROM projection_documents WHERE projection = ?")
             .bind(projection.name())
             .execute(&mut *tx)

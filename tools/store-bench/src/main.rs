@@ -17,6 +17,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use clap::{Parser, ValueEnum};
 use keyledger_domain::event::TenantAdded;
 use keyledger_domain::{
     ActorKind, EnvelopeActor, Event, EventMetadata, GlobalPosition, OrgId, Role, StreamId, StreamVersion,
@@ -27,59 +28,58 @@ use keyledger_sqlite::{Durability, SqliteOptions, SqliteStore};
 use keyledger_store::{EventStore, KeyRing, NewEvent};
 use sqlx::Connection as _;
 
-#[derive(Debug, Clone)]
+/// Append and catch-up throughput of the event store backends, with a pgbench baseline.
+#[derive(Debug, Clone, Parser)]
+#[command(about)]
 struct Args {
+    /// Seconds per append run.
+    #[arg(long, default_value_t = 5)]
     seconds: u64,
+    /// Events in the log for the catch-up runs (seeded when the log holds fewer).
+    #[arg(long, default_value_t = 1_000_000)]
     events: u64,
-    sqlite_sync: Durability,
+    /// SQLite's `synchronous` setting.
+    #[arg(long, value_enum, default_value_t = SqliteSync::Full)]
+    sqlite_sync: SqliteSync,
+    /// The PostgreSQL server to run on (in a fresh database, dropped afterwards).
+    #[arg(
+        long,
+        env = "KEYLEDGER_TEST_POSTGRES_URL",
+        hide_env_values = true,
+        default_value = "postgres://root@127.0.0.1:5432/postgres"
+    )]
     postgres_url: String,
-    postgres: bool,
-    sqlite: bool,
+    /// Leave PostgreSQL out.
+    #[arg(long)]
+    skip_postgres: bool,
+    /// Leave SQLite out.
+    #[arg(long)]
+    skip_sqlite: bool,
+    /// Seconds of the pgbench baseline.
+    #[arg(long, default_value_t = 10)]
     pgbench_seconds: u64,
     /// Only seed and measure catch-up.
+    #[arg(long)]
     catch_up_only: bool,
     /// Keep the SQLite database in this file (reused by later runs) instead of a temporary one.
+    #[arg(long)]
     sqlite_path: Option<std::path::PathBuf>,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut a = Args {
-        seconds: 5,
-        events: 1_000_000,
-        sqlite_sync: Durability::Full,
-        postgres_url: std::env::var("KEYLEDGER_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into()),
-        postgres: true,
-        sqlite: true,
-        pgbench_seconds: 10,
-        catch_up_only: false,
-        sqlite_path: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--seconds" => a.seconds = value()?.parse().map_err(|e| format!("--seconds: {e}"))?,
-            "--events" => a.events = value()?.parse().map_err(|e| format!("--events: {e}"))?,
-            "--pgbench-seconds" => {
-                a.pgbench_seconds = value()?.parse().map_err(|e| format!("--pgbench-seconds: {e}"))?
-            }
-            "--sqlite-sync" => {
-                a.sqlite_sync = match value()?.as_str() {
-                    "full" => Durability::Full,
-                    "normal" => Durability::Normal,
-                    other => return Err(format!("--sqlite-sync: full or normal, not {other}")),
-                }
-            }
-            "--postgres-url" => a.postgres_url = value()?,
-            "--skip-postgres" => a.postgres = false,
-            "--skip-sqlite" => a.sqlite = false,
-            "--catch-up-only" => a.catch_up_only = true,
-            "--sqlite-path" => a.sqlite_path = Some(value()?.into()),
-            other => return Err(format!("unknown argument {other}")),
+/// SQLite's `synchronous` setting: when a commit is durable.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SqliteSync {
+    Full,
+    Normal,
+}
+
+impl From<SqliteSync> for Durability {
+    fn from(s: SqliteSync) -> Self {
+        match s {
+            SqliteSync::Full => Durability::Full,
+            SqliteSync::Normal => Durability::Normal,
         }
     }
-    Ok(a)
 }
 
 fn event(name: &str) -> NewEvent {
@@ -360,22 +360,16 @@ async fn run_postgres(args: &Args, out: &mut Results) -> Result<(), String> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("store-bench: {e}");
-            std::process::exit(2);
-        }
-    };
+    let args = Args::parse();
     let mut out = Results::default();
     out.add(format!(
         "store-bench: {} s per append run, {} events for catch-up, SQLite synchronous={:?}",
         args.seconds, args.events, args.sqlite_sync
     ));
-    if args.sqlite {
+    if !args.skip_sqlite {
         let dir = tempfile::tempdir().expect("tempdir");
         let options = SqliteOptions {
-            durability: args.sqlite_sync,
+            durability: args.sqlite_sync.into(),
             ..Default::default()
         };
         let path = args
@@ -388,7 +382,7 @@ async fn main() {
         bench_backend("sqlite", &store, &args, &mut out).await;
         store.close().await;
     }
-    if args.postgres
+    if !args.skip_postgres
         && let Err(e) = run_postgres(&args, &mut out).await
     {
         out.add(format!("postgres: skipped: {e}"));

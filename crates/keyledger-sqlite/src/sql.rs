@@ -1,0 +1,96 @@
+//! The queries the writer and the readers share, and the mapping of rows to values.
+
+use keyledger_domain::{CommandId, GlobalPosition, StoredEvent, StreamId, StreamVersion};
+use keyledger_store::row::EnvelopeColumns;
+use keyledger_store::{AppendResult, StoreError, StreamHead};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row as _, Sqlite, Transaction};
+
+use crate::backend;
+
+/// The last position in the log (0 when it is empty).
+pub(crate) async fn last_position<'e>(db: impl sqlx::SqliteExecutor<'e>) -> Result<u64, StoreError> {
+    let last: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
+        .fetch_one(db)
+        .await
+        .map_err(backend)?;
+    Ok(non_negative(last))
+}
+
+pub(crate) async fn command_result(
+    tx: &mut Transaction<'static, Sqlite>,
+    command_id: &CommandId,
+) -> Result<Option<AppendResult>, StoreError> {
+    let row = sqlx::query(
+        "SELECT stream_id, first_version, last_version, first_position, last_position \
+             FROM commands WHERE command_id = ?",
+    )
+    .bind(command_id.as_str())
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(backend)?;
+    row.map(|r| command_row(&r)).transpose()
+}
+
+/// The last version and hash of `stream`; `None` when it has no event.
+pub(crate) async fn stream_head(
+    tx: &mut Transaction<'static, Sqlite>,
+    stream: StreamId,
+) -> Result<Option<StreamHead>, StoreError> {
+    sqlx::query(
+        "SELECT stream_version, hash FROM events WHERE stream_id = ? \
+             ORDER BY stream_version DESC LIMIT 1",
+    )
+    .bind(stream.to_string())
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(backend)?
+    .map(|r| -> Result<StreamHead, StoreError> {
+        Ok(StreamHead {
+            version: StreamVersion(non_negative(r.try_get("stream_version").map_err(backend)?)),
+            hash: r.try_get("hash").map_err(backend)?,
+        })
+    })
+    .transpose()
+}
+
+pub(crate) fn non_negative(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or_default()
+}
+
+pub(crate) fn command_row(r: &SqliteRow) -> Result<AppendResult, StoreError> {
+    let stream: String = r.try_get("stream_id").map_err(backend)?;
+    let get = |c: &str| -> Result<u64, StoreError> { Ok(non_negative(r.try_get(c).map_err(backend)?)) };
+    Ok(AppendResult {
+        stream: stream
+            .parse()
+            .map_err(|e| StoreError::backend(format!("commands.stream_id: {e}")))?,
+        first_version: StreamVersion(get("first_version")?),
+        last_version: StreamVersion(get("last_version")?),
+        first_position: GlobalPosition(get("first_position")?),
+        last_position: GlobalPosition(get("last_position")?),
+    })
+}
+
+pub(crate) const SELECT_EVENTS: &str = "SELECT position, event_id, stream_id, stream_version, event_type, schema_version, \
+     occurred_at, actor, command_id, correlation_id, causation_id, payload, prev_hash, hash FROM events";
+
+pub(crate) fn event_row(r: &SqliteRow) -> Result<StoredEvent, StoreError> {
+    let position: i64 = r.try_get(0).map_err(backend)?;
+    EnvelopeColumns {
+        event_id: r.try_get(1).map_err(backend)?,
+        stream_id: r.try_get(2).map_err(backend)?,
+        stream_version: r.try_get(3).map_err(backend)?,
+        event_type: r.try_get(4).map_err(backend)?,
+        schema_version: r.try_get(5).map_err(backend)?,
+        occurred_at: r.try_get(6).map_err(backend)?,
+        actor: r.try_get(7).map_err(backend)?,
+        command_id: r.try_get(8).map_err(backend)?,
+        correlation_id: r.try_get(9).map_err(backend)?,
+        causation_id: r.try_get(10).map_err(backend)?,
+        payload: r.try_get(11).map_err(backend)?,
+        prev_hash: r.try_get(12).map_err(backend)?,
+        hash: r.try_get(13).map_err(backend)?,
+    }
+    .into_event(position)
+}
