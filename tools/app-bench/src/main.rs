@@ -15,11 +15,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use keyledger_app::{Action, App, AppConfig, ConnectionPatch, Request, SystemClock};
+use keyledger_app::{App, AppConfig, Request, SystemClock};
 use keyledger_azure::AzureKeyAccess;
 use keyledger_domain::{
-    Actor, ActorKind, Connection, EnvelopeActor, EventMetadata, HealthStatus, HostAllowList, KeyIdentifier,
-    OrgId, Plan, Role, Scope, StreamId, Tenant,
+    Actor, ActorKind, Connection, ConnectionPatch, EnvelopeActor, EventMetadata, HealthStatus, HostAllowList,
+    Intent, KeyIdentifier, OrgId, Plan, Role, Scope, StreamId, Tenant,
 };
 use keyledger_projection::{Projection, ProjectionSink, Runner};
 use keyledger_store::{EventStore, KeyRing, NewEvent};
@@ -112,7 +112,7 @@ fn actor(role: Role) -> Actor {
     Actor::new(ActorKind::Service, "bench", [role], Scope::everything())
 }
 
-fn request(o: OrgId, role: Role, action: Action) -> Request {
+fn request(o: OrgId, role: Role, intent: Intent) -> Request {
     Request {
         org_id: o,
         actor: actor(role),
@@ -120,7 +120,7 @@ fn request(o: OrgId, role: Role, action: Action) -> Request {
         command_id: None,
         correlation_id: None,
         if_match: None,
-        action,
+        intent,
     }
 }
 
@@ -172,7 +172,7 @@ async fn register(app: &App, o: OrgId) {
     app.handle(request(
         o,
         Role::Platform,
-        Action::Register {
+        Intent::Register {
             name: "Bench".into(),
             plan: Plan::enterprise("standard"),
             tenants: vec![Tenant {
@@ -209,7 +209,7 @@ async fn plan_changes(b: &Backend, s: &Sim, args: &Args) {
                 app.handle(request(
                     org(c as u64),
                     Role::Billing,
-                    Action::ChangePlan {
+                    Intent::ChangePlan {
                         plan,
                         reason: "bench".into(),
                     },
@@ -250,7 +250,7 @@ async fn plan_changes(b: &Backend, s: &Sim, args: &Args) {
             app.handle(request(
                 org(n as u64 % orgs),
                 Role::Billing,
-                Action::ChangePlan {
+                Intent::ChangePlan {
                     plan,
                     reason: "r".into(),
                 },
@@ -286,7 +286,7 @@ async fn enable_rotate(b: &Backend, s: &Sim, args: &Args) {
         app.handle(request(
             org(base + i),
             Role::OrgAdmin,
-            Action::EnableCustomerManagedKey(connection(s, "cmk-a")),
+            Intent::EnableCustomerManagedKey(connection(s, "cmk-a")),
         ))
         .await
         .expect("enable");
@@ -305,7 +305,7 @@ async fn enable_rotate(b: &Backend, s: &Sim, args: &Args) {
         app.handle(request(
             org(base + i),
             Role::OrgAdmin,
-            Action::RotateCustomerManagedKey(patch),
+            Intent::RotateCustomerManagedKey(patch),
         ))
         .await
         .ok();
@@ -325,7 +325,7 @@ async fn flat_cost(b: &Backend, s: &Sim, args: &Args) {
         app.handle(request(
             o,
             Role::OrgAdmin,
-            Action::EnableCustomerManagedKey(connection(s, "cmk-a")),
+            Intent::EnableCustomerManagedKey(connection(s, "cmk-a")),
         ))
         .await
         .expect("enable");
@@ -343,7 +343,7 @@ async fn flat_cost(b: &Backend, s: &Sim, args: &Args) {
             ..request(
                 long,
                 Role::Billing,
-                Action::RecordKeyHealth { status, detail: None },
+                Intent::RecordKeyHealth { status, detail: None },
             )
         };
         app.handle(r).await.expect("health");
@@ -362,7 +362,7 @@ async fn flat_cost(b: &Backend, s: &Sim, args: &Args) {
             app.handle(request(
                 o,
                 Role::Billing,
-                Action::ChangePlan {
+                Intent::ChangePlan {
                     plan,
                     reason: "r".into(),
                 },

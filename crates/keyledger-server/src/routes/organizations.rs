@@ -4,7 +4,8 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use keyledger_app::{Action, Request};
+use keyledger_app::Request;
+use keyledger_domain::Intent;
 use keyledger_domain::envelope::StoredEvent;
 use keyledger_domain::{Actor, OrgId, Reach, Role, StreamId, StreamVersion, Tenant, TenantId};
 use keyledger_projection::{DataKeyInventory, OrganizationView};
@@ -31,7 +32,7 @@ pub(crate) async fn execute(
     actor: Actor,
     org_id: OrgId,
     headers: CommandHeaders,
-    action: Action,
+    intent: Intent,
     status: StatusCode,
 ) -> Result<Response, Problem> {
     let outcome = state
@@ -44,7 +45,7 @@ pub(crate) async fn execute(
             command_id: headers.command_id,
             correlation_id: headers.correlation_id,
             if_match: headers.if_match,
-            action,
+            intent,
         })
         .await
         .map_err(|e| Problem::from(&e))?;
@@ -98,12 +99,12 @@ pub(crate) async fn register(
         (None, Some(command)) => org_for_command(command),
         (None, None) => OrgId::new_v7(),
     };
-    let action = Action::Register {
+    let intent = Intent::Register {
         name: body.name,
         plan: body.plan,
         tenants: body.tenants,
     };
-    execute(&state, actor, org, headers, action, StatusCode::CREATED).await
+    execute(&state, actor, org, headers, intent, StatusCode::CREATED).await
 }
 
 /// The organization id of a registration that names none but carries an `Idempotency-Key`:
@@ -142,11 +143,11 @@ pub(crate) async fn change_plan(
     JsonBody(body): JsonBody<ChangePlan>,
 ) -> Result<Response, Problem> {
     let org = org_path(&org)?;
-    let action = Action::ChangePlan {
+    let intent = Intent::ChangePlan {
         plan: body.plan,
         reason: body.reason,
     };
-    execute(&state, actor, org, headers, action, StatusCode::OK).await
+    execute(&state, actor, org, headers, intent, StatusCode::OK).await
 }
 
 pub(crate) async fn add_tenant(
@@ -162,7 +163,7 @@ pub(crate) async fn add_tenant(
         actor,
         org,
         headers,
-        Action::AddTenant(tenant),
+        Intent::AddTenant(tenant),
         StatusCode::OK,
     )
     .await
@@ -181,7 +182,7 @@ pub(crate) async fn remove_tenant(
         actor,
         org,
         headers,
-        Action::RemoveTenant(tenant),
+        Intent::RemoveTenant(tenant),
         StatusCode::OK,
     )
     .await
