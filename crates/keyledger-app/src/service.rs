@@ -4,14 +4,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
-use keyledger_domain::envelope::{EnvelopeActor, EventMetadata};
+use keyledger_domain::envelope::{EnvelopeActor, EventMetadata, StoredEvent};
 use keyledger_domain::{
     Actor, Command, CommandId, Connection, DekId, DomainError, Event, Intent, KeyResults, KeyWork, OrgId,
     State, StreamId, StreamVersion, decide, evolve, plan,
 };
 use keyledger_keys::KeyAccess;
 use keyledger_keys::test_connection;
-use keyledger_projection::OrganizationView;
+use keyledger_projection::{DataKeyInventory, OrganizationView};
 use keyledger_store::{AppendResult, EventStore, NewEvent, StoreError};
 
 use crate::clock::Clock;
@@ -275,6 +275,39 @@ impl App {
             checks: test.checks,
             outcome: test.outcome,
         })
+    }
+
+    /// The organization's data keys, folded from its stream, so never behind the command that
+    /// just returned. Decoded without opening sealed fields: the inventory shows no key
+    /// material.
+    pub async fn data_keys(&self, org: OrgId) -> Result<DataKeyInventory, AppError> {
+        let mut inventory = DataKeyInventory::default();
+        for (stored, event) in self.stream_page(org, StreamVersion(1), usize::MAX).await? {
+            inventory.apply(stored.occurred_at, &event);
+        }
+        Ok(inventory)
+    }
+
+    /// Up to `limit` of the organization's stored events from version `from`, each with its
+    /// event decoded (sealed fields stay sealed).
+    pub async fn stream_page(
+        &self,
+        org: OrgId,
+        from: StreamVersion,
+        limit: usize,
+    ) -> Result<Vec<(StoredEvent, Event)>, AppError> {
+        let stored = self.store.read_stream(StreamId::for_org(org), from).await?;
+        stored
+            .into_iter()
+            .take(limit)
+            .map(|stored| match stored.decode() {
+                Ok(event) => Ok((stored, event)),
+                Err(e) => {
+                    tracing::error!(event_id = %stored.event_id, error = %e, "stored event cannot be decoded");
+                    Err(AppError::Internal("a stored event cannot be decoded"))
+                }
+            })
+            .collect()
     }
 
     /// The organization view, folded from its events (not from a projection).
