@@ -225,9 +225,7 @@ impl App {
             tracing::error!(%org, other_stream = %result.stream, "the store answered an append with another stream's result");
             return Err(AppError::CommandIdReused);
         }
-        let repeat = result.last_version != StreamVersion(loaded.state.version.0 + events.len() as u64)
-            || result.first_version != loaded.state.version.next();
-        if repeat {
+        if result.repeat {
             // An idempotent repeat: the first append's events are in the store.
             return answer(self.load(org).await?.view, 0, Some(result.last_position));
         }

@@ -426,6 +426,7 @@ async fn commit_group(
                     last_version: last.stream_version,
                     first_position: first.global_position,
                     last_position: last.global_position,
+                    repeat: false,
                 };
                 written.insert(
                     stream,
@@ -761,6 +762,7 @@ fn command_row(r: &SqliteRow) -> Result<AppendResult, StoreError> {
         last_version: StreamVersion(get("last_version")?),
         first_position: GlobalPosition(get("first_position")?),
         last_position: GlobalPosition(get("last_position")?),
+        repeat: false,
     })
 }
 
@@ -917,10 +919,22 @@ mod tests {
             futures::future::join_all(repeats),
             futures::future::join_all(racers)
         );
-        let first = repeats[0].as_ref().unwrap();
+        let first = AppendResult {
+            repeat: false,
+            ..*repeats[0].as_ref().unwrap()
+        };
         assert!(
-            repeats.iter().all(|r| r.as_ref().ok() == Some(first)),
+            repeats
+                .iter()
+                .all(|r| r.as_ref().ok().map(|r| AppendResult { repeat: false, ..*r }) == Some(first)),
             "{repeats:?}"
+        );
+        assert_eq!(
+            repeats
+                .iter()
+                .filter(|r| r.as_ref().is_ok_and(|r| !r.repeat))
+                .count(),
+            1
         );
         let won = racers.iter().filter(|r| r.is_ok()).count();
         let conflicts = racers
