@@ -11,7 +11,7 @@ use keyledger_keys::{Dek, KeyAccess, KeyAccessError, Reason};
 use keyledger_store::EventStore;
 
 use crate::error::AppError;
-use crate::request::Request;
+use crate::request::CommandRequest;
 use crate::service::App;
 
 /// How the monitor probes.
@@ -128,7 +128,7 @@ impl HealthMonitor {
         };
         let outcome = self
             .app
-            .handle(Request {
+            .handle(CommandRequest {
                 org_id: org,
                 actor: Actor::system(),
                 source_ip: None,

@@ -23,5 +23,5 @@ mod work;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{AppError, KeyRole};
 pub use health::{HealthConfig, HealthMonitor, ProbeResult};
-pub use request::{Outcome, Request, TestReport};
+pub use request::{CommandRequest, Outcome, TestReport};
 pub use service::{App, AppConfig};

@@ -8,7 +8,7 @@ use keyledger_projection::OrganizationView;
 
 /// One request: which organization, who, and the idempotency and concurrency guards.
 #[derive(Debug, Clone)]
-pub struct Request {
+pub struct CommandRequest {
     pub org_id: OrgId,
     pub actor: Actor,
     /// The client address, recorded in the envelope.

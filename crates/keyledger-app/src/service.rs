@@ -16,7 +16,7 @@ use keyledger_store::{AppendResult, EventStore, NewEvent, StoreError};
 
 use crate::clock::Clock;
 use crate::error::AppError;
-use crate::request::{Outcome, Request, TestReport};
+use crate::request::{CommandRequest, Outcome, TestReport};
 use crate::work::KeyWorker;
 
 /// Tunables of the service.
@@ -131,7 +131,7 @@ impl App {
     ///
     /// On losing a race for the stream it reloads and tries again, up to a bound, reusing the
     /// key work's results while the key-relevant state is the same (ADR 0001, 0012).
-    pub async fn handle(&self, request: Request) -> Result<Outcome, AppError> {
+    pub async fn handle(&self, request: CommandRequest) -> Result<Outcome, AppError> {
         let org = request.org_id;
         let mut command = Command {
             org_id: org,
@@ -188,7 +188,7 @@ impl App {
     /// holds, is a repeat of a command recorded before (after a restart, or on another
     /// instance, once the state has moved on: a registration repeated finds the organization
     /// registered): it gets the recorded answer and appends nothing.
-    async fn refused(&self, request: &Request, rejection: DomainError) -> Result<Outcome, AppError> {
+    async fn refused(&self, request: &CommandRequest, rejection: DomainError) -> Result<Outcome, AppError> {
         match &request.command_id {
             Some(id) if rejection != DomainError::Forbidden => self
                 .recorded(request.org_id, id)
@@ -362,7 +362,7 @@ fn check_version(expected: Option<StreamVersion>, actual: StreamVersion) -> Resu
 }
 
 /// The events to append, each with the request's metadata.
-fn new_events(request: &Request, at: DateTime<Utc>, events: &[Event]) -> Vec<NewEvent> {
+fn new_events(request: &CommandRequest, at: DateTime<Utc>, events: &[Event]) -> Vec<NewEvent> {
     let metadata = EventMetadata {
         occurred_at: at,
         actor: EnvelopeActor::from_actor(&request.actor, request.source_ip.clone()),

@@ -17,8 +17,8 @@ use secrecy::SecretString;
 const CLIENT: &str = "5d7c0000-aaaa-4bbb-8ccc-0000000000a3";
 const SECRET: &str = "probe-over-https-secret";
 
-fn request(actor: Actor, intent: Intent) -> Request {
-    Request {
+fn request(actor: Actor, intent: Intent) -> CommandRequest {
+    CommandRequest {
         org_id: testing::org_id(),
         actor,
         source_ip: None,

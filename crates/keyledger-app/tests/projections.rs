@@ -54,7 +54,7 @@ async fn random_run(app: &App, orgs: u32, commands: u32, seed: u64) -> u32 {
     let mut accepted = 0;
     for i in 0..orgs {
         let r = app
-            .handle(Request {
+            .handle(CommandRequest {
                 org_id: org(i),
                 actor: platform(),
                 source_ip: None,
@@ -139,7 +139,7 @@ async fn random_run(app: &App, orgs: u32, commands: u32, seed: u64) -> u32 {
             ),
         };
         let r = app
-            .handle(Request {
+            .handle(CommandRequest {
                 org_id: o,
                 actor,
                 source_ip: None,

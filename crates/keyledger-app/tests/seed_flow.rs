@@ -94,7 +94,7 @@ impl Env {
 
     async fn run(&self, actor: Actor, intent: Intent) -> Result<Outcome, AppError> {
         self.app
-            .handle(Request {
+            .handle(CommandRequest {
                 org_id: self.org,
                 actor,
                 source_ip: Some("198.51.100.7".into()),

@@ -51,8 +51,8 @@ fn fixture() -> Fixture {
     }
 }
 
-fn request(actor: Actor, intent: Intent) -> Request {
-    Request {
+fn request(actor: Actor, intent: Intent) -> CommandRequest {
+    CommandRequest {
         org_id: testing::org_id(),
         actor,
         source_ip: Some("192.0.2.1".into()),
@@ -550,7 +550,7 @@ async fn the_monitor_probes_every_customer_managed_org_each_interval() {
     // A second, provider-managed organization is not probed.
     let other = testing::other_org_id();
     f.app
-        .handle(Request {
+        .handle(CommandRequest {
             org_id: other,
             ..request(
                 platform(),
@@ -601,7 +601,7 @@ async fn the_monitor_probes_every_customer_managed_org_each_interval() {
 
 /// Registers `org` with one tenant.
 async fn register(app: &App, org: OrgId) {
-    app.handle(Request {
+    app.handle(CommandRequest {
         org_id: org,
         ..request(
             platform(),
@@ -616,8 +616,8 @@ async fn register(app: &App, org: OrgId) {
     .unwrap();
 }
 
-fn add_tenant(org: OrgId, n: u8, command_id: Option<&str>) -> Request {
-    Request {
+fn add_tenant(org: OrgId, n: u8, command_id: Option<&str>) -> CommandRequest {
+    CommandRequest {
         org_id: org,
         command_id: command_id.map(|c| CommandId::parse(c).unwrap()),
         ..request(

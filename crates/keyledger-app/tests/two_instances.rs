@@ -23,8 +23,8 @@ fn org(i: u32) -> OrgId {
         .unwrap()
 }
 
-fn request(o: OrgId, actor: Actor, intent: Intent) -> Request {
-    Request {
+fn request(o: OrgId, actor: Actor, intent: Intent) -> CommandRequest {
+    CommandRequest {
         org_id: o,
         actor,
         source_ip: None,

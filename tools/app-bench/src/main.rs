@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use keyledger_app::{App, AppConfig, Request, SystemClock};
+use keyledger_app::{App, AppConfig, CommandRequest, SystemClock};
 use keyledger_azure::AzureKeyAccess;
 use keyledger_domain::{
     Actor, ActorKind, Connection, ConnectionPatch, EnvelopeActor, EventMetadata, HealthStatus, HostAllowList,
@@ -112,8 +112,8 @@ fn actor(role: Role) -> Actor {
     Actor::new(ActorKind::Service, "bench", [role], Scope::everything())
 }
 
-fn request(o: OrgId, role: Role, intent: Intent) -> Request {
-    Request {
+fn request(o: OrgId, role: Role, intent: Intent) -> CommandRequest {
+    CommandRequest {
         org_id: o,
         actor: actor(role),
         source_ip: None,
@@ -338,7 +338,7 @@ async fn flat_cost(b: &Backend, s: &Sim, args: &Args) {
         } else {
             HealthStatus::Healthy
         };
-        let r = Request {
+        let r = CommandRequest {
             actor: system.clone(),
             ..request(
                 long,

@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use keyledger_app::Request;
+use keyledger_app::CommandRequest;
 use keyledger_domain::Intent;
 use keyledger_domain::envelope::StoredEvent;
 use keyledger_domain::{Actor, OrgId, Reach, Role, StreamVersion, Tenant, TenantId};
@@ -38,7 +38,7 @@ pub(crate) async fn execute(
     let outcome = state
         .services
         .app
-        .handle(Request {
+        .handle(CommandRequest {
             org_id,
             actor,
             source_ip: headers.source_ip,
