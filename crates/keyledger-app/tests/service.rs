@@ -221,6 +221,21 @@ async fn rotation_to_the_key_in_use_is_refused_before_any_vault_call() {
     assert_eq!(f.vault.calls(), calls);
 }
 
+/// A versionless identifier is pinned by the key test; when that pins the key in use, `decide`
+/// refuses the rotation on the test's result (no unwrap proof is made up for it).
+#[tokio::test]
+async fn rotation_to_a_versionless_key_that_resolves_to_the_key_in_use_is_refused() {
+    let f = enabled().await;
+    let before = version(&f).await;
+    let in_use = f.app.view(testing::org_id()).await.unwrap().unwrap();
+    let in_use = in_use.encryption.customer_managed_key.unwrap().key_identifier;
+    let err = run(&f, admin(), rotate_to(in_use.versionless()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, AppError::Rejected(DomainError::SameKey)), "{err:?}");
+    assert_eq!(version(&f).await, before);
+}
+
 #[tokio::test]
 async fn editing_the_secret_is_recorded_without_it() {
     let f = enabled().await;

@@ -1093,3 +1093,32 @@ fn r11_a_loss_declaration_ends_with_the_switch_that_abandons_it() {
             "DataKeyGenerated",
         ]);
 }
+
+// ------------------------------------------------------------------------------------------
+// plan and decide
+
+#[test]
+fn decide_refuses_key_results_that_are_not_those_of_the_commands_key_work() {
+    let h = History::new().register(Plan::enterprise("standard"));
+    let command = Command {
+        org_id: org_id(),
+        actor: platform(),
+        at: t0(),
+        intent: Intent::AddTenant(tenant_id_named(3)),
+    };
+    assert!(matches!(plan(h.state(), &command), Ok(KeyWork::None)));
+    let err = decide(
+        h.state(),
+        command,
+        KeyResults::ProviderWrapped { dek: provider_dek() },
+    )
+    .unwrap_err();
+    assert_eq!(err.code(), "internal_error", "{err:?}");
+}
+
+fn tenant_id_named(n: u8) -> Tenant {
+    Tenant {
+        tenant_id: tenant_id(n),
+        name: format!("Tenant {n}"),
+    }
+}
