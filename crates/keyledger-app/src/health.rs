@@ -11,7 +11,7 @@ use keyledger_keys::{Dek, KeyAccess, KeyAccessError, Reason};
 use keyledger_store::EventStore;
 
 use crate::error::AppError;
-use crate::request::{Action, Request};
+use crate::request::CommandRequest;
 use crate::service::App;
 
 /// How the monitor probes.
@@ -81,6 +81,15 @@ impl HealthMonitor {
         }
     }
 
+    /// A probe asked for by `actor` (R10): the rules of `plan` decide whether it may, then
+    /// [`HealthMonitor::probe`].
+    pub async fn probe_for(&self, actor: &Actor, org: OrgId) -> Result<ProbeResult, AppError> {
+        self.app
+            .permit(org, actor, keyledger_domain::Intent::ProbeKeyHealth)
+            .await?;
+        self.probe(org).await
+    }
+
     /// Probes one organization now and records a change of status.
     pub async fn probe(&self, org: OrgId) -> Result<ProbeResult, AppError> {
         let now = self.app.clock().now();
@@ -119,14 +128,14 @@ impl HealthMonitor {
         };
         let outcome = self
             .app
-            .handle(Request {
+            .handle(CommandRequest {
                 org_id: org,
                 actor: Actor::system(),
                 source_ip: None,
                 command_id: None,
                 correlation_id: None,
                 if_match: None,
-                action: Action::RecordKeyHealth { status, detail },
+                intent: keyledger_domain::Intent::RecordKeyHealth { status, detail },
             })
             .await?;
         let health = outcome.view.encryption.health.ok_or(DomainError::CmkNotEnabled)?;

@@ -4,20 +4,20 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
-use keyledger_domain::envelope::{EnvelopeActor, EventMetadata};
+use keyledger_domain::envelope::{EnvelopeActor, EventMetadata, StoredEvent};
 use keyledger_domain::{
-    Command, CommandId, CommandKind, CommandName, Connection, DekId, DomainError, Edek, Event, KeyIdentifier,
-    OrgId, Protected, RewrapEvidence, State, StreamId, StreamVersion, WrappedDek, authorize, evolve,
-    precheck,
+    Actor, Command, CommandId, Connection, DekId, DomainError, Event, Intent, KeyResults, KeyWork, OrgId,
+    State, StreamId, StreamVersion, decide, evolve, plan,
 };
-use keyledger_keys::evidence::{unwrap_all, wrap_all};
-use keyledger_keys::{Dek, KeyAccess, test_connection};
-use keyledger_projection::OrganizationView;
-use keyledger_store::{EventStore, NewEvent, StoreError, provider};
+use keyledger_keys::KeyAccess;
+use keyledger_keys::test_connection;
+use keyledger_projection::{DataKeyInventory, OrganizationView};
+use keyledger_store::{AppendResult, EventStore, NewEvent, StoreError};
 
 use crate::clock::Clock;
-use crate::error::{AppError, KeyRole};
-use crate::request::{Action, Outcome, Request, TestReport};
+use crate::error::AppError;
+use crate::request::{CommandRequest, Outcome, TestReport};
+use crate::work::KeyWorker;
 
 /// Tunables of the service.
 #[derive(Debug, Clone)]
@@ -77,12 +77,6 @@ impl std::fmt::Debug for App {
     }
 }
 
-/// Key tests done for one attempt, kept for a retry while the key-relevant state is the same.
-struct Prepared {
-    fingerprint: Fingerprint,
-    kind: CommandKind,
-}
-
 /// What the key tests of a command depend on: the key in use and the DEKs under it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Fingerprint {
@@ -106,21 +100,6 @@ fn fingerprint(state: &State) -> Fingerprint {
                 next_dek: org.next_dek_id(),
             }
         }
-    }
-}
-
-fn action_name(action: &Action) -> CommandName {
-    match action {
-        Action::Register { .. } => CommandName::RegisterOrganization,
-        Action::AddTenant(_) => CommandName::AddTenant,
-        Action::RemoveTenant(_) => CommandName::RemoveTenant,
-        Action::ChangePlan { .. } => CommandName::ChangePlan,
-        Action::EnableCustomerManagedKey(_) => CommandName::EnableCustomerManagedKey,
-        Action::EditCustomerManagedKey(_) => CommandName::EditConnection,
-        Action::RotateCustomerManagedKey(_) => CommandName::RotateKey,
-        Action::SwitchToProviderManagedKey { .. } => CommandName::SwitchToProviderManagedKey,
-        Action::DeclareDataLost { .. } => CommandName::DeclareDataLost,
-        Action::RecordKeyHealth { .. } => CommandName::RecordKeyHealth,
     }
 }
 
@@ -148,23 +127,74 @@ impl App {
         &self.clock
     }
 
-    /// Handles one command. See the crate docs for the steps.
+    /// Handles one command: load → plan → run the key work → decide → append → answer.
     ///
+    /// On losing a race for the stream it reloads and tries again, up to a bound, reusing the
+    /// key work's results while the key-relevant state is the same (ADR 0001, 0012).
+    pub async fn handle(&self, request: CommandRequest) -> Result<Outcome, AppError> {
+        let org = request.org_id;
+        let mut command = Command {
+            org_id: org,
+            actor: request.actor.clone(),
+            at: self.clock.now(),
+            intent: request.intent.clone(),
+        };
+        let mut done_before: Option<(Fingerprint, KeyResults)> = None;
+        for _attempt in 0..=self.config.max_conflict_retries {
+            let loaded = self.load(org).await?;
+            // A 412 names the current version, which only a caller in scope may learn.
+            let planned = plan(&loaded.state, &command);
+            if !matches!(planned, Err(DomainError::Forbidden)) {
+                check_version(request.if_match, loaded.state.version)?;
+            }
+            let work = match planned {
+                Ok(work) => work,
+                Err(rejection) => return self.refused(&request, rejection).await,
+            };
+            command.at = self.clock.now();
+            let fingerprint = fingerprint(&loaded.state);
+            let done = match done_before.take() {
+                Some((before, done)) if before == fingerprint => done,
+                _ => self.key_worker(org, command.at).run(work).await?,
+            };
+            done_before = Some((fingerprint, done.clone()));
+            let events = match decide(&loaded.state, command.clone(), done) {
+                Ok(events) => events,
+                Err(rejection) => return self.refused(&request, rejection).await,
+            };
+            if events.is_empty() {
+                return answer(loaded.view, 0, None);
+            }
+            let appended = self
+                .store
+                .append(
+                    StreamId::for_org(org),
+                    loaded.state.version,
+                    new_events(&request, command.at, &events),
+                    request.command_id.clone(),
+                )
+                .await;
+            match appended {
+                Ok(result) => return self.appended(org, loaded, events, result).await,
+                Err(StoreError::Conflict { .. }) => tracing::debug!(%org, "append lost a race; reloading"),
+                Err(StoreError::CommandIdReused { .. }) => return Err(AppError::CommandIdReused),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(AppError::Contended)
+    }
+
     /// A command the rules refuse now, whose command id the organization's stream already
     /// holds, is a repeat of a command recorded before (after a restart, or on another
     /// instance, once the state has moved on: a registration repeated finds the organization
     /// registered): it gets the recorded answer and appends nothing.
-    pub async fn handle(&self, request: Request) -> Result<Outcome, AppError> {
-        let (org, command_id) = (request.org_id, request.command_id.clone());
-        match self.decide_and_append(request).await {
-            Err(AppError::Rejected(rejection)) if rejection != DomainError::Forbidden => match command_id {
-                Some(id) => self
-                    .recorded(org, &id)
-                    .await?
-                    .ok_or(AppError::Rejected(rejection)),
-                None => Err(AppError::Rejected(rejection)),
-            },
-            other => other,
+    async fn refused(&self, request: &CommandRequest, rejection: DomainError) -> Result<Outcome, AppError> {
+        match &request.command_id {
+            Some(id) if rejection != DomainError::Forbidden => self
+                .recorded(request.org_id, id)
+                .await?
+                .ok_or(AppError::Rejected(rejection)),
+            _ => Err(AppError::Rejected(rejection)),
         }
     }
 
@@ -177,147 +207,105 @@ impl App {
         let Some(last) = stored.iter().rev().find(|e| e.command_id.as_ref() == Some(id)) else {
             return Ok(None);
         };
-        let view = self
-            .load(org)
-            .await?
-            .view
-            .ok_or(AppError::Rejected(DomainError::OrganizationNotFound))?;
-        Ok(Some(Outcome {
-            view,
-            appended: 0,
-            position: Some(last.global_position),
-        }))
+        answer(self.load(org).await?.view, 0, Some(last.global_position)).map(Some)
     }
 
-    async fn decide_and_append(&self, request: Request) -> Result<Outcome, AppError> {
-        let stream = StreamId::for_org(request.org_id);
-        let name = action_name(&request.action);
-        let mut prepared: Option<Prepared> = None;
-        for _attempt in 0..=self.config.max_conflict_retries {
-            // 1. load
-            let loaded = self.load(request.org_id).await?;
-            // 2. authorize first: a 412 names the current version, which only a caller in
-            // scope may learn; then If-Match, and the rules that need no vault
-            authorize(&request.actor, request.org_id, name)?;
-            if let Some(expected) = request.if_match
-                && expected != loaded.state.version
-            {
-                return Err(AppError::VersionMismatch {
-                    expected,
-                    actual: loaded.state.version,
-                });
-            }
-            precheck(&loaded.state, &request.actor, request.org_id, name)?;
-            // 3 and 4. key tests and DEKs, unless a previous attempt did them for this state
-            let now = self.clock.now();
-            let fp = fingerprint(&loaded.state);
-            let kind = match prepared.take() {
-                Some(p) if p.fingerprint == fp => p.kind,
-                _ => self.prepare(&loaded.state, &request, now).await?,
-            };
-            prepared = Some(Prepared {
-                fingerprint: fp,
-                kind: kind.clone(),
-            });
-            // 5. decide
-            let command = Command {
-                org_id: request.org_id,
-                actor: request.actor.clone(),
-                at: now,
-                kind,
-            };
-            let events = keyledger_domain::decide(&loaded.state, command)?;
-            if events.is_empty() {
-                return Ok(Outcome {
-                    view: loaded
-                        .view
-                        .ok_or(AppError::Rejected(DomainError::OrganizationNotFound))?,
-                    appended: 0,
-                    position: None,
-                });
-            }
-            // 6 and 7. seal and append (the store seals protected fields)
-            let metadata = EventMetadata {
-                occurred_at: now,
-                actor: EnvelopeActor::from_actor(&request.actor, request.source_ip.clone()),
-                command_id: request.command_id.clone(),
-                correlation_id: request.correlation_id,
-                causation_id: None,
-            };
-            let new_events: Vec<NewEvent> = events
-                .iter()
-                .map(|e| NewEvent {
-                    event: e.clone(),
-                    metadata: metadata.clone(),
-                })
-                .collect();
-            match self
-                .store
-                .append(
-                    stream,
-                    loaded.state.version,
-                    new_events,
-                    request.command_id.clone(),
-                )
-                .await
-            {
-                Ok(result) => {
-                    // Believe only what the store says it wrote: events of another stream
-                    // are no answer to this command, whatever their versions.
-                    if result.stream != stream {
-                        tracing::error!(
-                            org = %request.org_id,
-                            other_stream = %result.stream,
-                            "the store answered an append with another stream's result"
-                        );
-                        return Err(AppError::CommandIdReused);
-                    }
-                    let repeat = result.last_version
-                        != StreamVersion(loaded.state.version.0 + events.len() as u64)
-                        || result.first_version != loaded.state.version.next();
-                    let view = if repeat {
-                        // An idempotent repeat: the first append's events are in the store.
-                        self.load(request.org_id).await?.view
-                    } else {
-                        let mut after = loaded;
-                        for e in &events {
-                            after.apply(e);
-                        }
-                        let view = after.view.clone();
-                        self.remember(request.org_id, after);
-                        view
-                    };
-                    return Ok(Outcome {
-                        view: view.ok_or(AppError::Rejected(DomainError::OrganizationNotFound))?,
-                        appended: if repeat { 0 } else { events.len() },
-                        position: Some(result.last_position),
-                    });
-                }
-                Err(StoreError::CommandIdReused { .. }) => return Err(AppError::CommandIdReused),
-                Err(StoreError::Conflict { .. }) => {
-                    tracing::debug!(org = %request.org_id, "append lost a race; reloading");
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            }
+    /// The answer to an append: the view after the events (folded here, or reloaded when the
+    /// store says the append was a repeat of an earlier one).
+    async fn appended(
+        &self,
+        org: OrgId,
+        loaded: Loaded,
+        events: Vec<Event>,
+        result: AppendResult,
+    ) -> Result<Outcome, AppError> {
+        // Believe only what the store says it wrote: events of another stream are no answer
+        // to this command, whatever their versions.
+        if result.stream != StreamId::for_org(org) {
+            tracing::error!(%org, other_stream = %result.stream, "the store answered an append with another stream's result");
+            return Err(AppError::CommandIdReused);
         }
-        Err(AppError::Contended)
+        if result.repeat {
+            // An idempotent repeat: the first append's events are in the store.
+            return answer(self.load(org).await?.view, 0, Some(result.last_position));
+        }
+        let mut after = loaded;
+        for e in &events {
+            after.apply(e);
+        }
+        let view = after.view.clone();
+        self.remember(org, after);
+        answer(view, events.len(), Some(result.last_position))
+    }
+
+    fn key_worker(&self, org: OrgId, now: DateTime<Utc>) -> KeyWorker<'_> {
+        KeyWorker {
+            keys: self.keys.as_ref(),
+            ring: self.store.key_ring(),
+            org,
+            now,
+        }
+    }
+
+    /// Whether `actor` may do `intent` on `org` now: the rules of `plan`, without the key work.
+    /// For requests the application does not carry out itself (a health probe).
+    pub async fn permit(&self, org: OrgId, actor: &Actor, intent: Intent) -> Result<KeyWork, AppError> {
+        let command = Command {
+            org_id: org,
+            actor: actor.clone(),
+            at: self.clock.now(),
+            intent,
+        };
+        Ok(plan(&self.load(org).await?.state, &command)?)
     }
 
     /// "Test" without "save" (R4 dry run): runs the checks, records nothing.
     pub async fn test_connection(
         &self,
         org: OrgId,
-        actor: &keyledger_domain::Actor,
+        actor: &Actor,
         connection: &Connection,
     ) -> Result<TestReport, AppError> {
-        let loaded = self.load(org).await?;
-        precheck(&loaded.state, actor, org, CommandName::TestConnection)?;
+        self.permit(org, actor, Intent::TestConnection(connection.clone()))
+            .await?;
         let test = test_connection(self.keys.as_ref(), connection, self.clock.now()).await;
         Ok(TestReport {
             checks: test.checks,
             outcome: test.outcome,
         })
+    }
+
+    /// The organization's data keys, folded from its stream, so never behind the command that
+    /// just returned. Decoded without opening sealed fields: the inventory shows no key
+    /// material.
+    pub async fn data_keys(&self, org: OrgId) -> Result<DataKeyInventory, AppError> {
+        let mut inventory = DataKeyInventory::default();
+        for (stored, event) in self.stream_page(org, StreamVersion(1), usize::MAX).await? {
+            inventory.apply(stored.occurred_at, &event);
+        }
+        Ok(inventory)
+    }
+
+    /// Up to `limit` of the organization's stored events from version `from`, each with its
+    /// event decoded (sealed fields stay sealed).
+    pub async fn stream_page(
+        &self,
+        org: OrgId,
+        from: StreamVersion,
+        limit: usize,
+    ) -> Result<Vec<(StoredEvent, Event)>, AppError> {
+        let stored = self.store.read_stream(StreamId::for_org(org), from).await?;
+        stored
+            .into_iter()
+            .take(limit)
+            .map(|stored| match stored.decode() {
+                Ok(event) => Ok((stored, event)),
+                Err(e) => {
+                    tracing::error!(event_id = %stored.event_id, error = %e, "stored event cannot be decoded");
+                    Err(AppError::Internal("a stored event cannot be decoded"))
+                }
+            })
+            .collect()
     }
 
     /// The organization view, folded from its events (not from a projection).
@@ -363,171 +351,42 @@ impl App {
             }
         }
     }
+}
 
-    /// Steps 3 and 4: the key tests and DEKs a command needs, as attested values.
-    async fn prepare(
-        &self,
-        state: &State,
-        request: &Request,
-        now: DateTime<Utc>,
-    ) -> Result<CommandKind, AppError> {
-        let org_id = request.org_id;
-        Ok(match &request.action {
-            Action::Register { name, plan, tenants } => CommandKind::RegisterOrganization {
-                name: name.clone(),
-                plan: plan.clone(),
-                tenants: tenants.clone(),
-                initial_dek: self.provider_wrap(org_id, DekId::FIRST, &Dek::generate())?,
-            },
-            Action::AddTenant(t) => CommandKind::AddTenant { tenant: t.clone() },
-            Action::RemoveTenant(id) => CommandKind::RemoveTenant { tenant_id: *id },
-            Action::ChangePlan { plan, reason } => CommandKind::ChangePlan {
-                plan: plan.clone(),
-                reason: reason.clone(),
-            },
-            Action::EnableCustomerManagedKey(connection) => {
-                let key = self.validate(connection, now).await?;
-                let dek = self
-                    .keys
-                    .wrap(key.connection(), &Dek::generate())
-                    .await
-                    .map_err(|e| AppError::from_key(KeyRole::New, e, vec![]))?;
-                CommandKind::EnableCustomerManagedKey { key, dek }
-            }
-            Action::EditCustomerManagedKey(patch) | Action::RotateCustomerManagedKey(patch) => {
-                let current = current_connection(state)?;
-                if let (Action::RotateCustomerManagedKey(_), Some(k)) =
-                    (&request.action, &patch.key_identifier)
-                    && k.same_key_version(&current.key_identifier)
-                {
-                    // Refuse before any vault call.
-                    return Err(DomainError::SameKey.into());
-                }
-                let wanted = patch.apply_to(&current);
-                let key = self.validate(&wanted, now).await?;
-                let same_key = key.key().same_key_version(&current.key_identifier);
-                match (&request.action, same_key) {
-                    (Action::EditCustomerManagedKey(_), true) => {
-                        CommandKind::EditConnection { key, rotation: None }
-                    }
-                    (Action::EditCustomerManagedKey(_), false) => {
-                        let evidence = self.rewrap_to_customer(state, &current, key.connection()).await?;
-                        CommandKind::EditConnection {
-                            key,
-                            rotation: Some(evidence),
-                        }
-                    }
-                    (_, false) => {
-                        let evidence = self.rewrap_to_customer(state, &current, key.connection()).await?;
-                        CommandKind::RotateKey { key, evidence }
-                    }
-                    // Rotation to the key in use: `decide` refuses it with `same_key`.
-                    (_, true) => CommandKind::RotateKey {
-                        key,
-                        evidence: RewrapEvidence {
-                            unwrapped: keyledger_keys::evidence::empty_proof(&current.key_identifier),
-                            rewrapped: vec![],
-                        },
-                    },
-                }
-            }
-            Action::SwitchToProviderManagedKey { abandon_lost_data } => {
-                let org = state.org().ok_or(DomainError::OrganizationNotFound)?;
-                let lost = org.customer_key().is_some_and(|k| k.data_lost);
-                let evidence = if lost || *abandon_lost_data {
-                    None
-                } else {
-                    let current = current_connection(state)?;
-                    let edeks = customer_edeks(state, &current.key_identifier)?;
-                    let (proof, clear) = unwrap_all(self.keys.as_ref(), &current, &edeks)
-                        .await
-                        .map_err(|e| AppError::from_key(KeyRole::Old, e, vec![]))?;
-                    let mut rewrapped = Vec::with_capacity(clear.len());
-                    for (id, dek) in &clear {
-                        rewrapped.push((*id, self.provider_wrap(org_id, *id, dek)?));
-                    }
-                    Some(RewrapEvidence {
-                        unwrapped: proof,
-                        rewrapped,
-                    })
-                };
-                let next = org.next_dek_id();
-                CommandKind::SwitchToProviderManagedKey {
-                    evidence,
-                    new_dek: self.provider_wrap(org_id, next, &Dek::generate())?,
-                    abandon_lost_data: *abandon_lost_data,
-                }
-            }
-            Action::DeclareDataLost { reason, ticket } => CommandKind::DeclareDataLost {
-                reason: reason.clone(),
-                ticket: ticket.clone(),
-            },
-            Action::RecordKeyHealth { status, detail } => CommandKind::RecordKeyHealth {
-                status: *status,
-                detail: detail.clone(),
-            },
-        })
-    }
-
-    /// R4 on `connection`; a failure is about the new key.
-    async fn validate(
-        &self,
-        connection: &Connection,
-        now: DateTime<Utc>,
-    ) -> Result<keyledger_domain::ValidatedKey, AppError> {
-        let test = test_connection(self.keys.as_ref(), connection, now).await;
-        test.outcome
-            .map_err(|e| AppError::from_key(KeyRole::New, e, test.checks))
-    }
-
-    /// R7: every DEK under the current key unwraps with it (old key) and is wrapped by the
-    /// new one.
-    async fn rewrap_to_customer(
-        &self,
-        state: &State,
-        current: &Connection,
-        new: &Connection,
-    ) -> Result<RewrapEvidence, AppError> {
-        let edeks = customer_edeks(state, &current.key_identifier)?;
-        let (proof, clear) = unwrap_all(self.keys.as_ref(), current, &edeks)
-            .await
-            .map_err(|e| AppError::from_key(KeyRole::Old, e, vec![]))?;
-        let rewrapped = wrap_all(self.keys.as_ref(), new, &clear)
-            .await
-            .map_err(|e| AppError::from_key(KeyRole::New, e, vec![]))?;
-        Ok(RewrapEvidence {
-            unwrapped: proof,
-            rewrapped,
-        })
-    }
-
-    fn provider_wrap(&self, org: OrgId, dek_id: DekId, dek: &Dek) -> Result<WrappedDek, AppError> {
-        provider::wrap_dek(self.store.key_ring(), org, dek_id, dek.expose()).map_err(|e| {
-            tracing::error!(error = %e, "wrapping a DEK with the internal key failed");
-            AppError::Internal("wrapping a DEK with the internal key failed")
-        })
+/// `If-Match`: the version the caller decided on must be the current one.
+fn check_version(expected: Option<StreamVersion>, actual: StreamVersion) -> Result<(), AppError> {
+    match expected {
+        Some(expected) if expected != actual => Err(AppError::VersionMismatch { expected, actual }),
+        _ => Ok(()),
     }
 }
 
-/// The connection in use, with its secret open.
-fn current_connection(state: &State) -> Result<Connection, AppError> {
-    let key = state
-        .org()
-        .and_then(|o| o.customer_key())
-        .ok_or(DomainError::CmkNotEnabled)?;
-    key.connection.to_connection().ok_or(AppError::Internal(
-        "the client secret of the connection in use is not open",
-    ))
-}
-
-/// The EDEKs of the DEKs under `key`, opened.
-fn customer_edeks(state: &State, key: &KeyIdentifier) -> Result<Vec<(DekId, Edek)>, AppError> {
-    let org = state.org().ok_or(DomainError::OrganizationNotFound)?;
-    org.deks_under(key)
-        .into_iter()
-        .map(|id| match &org.data_keys[&id].edek {
-            Protected::Open(edek) => Ok((id, edek.clone())),
-            _ => Err(AppError::Internal("an EDEK of the organization is not open")),
+/// The events to append, each with the request's metadata.
+fn new_events(request: &CommandRequest, at: DateTime<Utc>, events: &[Event]) -> Vec<NewEvent> {
+    let metadata = EventMetadata {
+        occurred_at: at,
+        actor: EnvelopeActor::from_actor(&request.actor, request.source_ip.clone()),
+        command_id: request.command_id.clone(),
+        correlation_id: request.correlation_id,
+        causation_id: None,
+    };
+    events
+        .iter()
+        .map(|e| NewEvent {
+            event: e.clone(),
+            metadata: metadata.clone(),
         })
         .collect()
+}
+
+fn answer(
+    view: Option<OrganizationView>,
+    appended: usize,
+    position: Option<keyledger_domain::GlobalPosition>,
+) -> Result<Outcome, AppError> {
+    Ok(Outcome {
+        view: view.ok_or(AppError::Rejected(DomainError::OrganizationNotFound))?,
+        appended,
+        position,
+    })
 }

@@ -17,15 +17,15 @@ use secrecy::SecretString;
 const CLIENT: &str = "5d7c0000-aaaa-4bbb-8ccc-0000000000a3";
 const SECRET: &str = "probe-over-https-secret";
 
-fn request(actor: Actor, action: Action) -> Request {
-    Request {
+fn request(actor: Actor, intent: Intent) -> CommandRequest {
+    CommandRequest {
         org_id: testing::org_id(),
         actor,
         source_ip: None,
         command_id: None,
         correlation_id: None,
         if_match: None,
-        action,
+        intent,
     }
 }
 
@@ -78,7 +78,7 @@ async fn enabled(test: &str) -> Setup {
     let app = Arc::new(App::new(store, keys.clone(), clock, AppConfig::default()));
     app.handle(request(
         platform(),
-        Action::Register {
+        Intent::Register {
             name: "Contoso".into(),
             plan: Plan::enterprise("standard"),
             tenants: vec![tenant_a()],
@@ -92,7 +92,7 @@ async fn enabled(test: &str) -> Setup {
         client_secret: SecretString::from(SECRET),
         key_identifier: KeyIdentifier::parse(&format!("{}/keys/cmk", emu.vault_url), &allow).unwrap(),
     };
-    app.handle(request(admin(), Action::EnableCustomerManagedKey(connection)))
+    app.handle(request(admin(), Intent::EnableCustomerManagedKey(connection)))
         .await
         .unwrap();
     Setup { emu, app, keys, dir }

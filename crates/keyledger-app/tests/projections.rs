@@ -54,14 +54,14 @@ async fn random_run(app: &App, orgs: u32, commands: u32, seed: u64) -> u32 {
     let mut accepted = 0;
     for i in 0..orgs {
         let r = app
-            .handle(Request {
+            .handle(CommandRequest {
                 org_id: org(i),
                 actor: platform(),
                 source_ip: None,
                 command_id: None,
                 correlation_id: None,
                 if_match: None,
-                action: Action::Register {
+                intent: Intent::Register {
                     name: format!("Org {i}"),
                     plan: Plan::enterprise("standard"),
                     tenants: vec![
@@ -82,10 +82,10 @@ async fn random_run(app: &App, orgs: u32, commands: u32, seed: u64) -> u32 {
     let keys = [key("cmk", "v1"), key("cmk", "v2"), key("cmk-2027", "v1")];
     for _ in 0..commands {
         let o = org(rng.next(orgs));
-        let (actor, action) = match rng.next(9) {
+        let (actor, intent) = match rng.next(9) {
             0 | 1 => (
                 billing(),
-                Action::ChangePlan {
+                Intent::ChangePlan {
                     plan: [Plan::free(), Plan::enterprise("standard"), Plan::pro()][rng.next(3) as usize]
                         .clone(),
                     reason: "random".into(),
@@ -93,31 +93,31 @@ async fn random_run(app: &App, orgs: u32, commands: u32, seed: u64) -> u32 {
             ),
             2 => (
                 admin_of(o),
-                Action::EnableCustomerManagedKey(connection(&keys[rng.next(3) as usize])),
+                Intent::EnableCustomerManagedKey(connection(&keys[rng.next(3) as usize])),
             ),
             3 => (
                 admin_of(o),
-                Action::RotateCustomerManagedKey(ConnectionPatch {
+                Intent::RotateCustomerManagedKey(ConnectionPatch {
                     key_identifier: Some(keys[rng.next(3) as usize].clone()),
                     ..Default::default()
                 }),
             ),
             4 => (
                 admin_of(o),
-                Action::EditCustomerManagedKey(ConnectionPatch {
+                Intent::EditCustomerManagedKey(ConnectionPatch {
                     client_secret: Some(SecretString::from(format!("s{}", rng.next(3)))),
                     ..Default::default()
                 }),
             ),
             5 => (
                 admin_of(o),
-                Action::SwitchToProviderManagedKey {
+                Intent::SwitchToProviderManagedKey {
                     abandon_lost_data: false,
                 },
             ),
             6 => (
                 system(),
-                Action::RecordKeyHealth {
+                Intent::RecordKeyHealth {
                     status: [
                         HealthStatus::Healthy,
                         HealthStatus::KeyDisabled,
@@ -128,25 +128,25 @@ async fn random_run(app: &App, orgs: u32, commands: u32, seed: u64) -> u32 {
             ),
             7 => (
                 platform(),
-                Action::AddTenant(Tenant {
+                Intent::AddTenant(Tenant {
                     tenant_id: testing::tenant_id(rng.next(250) as u8),
                     name: "T".into(),
                 }),
             ),
             _ => (
                 platform(),
-                Action::RemoveTenant(testing::tenant_id(rng.next(250) as u8)),
+                Intent::RemoveTenant(testing::tenant_id(rng.next(250) as u8)),
             ),
         };
         let r = app
-            .handle(Request {
+            .handle(CommandRequest {
                 org_id: o,
                 actor,
                 source_ip: None,
                 command_id: None,
                 correlation_id: None,
                 if_match: None,
-                action,
+                intent,
             })
             .await;
         match r {

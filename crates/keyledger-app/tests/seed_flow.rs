@@ -92,22 +92,22 @@ impl Env {
         }
     }
 
-    async fn run(&self, actor: Actor, action: Action) -> Result<Outcome, AppError> {
+    async fn run(&self, actor: Actor, intent: Intent) -> Result<Outcome, AppError> {
         self.app
-            .handle(Request {
+            .handle(CommandRequest {
                 org_id: self.org,
                 actor,
                 source_ip: Some("198.51.100.7".into()),
                 command_id: None,
                 correlation_id: None,
                 if_match: None,
-                action,
+                intent,
             })
             .await
     }
 
-    async fn ok(&self, actor: Actor, action: Action) -> Outcome {
-        match self.run(actor, action).await {
+    async fn ok(&self, actor: Actor, intent: Intent) -> Outcome {
+        match self.run(actor, intent).await {
             Ok(o) => o,
             Err(e) => panic!("refused: {e:?}"),
         }
@@ -177,8 +177,8 @@ fn under(inv: &DataKeyInventory, dek: u32) -> Option<String> {
         .and_then(|d| d.wrapped_by.customer_key().map(|k| k.name().to_owned()))
 }
 
-fn rotate(env: &Env, name: &str) -> Action {
-    Action::RotateCustomerManagedKey(crate_patch(env.connection(name, SECRET_2).key_identifier))
+fn rotate(env: &Env, name: &str) -> Intent {
+    Intent::RotateCustomerManagedKey(crate_patch(env.connection(name, SECRET_2).key_identifier))
 }
 
 fn crate_patch(key: KeyIdentifier) -> ConnectionPatch {
@@ -200,7 +200,7 @@ async fn seed_flow(env: Env) {
     let v = env
         .ok(
             platform(),
-            Action::Register {
+            Intent::Register {
                 name: "Contoso".into(),
                 plan: Plan::enterprise("standard"),
                 tenants: vec![tenant_a(), tenant_b()],
@@ -217,7 +217,7 @@ async fn seed_flow(env: Env) {
     let v = env
         .ok(
             admin(),
-            Action::EnableCustomerManagedKey(env.connection("cmk", SECRET)),
+            Intent::EnableCustomerManagedKey(env.connection("cmk", SECRET)),
         )
         .await
         .view;
@@ -232,7 +232,7 @@ async fn seed_flow(env: Env) {
 
     // Edit the secret: the administrator made a new one in Azure.
     env.vault.update_app(CLIENT, AppPatch::default().secret(SECRET_2));
-    let edit = Action::EditCustomerManagedKey(ConnectionPatch {
+    let edit = Intent::EditCustomerManagedKey(ConnectionPatch {
         client_secret: Some(SecretString::from(SECRET_2)),
         ..Default::default()
     });
@@ -302,14 +302,14 @@ async fn seed_flow(env: Env) {
     assert_eq!(under(&inv, 2).as_deref(), Some("cmk"));
 
     // Downgrade → locked → edit refused → switch allowed → re-enable refused → upgrade → enable.
-    let plan = |p: Plan| Action::ChangePlan {
+    let plan = |p: Plan| Intent::ChangePlan {
         plan: p,
         reason: "licence".into(),
     };
     assert!(env.ok(billing(), plan(Plan::free())).await.view.encryption.locked);
     let (audit, _) = env.projected().await;
     assert_eq!(audit.last().map(String::as_str), Some("CustomerManagedKeyLocked"));
-    let edit = Action::EditCustomerManagedKey(ConnectionPatch {
+    let edit = Intent::EditCustomerManagedKey(ConnectionPatch {
         client_secret: Some(SecretString::from(SECRET_2)),
         ..Default::default()
     });
@@ -321,7 +321,7 @@ async fn seed_flow(env: Env) {
     let v = env
         .ok(
             admin(),
-            Action::SwitchToProviderManagedKey {
+            Intent::SwitchToProviderManagedKey {
                 abandon_lost_data: false,
             },
         )
@@ -341,7 +341,7 @@ async fn seed_flow(env: Env) {
     let err = env
         .run(
             admin(),
-            Action::EnableCustomerManagedKey(env.connection("cmk-3", SECRET_2)),
+            Intent::EnableCustomerManagedKey(env.connection("cmk-3", SECRET_2)),
         )
         .await
         .unwrap_err();
@@ -353,7 +353,7 @@ async fn seed_flow(env: Env) {
     let v = env
         .ok(
             admin(),
-            Action::EnableCustomerManagedKey(env.connection("cmk-3", SECRET_2)),
+            Intent::EnableCustomerManagedKey(env.connection("cmk-3", SECRET_2)),
         )
         .await
         .view;
@@ -377,7 +377,7 @@ async fn seed_flow(env: Env) {
     let v = env
         .ok(
             admin(),
-            Action::DeclareDataLost {
+            Intent::DeclareDataLost {
                 reason: "purged without backup".into(),
                 ticket: None,
             },
@@ -391,7 +391,7 @@ async fn seed_flow(env: Env) {
     let v = env
         .ok(
             admin(),
-            Action::SwitchToProviderManagedKey {
+            Intent::SwitchToProviderManagedKey {
                 abandon_lost_data: true,
             },
         )
@@ -405,7 +405,7 @@ async fn seed_flow(env: Env) {
 async fn health_transitions(env: Env, clock: Arc<ManualClock>) {
     env.ok(
         platform(),
-        Action::Register {
+        Intent::Register {
             name: "Contoso".into(),
             plan: Plan::enterprise("standard"),
             tenants: vec![tenant_a()],
@@ -414,7 +414,7 @@ async fn health_transitions(env: Env, clock: Arc<ManualClock>) {
     .await;
     env.ok(
         admin(),
-        Action::EnableCustomerManagedKey(env.connection("cmk", SECRET)),
+        Intent::EnableCustomerManagedKey(env.connection("cmk", SECRET)),
     )
     .await;
     let app = Arc::new(App::new(

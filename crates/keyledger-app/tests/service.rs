@@ -51,20 +51,20 @@ fn fixture() -> Fixture {
     }
 }
 
-fn request(actor: Actor, action: Action) -> Request {
-    Request {
+fn request(actor: Actor, intent: Intent) -> CommandRequest {
+    CommandRequest {
         org_id: testing::org_id(),
         actor,
         source_ip: Some("192.0.2.1".into()),
         command_id: None,
         correlation_id: None,
         if_match: None,
-        action,
+        intent,
     }
 }
 
-async fn run(f: &Fixture, actor: Actor, action: Action) -> Result<Outcome, AppError> {
-    f.app.handle(request(actor, action)).await
+async fn run(f: &Fixture, actor: Actor, intent: Intent) -> Result<Outcome, AppError> {
+    f.app.handle(request(actor, intent)).await
 }
 
 async fn registered() -> Fixture {
@@ -72,7 +72,7 @@ async fn registered() -> Fixture {
     run(
         &f,
         platform(),
-        Action::Register {
+        Intent::Register {
             name: "Contoso".into(),
             plan: Plan::enterprise("standard"),
             tenants: vec![tenant_a(), tenant_b()],
@@ -88,7 +88,7 @@ async fn enabled() -> Fixture {
     run(
         &f,
         admin(),
-        Action::EnableCustomerManagedKey(connection(&kid("cmk", "v1").versionless())),
+        Intent::EnableCustomerManagedKey(connection(&kid("cmk", "v1").versionless())),
     )
     .await
     .unwrap();
@@ -103,8 +103,8 @@ async fn version(f: &Fixture) -> u64 {
         .len() as u64
 }
 
-fn rotate_to(key: KeyIdentifier) -> Action {
-    Action::RotateCustomerManagedKey(ConnectionPatch {
+fn rotate_to(key: KeyIdentifier) -> Intent {
+    Intent::RotateCustomerManagedKey(ConnectionPatch {
         key_identifier: Some(key),
         ..Default::default()
     })
@@ -136,7 +136,7 @@ async fn a_failed_test_and_save_appends_nothing_and_names_the_reason() {
     let err = run(
         &f,
         admin(),
-        Action::EnableCustomerManagedKey(connection(&kid("cmk", "v2"))),
+        Intent::EnableCustomerManagedKey(connection(&kid("cmk", "v2"))),
     )
     .await
     .unwrap_err();
@@ -157,7 +157,7 @@ async fn an_unreachable_vault_is_transient_and_appends_nothing() {
     let err = run(
         &f,
         admin(),
-        Action::EnableCustomerManagedKey(connection(&kid("cmk", "v1"))),
+        Intent::EnableCustomerManagedKey(connection(&kid("cmk", "v1"))),
     )
     .await
     .unwrap_err();
@@ -221,13 +221,28 @@ async fn rotation_to_the_key_in_use_is_refused_before_any_vault_call() {
     assert_eq!(f.vault.calls(), calls);
 }
 
+/// A versionless identifier is pinned by the key test; when that pins the key in use, `decide`
+/// refuses the rotation on the test's result (no unwrap proof is made up for it).
+#[tokio::test]
+async fn rotation_to_a_versionless_key_that_resolves_to_the_key_in_use_is_refused() {
+    let f = enabled().await;
+    let before = version(&f).await;
+    let in_use = f.app.view(testing::org_id()).await.unwrap().unwrap();
+    let in_use = in_use.encryption.customer_managed_key.unwrap().key_identifier;
+    let err = run(&f, admin(), rotate_to(in_use.versionless()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, AppError::Rejected(DomainError::SameKey)), "{err:?}");
+    assert_eq!(version(&f).await, before);
+}
+
 #[tokio::test]
 async fn editing_the_secret_is_recorded_without_it() {
     let f = enabled().await;
     let out = run(
         &f,
         admin(),
-        Action::EditCustomerManagedKey(ConnectionPatch {
+        Intent::EditCustomerManagedKey(ConnectionPatch {
             client_secret: Some(SecretString::from("the-new-secret")),
             ..Default::default()
         }),
@@ -246,7 +261,7 @@ async fn an_edit_with_a_new_key_is_a_rotation() {
     let out = run(
         &f,
         admin(),
-        Action::EditCustomerManagedKey(ConnectionPatch {
+        Intent::EditCustomerManagedKey(ConnectionPatch {
             key_identifier: Some(kid("cmk-2027", "v1")),
             ..Default::default()
         }),
@@ -268,13 +283,13 @@ async fn an_edit_with_a_new_key_is_a_rotation() {
 #[tokio::test]
 async fn the_downgrade_path_of_the_seed() {
     let f = enabled().await;
-    let plan = |p: Plan| Action::ChangePlan {
+    let plan = |p: Plan| Intent::ChangePlan {
         plan: p,
         reason: "billing".into(),
     };
     let out = run(&f, billing(), plan(Plan::free())).await.unwrap();
     assert!(out.view.encryption.locked);
-    let edit = Action::EditCustomerManagedKey(ConnectionPatch {
+    let edit = Intent::EditCustomerManagedKey(ConnectionPatch {
         client_secret: Some(SecretString::from("x")),
         ..Default::default()
     });
@@ -286,7 +301,7 @@ async fn the_downgrade_path_of_the_seed() {
     let out = run(
         &f,
         admin(),
-        Action::SwitchToProviderManagedKey {
+        Intent::SwitchToProviderManagedKey {
             abandon_lost_data: false,
         },
     )
@@ -296,7 +311,7 @@ async fn the_downgrade_path_of_the_seed() {
     let err = run(
         &f,
         admin(),
-        Action::EnableCustomerManagedKey(connection(&kid("cmk", "v1"))),
+        Intent::EnableCustomerManagedKey(connection(&kid("cmk", "v1"))),
     )
     .await
     .unwrap_err();
@@ -310,7 +325,7 @@ async fn the_downgrade_path_of_the_seed() {
     let out = run(
         &f,
         admin(),
-        Action::EnableCustomerManagedKey(connection(&kid("cmk", "v1"))),
+        Intent::EnableCustomerManagedKey(connection(&kid("cmk", "v1"))),
     )
     .await
     .unwrap();
@@ -323,7 +338,7 @@ async fn a_switch_rewraps_under_the_internal_key_which_opens_them() {
     run(
         &f,
         admin(),
-        Action::SwitchToProviderManagedKey {
+        Intent::SwitchToProviderManagedKey {
             abandon_lost_data: false,
         },
     )
@@ -355,7 +370,7 @@ async fn a_stale_if_match_is_a_version_mismatch() {
     let f = enabled().await;
     let mut r = request(
         billing(),
-        Action::ChangePlan {
+        Intent::ChangePlan {
             plan: Plan::free(),
             reason: "x".into(),
         },
@@ -372,7 +387,7 @@ async fn a_caller_outside_the_scope_learns_nothing_from_if_match() {
         // Another organization's administrator, and a role that may not change the plan.
         let mut r = request(
             actor,
-            Action::ChangePlan {
+            Intent::ChangePlan {
                 plan: Plan::free(),
                 reason: "x".into(),
             },
@@ -392,7 +407,7 @@ async fn health_changes_come_from_the_engine() {
     let out = run(
         &f,
         system(),
-        Action::RecordKeyHealth {
+        Intent::RecordKeyHealth {
             status: HealthStatus::KeyDisabled,
             detail: None,
         },
@@ -406,7 +421,7 @@ async fn health_changes_come_from_the_engine() {
     let again = run(
         &f,
         system(),
-        Action::RecordKeyHealth {
+        Intent::RecordKeyHealth {
             status: HealthStatus::KeyDisabled,
             detail: None,
         },
@@ -437,7 +452,7 @@ async fn two_instances_serialize_concurrent_commands_by_version() {
             };
             app.handle(request(
                 billing(),
-                Action::ChangePlan {
+                Intent::ChangePlan {
                     plan,
                     reason: format!("r{i}"),
                 },
@@ -550,11 +565,11 @@ async fn the_monitor_probes_every_customer_managed_org_each_interval() {
     // A second, provider-managed organization is not probed.
     let other = testing::other_org_id();
     f.app
-        .handle(Request {
+        .handle(CommandRequest {
             org_id: other,
             ..request(
                 platform(),
-                Action::Register {
+                Intent::Register {
                     name: "Other".into(),
                     plan: Plan::free(),
                     tenants: vec![],
@@ -601,11 +616,11 @@ async fn the_monitor_probes_every_customer_managed_org_each_interval() {
 
 /// Registers `org` with one tenant.
 async fn register(app: &App, org: OrgId) {
-    app.handle(Request {
+    app.handle(CommandRequest {
         org_id: org,
         ..request(
             platform(),
-            Action::Register {
+            Intent::Register {
                 name: format!("org {org}"),
                 plan: Plan::enterprise("standard"),
                 tenants: vec![tenant_a()],
@@ -616,13 +631,13 @@ async fn register(app: &App, org: OrgId) {
     .unwrap();
 }
 
-fn add_tenant(org: OrgId, n: u8, command_id: Option<&str>) -> Request {
-    Request {
+fn add_tenant(org: OrgId, n: u8, command_id: Option<&str>) -> CommandRequest {
+    CommandRequest {
         org_id: org,
         command_id: command_id.map(|c| CommandId::parse(c).unwrap()),
         ..request(
             platform(),
-            Action::AddTenant(Tenant {
+            Intent::AddTenant(Tenant {
                 tenant_id: testing::tenant_id(n),
                 name: format!("tenant {n}"),
             }),
@@ -837,7 +852,7 @@ async fn the_monitor_follower_survives_a_store_error() {
     run(
         &f,
         admin(),
-        Action::EnableCustomerManagedKey(connection(&kid("cmk", "v1").versionless())),
+        Intent::EnableCustomerManagedKey(connection(&kid("cmk", "v1").versionless())),
     )
     .await
     .unwrap();

@@ -23,15 +23,15 @@ fn org(i: u32) -> OrgId {
         .unwrap()
 }
 
-fn request(o: OrgId, actor: Actor, action: Action) -> Request {
-    Request {
+fn request(o: OrgId, actor: Actor, intent: Intent) -> CommandRequest {
+    CommandRequest {
         org_id: o,
         actor,
         source_ip: None,
         command_id: None,
         correlation_id: None,
         if_match: None,
-        action,
+        intent,
     }
 }
 
@@ -86,7 +86,7 @@ async fn two_instances_share_one_database() {
         app.handle(request(
             org(i),
             platform(),
-            Action::Register {
+            Intent::Register {
                 name: format!("Org {i}"),
                 plan: Plan::enterprise("standard"),
                 tenants: vec![testing::tenant_a()],
@@ -98,7 +98,7 @@ async fn two_instances_share_one_database() {
         app.handle(request(
             org(i),
             testing::admin_of_any_org(),
-            Action::EnableCustomerManagedKey(testing::connection(&key)),
+            Intent::EnableCustomerManagedKey(testing::connection(&key)),
         ))
         .await
         .unwrap();
@@ -116,7 +116,7 @@ async fn two_instances_share_one_database() {
             app.handle(request(
                 org(n % orgs),
                 billing(),
-                Action::ChangePlan {
+                Intent::ChangePlan {
                     plan,
                     reason: format!("n{n}"),
                 },

@@ -1,14 +1,19 @@
-//! Commands: what an actor asks for, with any key-test results already attached as attested
-//! values.
+//! Commands: what an actor asks for ([`Intent`]), the vault work that needs ([`KeyWork`],
+//! from [`plan`](crate::plan)), and what the vault said ([`KeyResults`], built only from
+//! attested values).
 
 use chrono::{DateTime, Utc};
+use secrecy::SecretString;
 
 use crate::actor::Actor;
 use crate::attest::{UnwrapProof, ValidatedKey, WrappedDek};
+use crate::connection::Connection;
 use crate::event::Tenant;
 use crate::health::HealthStatus;
-use crate::ids::{DekId, OrgId, TenantId};
+use crate::ids::{ApplicationId, DekId, DirectoryId, OrgId, TenantId};
+use crate::key_identifier::KeyIdentifier;
 use crate::plan::Plan;
+use crate::secret::Edek;
 
 /// A command: on which organization, who, when, what.
 #[derive(Debug, Clone)]
@@ -18,7 +23,108 @@ pub struct Command {
     pub actor: Actor,
     /// The command's time; it becomes the events' time. The domain has no clock.
     pub at: DateTime<Utc>,
-    pub kind: CommandKind,
+    pub intent: Intent,
+}
+
+/// What an actor asks for: the one command vocabulary of keyledger.
+#[derive(Debug, Clone)]
+pub enum Intent {
+    /// R1.
+    Register {
+        name: String,
+        plan: Plan,
+        tenants: Vec<Tenant>,
+    },
+    AddTenant(Tenant),
+    RemoveTenant(TenantId),
+    /// R8, from billing.
+    ChangePlan {
+        plan: Plan,
+        reason: String,
+    },
+    /// R4 "Test" without "save": a dry run that records nothing.
+    TestConnection(Connection),
+    /// R4, R5 "Test and save".
+    EnableCustomerManagedKey(Connection),
+    /// R6 "Edit connection": a changed key is a rotation.
+    EditCustomerManagedKey(ConnectionPatch),
+    /// R7: rotation to `key_identifier`, optionally with new credentials.
+    RotateCustomerManagedKey(ConnectionPatch),
+    /// R9, or R11 with `abandon_lost_data` after a declaration.
+    SwitchToProviderManagedKey {
+        abandon_lost_data: bool,
+    },
+    /// R11.
+    DeclareDataLost {
+        reason: String,
+        ticket: Option<String>,
+    },
+    /// R10, from the health monitor (actor `system`).
+    RecordKeyHealth {
+        status: HealthStatus,
+        detail: Option<String>,
+    },
+    /// R10: a person asks for a health probe now. Records nothing itself.
+    ProbeKeyHealth,
+}
+
+/// Fields of a connection to change; the rest stay as they are.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionPatch {
+    pub directory_id: Option<DirectoryId>,
+    pub application_id: Option<ApplicationId>,
+    pub client_secret: Option<SecretString>,
+    pub key_identifier: Option<KeyIdentifier>,
+}
+
+impl ConnectionPatch {
+    pub fn apply_to(&self, base: &Connection) -> Connection {
+        Connection {
+            directory_id: self.directory_id.unwrap_or(base.directory_id),
+            application_id: self.application_id.unwrap_or(base.application_id),
+            client_secret: self
+                .client_secret
+                .clone()
+                .unwrap_or_else(|| base.client_secret.clone()),
+            key_identifier: self
+                .key_identifier
+                .clone()
+                .unwrap_or_else(|| base.key_identifier.clone()),
+        }
+    }
+}
+
+/// EDEKs in the clear of the seal (still wrapped by their key), with their ids.
+pub type Edeks = Vec<(DekId, Edek)>;
+
+/// The vault (and internal key ring) work a command needs before [`decide`](crate::decide)
+/// can run. Made by [`plan`](crate::plan); carried out by the application, which answers with
+/// the matching [`KeyResults`].
+#[derive(Debug, Clone)]
+pub enum KeyWork {
+    /// Nothing: the command needs no key.
+    None,
+    /// Generate DEK `dek_id` and wrap it with the internal key (R1). Answer: `ProviderWrapped`.
+    ProviderWrapNew { dek_id: DekId },
+    /// Test `connection` (R4) and report; nothing is recorded. Answer: none, a test report.
+    Test { connection: Connection },
+    /// Test `connection` (R4), then generate a DEK and wrap it with the validated key (R5).
+    /// Answer: `TestedAndWrapped`.
+    TestAndWrapNew { connection: Connection },
+    /// Test `connection` (R4); if the validated key is not the key of `from`, unwrap `edeks`
+    /// with `from` and wrap each with the validated key (R6, R7). Answer: `TestedAndRewrapped`.
+    TestAndRewrap {
+        connection: Connection,
+        from: Connection,
+        edeks: Edeks,
+    },
+    /// Unwrap `edeks` with `from` (unless `None`: the data under it is lost) and wrap each with
+    /// the internal key, then generate DEK `new_dek` wrapped with the internal key (R9, R11).
+    /// Answer: `SwitchedToProvider`.
+    RewrapToProvider {
+        from: Option<(Connection, Edeks)>,
+        new_dek: DekId,
+    },
 }
 
 /// Evidence for re-wrapping DEKs: every DEK unwrapped with the key it was under, and the new
@@ -29,90 +135,26 @@ pub struct RewrapEvidence {
     pub rewrapped: Vec<(DekId, WrappedDek)>,
 }
 
+/// The results of a [`KeyWork`], for [`decide`](crate::decide). Every value in it is attested
+/// ([`ValidatedKey`], [`WrappedDek`], [`UnwrapProof`]): only the key-access port and the
+/// internal key ring make them, so the domain cannot forge a key test.
 #[derive(Debug, Clone)]
-pub enum CommandKind {
-    /// R1. `initial_dek` is DEK 1, wrapped by the internal key.
-    RegisterOrganization {
-        name: String,
-        plan: Plan,
-        tenants: Vec<Tenant>,
-        initial_dek: WrappedDek,
-    },
-    AddTenant {
-        tenant: Tenant,
-    },
-    RemoveTenant {
-        tenant_id: TenantId,
-    },
-    /// R8, from billing.
-    ChangePlan {
-        plan: Plan,
-        reason: String,
-    },
-    /// R4 "Test and save": `key` passed the live test, `dek` is a new DEK wrapped by it.
-    EnableCustomerManagedKey {
+pub enum KeyResults {
+    /// For [`KeyWork::None`].
+    None,
+    /// For [`KeyWork::ProviderWrapNew`].
+    ProviderWrapped { dek: WrappedDek },
+    /// For [`KeyWork::TestAndWrapNew`].
+    TestedAndWrapped { key: ValidatedKey, dek: WrappedDek },
+    /// For [`KeyWork::TestAndRewrap`]: `rewrap` is `None` when the validated key is the key in
+    /// use (nothing to re-wrap).
+    TestedAndRewrapped {
         key: ValidatedKey,
-        dek: WrappedDek,
+        rewrap: Option<RewrapEvidence>,
     },
-    /// R6. When the validated key differs from the current one, this is a rotation and
-    /// `rotation` must hold the R7 evidence.
-    EditConnection {
-        key: ValidatedKey,
-        rotation: Option<RewrapEvidence>,
-    },
-    /// R7.
-    RotateKey {
-        key: ValidatedKey,
-        evidence: RewrapEvidence,
-    },
-    /// R9, or R11 with `abandon_lost_data` after a declaration (then `evidence` is `None`).
-    SwitchToProviderManagedKey {
-        evidence: Option<RewrapEvidence>,
+    /// For [`KeyWork::RewrapToProvider`].
+    SwitchedToProvider {
+        rewrap: Option<RewrapEvidence>,
         new_dek: WrappedDek,
-        abandon_lost_data: bool,
     },
-    /// R11.
-    DeclareDataLost {
-        reason: String,
-        ticket: Option<String>,
-    },
-    /// R10, from the health monitor.
-    RecordKeyHealth {
-        status: HealthStatus,
-        detail: Option<String>,
-    },
-}
-
-/// The name of a command, for authorization and pre-checks before key tests run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CommandName {
-    RegisterOrganization,
-    AddTenant,
-    RemoveTenant,
-    ChangePlan,
-    TestConnection,
-    EnableCustomerManagedKey,
-    EditConnection,
-    RotateKey,
-    SwitchToProviderManagedKey,
-    DeclareDataLost,
-    RecordKeyHealth,
-    ProbeKeyHealth,
-}
-
-impl CommandKind {
-    pub fn name(&self) -> CommandName {
-        match self {
-            CommandKind::RegisterOrganization { .. } => CommandName::RegisterOrganization,
-            CommandKind::AddTenant { .. } => CommandName::AddTenant,
-            CommandKind::RemoveTenant { .. } => CommandName::RemoveTenant,
-            CommandKind::ChangePlan { .. } => CommandName::ChangePlan,
-            CommandKind::EnableCustomerManagedKey { .. } => CommandName::EnableCustomerManagedKey,
-            CommandKind::EditConnection { .. } => CommandName::EditConnection,
-            CommandKind::RotateKey { .. } => CommandName::RotateKey,
-            CommandKind::SwitchToProviderManagedKey { .. } => CommandName::SwitchToProviderManagedKey,
-            CommandKind::DeclareDataLost { .. } => CommandName::DeclareDataLost,
-            CommandKind::RecordKeyHealth { .. } => CommandName::RecordKeyHealth,
-        }
-    }
 }

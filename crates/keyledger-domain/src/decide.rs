@@ -4,8 +4,8 @@ use std::collections::BTreeSet;
 
 use crate::actor::{Actor, ActorKind, Role};
 use crate::attest::{ValidatedKey, WrappedBy, WrappedDek};
-use crate::command::{Command, CommandKind, CommandName, RewrapEvidence};
-use crate::connection::{ConnectionField, ConnectionRecord};
+use crate::command::{Command, Edeks, Intent, KeyResults, KeyWork, RewrapEvidence};
+use crate::connection::{Connection, ConnectionField, ConnectionRecord};
 use crate::event::*;
 use crate::health::HealthStatus;
 use crate::ids::{DekId, OrgId};
@@ -56,6 +56,11 @@ pub enum DomainError {
     /// evidence from the state it passes in, so this is a bug there: report, do not retry.
     #[error("key-test evidence does not match the organization's state: {0}")]
     EvidenceMismatch(&'static str),
+    /// A protected field the key work needs is sealed in the state given to [`plan`]. The
+    /// application loads states with protected fields open, so this is a bug there: report,
+    /// do not retry.
+    #[error("{0} is not open")]
+    NotOpen(&'static str),
 }
 
 impl DomainError {
@@ -73,7 +78,7 @@ impl DomainError {
             DomainError::DataLost => "data_lost",
             DomainError::SameKey => "same_key",
             DomainError::InvalidRequest { .. } => "invalid_request",
-            DomainError::EvidenceMismatch(_) => "internal_error",
+            DomainError::EvidenceMismatch(_) | DomainError::NotOpen(_) => "internal_error",
         }
     }
 
@@ -85,21 +90,20 @@ impl DomainError {
     }
 }
 
-/// R3: who may issue which command. Run before anything that shows the organization's state
-/// (an `If-Match` answer names its version), so a caller out of scope learns nothing.
-pub fn authorize(actor: &Actor, org: OrgId, name: CommandName) -> Result<(), DomainError> {
-    let allowed: &[Role] = match name {
-        CommandName::RegisterOrganization | CommandName::AddTenant | CommandName::RemoveTenant => {
-            &[Role::Platform]
-        }
-        CommandName::ChangePlan => &[Role::Billing],
-        CommandName::TestConnection
-        | CommandName::EnableCustomerManagedKey
-        | CommandName::EditConnection
-        | CommandName::RotateKey
-        | CommandName::SwitchToProviderManagedKey => &[Role::OrgAdmin],
-        CommandName::DeclareDataLost | CommandName::ProbeKeyHealth => &[Role::OrgAdmin, Role::Support],
-        CommandName::RecordKeyHealth => &[Role::System],
+/// R3: who may issue which command. [`plan`] runs it first, before anything that shows the
+/// organization's state (an `If-Match` answer names its version), so a caller out of scope
+/// learns nothing.
+fn authorize(actor: &Actor, org: OrgId, intent: &Intent) -> Result<(), DomainError> {
+    let allowed: &[Role] = match intent {
+        Intent::Register { .. } | Intent::AddTenant(_) | Intent::RemoveTenant(_) => &[Role::Platform],
+        Intent::ChangePlan { .. } => &[Role::Billing],
+        Intent::TestConnection(_)
+        | Intent::EnableCustomerManagedKey(_)
+        | Intent::EditCustomerManagedKey(_)
+        | Intent::RotateCustomerManagedKey(_)
+        | Intent::SwitchToProviderManagedKey { .. } => &[Role::OrgAdmin],
+        Intent::DeclareDataLost { .. } | Intent::ProbeKeyHealth => &[Role::OrgAdmin, Role::Support],
+        Intent::RecordKeyHealth { .. } => &[Role::System],
     };
     let role_ok = allowed.iter().any(|r| actor.has_role(*r));
     let system_ok = !allowed.contains(&Role::System) || actor.kind == ActorKind::System;
@@ -110,21 +114,45 @@ pub fn authorize(actor: &Actor, org: OrgId, name: CommandName) -> Result<(), Dom
     }
 }
 
-/// The checks that do not need key-test results: authorization and state preconditions.
-/// The application runs this before it calls the vault, so a refused command costs no
-/// vault round trip; `decide` runs it again.
-pub fn precheck(state: &State, actor: &Actor, org_id: OrgId, name: CommandName) -> Result<(), DomainError> {
-    authorize(actor, org_id, name)?;
-    if name == CommandName::RegisterOrganization {
-        return match state.org {
-            Some(_) => Err(DomainError::AlreadyRegistered { what: "organization" }),
-            None => Ok(()),
+/// Every rule a command must pass, and the key work it then needs. Pure: the application
+/// runs it before any vault call, so a refused command costs no vault round trip, and
+/// carries out the returned [`KeyWork`] for [`decide`].
+///
+/// [`DomainError::Forbidden`] comes first, before anything about the organization's state.
+pub fn plan(state: &State, command: &Command) -> Result<KeyWork, DomainError> {
+    let Command {
+        org_id,
+        actor,
+        intent,
+        ..
+    } = command;
+    authorize(actor, *org_id, intent)?;
+    let Some(org) = &state.org else {
+        return match intent {
+            Intent::Register { name, tenants, .. } => {
+                check_register(name, tenants)?;
+                Ok(KeyWork::ProviderWrapNew { dek_id: DekId::FIRST })
+            }
+            _ => Err(DomainError::OrganizationNotFound),
         };
-    }
-    let org = state.org.as_ref().ok_or(DomainError::OrganizationNotFound)?;
-    match name {
-        CommandName::TestConnection | CommandName::EnableCustomerManagedKey => {
-            if org.customer_key().is_some() && name == CommandName::EnableCustomerManagedKey {
+    };
+    match intent {
+        Intent::Register { .. } => Err(DomainError::AlreadyRegistered { what: "organization" }),
+        Intent::AddTenant(tenant) => {
+            check_name("name", &tenant.name)?;
+            if org.has_tenant(tenant.tenant_id) {
+                return Err(DomainError::AlreadyRegistered { what: "tenant" });
+            }
+            Ok(KeyWork::None)
+        }
+        Intent::RemoveTenant(tenant_id) => match org.has_tenant(*tenant_id) {
+            true => Ok(KeyWork::None),
+            false => Err(DomainError::TenantNotFound),
+        },
+        Intent::ChangePlan { reason, .. } => check_reason("reason", reason).map(|()| KeyWork::None),
+        Intent::TestConnection(connection) | Intent::EnableCustomerManagedKey(connection) => {
+            let enable = matches!(intent, Intent::EnableCustomerManagedKey(_));
+            if enable && org.customer_key().is_some() {
                 return Err(DomainError::CmkAlreadyEnabled);
             }
             if !org.plan.allows_customer_managed_key() {
@@ -132,114 +160,159 @@ pub fn precheck(state: &State, actor: &Actor, org_id: OrgId, name: CommandName) 
                     plan: org.plan.kind().to_string(),
                 });
             }
+            let connection = connection.clone();
+            Ok(match enable {
+                true => KeyWork::TestAndWrapNew { connection },
+                false => KeyWork::Test { connection },
+            })
         }
-        CommandName::EditConnection | CommandName::RotateKey => {
+        Intent::EditCustomerManagedKey(patch) | Intent::RotateCustomerManagedKey(patch) => {
+            let key = usable_key(org)?;
+            let from = open_connection(key)?;
+            if let (Intent::RotateCustomerManagedKey(_), Some(new)) = (intent, &patch.key_identifier) {
+                // Before any vault call; `decide` refuses a key that the test pins to this one.
+                refuse_same_key(new, key.key())?;
+            }
+            Ok(KeyWork::TestAndRewrap {
+                connection: patch.apply_to(&from),
+                edeks: open_edeks(org, key.key())?,
+                from,
+            })
+        }
+        Intent::SwitchToProviderManagedKey { abandon_lost_data } => {
+            let key = org.customer_key().ok_or(DomainError::CmkNotEnabled)?;
+            match (key.data_lost, abandon_lost_data) {
+                (true, false) => Err(DomainError::DataLost),
+                (false, true) => Err(DomainError::invalid(
+                    "abandon_lost_data",
+                    "only allowed after customer data was declared lost",
+                )),
+                // Every DEK under the lost key is lost; nothing is left to re-wrap.
+                (true, true) => Ok(KeyWork::RewrapToProvider {
+                    from: None,
+                    new_dek: org.next_dek_id(),
+                }),
+                (false, false) => Ok(KeyWork::RewrapToProvider {
+                    from: Some((open_connection(key)?, open_edeks(org, key.key())?)),
+                    new_dek: org.next_dek_id(),
+                }),
+            }
+        }
+        Intent::DeclareDataLost { reason, ticket } => {
             let key = org.customer_key().ok_or(DomainError::CmkNotEnabled)?;
             if key.data_lost {
                 return Err(DomainError::DataLost);
             }
-            if key.locked {
-                return Err(DomainError::CmkLockedByPlan);
+            support_needs_ticket(actor, ticket)?;
+            check_reason("reason", reason)?;
+            if let Some(t) = ticket {
+                check_reason("ticket", t)?;
             }
+            if key.health.status != HealthStatus::KeyNotFound {
+                return Err(DomainError::invalid(
+                    "reason",
+                    "data loss can only be declared while the key health is key_not_found",
+                ));
+            }
+            Ok(KeyWork::None)
         }
-        CommandName::SwitchToProviderManagedKey
-        | CommandName::ProbeKeyHealth
-        | CommandName::RecordKeyHealth => {
+        Intent::RecordKeyHealth { .. } | Intent::ProbeKeyHealth => {
             org.customer_key().ok_or(DomainError::CmkNotEnabled)?;
+            Ok(KeyWork::None)
         }
-        CommandName::DeclareDataLost => {
-            let key = org.customer_key().ok_or(DomainError::CmkNotEnabled)?;
-            if key.data_lost {
-                return Err(DomainError::DataLost);
-            }
-        }
-        CommandName::RegisterOrganization
-        | CommandName::AddTenant
-        | CommandName::RemoveTenant
-        | CommandName::ChangePlan => {}
     }
-    Ok(())
 }
 
-/// Decides which events a command produces, or why it is refused. Pure and synchronous: the
-/// key tests already happened and their results are in the command.
-pub fn decide(state: &State, command: Command) -> Result<Vec<Event>, DomainError> {
+/// R7: a rotation must go to another key version.
+fn refuse_same_key(new: &KeyIdentifier, current: &KeyIdentifier) -> Result<(), DomainError> {
+    match new.same_key_version(current) {
+        true => Err(DomainError::SameKey),
+        false => Ok(()),
+    }
+}
+
+/// R5, R8, R11: the customer key may be edited or rotated.
+fn usable_key(org: &Organization) -> Result<&CustomerKey, DomainError> {
+    let key = org.customer_key().ok_or(DomainError::CmkNotEnabled)?;
+    if key.data_lost {
+        return Err(DomainError::DataLost);
+    }
+    if key.locked {
+        return Err(DomainError::CmkLockedByPlan);
+    }
+    Ok(key)
+}
+
+/// The connection in use, with its secret open.
+fn open_connection(key: &CustomerKey) -> Result<Connection, DomainError> {
+    key.connection
+        .to_connection()
+        .ok_or(DomainError::NotOpen("the client secret of the connection in use"))
+}
+
+/// The EDEKs of the DEKs under `key`, opened.
+fn open_edeks(org: &Organization, key: &KeyIdentifier) -> Result<Edeks, DomainError> {
+    org.deks_under(key)
+        .into_iter()
+        .map(|id| match &org.data_keys[&id].edek {
+            Protected::Open(edek) => Ok((id, edek.clone())),
+            _ => Err(DomainError::NotOpen("an EDEK of the organization")),
+        })
+        .collect()
+}
+
+/// Decides which events a command produces. Pure and synchronous: [`plan`] passed it on
+/// `state`, and `done` holds the results of the key work it asked for, as attested values.
+/// What remains to refuse here is what only those results show.
+pub fn decide(state: &State, command: Command, done: KeyResults) -> Result<Vec<Event>, DomainError> {
     let Command {
-        org_id,
-        actor,
-        at,
-        kind,
+        org_id, at, intent, ..
     } = command;
-    precheck(state, &actor, org_id, kind.name())?;
-    if let CommandKind::DeclareDataLost { ticket, .. } = &kind {
-        support_needs_ticket(&actor, ticket)?;
-    }
-    match (kind, &state.org) {
-        (
-            CommandKind::RegisterOrganization {
-                name,
-                plan,
-                tenants,
-                initial_dek,
-            },
-            _,
-        ) => register(org_id, name, plan, tenants, initial_dek, at),
-        (other, Some(org)) => decide_for(org, other, at),
-        // precheck refuses every other command on an unregistered organization.
-        (_, None) => Err(DomainError::OrganizationNotFound),
-    }
-}
-
-fn decide_for(
-    org: &Organization,
-    kind: CommandKind,
-    at: chrono::DateTime<chrono::Utc>,
-) -> Result<Vec<Event>, DomainError> {
-    match kind {
-        CommandKind::RegisterOrganization { .. } => {
-            Err(DomainError::AlreadyRegistered { what: "organization" })
-        }
-        CommandKind::AddTenant { tenant } => {
-            check_name("name", &tenant.name)?;
-            if org.has_tenant(tenant.tenant_id) {
-                return Err(DomainError::AlreadyRegistered { what: "tenant" });
+    let Some(org) = &state.org else {
+        return match (intent, done) {
+            (Intent::Register { name, plan, tenants }, KeyResults::ProviderWrapped { dek }) => {
+                register(org_id, name, plan, tenants, dek, at)
             }
-            Ok(vec![Event::TenantAdded(TenantAdded {
-                tenant_id: tenant.tenant_id,
-                name: tenant.name,
-            })])
-        }
-        CommandKind::RemoveTenant { tenant_id } => {
-            if !org.has_tenant(tenant_id) {
-                return Err(DomainError::TenantNotFound);
-            }
+            _ => Err(DomainError::OrganizationNotFound),
+        };
+    };
+    match (intent, done) {
+        (Intent::AddTenant(tenant), KeyResults::None) => Ok(vec![Event::TenantAdded(TenantAdded {
+            tenant_id: tenant.tenant_id,
+            name: tenant.name,
+        })]),
+        (Intent::RemoveTenant(tenant_id), KeyResults::None) => {
             Ok(vec![Event::TenantRemoved(TenantRemoved { tenant_id })])
         }
-        CommandKind::ChangePlan { plan, reason } => change_plan(org, plan, reason),
-        CommandKind::EnableCustomerManagedKey { key, dek } => enable(org, key, dek, at),
-        CommandKind::EditConnection { key, rotation } => {
+        (Intent::ChangePlan { plan, reason }, KeyResults::None) => change_plan(org, plan, reason),
+        (Intent::EnableCustomerManagedKey(_), KeyResults::TestedAndWrapped { key, dek }) => {
+            enable(org, key, dek, at)
+        }
+        (Intent::EditCustomerManagedKey(_), KeyResults::TestedAndRewrapped { key, rewrap }) => {
             let current = org.customer_key().ok_or(DomainError::CmkNotEnabled)?;
             if key.key().same_key_version(current.key()) {
-                edit(current, key)
-            } else {
-                // R6: changing the key through "Edit connection" is a rotation.
-                let evidence = rotation.ok_or(DomainError::EvidenceMismatch(
-                    "the key changed but no rotation evidence was given",
-                ))?;
-                rotate(org, current, key, evidence)
+                return edit(current, key);
             }
-        }
-        CommandKind::RotateKey { key, evidence } => {
-            let current = org.customer_key().ok_or(DomainError::CmkNotEnabled)?;
+            // R6: changing the key through "Edit connection" is a rotation.
+            let evidence = rewrap.ok_or(DomainError::EvidenceMismatch(
+                "the key changed but no rotation evidence was given",
+            ))?;
             rotate(org, current, key, evidence)
         }
-        CommandKind::SwitchToProviderManagedKey {
-            evidence,
-            new_dek,
-            abandon_lost_data,
-        } => switch_to_provider(org, evidence, new_dek, abandon_lost_data, at),
-        CommandKind::DeclareDataLost { reason, ticket } => declare_lost(org, reason, ticket, at),
-        CommandKind::RecordKeyHealth { status, detail } => {
+        (Intent::RotateCustomerManagedKey(_), KeyResults::TestedAndRewrapped { key, rewrap }) => {
+            let current = org.customer_key().ok_or(DomainError::CmkNotEnabled)?;
+            refuse_same_key(key.key(), current.key())?;
+            let evidence = rewrap.ok_or(DomainError::EvidenceMismatch("a rotation needs an unwrap proof"))?;
+            rotate(org, current, key, evidence)
+        }
+        (
+            Intent::SwitchToProviderManagedKey { abandon_lost_data },
+            KeyResults::SwitchedToProvider { rewrap, new_dek },
+        ) => switch_to_provider(org, rewrap, new_dek, abandon_lost_data, at),
+        (Intent::DeclareDataLost { reason, ticket }, KeyResults::None) => {
+            declare_lost(org, reason, ticket, at)
+        }
+        (Intent::RecordKeyHealth { status, detail }, KeyResults::None) => {
             let current = org.customer_key().ok_or(DomainError::CmkNotEnabled)?;
             if current.health.status == status {
                 return Ok(vec![]);
@@ -251,7 +324,29 @@ fn decide_for(
                 observed_at: at,
             })])
         }
+        (Intent::Register { .. }, _) => Err(DomainError::AlreadyRegistered { what: "organization" }),
+        (Intent::TestConnection(_) | Intent::ProbeKeyHealth, _) => {
+            Err(DomainError::EvidenceMismatch("a test or probe records nothing"))
+        }
+        _ => Err(DomainError::EvidenceMismatch(
+            "the key results are not those the command's key work gives",
+        )),
     }
+}
+
+fn check_register(name: &str, tenants: &[Tenant]) -> Result<(), DomainError> {
+    check_name("name", name)?;
+    let mut seen = BTreeSet::new();
+    for t in tenants {
+        check_name("tenants.name", &t.name)?;
+        if !seen.insert(t.tenant_id) {
+            return Err(DomainError::invalid(
+                "tenants",
+                format!("tenant {} is listed twice", t.tenant_id),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_name(field: &'static str, name: &str) -> Result<(), DomainError> {
@@ -279,17 +374,6 @@ fn register(
     initial_dek: WrappedDek,
     at: chrono::DateTime<chrono::Utc>,
 ) -> Result<Vec<Event>, DomainError> {
-    check_name("name", &name)?;
-    let mut seen = BTreeSet::new();
-    for t in &tenants {
-        check_name("tenants.name", &t.name)?;
-        if !seen.insert(t.tenant_id) {
-            return Err(DomainError::invalid(
-                "tenants",
-                format!("tenant {} is listed twice", t.tenant_id),
-            ));
-        }
-    }
     let (wrapped_by, edek) = initial_dek.into_parts();
     if !matches!(wrapped_by, WrappedBy::Provider { .. }) {
         return Err(DomainError::EvidenceMismatch(
@@ -315,7 +399,6 @@ fn register(
 
 /// R8: a downgrade locks an enabled customer key, an upgrade unlocks it.
 fn change_plan(org: &Organization, plan: Plan, reason: String) -> Result<Vec<Event>, DomainError> {
-    check_reason("reason", &reason)?;
     if plan == org.plan {
         return Ok(vec![]);
     }
@@ -437,9 +520,6 @@ fn rotate(
     key: ValidatedKey,
     evidence: RewrapEvidence,
 ) -> Result<Vec<Event>, DomainError> {
-    if key.key().same_key_version(current.key()) {
-        return Err(DomainError::SameKey);
-    }
     let to = WrappedBy::Customer {
         key_identifier: key.key().clone(),
     };
@@ -479,27 +559,19 @@ fn switch_to_provider(
     at: chrono::DateTime<chrono::Utc>,
 ) -> Result<Vec<Event>, DomainError> {
     let current = org.customer_key().ok_or(DomainError::CmkNotEnabled)?;
-    let lost = current.data_lost;
     let (new_by, new_edek) = new_dek.into_parts();
     let WrappedBy::Provider { .. } = &new_by else {
         return Err(DomainError::EvidenceMismatch(
             "the new DEK must be wrapped by the internal key",
         ));
     };
-    let rewrapped = match (lost, abandon_lost_data) {
-        (true, false) => return Err(DomainError::DataLost),
-        (false, true) => {
-            return Err(DomainError::invalid(
-                "abandon_lost_data",
-                "only allowed after customer data was declared lost",
+    let rewrapped = match (evidence, abandon_lost_data) {
+        (Some(evidence), false) => check_rewrap(org, current.key(), &new_by, evidence)?,
+        (None, true) => Vec::new(),
+        _ => {
+            return Err(DomainError::EvidenceMismatch(
+                "switching needs an unwrap proof unless the data is abandoned",
             ));
-        }
-        // Every DEK under the lost key is lost; nothing is left to re-wrap.
-        (true, true) => Vec::new(),
-        (false, false) => {
-            let evidence =
-                evidence.ok_or(DomainError::EvidenceMismatch("switching needs an unwrap proof"))?;
-            check_rewrap(org, current.key(), &new_by, evidence)?
         }
     };
     let mut events = vec![Event::SwitchedToProviderManagedKey(
@@ -532,16 +604,6 @@ fn declare_lost(
     at: chrono::DateTime<chrono::Utc>,
 ) -> Result<Vec<Event>, DomainError> {
     let current = org.customer_key().ok_or(DomainError::CmkNotEnabled)?;
-    check_reason("reason", &reason)?;
-    if let Some(t) = &ticket {
-        check_reason("ticket", t)?;
-    }
-    if current.health.status != HealthStatus::KeyNotFound {
-        return Err(DomainError::invalid(
-            "reason",
-            "data loss can only be declared while the key health is key_not_found",
-        ));
-    }
     Ok(vec![Event::CustomerDataDeclaredLost(CustomerDataDeclaredLost {
         key_identifier: current.key().clone(),
         lost_dek_ids: org.deks_under(current.key()),
@@ -552,7 +614,7 @@ fn declare_lost(
 }
 
 /// R11: support must cite a ticket. Checked here because it depends on the actor's role.
-pub(crate) fn support_needs_ticket(actor: &Actor, ticket: &Option<String>) -> Result<(), DomainError> {
+fn support_needs_ticket(actor: &Actor, ticket: &Option<String>) -> Result<(), DomainError> {
     if !actor.has_role(Role::OrgAdmin) && actor.has_role(Role::Support) && ticket.is_none() {
         return Err(DomainError::invalid(
             "ticket",

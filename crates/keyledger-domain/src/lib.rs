@@ -1,7 +1,9 @@
 //! The pure domain of keyledger: the encryption state of an organization as events.
 //!
-//! - [`decide`] turns a [`Command`] into events or a [`DomainError`] (rules R1–R13 of
-//!   DESIGN.md §2);
+//! - [`plan`] checks a [`Command`] against the rules (R1–R13 of DESIGN.md §2) and says which
+//!   key work it needs ([`KeyWork`]);
+//! - [`decide`] turns the command and that work's results ([`KeyResults`]) into events, or a
+//!   [`DomainError`];
 //! - [`evolve`] folds events into a [`State`];
 //! - key-test results enter commands as attested values ([`ValidatedKey`], [`UnwrapProof`],
 //!   [`WrappedDek`]) that only the key-access port can make.
@@ -29,9 +31,9 @@ pub mod testing;
 
 pub use actor::{Actor, ActorKind, Reach, Role, Scope};
 pub use attest::{KeyProperties, UnwrapProof, ValidatedKey, WrappedBy, WrappedDek};
-pub use command::{Command, CommandKind, CommandName, RewrapEvidence};
+pub use command::{Command, ConnectionPatch, Edeks, Intent, KeyResults, KeyWork, RewrapEvidence};
 pub use connection::{Connection, ConnectionField, ConnectionRecord};
-pub use decide::{DomainError, authorize, decide, precheck};
+pub use decide::{DomainError, decide, plan};
 pub use envelope::{EnvelopeActor, EventMetadata, GENESIS_HASH, StoredEvent};
 pub use event::{DecodeError, EVENT_TYPES, Event, ProtectedField, Tenant};
 pub use health::HealthStatus;

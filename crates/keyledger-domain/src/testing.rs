@@ -18,9 +18,9 @@ use serde_json::{Value, json};
 
 use crate::actor::{Actor, ActorKind, Reach, Role, Scope};
 use crate::attest::{KeyProperties, UnwrapProof, ValidatedKey, WrappedBy, WrappedDek};
-use crate::command::{Command, CommandKind, RewrapEvidence};
+use crate::command::{Command, ConnectionPatch, Intent, KeyResults, RewrapEvidence};
 use crate::connection::Connection;
-use crate::decide::{DomainError, decide};
+use crate::decide::{DomainError, decide, plan};
 use crate::event::{Event, Tenant};
 use crate::health::HealthStatus;
 use crate::ids::{ApplicationId, DirectoryId, OrgId, TenantId};
@@ -52,15 +52,15 @@ impl Given {
 
     /// The command under test. `build` sees the given state, so evidence can be derived
     /// from it.
-    pub fn when(self, command: Command) -> When {
-        let result = decide(&self.state, command);
+    pub fn when(self, command: ScriptedCommand) -> When {
+        let result = decide_scripted(&self.state, command);
         When {
             state: self.state,
             result,
         }
     }
 
-    pub fn when_with(self, build: impl FnOnce(&State) -> Command) -> When {
+    pub fn when_with(self, build: impl FnOnce(&State) -> ScriptedCommand) -> When {
         let command = build(&self.state);
         self.when(command)
     }
@@ -356,12 +356,152 @@ pub fn rewrap_all(state: &State, to: &WrappedBy) -> RewrapEvidence {
     }
 }
 
+/// A command whose key work is scripted: what it asks for and what the vault answered, in
+/// one value (the shape tests write; the application gets the answers from the vault).
+#[derive(Debug, Clone)]
+pub enum Scripted {
+    RegisterOrganization {
+        name: String,
+        plan: Plan,
+        tenants: Vec<Tenant>,
+        initial_dek: WrappedDek,
+    },
+    AddTenant {
+        tenant: Tenant,
+    },
+    RemoveTenant {
+        tenant_id: TenantId,
+    },
+    ChangePlan {
+        plan: Plan,
+        reason: String,
+    },
+    EnableCustomerManagedKey {
+        key: ValidatedKey,
+        dek: WrappedDek,
+    },
+    /// `rotation`: the re-wrap evidence, when the key changes.
+    EditConnection {
+        key: ValidatedKey,
+        rotation: Option<RewrapEvidence>,
+    },
+    RotateKey {
+        key: ValidatedKey,
+        evidence: RewrapEvidence,
+    },
+    SwitchToProviderManagedKey {
+        evidence: Option<RewrapEvidence>,
+        new_dek: WrappedDek,
+        abandon_lost_data: bool,
+    },
+    DeclareDataLost {
+        reason: String,
+        ticket: Option<String>,
+    },
+    RecordKeyHealth {
+        status: HealthStatus,
+        detail: Option<String>,
+    },
+}
+
+impl Scripted {
+    /// The intent, and the key results the script gives for it.
+    pub fn split(self) -> (Intent, KeyResults) {
+        let patch = |key: &ValidatedKey| {
+            let c = key.connection();
+            Intent::EditCustomerManagedKey(ConnectionPatch {
+                directory_id: Some(c.directory_id),
+                application_id: Some(c.application_id),
+                client_secret: Some(c.client_secret.clone()),
+                key_identifier: Some(c.key_identifier.clone()),
+            })
+        };
+        match self {
+            Scripted::RegisterOrganization {
+                name,
+                plan,
+                tenants,
+                initial_dek,
+            } => (
+                Intent::Register { name, plan, tenants },
+                KeyResults::ProviderWrapped { dek: initial_dek },
+            ),
+            Scripted::AddTenant { tenant } => (Intent::AddTenant(tenant), KeyResults::None),
+            Scripted::RemoveTenant { tenant_id } => (Intent::RemoveTenant(tenant_id), KeyResults::None),
+            Scripted::ChangePlan { plan, reason } => (Intent::ChangePlan { plan, reason }, KeyResults::None),
+            Scripted::EnableCustomerManagedKey { key, dek } => (
+                Intent::EnableCustomerManagedKey(key.connection().clone()),
+                KeyResults::TestedAndWrapped { key, dek },
+            ),
+            Scripted::EditConnection { key, rotation } => (
+                patch(&key),
+                KeyResults::TestedAndRewrapped {
+                    key,
+                    rewrap: rotation,
+                },
+            ),
+            Scripted::RotateKey { key, evidence } => {
+                let Intent::EditCustomerManagedKey(p) = patch(&key) else {
+                    unreachable!("patch makes an edit")
+                };
+                (
+                    Intent::RotateCustomerManagedKey(p),
+                    KeyResults::TestedAndRewrapped {
+                        key,
+                        rewrap: Some(evidence),
+                    },
+                )
+            }
+            Scripted::SwitchToProviderManagedKey {
+                evidence,
+                new_dek,
+                abandon_lost_data,
+            } => (
+                Intent::SwitchToProviderManagedKey { abandon_lost_data },
+                KeyResults::SwitchedToProvider {
+                    rewrap: evidence,
+                    new_dek,
+                },
+            ),
+            Scripted::DeclareDataLost { reason, ticket } => {
+                (Intent::DeclareDataLost { reason, ticket }, KeyResults::None)
+            }
+            Scripted::RecordKeyHealth { status, detail } => {
+                (Intent::RecordKeyHealth { status, detail }, KeyResults::None)
+            }
+        }
+    }
+}
+
+/// A scripted command: on which organization, who, when, what.
+#[derive(Debug, Clone)]
+pub struct ScriptedCommand {
+    pub org_id: OrgId,
+    pub actor: Actor,
+    pub at: DateTime<Utc>,
+    pub kind: Scripted,
+}
+
+/// What the application does with a command, with the script's key results in place of the
+/// vault: [`plan`], then [`decide`].
+pub fn decide_scripted(state: &State, command: ScriptedCommand) -> Result<Vec<Event>, DomainError> {
+    let (intent, done) = command.kind.split();
+    let command = Command {
+        org_id: command.org_id,
+        actor: command.actor,
+        at: command.at,
+        intent,
+    };
+    plan(state, &command)?;
+    decide(state, command, done)
+}
+
 /// A command on the scenario's organization at `t0`.
-pub fn cmd(actor: Actor, kind: CommandKind) -> Command {
+pub fn cmd(actor: Actor, kind: Scripted) -> ScriptedCommand {
     cmd_at(actor, kind, t0())
 }
-pub fn cmd_at(actor: Actor, kind: CommandKind, at: DateTime<Utc>) -> Command {
-    Command {
+pub fn cmd_at(actor: Actor, kind: Scripted, at: DateTime<Utc>) -> ScriptedCommand {
+    ScriptedCommand {
         org_id: org_id(),
         actor,
         at,
@@ -369,28 +509,28 @@ pub fn cmd_at(actor: Actor, kind: CommandKind, at: DateTime<Utc>) -> Command {
     }
 }
 
-pub fn register_kind(plan: Plan) -> CommandKind {
-    CommandKind::RegisterOrganization {
+pub fn register_kind(plan: Plan) -> Scripted {
+    Scripted::RegisterOrganization {
         name: "Contoso".into(),
         plan,
         tenants: vec![tenant_a(), tenant_b()],
         initial_dek: provider_dek(),
     }
 }
-pub fn enable_kind(key: &KeyIdentifier) -> CommandKind {
-    CommandKind::EnableCustomerManagedKey {
+pub fn enable_kind(key: &KeyIdentifier) -> Scripted {
+    Scripted::EnableCustomerManagedKey {
         key: validated(connection(key), t0()),
         dek: customer_dek(key),
     }
 }
-pub fn plan_kind(plan: Plan) -> CommandKind {
-    CommandKind::ChangePlan {
+pub fn plan_kind(plan: Plan) -> Scripted {
+    Scripted::ChangePlan {
         plan,
         reason: "billing cycle".into(),
     }
 }
 /// Edit the current connection, changing only the client secret.
-pub fn edit_secret_kind(state: &State, new_secret: &str) -> CommandKind {
+pub fn edit_secret_kind(state: &State, new_secret: &str) -> Scripted {
     let current = state
         .org()
         .and_then(|o| o.customer_key())
@@ -398,13 +538,13 @@ pub fn edit_secret_kind(state: &State, new_secret: &str) -> CommandKind {
         .unwrap_or_else(key_a);
     let mut c = connection(&current);
     c.client_secret = SecretString::from(new_secret.to_owned());
-    CommandKind::EditConnection {
+    Scripted::EditConnection {
         key: validated(c, t0()),
         rotation: None,
     }
 }
-pub fn rotate_kind(state: &State, to: &KeyIdentifier) -> CommandKind {
-    CommandKind::RotateKey {
+pub fn rotate_kind(state: &State, to: &KeyIdentifier) -> Scripted {
+    Scripted::RotateKey {
         key: validated(connection(to), t0()),
         evidence: rewrap_all(
             state,
@@ -414,28 +554,28 @@ pub fn rotate_kind(state: &State, to: &KeyIdentifier) -> CommandKind {
         ),
     }
 }
-pub fn switch_kind(state: &State) -> CommandKind {
+pub fn switch_kind(state: &State) -> Scripted {
     let provider = WrappedBy::Provider {
         internal_key_id: "ik-1".into(),
     };
-    CommandKind::SwitchToProviderManagedKey {
+    Scripted::SwitchToProviderManagedKey {
         evidence: Some(rewrap_all(state, &provider)),
         new_dek: provider_dek(),
         abandon_lost_data: false,
     }
 }
-pub fn abandon_switch_kind() -> CommandKind {
-    CommandKind::SwitchToProviderManagedKey {
+pub fn abandon_switch_kind() -> Scripted {
+    Scripted::SwitchToProviderManagedKey {
         evidence: None,
         new_dek: provider_dek(),
         abandon_lost_data: true,
     }
 }
-pub fn health_kind(status: HealthStatus) -> CommandKind {
-    CommandKind::RecordKeyHealth { status, detail: None }
+pub fn health_kind(status: HealthStatus) -> Scripted {
+    Scripted::RecordKeyHealth { status, detail: None }
 }
-pub fn declare_lost_kind(ticket: Option<&str>) -> CommandKind {
-    CommandKind::DeclareDataLost {
+pub fn declare_lost_kind(ticket: Option<&str>) -> Scripted {
+    Scripted::DeclareDataLost {
         reason: "key purged without backup".into(),
         ticket: ticket.map(str::to_owned),
     }
@@ -457,11 +597,11 @@ impl History {
 
     /// Runs one command; panics when it is refused (a broken fixture).
     #[track_caller]
-    pub fn run(mut self, actor: Actor, build: impl FnOnce(&State) -> CommandKind) -> Self {
+    pub fn run(mut self, actor: Actor, build: impl FnOnce(&State) -> Scripted) -> Self {
         let kind = build(&self.state);
         let command = cmd_at(actor, kind, at_minutes(self.minute));
         self.minute += 1;
-        match decide(&self.state, command) {
+        match decide_scripted(&self.state, command) {
             Ok(events) => {
                 for e in events {
                     self.state = evolve(self.state, &e);

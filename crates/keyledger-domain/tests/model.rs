@@ -85,7 +85,7 @@ fn customer(k: &KeyIdentifier) -> WrappedBy {
 
 /// The command an op stands for. Evidence is derived from the state when there is a key;
 /// otherwise it is empty (the rules must refuse those commands anyway).
-fn command(state: &State, op: &Op, step: i64) -> Command {
+fn command(state: &State, op: &Op, step: i64) -> ScriptedCommand {
     let has_cmk = state.org().and_then(|o| o.customer_key()).is_some();
     let empty = |k: &KeyIdentifier| RewrapEvidence {
         unwrapped: UnwrapProof::attest(k.clone(), Default::default()),
@@ -104,7 +104,7 @@ fn command(state: &State, op: &Op, step: i64) -> Command {
             });
             (
                 admin(),
-                CommandKind::EditConnection {
+                Scripted::EditConnection {
                     key: validated(connection(&k), at_minutes(step)),
                     rotation,
                 },
@@ -119,7 +119,7 @@ fn command(state: &State, op: &Op, step: i64) -> Command {
             };
             (
                 admin(),
-                CommandKind::RotateKey {
+                Scripted::RotateKey {
                     key: validated(connection(&k), at_minutes(step)),
                     evidence,
                 },
@@ -131,7 +131,7 @@ fn command(state: &State, op: &Op, step: i64) -> Command {
         Op::DeclareLost => (admin(), declare_lost_kind(None)),
         Op::AddTenant(i) => (
             platform(),
-            CommandKind::AddTenant {
+            Scripted::AddTenant {
                 tenant: Tenant {
                     tenant_id: tenant_id(*i),
                     name: format!("T{i}"),
@@ -140,7 +140,7 @@ fn command(state: &State, op: &Op, step: i64) -> Command {
         ),
         Op::RemoveTenant(i) => (
             platform(),
-            CommandKind::RemoveTenant {
+            Scripted::RemoveTenant {
                 tenant_id: tenant_id(*i),
             },
         ),
@@ -215,7 +215,7 @@ proptest! {
         for (step, op) in ops.iter().enumerate() {
             let before = state.clone();
             let locked = before.org().and_then(|o| o.customer_key()).is_some_and(|k| k.locked);
-            let Ok(events) = decide(&before, command(&before, op, step as i64 + 1)) else {
+            let Ok(events) = decide_scripted(&before, command(&before, op, step as i64 + 1)) else {
                 continue; // a refused command changes nothing, by construction of the API
             };
             if locked {
@@ -257,7 +257,7 @@ fn the_model_exercises_every_event_type() {
             .state()
             .clone();
         for (step, op) in ops.iter().enumerate() {
-            if let Ok(events) = decide(&state, command(&state, op, step as i64)) {
+            if let Ok(events) = decide_scripted(&state, command(&state, op, step as i64)) {
                 for e in events {
                     seen.insert(e.event_type());
                     state = evolve(state, &e);

@@ -121,28 +121,28 @@ fn customer(key: &KeyIdentifier) -> WrappedBy {
     }
 }
 
-fn command_kind(state: &State, name: &str, args: &Value, at: DateTime<Utc>) -> CommandKind {
+fn command_kind(state: &State, name: &str, args: &Value, at: DateTime<Utc>) -> testing::Scripted {
     match name {
-        "RegisterOrganization" => CommandKind::RegisterOrganization {
+        "RegisterOrganization" => testing::Scripted::RegisterOrganization {
             name: arg(args, "name"),
             plan: arg(args, "plan"),
             tenants: arg(args, "tenants"),
             initial_dek: testing::provider_dek(),
         },
-        "AddTenant" => CommandKind::AddTenant {
+        "AddTenant" => testing::Scripted::AddTenant {
             tenant: serde_json::from_value(args.clone()).expect("args"),
         },
-        "RemoveTenant" => CommandKind::RemoveTenant {
+        "RemoveTenant" => testing::Scripted::RemoveTenant {
             tenant_id: arg(args, "tenant_id"),
         },
-        "ChangePlan" => CommandKind::ChangePlan {
+        "ChangePlan" => testing::Scripted::ChangePlan {
             plan: arg(args, "plan"),
             reason: arg(args, "reason"),
         },
         "EnableCustomerManagedKey" => {
             let key = validated(args, at);
             let dek = testing::customer_dek(key.key());
-            CommandKind::EnableCustomerManagedKey { key, dek }
+            testing::Scripted::EnableCustomerManagedKey { key, dek }
         }
         "EditConnection" => {
             let key = validated(args, at);
@@ -156,7 +156,7 @@ fn command_kind(state: &State, name: &str, args: &Value, at: DateTime<Utc>) -> C
                 }
                 _ => None,
             };
-            CommandKind::EditConnection { key, rotation }
+            testing::Scripted::EditConnection { key, rotation }
         }
         "RotateKey" => {
             let key = validated(args, at);
@@ -167,7 +167,7 @@ fn command_kind(state: &State, name: &str, args: &Value, at: DateTime<Utc>) -> C
                     rewrapped: vec![],
                 },
             };
-            CommandKind::RotateKey { key, evidence }
+            testing::Scripted::RotateKey { key, evidence }
         }
         "SwitchToProviderManagedKey" => {
             let abandon: bool = args
@@ -183,17 +183,17 @@ fn command_kind(state: &State, name: &str, args: &Value, at: DateTime<Utc>) -> C
                     },
                 )
             });
-            CommandKind::SwitchToProviderManagedKey {
+            testing::Scripted::SwitchToProviderManagedKey {
                 evidence,
                 new_dek: testing::provider_dek(),
                 abandon_lost_data: abandon,
             }
         }
-        "DeclareDataLost" => CommandKind::DeclareDataLost {
+        "DeclareDataLost" => testing::Scripted::DeclareDataLost {
             reason: arg(args, "reason"),
             ticket: args.get("ticket").and_then(Value::as_str).map(str::to_owned),
         },
-        "RecordKeyHealth" => CommandKind::RecordKeyHealth {
+        "RecordKeyHealth" => testing::Scripted::RecordKeyHealth {
             status: arg(args, "status"),
             detail: args.get("detail").and_then(Value::as_str).map(str::to_owned),
         },
@@ -228,7 +228,7 @@ fn run(path: &Path) -> Result<(), String> {
             .map_err(|e| format!("given event does not decode: {e}"))?;
         state = evolve(state, &open_fixture(event));
     }
-    let command = Command {
+    let command = testing::ScriptedCommand {
         org_id: testing::org_id(),
         actor: actor(&scenario.when.actor),
         at: scenario.when.at,
@@ -239,7 +239,7 @@ fn run(path: &Path) -> Result<(), String> {
             scenario.when.at,
         ),
     };
-    let result = decide(&state, command);
+    let result = testing::decide_scripted(&state, command);
     match (scenario.then, result) {
         (Then::Events(expected), Ok(events)) => {
             let got: Vec<Value> = events.iter().map(testing::render).collect();

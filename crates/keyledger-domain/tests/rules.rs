@@ -55,7 +55,7 @@ fn r01_an_organization_registers_only_once() {
 
 #[test]
 fn r01_registration_refuses_a_tenant_listed_twice() {
-    let kind = CommandKind::RegisterOrganization {
+    let kind = Scripted::RegisterOrganization {
         name: "Contoso".into(),
         plan: enterprise(),
         tenants: vec![tenant_a(), tenant_a()],
@@ -68,7 +68,7 @@ fn r01_registration_refuses_a_tenant_listed_twice() {
 
 #[test]
 fn r01_registration_refuses_a_blank_name() {
-    let kind = CommandKind::RegisterOrganization {
+    let kind = Scripted::RegisterOrganization {
         name: "   ".into(),
         plan: enterprise(),
         tenants: vec![],
@@ -84,7 +84,7 @@ fn r01_registration_refuses_a_blank_name() {
 
 #[test]
 fn r01_the_first_dek_must_be_wrapped_by_the_internal_key() {
-    let kind = CommandKind::RegisterOrganization {
+    let kind = Scripted::RegisterOrganization {
         name: "Contoso".into(),
         plan: enterprise(),
         tenants: vec![],
@@ -102,7 +102,7 @@ fn r01_tenants_can_be_added_later() {
         name: "Ops".into(),
     };
     given(registered().events())
-        .when(cmd(platform(), CommandKind::AddTenant { tenant: t.clone() }))
+        .when(cmd(platform(), Scripted::AddTenant { tenant: t.clone() }))
         .then_types(&["TenantAdded"])
         .and_state(|s| assert!(s.org().unwrap().has_tenant(t.tenant_id)));
 }
@@ -110,7 +110,7 @@ fn r01_tenants_can_be_added_later() {
 #[test]
 fn r01_adding_a_tenant_twice_is_refused() {
     given(registered().events())
-        .when(cmd(platform(), CommandKind::AddTenant { tenant: tenant_a() }))
+        .when(cmd(platform(), Scripted::AddTenant { tenant: tenant_a() }))
         .then_err(DomainError::AlreadyRegistered { what: "tenant" });
 }
 
@@ -119,7 +119,7 @@ fn r01_tenants_can_be_removed_later() {
     given(registered().events())
         .when(cmd(
             platform(),
-            CommandKind::RemoveTenant {
+            Scripted::RemoveTenant {
                 tenant_id: tenant_b().tenant_id,
             },
         ))
@@ -132,7 +132,7 @@ fn r01_removing_an_unknown_tenant_is_tenant_not_found() {
     given(registered().events())
         .when(cmd(
             platform(),
-            CommandKind::RemoveTenant {
+            Scripted::RemoveTenant {
                 tenant_id: tenant_id(9),
             },
         ))
@@ -185,7 +185,13 @@ fn r02_pro_plan_may_not_enable_cmk() {
 #[test]
 fn r02_a_dry_run_test_is_also_refused_on_an_ineligible_plan() {
     let h = History::new().register(Plan::free());
-    let err = precheck(h.state(), &admin(), org_id(), CommandName::TestConnection).unwrap_err();
+    let command = Command {
+        org_id: org_id(),
+        actor: admin(),
+        at: t0(),
+        intent: Intent::TestConnection(connection(&key_a())),
+    };
+    let err = plan(h.state(), &command).unwrap_err();
     assert_eq!(err.code(), "plan_not_eligible");
 }
 
@@ -243,7 +249,7 @@ fn r03_only_platform_may_register_and_manage_tenants() {
             .when(cmd(actor.clone(), register_kind(enterprise())))
             .then_err(DomainError::Forbidden);
         given(registered().events())
-            .when(cmd(actor, CommandKind::AddTenant { tenant: tenant_a() }))
+            .when(cmd(actor, Scripted::AddTenant { tenant: tenant_a() }))
             .then_err(DomainError::Forbidden);
     }
 }
@@ -308,7 +314,7 @@ fn r04_the_version_found_at_validation_is_pinned() {
 
 #[test]
 fn r04_a_dek_not_wrapped_by_the_validated_key_is_refused() {
-    let kind = CommandKind::EnableCustomerManagedKey {
+    let kind = Scripted::EnableCustomerManagedKey {
         key: validated(connection(&key_a()), t0()),
         dek: customer_dek(&key_b()),
     };
@@ -345,7 +351,7 @@ fn r05_edit_is_refused_when_cmk_is_off() {
 
 #[test]
 fn r05_rotate_is_refused_when_cmk_is_off() {
-    let kind = CommandKind::RotateKey {
+    let kind = Scripted::RotateKey {
         key: validated(connection(&key_b()), t0()),
         evidence: RewrapEvidence {
             unwrapped: UnwrapProof::attest(key_a(), Default::default()),
@@ -386,7 +392,7 @@ fn r06_any_field_may_change_directory_and_application_ids() {
     let mut c = connection(&key_a());
     c.directory_id = "01900000-0000-7000-8000-0000000000d2".parse().unwrap();
     c.application_id = "01900000-0000-7000-8000-0000000000a2".parse().unwrap();
-    let kind = CommandKind::EditConnection {
+    let kind = Scripted::EditConnection {
         key: validated(c, t0()),
         rotation: None,
     };
@@ -419,7 +425,7 @@ fn r06_an_edit_that_changes_the_key_is_a_rotation() {
             let rotation = rewrap_all(s, &customer(&key_b()));
             cmd(
                 admin(),
-                CommandKind::EditConnection {
+                Scripted::EditConnection {
                     key: validated(connection(&key_b()), t0()),
                     rotation: Some(rotation),
                 },
@@ -430,7 +436,7 @@ fn r06_an_edit_that_changes_the_key_is_a_rotation() {
 
 #[test]
 fn r06_an_edit_that_changes_the_key_without_rotation_evidence_is_refused() {
-    let kind = CommandKind::EditConnection {
+    let kind = Scripted::EditConnection {
         key: validated(connection(&key_b()), t0()),
         rotation: None,
     };
@@ -523,7 +529,7 @@ fn r07_an_unwrap_proof_that_misses_a_dek_is_refused() {
             ev.unwrapped = UnwrapProof::attest(key_a(), Default::default());
             cmd(
                 admin(),
-                CommandKind::RotateKey {
+                Scripted::RotateKey {
                     key: validated(connection(&key_b()), t0()),
                     evidence: ev,
                 },
@@ -540,7 +546,7 @@ fn r07_an_unwrap_proof_for_another_key_is_refused() {
             ev.unwrapped = UnwrapProof::attest(key_c(), ev.unwrapped.dek_ids().clone());
             cmd(
                 admin(),
-                CommandKind::RotateKey {
+                Scripted::RotateKey {
                     key: validated(connection(&key_b()), t0()),
                     evidence: ev,
                 },
@@ -556,7 +562,7 @@ fn r07_deks_rewrapped_by_a_key_other_than_the_new_one_are_refused() {
             let ev = rewrap_all(s, &customer(&key_c()));
             cmd(
                 admin(),
-                CommandKind::RotateKey {
+                Scripted::RotateKey {
                     key: validated(connection(&key_b()), t0()),
                     evidence: ev,
                 },
@@ -581,7 +587,7 @@ fn r07_rotation_may_change_the_credentials_too() {
             c.client_secret = SecretString::from("new-secret");
             cmd(
                 admin(),
-                CommandKind::RotateKey {
+                Scripted::RotateKey {
                     key: validated(c, t0()),
                     evidence: rewrap_all(s, &customer(&key_b())),
                 },
@@ -709,7 +715,7 @@ fn r08_a_plan_change_needs_a_reason() {
     given(cmk_org().events())
         .when(cmd(
             billing(),
-            CommandKind::ChangePlan {
+            Scripted::ChangePlan {
                 plan: Plan::free(),
                 reason: " ".into(),
             },
@@ -741,7 +747,7 @@ fn r09_switch_rewraps_customer_deks_under_the_internal_key_and_adds_a_provider_d
 
 #[test]
 fn r09_switch_needs_every_customer_dek_to_unwrap_with_the_current_key() {
-    let kind = CommandKind::SwitchToProviderManagedKey {
+    let kind = Scripted::SwitchToProviderManagedKey {
         evidence: None,
         new_dek: provider_dek(),
         abandon_lost_data: false,
@@ -755,7 +761,7 @@ fn r09_switch_needs_every_customer_dek_to_unwrap_with_the_current_key() {
 fn r09_the_new_dek_must_be_wrapped_by_the_internal_key() {
     given(cmk_org().events())
         .when_with(|s| {
-            let kind = CommandKind::SwitchToProviderManagedKey {
+            let kind = Scripted::SwitchToProviderManagedKey {
                 evidence: Some(rewrap_all(s, &provider())),
                 new_dek: customer_dek(&key_a()),
                 abandon_lost_data: false,
@@ -1086,4 +1092,33 @@ fn r11_a_loss_declaration_ends_with_the_switch_that_abandons_it() {
             "DataKeysRewrapped",
             "DataKeyGenerated",
         ]);
+}
+
+// ------------------------------------------------------------------------------------------
+// plan and decide
+
+#[test]
+fn decide_refuses_key_results_that_are_not_those_of_the_commands_key_work() {
+    let h = History::new().register(Plan::enterprise("standard"));
+    let command = Command {
+        org_id: org_id(),
+        actor: platform(),
+        at: t0(),
+        intent: Intent::AddTenant(tenant_id_named(3)),
+    };
+    assert!(matches!(plan(h.state(), &command), Ok(KeyWork::None)));
+    let err = decide(
+        h.state(),
+        command,
+        KeyResults::ProviderWrapped { dek: provider_dek() },
+    )
+    .unwrap_err();
+    assert_eq!(err.code(), "internal_error", "{err:?}");
+}
+
+fn tenant_id_named(n: u8) -> Tenant {
+    Tenant {
+        tenant_id: tenant_id(n),
+        name: format!("Tenant {n}"),
+    }
 }

@@ -78,13 +78,13 @@ fn golden_seal(stream: &StreamId, version: u64, event: &mut Event) {
 /// One history that emits all fourteen event types.
 fn golden_history() -> Vec<Event> {
     cmk_org()
-        .run(platform(), |_| CommandKind::AddTenant {
+        .run(platform(), |_| Scripted::AddTenant {
             tenant: Tenant {
                 tenant_id: tenant_id(3),
                 name: "Research".into(),
             },
         })
-        .run(platform(), |_| CommandKind::RemoveTenant {
+        .run(platform(), |_| Scripted::RemoveTenant {
             tenant_id: tenant_id(3),
         })
         .run(admin(), |s| edit_secret_kind(s, "second-secret"))

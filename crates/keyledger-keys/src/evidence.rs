@@ -38,9 +38,3 @@ pub async fn wrap_all<K: KeyAccess + ?Sized>(
     }
     Ok(out)
 }
-
-/// A proof over no DEKs, for a command the rules refuse before looking at it (a rotation to
-/// the key in use).
-pub fn empty_proof(key: &keyledger_domain::KeyIdentifier) -> UnwrapProof {
-    UnwrapProof::attest(key.clone(), BTreeSet::new())
-}

@@ -219,6 +219,7 @@ async fn insert_group(pool: &PgPool, group: &[Pending]) -> Result<Vec<AppendResu
                 last_version: lv.stream_version,
                 first_position: position(first)?,
                 last_position: position(last)?,
+                repeat: false,
             })
         })
         .collect()

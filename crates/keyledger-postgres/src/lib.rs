@@ -272,6 +272,7 @@ impl PostgresStore {
                     last_version: StreamVersion(get("last_version")?),
                     first_position: GlobalPosition(get("first_position")?),
                     last_position: GlobalPosition(get("last_position")?),
+                    repeat: false,
                 })
             }
         };
@@ -309,6 +310,7 @@ impl PostgresStore {
                 last_version: one.stream_version,
                 first_position: position,
                 last_position: position,
+                repeat: false,
             });
         }
         let cols: Vec<EnvelopeColumns> = prepared
@@ -352,6 +354,7 @@ impl PostgresStore {
             last_version: last.stream_version,
             first_position: GlobalPosition(non_negative(first_position)),
             last_position: GlobalPosition(non_negative(last_position)),
+            repeat: false,
         })
     }
 

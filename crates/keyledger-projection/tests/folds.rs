@@ -83,9 +83,9 @@ fn audit_rows_fan_out_to_the_tenants_the_org_had_at_that_moment() {
         name: "Research".into(),
     };
     let h = cmk_org()
-        .run(platform(), move |_| CommandKind::AddTenant { tenant: third })
+        .run(platform(), move |_| Scripted::AddTenant { tenant: third })
         .rotate(&key_b())
-        .run(platform(), |_| CommandKind::RemoveTenant {
+        .run(platform(), |_| Scripted::RemoveTenant {
             tenant_id: tenant_a().tenant_id,
         })
         .health(HealthStatus::KeyDisabled);

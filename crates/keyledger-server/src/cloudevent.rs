@@ -58,8 +58,9 @@ pub fn cloud_event_text(stored: &StoredEvent) -> Result<String, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use keyledger_domain::testing::Scripted;
     use keyledger_domain::testing::{self, FIXTURE_SECRET};
-    use keyledger_domain::{CommandKind, HealthStatus, Plan, Tenant};
+    use keyledger_domain::{HealthStatus, Plan, Tenant};
 
     fn history() -> Vec<StoredEvent> {
         testing::envelopes(
@@ -71,7 +72,7 @@ mod tests {
                 .health(HealthStatus::KeyDisabled)
                 .plan(Plan::free())
                 .switch()
-                .run(testing::platform(), |_| CommandKind::AddTenant {
+                .run(testing::platform(), |_| Scripted::AddTenant {
                     tenant: Tenant {
                         tenant_id: testing::tenant_id(9),
                         name: "Ops".into(),

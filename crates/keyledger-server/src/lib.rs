@@ -121,7 +121,7 @@ impl std::fmt::Debug for Services {
 }
 
 /// Shared by every handler.
-pub(crate) struct State {
+pub(crate) struct Context {
     pub services: Services,
     pub config: ServerConfig,
     pub idempotency: idempotency::Replays,
@@ -132,12 +132,12 @@ pub(crate) struct State {
     pub streams: Arc<Semaphore>,
 }
 
-pub(crate) type Shared = Arc<State>;
+pub(crate) type Shared = Arc<Context>;
 
 /// The routes, with their middleware. `shutdown` ends open SSE streams when it turns true.
 pub fn router(services: Services, config: ServerConfig, shutdown: watch::Receiver<bool>) -> Router {
     let streams = Arc::new(Semaphore::new(config.max_streams.min(Semaphore::MAX_PERMITS)));
-    let state = Arc::new(State {
+    let state = Arc::new(Context {
         services,
         config,
         idempotency: idempotency::Replays::default(),

@@ -148,6 +148,10 @@ fn domain(e: &DomainError) -> Problem {
             tracing::error!(error = %e, "key-test evidence did not match the state");
             return Problem::internal_error();
         }
+        DomainError::NotOpen(_) => {
+            tracing::error!(error = %e, "a protected field of the loaded state is not open");
+            return Problem::internal_error();
+        }
         DomainError::AlreadyRegistered { .. } => (StatusCode::CONFLICT, "Already registered"),
         DomainError::CmkAlreadyEnabled => (StatusCode::CONFLICT, "Customer-managed key already enabled"),
         DomainError::CmkNotEnabled => (StatusCode::CONFLICT, "Customer-managed key not enabled"),

@@ -95,6 +95,7 @@ pub(crate) async fn commit_group(
                     last_version: last.stream_version,
                     first_position: first.global_position,
                     last_position: last.global_position,
+                    repeat: false,
                 };
                 written.insert(
                     stream,

@@ -69,6 +69,7 @@ pub(crate) fn command_row(r: &SqliteRow) -> Result<AppendResult, StoreError> {
         last_version: StreamVersion(get("last_version")?),
         first_position: GlobalPosition(get("first_position")?),
         last_position: GlobalPosition(get("last_position")?),
+        repeat: false,
     })
 }
 

@@ -64,10 +64,22 @@ async fn one_group_keeps_idempotency_and_conflicts() {
         futures::future::join_all(repeats),
         futures::future::join_all(racers)
     );
-    let first = repeats[0].as_ref().unwrap();
+    let first = AppendResult {
+        repeat: false,
+        ..*repeats[0].as_ref().unwrap()
+    };
     assert!(
-        repeats.iter().all(|r| r.as_ref().ok() == Some(first)),
+        repeats
+            .iter()
+            .all(|r| r.as_ref().ok().map(|r| AppendResult { repeat: false, ..*r }) == Some(first)),
         "{repeats:?}"
+    );
+    assert_eq!(
+        repeats
+            .iter()
+            .filter(|r| r.as_ref().is_ok_and(|r| !r.repeat))
+            .count(),
+        1
     );
     let won = racers.iter().filter(|r| r.is_ok()).count();
     let conflicts = racers

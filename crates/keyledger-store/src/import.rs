@@ -85,6 +85,7 @@ pub fn imported_commands(events: &[StoredEvent]) -> Vec<(CommandId, AppendResult
                         last_version: e.stream_version,
                         first_position: e.global_position,
                         last_position: e.global_position,
+                        repeat: false,
                     },
                 ));
             }

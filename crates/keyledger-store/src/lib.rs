@@ -32,7 +32,8 @@ pub use memory::InMemoryStore;
 pub use verify::{ChainBreak, ChainProblem, VerifyReport, VerifyScope};
 
 /// What an append stored: the versions and global positions of its first and last event.
-/// An idempotent repeat of the same command id returns the first append's result unchanged.
+/// An idempotent repeat of the same command id returns the first append's result, marked
+/// `repeat`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppendResult {
     pub stream: StreamId,
@@ -40,6 +41,9 @@ pub struct AppendResult {
     pub last_version: StreamVersion,
     pub first_position: GlobalPosition,
     pub last_position: GlobalPosition,
+    /// `true` when the command id was stored before: this append stored nothing and the
+    /// versions and positions are the first append's.
+    pub repeat: bool,
 }
 
 impl AppendResult {
@@ -48,7 +52,7 @@ impl AppendResult {
     /// a known command id through this, so none ever answers with another stream's append.
     pub fn for_repeat(self, command_id: &CommandId, stream: StreamId) -> Result<Self, StoreError> {
         if self.stream == stream {
-            Ok(self)
+            Ok(Self { repeat: true, ..self })
         } else {
             Err(StoreError::CommandIdReused {
                 command_id: command_id.clone(),

@@ -121,6 +121,7 @@ impl EventStore for InMemoryStore {
                 last_version,
                 first_position,
                 last_position: GlobalPosition(inner.events.len() as u64),
+                repeat: false,
             };
             if let Some(c) = command_id {
                 inner.commands.insert(c, result);

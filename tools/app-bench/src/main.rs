@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use clap::{Parser, ValueEnum};
-use keyledger_app::{Action, App, AppConfig, ConnectionPatch, Request, SystemClock};
+use keyledger_app::{App, AppConfig, CommandRequest, SystemClock};
 use keyledger_azure::AzureKeyAccess;
 use keyledger_domain::{
-    Actor, ActorKind, Connection, EnvelopeActor, EventMetadata, HealthStatus, HostAllowList, KeyIdentifier,
-    OrgId, Plan, Role, Scope, StreamId, Tenant,
+    Actor, ActorKind, Connection, ConnectionPatch, EnvelopeActor, EventMetadata, HealthStatus, HostAllowList,
+    Intent, KeyIdentifier, OrgId, Plan, Role, Scope, StreamId, Tenant,
 };
 use keyledger_projection::{Projection, ProjectionSink, Runner};
 use keyledger_store::{EventStore, KeyRing, NewEvent};
@@ -122,15 +122,15 @@ fn actor(role: Role) -> Actor {
     Actor::new(ActorKind::Service, "bench", [role], Scope::everything())
 }
 
-fn request(o: OrgId, role: Role, action: Action) -> Request {
-    Request {
+fn request(o: OrgId, role: Role, intent: Intent) -> CommandRequest {
+    CommandRequest {
         org_id: o,
         actor: actor(role),
         source_ip: None,
         command_id: None,
         correlation_id: None,
         if_match: None,
-        action,
+        intent,
     }
 }
 
@@ -182,7 +182,7 @@ async fn register(app: &App, o: OrgId) {
     app.handle(request(
         o,
         Role::Platform,
-        Action::Register {
+        Intent::Register {
             name: "Bench".into(),
             plan: Plan::enterprise("standard"),
             tenants: vec![Tenant {
@@ -219,7 +219,7 @@ async fn plan_changes(b: &Backend, s: &Sim, args: &Args) {
                 app.handle(request(
                     org(c),
                     Role::Billing,
-                    Action::ChangePlan {
+                    Intent::ChangePlan {
                         plan,
                         reason: "bench".into(),
                     },
@@ -263,7 +263,7 @@ async fn plan_changes(b: &Backend, s: &Sim, args: &Args) {
             app.handle(request(
                 org(u64::from(n) % orgs),
                 Role::Billing,
-                Action::ChangePlan {
+                Intent::ChangePlan {
                     plan,
                     reason: "r".into(),
                 },
@@ -299,7 +299,7 @@ async fn enable_rotate(b: &Backend, s: &Sim, args: &Args) {
         app.handle(request(
             org(base + i),
             Role::OrgAdmin,
-            Action::EnableCustomerManagedKey(connection(s, "cmk-a")),
+            Intent::EnableCustomerManagedKey(connection(s, "cmk-a")),
         ))
         .await
         .expect("enable");
@@ -318,7 +318,7 @@ async fn enable_rotate(b: &Backend, s: &Sim, args: &Args) {
         app.handle(request(
             org(base + i),
             Role::OrgAdmin,
-            Action::RotateCustomerManagedKey(patch),
+            Intent::RotateCustomerManagedKey(patch),
         ))
         .await
         .ok();
@@ -338,7 +338,7 @@ async fn flat_cost(b: &Backend, s: &Sim, args: &Args) {
         app.handle(request(
             o,
             Role::OrgAdmin,
-            Action::EnableCustomerManagedKey(connection(s, "cmk-a")),
+            Intent::EnableCustomerManagedKey(connection(s, "cmk-a")),
         ))
         .await
         .expect("enable");
@@ -351,12 +351,12 @@ async fn flat_cost(b: &Backend, s: &Sim, args: &Args) {
         } else {
             HealthStatus::Healthy
         };
-        let r = Request {
+        let r = CommandRequest {
             actor: system.clone(),
             ..request(
                 long,
                 Role::Billing,
-                Action::RecordKeyHealth { status, detail: None },
+                Intent::RecordKeyHealth { status, detail: None },
             )
         };
         app.handle(r).await.expect("health");
@@ -375,7 +375,7 @@ async fn flat_cost(b: &Backend, s: &Sim, args: &Args) {
             app.handle(request(
                 o,
                 Role::Billing,
-                Action::ChangePlan {
+                Intent::ChangePlan {
                     plan,
                     reason: "r".into(),
                 },

@@ -5,8 +5,8 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use keyledger_app::{Action, AppError, ConnectionPatch, KeyRole};
-use keyledger_domain::{CommandName, Connection, HostAllowList, precheck};
+use keyledger_app::{AppError, KeyRole};
+use keyledger_domain::{Connection, ConnectionPatch, HostAllowList, Intent};
 
 use super::ANY_ROLE;
 use super::organizations::{execute, org_path, readable_view};
@@ -93,8 +93,8 @@ pub(crate) async fn enable(
 ) -> Result<Response, Problem> {
     let org = org_path(&org)?;
     let connection = connection(body, &state.config.allowed_vault_hosts)?;
-    let action = Action::EnableCustomerManagedKey(connection);
-    execute(&state, actor, org, headers, action, StatusCode::CREATED).await
+    let intent = Intent::EnableCustomerManagedKey(connection);
+    execute(&state, actor, org, headers, intent, StatusCode::CREATED).await
 }
 
 pub(crate) async fn edit(
@@ -115,8 +115,8 @@ pub(crate) async fn edit(
         client_secret: body.client_secret,
         key_identifier,
     };
-    let action = Action::EditCustomerManagedKey(patch);
-    execute(&state, actor, org, headers, action, StatusCode::OK).await
+    let intent = Intent::EditCustomerManagedKey(patch);
+    execute(&state, actor, org, headers, intent, StatusCode::OK).await
 }
 
 pub(crate) async fn rotate(
@@ -138,8 +138,8 @@ pub(crate) async fn rotate(
         client_secret: body.client_secret,
         key_identifier: Some(key),
     };
-    let action = Action::RotateCustomerManagedKey(patch);
-    execute(&state, actor, org, headers, action, StatusCode::OK).await
+    let intent = Intent::RotateCustomerManagedKey(patch);
+    execute(&state, actor, org, headers, intent, StatusCode::OK).await
 }
 
 pub(crate) async fn switch_to_provider(
@@ -150,10 +150,10 @@ pub(crate) async fn switch_to_provider(
     headers: CommandHeaders,
 ) -> Result<Response, Problem> {
     let org = org_path(&org)?;
-    let action = Action::SwitchToProviderManagedKey {
+    let intent = Intent::SwitchToProviderManagedKey {
         abandon_lost_data: q.abandon_lost_data,
     };
-    execute(&state, actor, org, headers, action, StatusCode::OK).await
+    execute(&state, actor, org, headers, intent, StatusCode::OK).await
 }
 
 pub(crate) async fn declare_data_lost(
@@ -164,11 +164,11 @@ pub(crate) async fn declare_data_lost(
     JsonBody(body): JsonBody<DataLossBody>,
 ) -> Result<Response, Problem> {
     let org = org_path(&org)?;
-    let action = Action::DeclareDataLost {
+    let intent = Intent::DeclareDataLost {
         reason: body.reason,
         ticket: body.ticket,
     };
-    execute(&state, actor, org, headers, action, StatusCode::OK).await
+    execute(&state, actor, org, headers, intent, StatusCode::OK).await
 }
 
 pub(crate) async fn health(
@@ -196,17 +196,10 @@ pub(crate) async fn probe(
     Path(org): Path<String>,
 ) -> Result<Json<KeyHealth>, Problem> {
     let org = org_path(&org)?;
-    let current = state
-        .services
-        .app
-        .state(org)
-        .await
-        .map_err(|e| Problem::from(&e))?;
-    precheck(&current, &actor, org, CommandName::ProbeKeyHealth)?;
     let result = state
         .services
         .monitor
-        .probe(org)
+        .probe_for(&actor, org)
         .await
         .map_err(|e| Problem::from(&e))?;
     Ok(Json(KeyHealth {

@@ -4,9 +4,10 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use keyledger_app::{Action, Request};
+use keyledger_app::CommandRequest;
+use keyledger_domain::Intent;
 use keyledger_domain::envelope::StoredEvent;
-use keyledger_domain::{Actor, OrgId, Reach, Role, StreamId, StreamVersion, Tenant, TenantId};
+use keyledger_domain::{Actor, OrgId, Reach, Role, StreamVersion, Tenant, TenantId};
 use keyledger_projection::{DataKeyInventory, OrganizationView};
 
 use super::{ANY_ROLE, may_read};
@@ -31,20 +32,20 @@ pub(crate) async fn execute(
     actor: Actor,
     org_id: OrgId,
     headers: CommandHeaders,
-    action: Action,
+    intent: Intent,
     status: StatusCode,
 ) -> Result<Response, Problem> {
     let outcome = state
         .services
         .app
-        .handle(Request {
+        .handle(CommandRequest {
             org_id,
             actor,
             source_ip: headers.source_ip,
             command_id: headers.command_id,
             correlation_id: headers.correlation_id,
             if_match: headers.if_match,
-            action,
+            intent,
         })
         .await
         .map_err(|e| Problem::from(&e))?;
@@ -98,12 +99,12 @@ pub(crate) async fn register(
         (None, Some(command)) => org_for_command(command),
         (None, None) => OrgId::new_v7(),
     };
-    let action = Action::Register {
+    let intent = Intent::Register {
         name: body.name,
         plan: body.plan,
         tenants: body.tenants,
     };
-    execute(&state, actor, org, headers, action, StatusCode::CREATED).await
+    execute(&state, actor, org, headers, intent, StatusCode::CREATED).await
 }
 
 /// The organization id of a registration that names none but carries an `Idempotency-Key`:
@@ -142,11 +143,11 @@ pub(crate) async fn change_plan(
     JsonBody(body): JsonBody<ChangePlan>,
 ) -> Result<Response, Problem> {
     let org = org_path(&org)?;
-    let action = Action::ChangePlan {
+    let intent = Intent::ChangePlan {
         plan: body.plan,
         reason: body.reason,
     };
-    execute(&state, actor, org, headers, action, StatusCode::OK).await
+    execute(&state, actor, org, headers, intent, StatusCode::OK).await
 }
 
 pub(crate) async fn add_tenant(
@@ -162,7 +163,7 @@ pub(crate) async fn add_tenant(
         actor,
         org,
         headers,
-        Action::AddTenant(tenant),
+        Intent::AddTenant(tenant),
         StatusCode::OK,
     )
     .await
@@ -181,20 +182,10 @@ pub(crate) async fn remove_tenant(
         actor,
         org,
         headers,
-        Action::RemoveTenant(tenant),
+        Intent::RemoveTenant(tenant),
         StatusCode::OK,
     )
     .await
-}
-
-/// The organization's stored events, from its stream.
-async fn stream_events(state: &Shared, org: OrgId, from: StreamVersion) -> Result<Vec<StoredEvent>, Problem> {
-    state
-        .services
-        .store
-        .read_stream(StreamId::for_org(org), from)
-        .await
-        .map_err(Problem::from)
 }
 
 pub(crate) async fn data_keys(
@@ -210,16 +201,12 @@ pub(crate) async fn data_keys(
         org,
     )
     .await?;
-    // Folded from the stream, so it is never behind the command that just returned. Decoded
-    // without opening sealed fields: the inventory shows no key material.
-    let mut inventory = DataKeyInventory::default();
-    for stored in stream_events(&state, org, StreamVersion(1)).await? {
-        let event = stored.decode().map_err(|e| {
-            tracing::error!(event_id = %stored.event_id, error = %e, "stored event cannot be decoded");
-            Problem::internal_error()
-        })?;
-        inventory.apply(stored.occurred_at, &event);
-    }
+    let inventory = state
+        .services
+        .app
+        .data_keys(org)
+        .await
+        .map_err(|e| Problem::from(&e))?;
     Ok(Json(inventory))
 }
 
@@ -234,34 +221,32 @@ pub(crate) async fn events(
     let after_version = q.after_version.unwrap_or(0);
     readable_view(&state, &actor, &[Role::Platform, Role::Auditor], org).await?;
     let limit = q.limit.unwrap_or(crate::api::DEFAULT_LIMIT) as usize;
-    let from = StreamVersion(after_version + 1);
-    let stored = stream_events(&state, org, from).await?;
-    let events = stored
-        .iter()
-        .take(limit)
-        .map(public_envelope)
-        .collect::<Result<_, _>>()?;
+    let events = state
+        .services
+        .app
+        .stream_page(org, StreamVersion(after_version + 1), limit)
+        .await
+        .map_err(|e| Problem::from(&e))?
+        .into_iter()
+        .map(|(stored, event)| public_envelope(stored, &event))
+        .collect();
     Ok(Json(OrgEvents { events }))
 }
 
 /// A stored envelope with the public payload instead of the stored one.
-fn public_envelope(stored: &StoredEvent) -> Result<PublicEnvelope, Problem> {
-    let event = stored.decode().map_err(|e| {
-        tracing::error!(event_id = %stored.event_id, error = %e, "stored event cannot be decoded");
-        Problem::internal_error()
-    })?;
-    Ok(PublicEnvelope {
+fn public_envelope(stored: StoredEvent, event: &keyledger_domain::Event) -> PublicEnvelope {
+    PublicEnvelope {
         event_id: stored.event_id,
         stream_id: stored.stream_id.to_string(),
         stream_version: stored.stream_version,
         global_position: stored.global_position.0,
-        event_type: stored.event_type.clone(),
+        event_type: stored.event_type,
         schema_version: stored.schema_version,
         occurred_at: stored.occurred_at,
-        actor: stored.actor.clone(),
+        actor: stored.actor,
         correlation_id: stored.correlation_id,
         payload: event.public_payload(),
-        prev_hash: stored.prev_hash.clone(),
-        hash: stored.hash.clone(),
-    })
+        prev_hash: stored.prev_hash,
+        hash: stored.hash,
+    }
 }
