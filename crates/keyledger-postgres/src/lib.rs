@@ -27,6 +27,7 @@ use keyledger_store::{
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{Executor, Postgres, Row as _};
 
+mod listen;
 pub mod projections;
 #[cfg(feature = "test-hooks")]
 pub mod testing;
@@ -70,6 +71,8 @@ pub struct PostgresStore {
     ring: Arc<KeyRing>,
     signal: CommitSignal,
     poll: PollConfig,
+    /// `LISTEN` for other instances' commits; stops with the last handle.
+    _listening: Arc<listen::Listening>,
 }
 
 /// A pool that gave no connection in time is [`StoreError::Unavailable`] (HTTP 503); anything
@@ -213,12 +216,15 @@ impl PostgresStore {
             sqlx::migrate::MigrateError::Execute(e) => backend(e),
             other => StoreError::backend(other),
         })?;
+        let signal = CommitSignal::default();
+        let listening = Arc::new(listen::spawn(&pool, signal.clone()));
         Ok(Self {
             pool,
             heads: HeadCache::default(),
             ring,
-            signal: CommitSignal::default(),
+            signal,
             poll,
+            _listening: listening,
         })
     }
 
