@@ -55,6 +55,22 @@ pub fn cloud_event_text(stored: &StoredEvent) -> Result<String, DecodeError> {
     Ok(serde_json::to_string(&ce).unwrap_or_default())
 }
 
+/// Appends the stored event as one Server-Sent Events message (`id: <position>`,
+/// `event: <type>`, `data: <CloudEvent JSON>`, blank line) to `out`. Compact JSON holds no line
+/// break, so the data is one line.
+pub fn write_sse_message(out: &mut Vec<u8>, stored: &StoredEvent) -> Result<(), DecodeError> {
+    let ce = CloudEvent::of(stored)?;
+    out.extend_from_slice(b"id: ");
+    out.extend_from_slice(ce.sequence.as_bytes());
+    out.extend_from_slice(b"\nevent: ");
+    out.extend_from_slice(stored.event_type.as_bytes());
+    out.extend_from_slice(b"\ndata: ");
+    // Writing to a Vec cannot fail, and a CloudEvent always serializes.
+    let _ = serde_json::to_writer(&mut *out, &ce);
+    out.extend_from_slice(b"\n\n");
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,6 +128,21 @@ mod tests {
                 assert!(!text.contains(forbidden), "{forbidden} in {text}");
             }
         }
+    }
+
+    #[test]
+    fn an_sse_message_carries_position_type_and_the_cloud_event_on_one_line() {
+        let events = history();
+        let mut out = Vec::new();
+        write_sse_message(&mut out, &events[2]).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.split('\n').collect();
+        assert_eq!(lines.len(), 5, "{text}");
+        assert_eq!(lines[0], format!("id: {}", events[2].global_position.0));
+        assert_eq!(lines[1], "event: CustomerManagedKeyEnabled");
+        let data: Value = serde_json::from_str(lines[2].strip_prefix("data: ").unwrap()).unwrap();
+        assert_eq!(data, cloud_event(&events[2]).unwrap());
+        assert_eq!((lines[3], lines[4]), ("", ""));
     }
 
     #[test]
