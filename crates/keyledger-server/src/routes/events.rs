@@ -13,7 +13,7 @@ use keyledger_domain::{GlobalPosition, Role};
 
 use crate::Shared;
 use crate::api::{EventsPage, EventsQuery};
-use crate::cloudevent::{cloud_event, write_sse_message};
+use crate::cloudevent::cloud_event;
 use crate::extract::{Caller, Query, cursor};
 use crate::problem::{FieldError, Problem};
 
@@ -167,9 +167,12 @@ fn sse_messages(
                 return (out, false);
             }
         };
-        if let Err(e) = write_sse_message(&mut out, &stored) {
-            undecodable(&stored, &e);
-            return (out, false);
+        match state.rendered.message(&stored) {
+            Ok(message) => out.extend_from_slice(&message),
+            Err(e) => {
+                undecodable(&stored, &e);
+                return (out, false);
+            }
         }
         state.metrics.sse_event();
     }
