@@ -31,7 +31,7 @@
 //! database `http_bench_<pid>` next to the one named and drops it afterwards. The serve
 //! process's stderr goes to `serve.log` in the temporary directory and is echoed on failure.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -516,6 +516,9 @@ fn round2(x: f64) -> f64 {
 #[derive(Debug, Default)]
 struct PlanFigures {
     latency: Summary,
+    /// Append→SSE lag of the measured requests, one consumer tailing meanwhile.
+    lag: Summary,
+    lag_missing: usize,
     per_second: f64,
     non_200: BTreeMap<u16, u64>,
 }
@@ -549,8 +552,39 @@ struct LagFigures {
 /// `i % clients == c`, so requests never race for a stream, and flips each one's plan between
 /// enterprise standard and premium: every request is a real change that appends one event.
 /// Returns the figures and each organization's plan afterwards (`true` = premium).
-async fn plan_changes(api: &Api, orgs: &[Uuid], args: &Args) -> (PlanFigures, Vec<bool>) {
+///
+/// Meanwhile one consumer tails the stream from `head`: each measured request's reason is
+/// `load-<client>-<n>`, and its lag under load is when the consumer parsed it − just before the
+/// request was sent.
+async fn plan_changes(
+    api: &Api,
+    orgs: &[Uuid],
+    head: u64,
+    args: &Args,
+) -> Result<(PlanFigures, Vec<bool>), String> {
     let start = Instant::now();
+    let (stop_tail, mut stopped) = tokio::sync::watch::channel(false);
+    let mut response = api.stream(head).await?;
+    let consumer = tokio::spawn(async move {
+        let mut received: HashMap<String, Instant> = HashMap::new();
+        let mut parser = SseParser::default();
+        loop {
+            let chunk = tokio::select! {
+                c = response.chunk() => c,
+                _ = stopped.wait_for(|s| *s) => break,
+            };
+            let Ok(Some(chunk)) = chunk else { break };
+            parser.feed(&chunk, |m| {
+                if let Ok(ce) = serde_json::from_str::<CloudEvent>(&m.data)
+                    && let Some(r) = ce.data.reason
+                    && r.starts_with("load-")
+                {
+                    received.insert(r, Instant::now());
+                }
+            });
+        }
+        received
+    });
     let measured_from = start + Duration::from_secs(args.warmup);
     let end = measured_from + Duration::from_secs(args.seconds);
     let mut tasks = Vec::new();
@@ -566,6 +600,7 @@ async fn plan_changes(api: &Api, orgs: &[Uuid], args: &Args) -> (PlanFigures, Ve
             let mut premium = vec![false; mine.len()];
             let mut lat = Vec::with_capacity(8192);
             let mut non_200: BTreeMap<u16, u64> = BTreeMap::new();
+            let mut sent = Vec::with_capacity(8192);
             let mut k = 0usize;
             loop {
                 let t0 = Instant::now();
@@ -575,28 +610,33 @@ async fn plan_changes(api: &Api, orgs: &[Uuid], args: &Args) -> (PlanFigures, Ve
                 let j = k % mine.len();
                 k += 1;
                 let want = !premium[j];
-                let status = api.change_plan(mine[j].1, want, "bench").await;
+                let reason = format!("load-{c}-{k}");
+                let status = api.change_plan(mine[j].1, want, &reason).await;
                 let took = t0.elapsed();
                 if status == 200 {
                     premium[j] = want;
                 }
                 if t0 >= measured_from {
                     lat.push(took);
-                    if status != 200 {
+                    if status == 200 {
+                        sent.push((reason, t0));
+                    } else {
                         *non_200.entry(status).or_default() += 1;
                     }
                 }
             }
             let finals: Vec<(usize, bool)> = mine.iter().map(|(i, _)| *i).zip(premium).collect();
-            (lat, non_200, finals)
+            (lat, non_200, finals, sent)
         }));
     }
     let mut all = Vec::new();
     let mut non_200 = BTreeMap::new();
     let mut finals = vec![false; orgs.len()];
+    let mut sent = Vec::new();
     for t in tasks {
-        let (lat, n, f) = t.await.expect("client task");
+        let (lat, n, f, s) = t.await.expect("client task");
         all.extend(lat);
+        sent.extend(s);
         for (status, count) in n {
             *non_200.entry(status).or_default() += count;
         }
@@ -606,14 +646,28 @@ async fn plan_changes(api: &Api, orgs: &[Uuid], args: &Args) -> (PlanFigures, Ve
     }
     let elapsed = measured_from.elapsed().as_secs_f64();
     let latency = summarize(all);
-    (
+    // Give the consumer time for the last events, then match.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = stop_tail.send(true);
+    let received = consumer.await.map_err(|e| e.to_string())?;
+    let mut lags = Vec::with_capacity(sent.len());
+    let mut lag_missing = 0usize;
+    for (reason, t0) in &sent {
+        match received.get(reason) {
+            Some(r) => lags.push(r.saturating_duration_since(*t0)),
+            None => lag_missing += 1,
+        }
+    }
+    Ok((
         PlanFigures {
             per_second: latency.n as f64 / elapsed,
             latency,
             non_200,
+            lag: summarize(lags),
+            lag_missing,
         },
         finals,
-    )
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1018,7 +1072,8 @@ async fn bench(serve: &Serve, name: &str, args: &Args) -> Result<Figures, String
     );
 
     // 1. Plan changes.
-    let (plan, mut premium) = plan_changes(&api, &orgs, args).await;
+    let (head, _) = api.scan(0).await?;
+    let (plan, mut premium) = plan_changes(&api, &orgs, head, args).await?;
     println!(
         "{name:8} plan change, {} clients, {} s (after {} s warm-up): {} requests, {:.0} req/s, \
          p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, non-200 {:?}",
@@ -1031,6 +1086,13 @@ async fn bench(serve: &Serve, name: &str, args: &Args) -> Result<Figures, String
         ms(plan.latency.p99),
         ms(plan.latency.max),
         plan.non_200,
+    );
+    println!(
+        "{name:8} lag append→SSE under that load (one consumer): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, missing {}",
+        ms(plan.lag.p50),
+        ms(plan.lag.p99),
+        ms(plan.lag.max),
+        plan.lag_missing
     );
 
     // 2. The SSE rate over `sse_events` events.
@@ -1163,6 +1225,13 @@ fn report(name: &str, args: &Args, bin: &Path, f: &Figures) {
         verdict(ms(f.plan.latency.p99) <= 20.0)
     );
     println!(
+        "| append→SSE lag p50 / p99 / max under the plan-change load | {:.2} / {:.2} / {:.2} ms | p99 ≤ 50 ms | {} |",
+        ms(f.plan.lag.p50),
+        ms(f.plan.lag.p99),
+        ms(f.plan.lag.max),
+        verdict(ms(f.plan.lag.p99) <= 50.0 && f.plan.lag_missing == 0)
+    );
+    println!(
         "| SSE delivery, one consumer, {} events | {:.0} events/s | ≥ 150000 events/s | {} |",
         f.sse.events,
         f.sse.per_second,
@@ -1208,6 +1277,10 @@ fn report(name: &str, args: &Args, bin: &Path, f: &Figures) {
             "p99_ms": round2(ms(f.plan.latency.p99)),
             "max_ms": round2(ms(f.plan.latency.max)),
             "non_200": counts(&f.plan.non_200),
+            "lag_p50_ms": round2(ms(f.plan.lag.p50)),
+            "lag_p99_ms": round2(ms(f.plan.lag.p99)),
+            "lag_max_ms": round2(ms(f.plan.lag.max)),
+            "lag_missing": f.plan.lag_missing,
         },
         "sse": {
             "events": f.sse.events,
