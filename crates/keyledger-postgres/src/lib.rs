@@ -71,8 +71,8 @@ pub struct PostgresStore {
     ring: Arc<KeyRing>,
     signal: CommitSignal,
     poll: PollConfig,
-    /// `LISTEN` for other instances' commits; stops with the last handle.
-    _listening: Arc<listen::Listening>,
+    /// Commit notifications to and from other instances; stop with the last handle.
+    _notifications: Arc<listen::Notifications>,
 }
 
 /// A pool that gave no connection in time is [`StoreError::Unavailable`] (HTTP 503); anything
@@ -217,14 +217,14 @@ impl PostgresStore {
             other => StoreError::backend(other),
         })?;
         let signal = CommitSignal::default();
-        let listening = Arc::new(listen::spawn(&pool, signal.clone()));
+        let notifications = Arc::new(listen::spawn(&pool, signal.clone()));
         Ok(Self {
             pool,
             heads: HeadCache::default(),
             ring,
             signal,
             poll,
-            _listening: listening,
+            _notifications: notifications,
         })
     }
 

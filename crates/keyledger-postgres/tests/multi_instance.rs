@@ -46,7 +46,7 @@ async fn stale_cached_head_in_another_instance_is_a_conflict() {
     assert!(b.verify(VerifyScope::All).await.unwrap().is_intact());
 }
 
-/// Another instance's commit reaches a live subscriber through `LISTEN/NOTIFY`, not polling:
+/// Another instance's commit reaches a live subscriber through `NOTIFY`/`LISTEN`, not polling:
 /// the subscribing instance polls once an hour. (A commit can still wait behind the fence for
 /// a transaction open elsewhere on the server; the tail re-reads after a notification until
 /// it is visible, hence the generous deadline.)

@@ -46,6 +46,8 @@ const FENCE_RETRY: (Duration, Duration) = (Duration::from_millis(10), Duration::
 #[derive(Debug, Clone)]
 pub struct CommitSignal {
     tx: Arc<watch::Sender<u64>>,
+    /// Commits of this instance only (for a backend that tells other instances).
+    local: Arc<watch::Sender<u64>>,
     tail: Arc<Tail>,
 }
 
@@ -54,15 +56,28 @@ impl Default for CommitSignal {
         let (tx, _rx) = watch::channel(0);
         Self {
             tx: Arc::new(tx),
+            local: Arc::new(watch::channel(0).0),
             tail: Arc::new(Tail::default()),
         }
     }
 }
 
 impl CommitSignal {
-    /// Wakes the tail reader (and so every live subscriber).
+    /// This instance committed: wakes the tail reader (and so every live subscriber), and
+    /// whoever watches [`CommitSignal::local_commits`].
     pub fn notify(&self) {
+        self.local.send_modify(|n| *n = n.wrapping_add(1));
+        self.wake();
+    }
+
+    /// Another instance committed (a backend notification): wakes the tail reader only.
+    pub fn wake(&self) {
         self.tx.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Changes with every commit of this instance (not with [`CommitSignal::wake`]).
+    pub fn local_commits(&self) -> watch::Receiver<u64> {
+        self.local.subscribe()
     }
 
     fn receiver(&self) -> watch::Receiver<u64> {
