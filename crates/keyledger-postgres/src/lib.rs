@@ -30,6 +30,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{Executor, Postgres, Row as _};
 
 mod group;
+mod listen;
 pub mod projections;
 #[cfg(feature = "test-hooks")]
 pub mod testing;
@@ -75,6 +76,8 @@ pub struct PostgresStore {
     ring: Arc<KeyRing>,
     signal: CommitSignal,
     poll: PollConfig,
+    /// Commit notifications to and from other instances; stop with the last handle.
+    _notifications: Arc<listen::Notifications>,
 }
 
 /// A pool that gave no connection in time is [`StoreError::Unavailable`] (HTTP 503); anything
@@ -218,13 +221,16 @@ impl PostgresStore {
             sqlx::migrate::MigrateError::Execute(e) => backend(e),
             other => StoreError::backend(other),
         })?;
+        let signal = CommitSignal::default();
+        let notifications = Arc::new(listen::spawn(&pool, signal.clone()));
         Ok(Self {
             group: group::GroupCommit::start(pool.clone()),
             pool,
             heads: HeadCache::default(),
             ring,
-            signal: CommitSignal::default(),
+            signal,
             poll,
+            _notifications: notifications,
         })
     }
 

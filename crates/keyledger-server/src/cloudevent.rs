@@ -3,6 +3,10 @@
 
 use keyledger_domain::envelope::canonical_time;
 use keyledger_domain::{DecodeError, EventId, OrgId, StoredEvent};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+use axum::body::Bytes;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -53,6 +57,65 @@ pub fn cloud_event(stored: &StoredEvent) -> Result<Value, DecodeError> {
 pub fn cloud_event_text(stored: &StoredEvent) -> Result<String, DecodeError> {
     let ce = CloudEvent::of(stored)?;
     Ok(serde_json::to_string(&ce).unwrap_or_default())
+}
+
+/// Appends the stored event as one Server-Sent Events message (`id: <position>`,
+/// `event: <type>`, `data: <CloudEvent JSON>`, blank line) to `out`. Compact JSON holds no line
+/// break, so the data is one line.
+pub fn write_sse_message(out: &mut Vec<u8>, stored: &StoredEvent) -> Result<(), DecodeError> {
+    let ce = CloudEvent::of(stored)?;
+    out.extend_from_slice(b"id: ");
+    out.extend_from_slice(ce.sequence.as_bytes());
+    out.extend_from_slice(b"\nevent: ");
+    out.extend_from_slice(stored.event_type.as_bytes());
+    out.extend_from_slice(b"\ndata: ");
+    // Writing to a Vec cannot fail, and a CloudEvent always serializes.
+    let _ = serde_json::to_writer(&mut *out, &ce);
+    out.extend_from_slice(b"\n\n");
+    Ok(())
+}
+
+/// How many rendered SSE messages [`Rendered`] keeps.
+const RENDERED: usize = 8192;
+
+/// SSE messages rendered recently, by position. Every live stream sends the same events, so
+/// each is rendered once, not once per open stream.
+#[derive(Debug, Default)]
+pub struct Rendered(Mutex<RenderedInner>);
+
+#[derive(Debug, Default)]
+struct RenderedInner {
+    by_position: HashMap<u64, Bytes>,
+    /// Positions in the order they were rendered: the oldest is evicted first.
+    order: VecDeque<u64>,
+}
+
+impl Rendered {
+    /// The SSE message of `stored` ([`write_sse_message`]), rendered at most once while kept.
+    pub fn message(&self, stored: &StoredEvent) -> Result<Bytes, DecodeError> {
+        let position = stored.global_position.0;
+        if let Some(hit) = self.lock().by_position.get(&position) {
+            return Ok(hit.clone());
+        }
+        let mut out = Vec::with_capacity(512);
+        write_sse_message(&mut out, stored)?;
+        let message = Bytes::from(out);
+        let mut inner = self.lock();
+        if inner.by_position.insert(position, message.clone()).is_none() {
+            inner.order.push_back(position);
+        }
+        while inner.order.len() > RENDERED {
+            if let Some(old) = inner.order.pop_front() {
+                inner.by_position.remove(&old);
+            }
+        }
+        Ok(message)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RenderedInner> {
+        // The map stays consistent at every await-free step; a panic elsewhere cannot tear it.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 #[cfg(test)]
@@ -113,6 +176,40 @@ mod tests {
                 assert!(!text.contains(forbidden), "{forbidden} in {text}");
             }
         }
+    }
+
+    #[test]
+    fn an_sse_message_carries_position_type_and_the_cloud_event_on_one_line() {
+        let events = history();
+        let mut out = Vec::new();
+        write_sse_message(&mut out, &events[2]).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.split('\n').collect();
+        assert_eq!(lines.len(), 5, "{text}");
+        assert_eq!(lines[0], format!("id: {}", events[2].global_position.0));
+        assert_eq!(lines[1], "event: CustomerManagedKeyEnabled");
+        let data: Value = serde_json::from_str(lines[2].strip_prefix("data: ").unwrap()).unwrap();
+        assert_eq!(data, cloud_event(&events[2]).unwrap());
+        assert_eq!((lines[3], lines[4]), ("", ""));
+    }
+
+    #[test]
+    fn a_rendered_message_is_the_same_as_a_fresh_one_and_the_cache_stays_bounded() {
+        let events = history();
+        let rendered = Rendered::default();
+        for stored in &events {
+            let mut fresh = Vec::new();
+            write_sse_message(&mut fresh, stored).unwrap();
+            assert_eq!(rendered.message(stored).unwrap(), fresh);
+            assert_eq!(rendered.message(stored).unwrap(), fresh, "from the cache");
+        }
+        let mut many = events[0].clone();
+        for p in 0..(RENDERED as u64 + 10) {
+            many.global_position = keyledger_domain::GlobalPosition(1_000_000 + p);
+            rendered.message(&many).unwrap();
+        }
+        let inner = rendered.lock();
+        assert_eq!((inner.by_position.len(), inner.order.len()), (RENDERED, RENDERED));
     }
 
     #[test]

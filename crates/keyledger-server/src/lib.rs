@@ -130,6 +130,8 @@ pub(crate) struct Context {
     pub shutdown: watch::Receiver<bool>,
     /// One permit per open SSE stream (`max_streams`).
     pub streams: Arc<Semaphore>,
+    /// SSE messages rendered once for every open stream.
+    pub rendered: cloudevent::Rendered,
 }
 
 pub(crate) type Shared = Arc<Context>;
@@ -144,6 +146,7 @@ pub fn router(services: Services, config: ServerConfig, shutdown: watch::Receive
         metrics: metrics::Metrics::default(),
         shutdown,
         streams,
+        rendered: cloudevent::Rendered::default(),
     });
     routes::build(state)
 }

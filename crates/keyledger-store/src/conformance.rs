@@ -75,6 +75,7 @@ macro_rules! conformance_suite {
             racing_reuses_of_a_command_id_on_two_streams_record_one,
             read_all_sees_every_event_once_under_concurrent_writers,
             subscribe_catches_up_then_goes_live_across_restart,
+            live_subscribers_fast_slow_and_late_see_every_event_once,
             verify_names_the_tampered_event,
             secrets_are_never_at_rest_in_clear,
             wrong_or_missing_internal_key_is_a_typed_error,
@@ -796,6 +797,66 @@ pub async fn subscribe_catches_up_then_goes_live_across_restart<F: Fixture>() {
             .is_err(),
         "no duplicate after the last event"
     );
+}
+
+/// Live subscribers share one tail reader. Under concurrent appends, a fast subscriber, a slow
+/// one (that falls behind the shared buffer and must catch up from the store and rejoin) and
+/// one that starts midway each see every event once, in commit order.
+pub async fn live_subscribers_fast_slow_and_late_see_every_event_once<F: Fixture>() {
+    const WRITERS: u64 = 4;
+    const APPENDS: u64 = 60;
+    let Some(fx) = fixture::<F>().await else { return };
+    let store = fx.store();
+    append_one(&store, new_stream(), 0, "first").await.unwrap();
+    let total = usize::try_from(1 + WRITERS * APPENDS).unwrap();
+    let collect = |mut sub: crate::EventStream, pause_every: Option<usize>| {
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            while got.len() < total {
+                got.push(next_event(&mut sub).await);
+                if pause_every.is_some_and(|n| got.len() % n == 1) {
+                    // Far behind: every writer appends meanwhile.
+                    tokio::time::sleep(Duration::from_millis(400)).await;
+                }
+            }
+            // Nothing more: no duplicate after the last event.
+            assert!(
+                tokio::time::timeout(Duration::from_millis(200), sub.next())
+                    .await
+                    .is_err(),
+                "an event after the last one"
+            );
+            got
+        })
+    };
+    let fast = collect(store.subscribe(GlobalPosition::START), None);
+    let slow = collect(store.subscribe(GlobalPosition::START), Some(100));
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let stream = new_stream();
+                for v in 0..APPENDS {
+                    append_one(&store, stream, v, &format!("w{w}-{v}")).await.unwrap();
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let late = collect(store.subscribe(GlobalPosition::START), None);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let all: Vec<_> = read_expecting(&store, total)
+        .await
+        .iter()
+        .map(|e| e.event_id)
+        .collect();
+    for (name, sub) in [("fast", fast), ("slow", slow), ("late", late)] {
+        let got: Vec<_> = sub.await.unwrap().iter().map(|e| e.event_id).collect();
+        assert_eq!(got, all, "the {name} subscriber saw every event once, in order");
+    }
 }
 
 pub async fn verify_names_the_tampered_event<F: Fixture>() {

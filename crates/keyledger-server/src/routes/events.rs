@@ -4,16 +4,16 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Json;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures::{StreamExt as _, future};
+use futures::{StreamExt as _, stream};
 use keyledger_domain::{GlobalPosition, Role};
 
 use crate::Shared;
 use crate::api::{EventsPage, EventsQuery};
-use crate::cloudevent::{cloud_event, cloud_event_text};
+use crate::cloudevent::cloud_event;
 use crate::extract::{Caller, Query, cursor};
 use crate::problem::{FieldError, Problem};
 
@@ -90,9 +90,19 @@ fn start(headers: &HeaderMap, q: &EventsQuery) -> Result<u64, Problem> {
     }
 }
 
+/// Events one body write carries at most: what the subscription has ready, so a consumer far
+/// behind gets large writes and a live one gets each event as it commits.
+const EVENTS_PER_WRITE: usize = 256;
+
+/// The SSE comment heartbeat.
+const HEARTBEAT: &[u8] = b": heartbeat\n\n";
+
 /// `GET /v1/events/stream?after=`: Server-Sent Events, one per stored event in commit order,
 /// `id` = position, with a comment heartbeat. Ends when the server shuts down or the store
 /// fails; the client reconnects with `Last-Event-ID` and misses nothing.
+///
+/// The body is written in chunks of the messages that are ready (`ready_chunks`), not one
+/// write per event.
 pub(crate) async fn stream(
     State(state): State<Shared>,
     Caller(actor): Caller,
@@ -108,45 +118,63 @@ pub(crate) async fn stream(
     let stopping = async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     };
-    // Both live as long as the stream: the open-stream gauge and the `max_streams` permit.
-    let open = (state.metrics.sse_stream(), slot);
-    let metrics_state = state.clone();
     let events = state
         .services
         .store
         .subscribe(GlobalPosition(after))
-        .map(move |item| {
-            let _open = &open;
-            let stored = match item {
-                Ok(stored) => stored,
-                Err(e) => {
-                    tracing::warn!(error = %e, "event stream ended: the store failed");
-                    return None;
-                }
-            };
-            match cloud_event_text(&stored) {
-                Ok(ce) => {
-                    metrics_state.metrics.sse_event();
-                    Some(Ok::<_, Infallible>(
-                        SseEvent::default()
-                            .id(stored.global_position.0.to_string())
-                            .event(&stored.event_type)
-                            .data(ce),
-                    ))
-                }
-                Err(e) => {
-                    undecodable(&stored, &e);
-                    None
-                }
+        .ready_chunks(EVENTS_PER_WRITE)
+        .take_until(stopping)
+        .boxed();
+    let period = state.config.heartbeat;
+    let heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    // Both live as long as the stream: the open-stream gauge and the `max_streams` permit.
+    let open = (state.metrics.sse_stream(), slot);
+    let body = stream::unfold(Some((events, heartbeat, state, open)), |st| async move {
+        let (mut events, mut heartbeat, state, open) = st?;
+        tokio::select! {
+            chunk = events.next() => {
+                let (bytes, more) = sse_messages(&state, chunk?);
+                let next = more.then_some((events, heartbeat, state, open));
+                Some((Ok::<_, Infallible>(Bytes::from(bytes)), next))
             }
-        })
-        .take_while(|item| future::ready(item.is_some()))
-        .filter_map(future::ready)
-        .take_until(stopping);
-    let sse = Sse::new(events).keep_alive(
-        KeepAlive::new()
-            .interval(state.config.heartbeat)
-            .text("heartbeat"),
-    );
-    Ok(([(header::CACHE_CONTROL, "no-cache")], sse).into_response())
+            _ = heartbeat.tick() => {
+                Some((Ok(Bytes::from_static(HEARTBEAT)), Some((events, heartbeat, state, open))))
+            }
+        }
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+/// The SSE messages of a chunk of the subscription, and whether the stream goes on: it ends at
+/// a store failure or at an event this build cannot publish, after the messages before it.
+fn sse_messages(
+    state: &Shared,
+    chunk: Vec<Result<keyledger_domain::StoredEvent, keyledger_store::StoreError>>,
+) -> (Vec<u8>, bool) {
+    let mut out = Vec::with_capacity(chunk.len() * 512);
+    for item in chunk {
+        let stored = match item {
+            Ok(stored) => stored,
+            Err(e) => {
+                tracing::warn!(error = %e, "event stream ended: the store failed");
+                return (out, false);
+            }
+        };
+        match state.rendered.message(&stored) {
+            Ok(message) => out.extend_from_slice(&message),
+            Err(e) => {
+                undecodable(&stored, &e);
+                return (out, false);
+            }
+        }
+        state.metrics.sse_event();
+    }
+    (out, true)
 }
