@@ -491,16 +491,22 @@ struct Summary {
     max: Duration,
 }
 
+/// A count of things this tool holds in memory, as a `usize`.
+fn in_memory(count: u64) -> usize {
+    usize::try_from(count).expect("a count of events held in memory fits in usize")
+}
+
 fn summarize(mut v: Vec<Duration>) -> Summary {
     v.sort_unstable();
-    let pct = |p: f64| {
-        let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    // The sample at `percent` of the way through the sorted list (nearest rank, rounded).
+    let pct = |percent: usize| {
+        let i = (v.len().saturating_sub(1) * percent + 50) / 100;
         v.get(i).copied().unwrap_or_default()
     };
     Summary {
         n: v.len(),
-        p50: pct(0.50),
-        p99: pct(0.99),
+        p50: pct(50),
+        p99: pct(99),
         max: v.last().copied().unwrap_or_default(),
     }
 }
@@ -725,7 +731,7 @@ async fn sse_rate(api: &Api, count: u64) -> Result<SseFigures, String> {
     let start = Instant::now();
     let mut response = api.stream(0).await?;
     let mut parser = SseParser::default();
-    let mut positions: Vec<u64> = Vec::with_capacity(count as usize);
+    let mut positions: Vec<u64> = Vec::with_capacity(in_memory(count));
     let mut bad: Option<String> = None;
     let mut chunks = 0u64;
     let mut progress = (0usize, Instant::now());
@@ -763,10 +769,10 @@ async fn sse_rate(api: &Api, count: u64) -> Result<SseFigures, String> {
     }
     let seconds = start.elapsed().as_secs_f64();
     drop(response);
-    positions.truncate(count as usize);
+    positions.truncate(in_memory(count));
     let increasing = positions.windows(2).all(|w| w[0] < w[1]);
     // The same positions, in the same order, as the pages of GET /v1/events.
-    let mut paged = Vec::with_capacity(count as usize);
+    let mut paged = Vec::with_capacity(in_memory(count));
     let mut after = 0;
     while (paged.len() as u64) < count {
         let (p, next) = api.events_page(after, 1000).await?;
@@ -776,7 +782,7 @@ async fn sse_rate(api: &Api, count: u64) -> Result<SseFigures, String> {
         paged.extend(p);
         after = next;
     }
-    paged.truncate(count as usize);
+    paged.truncate(in_memory(count));
     Ok(SseFigures {
         events: positions.len() as u64,
         seconds,
@@ -799,7 +805,7 @@ async fn lag(
     head: u64,
     args: &Args,
 ) -> Result<LagFigures, String> {
-    let total = args.lag_rate as usize * args.lag_seconds as usize;
+    let total = in_memory(u64::from(args.lag_rate) * args.lag_seconds);
     let sent: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; total]));
     let mut response = api.stream(head).await?;
     let deadline = Duration::from_secs(args.lag_seconds + 30);
@@ -844,7 +850,10 @@ async fn lag(
     let interval = Duration::from_secs_f64(1.0 / f64::from(args.lag_rate));
     let mut writers = Vec::with_capacity(total);
     for n in 0..total {
-        tokio::time::sleep_until((start + interval * n as u32).into()).await;
+        tokio::time::sleep_until(
+            (start + interval * u32::try_from(n).expect("fewer than 2^32 requests")).into(),
+        )
+        .await;
         let k = n % orgs.len();
         let m = n / orgs.len();
         let want = premium[k] ^ m.is_multiple_of(2);
