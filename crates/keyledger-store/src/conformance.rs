@@ -672,7 +672,7 @@ pub async fn read_all_sees_every_event_once_under_concurrent_writers<F: Fixture>
         tokio::spawn(async move {
             let mut seen: Vec<StoredEvent> = Vec::new();
             let mut after = GlobalPosition::START;
-            let total = WRITERS * PER_WRITER as usize;
+            let total = WRITERS * usize::try_from(PER_WRITER).unwrap();
             let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
             // Until every event was seen (or far past the deadline, then the asserts report it),
             // and a while after, so a duplicate would show.
@@ -715,7 +715,7 @@ pub async fn read_all_sees_every_event_once_under_concurrent_writers<F: Fixture>
         w.await.expect("writer");
     }
     let seen = reader.await.expect("reader");
-    let all = read_expecting(&store, WRITERS * PER_WRITER as usize).await;
+    let all = read_expecting(&store, WRITERS * usize::try_from(PER_WRITER).unwrap()).await;
     let ids: Vec<_> = seen.iter().map(|e| e.event_id).collect();
     let unique: HashSet<_> = ids.iter().collect();
     assert_eq!(unique.len(), ids.len(), "the poller saw an event twice");

@@ -72,7 +72,10 @@ impl InMemoryStore {
         let idx = inner
             .streams
             .get(&stream)
-            .and_then(|v| v.get((version.0 as usize).wrapping_sub(1)))
+            .and_then(|v| {
+                let index = usize::try_from(version.0).ok()?.checked_sub(1)?;
+                v.get(index)
+            })
             .copied();
         if let Some(i) = idx {
             f(&mut inner.events[i]);
