@@ -680,7 +680,7 @@ pub fn envelopes(events: Vec<Event>) -> Vec<crate::envelope::StoredEvent> {
                     });
                 }
             });
-            let n = i as u64 + 1;
+            let n = u64::try_from(i).expect("usize fits in u64") + 1;
             let actor = match event.event_type() {
                 "KeyHealthChanged" => Actor::system(),
                 _ => admin(),

@@ -24,7 +24,7 @@ pub async fn append_history(store: &dyn EventStore, history: History) {
         store
             .append(
                 stream,
-                StreamVersion(i as u64),
+                StreamVersion(u64::try_from(i).expect("usize fits in u64")),
                 vec![NewEvent { event, metadata }],
                 None,
             )

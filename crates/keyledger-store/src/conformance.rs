@@ -1178,7 +1178,7 @@ pub async fn import_round_trips_an_export<F: Fixture>() {
     );
     let report = store.verify(VerifyScope::All).await.expect("verify");
     assert!(report.is_intact());
-    assert_eq!(report.events_checked, exported.len() as u64);
+    assert_eq!(report.events_checked, u64::try_from(exported.len()).unwrap());
     // The same key ring opens every imported event to the same values.
     for (imported, original) in read.iter().zip(&exported) {
         let opened = store.open(imported).expect("open an imported event");
@@ -1242,7 +1242,7 @@ pub async fn import_round_trips_an_export<F: Fixture>() {
     );
     assert_eq!(
         stored_count(&store).await,
-        exported.len() as u64,
+        u64::try_from(exported.len()).unwrap(),
         "repeats append nothing"
     );
     // And the streams go on.
@@ -1330,7 +1330,7 @@ pub async fn import_rejects_a_tampered_envelope_and_stores_nothing<F: Fixture>()
         .import(exported.clone(), ImportBatch::First)
         .await
         .expect("import");
-    assert_eq!(stored_count(&store).await, exported.len() as u64);
+    assert_eq!(stored_count(&store).await, u64::try_from(exported.len()).unwrap());
 }
 
 pub async fn import_rejects_a_gap_or_a_broken_chain<F: Fixture>() {
