@@ -259,12 +259,13 @@ impl HealthMonitor {
         spread: Duration,
     ) -> Vec<(OrgId, Result<ProbeResult, AppError>)> {
         let permits = Arc::new(tokio::sync::Semaphore::new(self.config.concurrency.max(1)));
-        let count = orgs.len().max(1) as u32;
+        // Saturates past u32::MAX orgs: the spread only paces the probes.
+        let count = u32::try_from(orgs.len().max(1)).unwrap_or(u32::MAX);
         let mut tasks = Vec::with_capacity(orgs.len());
         for (i, org) in orgs.into_iter().enumerate() {
             let monitor = self.clone();
             let permits = permits.clone();
-            let delay = spread / count * i as u32;
+            let delay = spread / count * u32::try_from(i).unwrap_or(u32::MAX);
             tasks.push(tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
                 let _permit = permits.acquire_owned().await;

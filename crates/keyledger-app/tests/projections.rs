@@ -129,13 +129,13 @@ async fn random_run(app: &App, orgs: u32, commands: u32, seed: u64) -> u32 {
             7 => (
                 platform(),
                 Intent::AddTenant(Tenant {
-                    tenant_id: testing::tenant_id(rng.next(250) as u8),
+                    tenant_id: testing::tenant_id(u8::try_from(rng.next(250)).unwrap()),
                     name: "T".into(),
                 }),
             ),
             _ => (
                 platform(),
-                Intent::RemoveTenant(testing::tenant_id(rng.next(250) as u8)),
+                Intent::RemoveTenant(testing::tenant_id(u8::try_from(rng.next(250)).unwrap())),
             ),
         };
         let r = app

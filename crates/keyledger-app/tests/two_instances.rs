@@ -148,7 +148,7 @@ async fn two_instances_share_one_database() {
         let replayed = State::replay(opened.iter());
         assert_eq!(app_a.state(org(i)).await.unwrap(), replayed);
         assert_eq!(app_b.state(org(i)).await.unwrap(), replayed);
-        assert_eq!(a.version as usize, events.len());
+        assert_eq!(usize::try_from(a.version).unwrap(), events.len());
     }
     // Accepted plan changes: each one that changed the plan appended one PlanChanged.
     // The racing plan changes were recorded (those that changed the plan), not just the setup.

@@ -680,7 +680,7 @@ pub fn envelopes(events: Vec<Event>) -> Vec<crate::envelope::StoredEvent> {
                     });
                 }
             });
-            let n = i as u64 + 1;
+            let n = u64::try_from(i).expect("usize fits in u64") + 1;
             let actor = match event.event_type() {
                 "KeyHealthChanged" => Actor::system(),
                 _ => admin(),
@@ -694,7 +694,7 @@ pub fn envelopes(events: Vec<Event>) -> Vec<crate::envelope::StoredEvent> {
                 global_position: GlobalPosition(n),
                 event_type: event.event_type().into(),
                 schema_version: event.schema_version(),
-                occurred_at: at_minutes(i as i64),
+                occurred_at: at_minutes(i64::try_from(i).expect("a Vec index fits in i64")),
                 actor: EnvelopeActor::from_actor(&actor, None),
                 command_id: None,
                 correlation_id: None,

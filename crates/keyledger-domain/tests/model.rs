@@ -215,7 +215,7 @@ proptest! {
         for (step, op) in ops.iter().enumerate() {
             let before = state.clone();
             let locked = before.org().and_then(|o| o.customer_key()).is_some_and(|k| k.locked);
-            let Ok(events) = decide_scripted(&before, command(&before, op, step as i64 + 1)) else {
+            let Ok(events) = decide_scripted(&before, command(&before, op, i64::try_from(step).unwrap() + 1)) else {
                 continue; // a refused command changes nothing, by construction of the API
             };
             if locked {
@@ -257,7 +257,7 @@ fn the_model_exercises_every_event_type() {
             .state()
             .clone();
         for (step, op) in ops.iter().enumerate() {
-            if let Ok(events) = decide_scripted(&state, command(&state, op, step as i64)) {
+            if let Ok(events) = decide_scripted(&state, command(&state, op, i64::try_from(step).unwrap())) {
                 for e in events {
                     seen.insert(e.event_type());
                     state = evolve(state, &e);

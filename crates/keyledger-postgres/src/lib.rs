@@ -348,8 +348,8 @@ impl PostgresStore {
             .bind(texts(|c| c.hash.clone()))
             .bind(command_id.map(CommandId::as_str))
             .bind(stream.to_string())
-            .bind(first.stream_version.0 as i64)
-            .bind(last.stream_version.0 as i64)
+            .bind(to_i64(first.stream_version.0).map_err(|e| sqlx::Error::Encode(Box::new(e)))?)
+            .bind(to_i64(last.stream_version.0).map_err(|e| sqlx::Error::Encode(Box::new(e)))?)
             .fetch_one(exec)
             .await?;
         let first_position: i64 = r.try_get("first_position")?;
@@ -501,7 +501,9 @@ impl PostgresStore {
                 }
             })?;
         for (i, e) in events.iter_mut().enumerate() {
-            e.global_position = GlobalPosition(non_negative((xid << 16) + i as i64 + 1));
+            e.global_position = GlobalPosition(non_negative(
+                (xid << 16) + i64::try_from(i).expect("a Vec index fits in i64") + 1,
+            ));
         }
         let commands = imported_commands(events);
         if !commands.is_empty() {
@@ -773,7 +775,7 @@ mod tests {
             .await
             .unwrap();
         sqlx::query("UPDATE events SET payload = '{not json' WHERE position = $1")
-            .bind(r.first_position.0 as i64)
+            .bind(i64::try_from(r.first_position.0).unwrap())
             .execute(store.pool())
             .await
             .unwrap();

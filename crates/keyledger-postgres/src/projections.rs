@@ -140,7 +140,8 @@ impl ProjectionSink for PgProjections {
             .fetch_optional(&self.pool)
             .await
             .map_err(db_err)?;
-        Ok(row.map(|r| r.get::<i64, _>(0)).unwrap_or(0).max(0) as u64)
+        // A negative position (never written) reads as the start, as before.
+        Ok(u64::try_from(row.map(|r| r.get::<i64, _>(0)).unwrap_or(0)).unwrap_or(0))
     }
 
     async fn load(&self, projection: Projection, orgs: &[OrgId]) -> Result<HashMap<OrgId, Value>, SinkError> {
@@ -202,7 +203,7 @@ impl ProjectionSink for PgProjections {
                     .map_err(sink_err)?;
             return Err(SinkError::Superseded {
                 projection,
-                checkpoint: at.max(0) as u64,
+                checkpoint: u64::try_from(at).unwrap_or(0),
                 attempted: changes.checkpoint,
             });
         }
@@ -317,7 +318,8 @@ pub fn lease_key(projection: Projection) -> i64 {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x100000001b3);
     }
-    h as i64
+    // The same 64 bits, read as PostgreSQL's signed bigint.
+    h.cast_signed()
 }
 
 impl Lease {

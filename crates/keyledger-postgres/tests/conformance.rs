@@ -53,7 +53,7 @@ impl Fixture for PgFixture {
         .bind(from)
         .bind(to)
         .bind(stream.to_string())
-        .bind(version.0 as i64)
+        .bind(i64::try_from(version.0).unwrap())
         .execute(self.store.pool())
         .await
         .expect("tamper");
@@ -71,9 +71,9 @@ impl Fixture for PgFixture {
             "UPDATE events SET event_type = $1, schema_version = $2 WHERE stream_id = $3 AND stream_version = $4",
         )
         .bind(event_type)
-        .bind(schema_version as i32)
+        .bind(i32::try_from(schema_version).unwrap())
         .bind(stream.to_string())
-        .bind(version.0 as i64)
+        .bind(i64::try_from(version.0).unwrap())
         .execute(self.store.pool())
         .await
         .expect("rewrite type");

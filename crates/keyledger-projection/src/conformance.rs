@@ -15,7 +15,7 @@ pub async fn append_history(store: &dyn EventStore, history: History) {
     let stream = StreamId::for_org(testing::org_id());
     for (i, event) in history.events().into_iter().enumerate() {
         let metadata = EventMetadata {
-            occurred_at: testing::at_minutes(i as i64),
+            occurred_at: testing::at_minutes(i64::try_from(i).expect("a Vec index fits in i64")),
             actor: EnvelopeActor::from_actor(&testing::admin(), None),
             command_id: None,
             correlation_id: None,
@@ -24,7 +24,7 @@ pub async fn append_history(store: &dyn EventStore, history: History) {
         store
             .append(
                 stream,
-                StreamVersion(i as u64),
+                StreamVersion(u64::try_from(i).expect("usize fits in u64")),
                 vec![NewEvent { event, metadata }],
                 None,
             )

@@ -202,7 +202,7 @@ impl OrganizationView {
     pub fn from_events<'a>(events: impl IntoIterator<Item = &'a Event>) -> Option<Self> {
         let mut view: Option<Self> = None;
         for (i, e) in events.into_iter().enumerate() {
-            let version = i as u64 + 1;
+            let version = u64::try_from(i).expect("usize fits in u64") + 1;
             match (&mut view, e) {
                 (None, Event::OrganizationRegistered(r)) => view = Some(Self::registered(r, version)),
                 (Some(v), e) => v.apply(version, e),

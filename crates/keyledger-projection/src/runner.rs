@@ -382,7 +382,7 @@ impl ProjectionSink for MemorySink {
             .cloned()
             .collect();
         out.sort_by_key(|a| a.position);
-        out.truncate(query.limit as usize);
+        out.truncate(usize::try_from(query.limit).unwrap_or(usize::MAX));
         Ok(out)
     }
 

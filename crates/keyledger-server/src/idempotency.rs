@@ -84,7 +84,7 @@ impl Replays {
 fn digest(parts: &[&[u8]]) -> [u8; 32] {
     let mut h = Sha256::new();
     for p in parts {
-        h.update((p.len() as u64).to_be_bytes());
+        h.update(u64::try_from(p.len()).expect("usize fits in u64").to_be_bytes());
         h.update(p);
     }
     h.finalize().into()

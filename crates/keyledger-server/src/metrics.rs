@@ -119,7 +119,8 @@ impl Metrics {
     }
 
     pub fn appended(&self, events: usize) {
-        self.appended.inc_by(events as u64);
+        self.appended
+            .inc_by(u64::try_from(events).expect("usize fits in u64"));
     }
 
     pub fn sse_event(&self) {

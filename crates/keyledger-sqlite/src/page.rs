@@ -17,7 +17,7 @@ use keyledger_store::row::EnvelopeRef;
 /// Each row is rendered inside the subquery, so only one value per row reaches the aggregate.
 /// The aggregate has no `ORDER BY` of its own (that made SQLite sort the page through a
 /// temporary b-tree): [`decode`] puts the rows in position order.
-pub const SELECT_PAGE: &str = "SELECT group_concat(r, char(30)) FROM (SELECT concat_ws(char(31), position, \
+pub(crate) const SELECT_PAGE: &str = "SELECT group_concat(r, char(30)) FROM (SELECT concat_ws(char(31), position, \
      event_id, stream_id, stream_version, event_type, schema_version, occurred_at, actor, \
      ifnull('=' || command_id, '-'), ifnull('=' || correlation_id, '-'), ifnull('=' || causation_id, '-'), \
      payload, prev_hash, hash) AS r FROM events WHERE position > ? ORDER BY position LIMIT ?)";
@@ -28,7 +28,7 @@ const FIELDS: usize = 14;
 
 /// The events of a page in position order; `None` when the text is not a page of whole,
 /// readable rows.
-pub fn decode(text: &str) -> Option<Vec<StoredEvent>> {
+pub(crate) fn decode(text: &str) -> Option<Vec<StoredEvent>> {
     let bytes = text.as_bytes();
     let mut events = Vec::new();
     let mut fields = [""; FIELDS];

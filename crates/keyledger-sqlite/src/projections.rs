@@ -170,7 +170,8 @@ impl ProjectionSink for SqliteProjections {
             .fetch_optional(&self.file.read)
             .await
             .map_err(sink_err)?;
-        Ok(row.map(|r| r.get::<i64, _>(0)).unwrap_or(0).max(0) as u64)
+        // A negative position (never written) reads as the start, as before.
+        Ok(u64::try_from(row.map(|r| r.get::<i64, _>(0)).unwrap_or(0)).unwrap_or(0))
     }
 
     async fn load(&self, projection: Projection, orgs: &[OrgId]) -> Result<HashMap<OrgId, Value>, SinkError> {
@@ -221,7 +222,7 @@ impl ProjectionSink for SqliteProjections {
                     .map_err(sink_err)?;
             return Err(SinkError::Superseded {
                 projection,
-                checkpoint: at.max(0) as u64,
+                checkpoint: u64::try_from(at).unwrap_or(0),
                 attempted: changes.checkpoint,
             });
         }

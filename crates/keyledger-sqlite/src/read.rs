@@ -33,13 +33,16 @@ impl SqliteStore {
     ) -> Result<Vec<StoredEvent>, StoreError> {
         // Near the head (a live reader) one query does: parts would mostly come back empty.
         let known_ahead = self.written_up_to.load(Ordering::Relaxed).saturating_sub(after.0);
-        let parts = if known_ahead >= limit as u64 {
+        let parts = if known_ahead >= u64::try_from(limit).expect("usize fits in u64") {
             (limit / MIN_PART).clamp(1, MAX_PARTS)
         } else {
             1
         };
         let size = limit.div_ceil(parts);
-        let start = |i: usize| GlobalPosition(after.0.saturating_add((i * size) as u64));
+        let start = |i: usize| {
+            let offset = u64::try_from(i * size).expect("usize fits in u64");
+            GlobalPosition(after.0.saturating_add(offset))
+        };
         let reads = (0..parts).map(|i| self.read_page(start(i), size.min(limit - i * size)));
         let pages = futures::future::join_all(reads).await;
         let mut events = Vec::new();

@@ -128,7 +128,7 @@ async fn a_page_read_in_parts_is_whole_when_positions_have_gaps() {
             assert!(page.len() <= limit);
             let Some(last) = page.last() else { break };
             after = last.global_position;
-            seen.extend(page.iter().map(|e| e.global_position.0 as i64));
+            seen.extend(page.iter().map(|e| i64::try_from(e.global_position.0).unwrap()));
         }
         assert_eq!(seen, expected, "pages of {limit}");
     }
@@ -218,7 +218,7 @@ async fn corrupt_row_is_named_by_position() {
         .await
         .unwrap();
     sqlx::query("UPDATE events SET payload = '{not json' WHERE position = ?")
-        .bind(r.first_position.0 as i64)
+        .bind(i64::try_from(r.first_position.0).unwrap())
         .execute(store.write_pool())
         .await
         .unwrap();

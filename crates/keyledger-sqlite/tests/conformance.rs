@@ -46,7 +46,7 @@ impl Fixture for SqliteFixture {
         .bind(from)
         .bind(to)
         .bind(stream.to_string())
-        .bind(version.0 as i64)
+        .bind(i64::try_from(version.0).unwrap())
         .execute(self.store.write_pool())
         .await
         .expect("tamper");
@@ -66,7 +66,7 @@ impl Fixture for SqliteFixture {
         .bind(event_type)
         .bind(i64::from(schema_version))
         .bind(stream.to_string())
-        .bind(version.0 as i64)
+        .bind(i64::try_from(version.0).unwrap())
         .execute(self.store.write_pool())
         .await
         .expect("rewrite type");

@@ -673,7 +673,7 @@ pub async fn read_all_sees_every_event_once_under_concurrent_writers<F: Fixture>
         tokio::spawn(async move {
             let mut seen: Vec<StoredEvent> = Vec::new();
             let mut after = GlobalPosition::START;
-            let total = WRITERS * PER_WRITER as usize;
+            let total = WRITERS * usize::try_from(PER_WRITER).unwrap();
             let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
             // Until every event was seen (or far past the deadline, then the asserts report it),
             // and a while after, so a duplicate would show.
@@ -716,7 +716,7 @@ pub async fn read_all_sees_every_event_once_under_concurrent_writers<F: Fixture>
         w.await.expect("writer");
     }
     let seen = reader.await.expect("reader");
-    let all = read_expecting(&store, WRITERS * PER_WRITER as usize).await;
+    let all = read_expecting(&store, WRITERS * usize::try_from(PER_WRITER).unwrap()).await;
     let ids: Vec<_> = seen.iter().map(|e| e.event_id).collect();
     let unique: HashSet<_> = ids.iter().collect();
     assert_eq!(unique.len(), ids.len(), "the poller saw an event twice");
@@ -1239,7 +1239,7 @@ pub async fn import_round_trips_an_export<F: Fixture>() {
     );
     let report = store.verify(VerifyScope::All).await.expect("verify");
     assert!(report.is_intact());
-    assert_eq!(report.events_checked, exported.len() as u64);
+    assert_eq!(report.events_checked, u64::try_from(exported.len()).unwrap());
     // The same key ring opens every imported event to the same values.
     for (imported, original) in read.iter().zip(&exported) {
         let opened = store.open(imported).expect("open an imported event");
@@ -1303,7 +1303,7 @@ pub async fn import_round_trips_an_export<F: Fixture>() {
     );
     assert_eq!(
         stored_count(&store).await,
-        exported.len() as u64,
+        u64::try_from(exported.len()).unwrap(),
         "repeats append nothing"
     );
     // And the streams go on.
@@ -1391,7 +1391,7 @@ pub async fn import_rejects_a_tampered_envelope_and_stores_nothing<F: Fixture>()
         .import(exported.clone(), ImportBatch::First)
         .await
         .expect("import");
-    assert_eq!(stored_count(&store).await, exported.len() as u64);
+    assert_eq!(stored_count(&store).await, u64::try_from(exported.len()).unwrap());
 }
 
 pub async fn import_rejects_a_gap_or_a_broken_chain<F: Fixture>() {

@@ -72,7 +72,10 @@ impl InMemoryStore {
         let idx = inner
             .streams
             .get(&stream)
-            .and_then(|v| v.get((version.0 as usize).wrapping_sub(1)))
+            .and_then(|v| {
+                let index = usize::try_from(version.0).ok()?.checked_sub(1)?;
+                v.get(index)
+            })
             .copied();
         if let Some(i) = idx {
             f(&mut inner.events[i]);
@@ -105,12 +108,13 @@ impl EventStore for InMemoryStore {
             }
             let head = inner.head(&stream).unwrap_or_else(StreamHead::empty);
             let prepared = prepare_append(&self.ring, stream, expected, &head, events, command_id.as_ref())?;
-            let first_position = GlobalPosition(inner.events.len() as u64 + 1);
+            let first_position =
+                GlobalPosition(u64::try_from(inner.events.len()).expect("usize fits in u64") + 1);
             let first_version = head.version.next();
             let mut last_version = first_version;
             for mut e in prepared {
                 let idx = inner.events.len();
-                e.global_position = GlobalPosition(idx as u64 + 1);
+                e.global_position = GlobalPosition(u64::try_from(idx).expect("usize fits in u64") + 1);
                 last_version = e.stream_version;
                 inner.events.push(e);
                 inner.streams.entry(stream).or_default().push(idx);
@@ -120,7 +124,7 @@ impl EventStore for InMemoryStore {
                 first_version,
                 last_version,
                 first_position,
-                last_position: GlobalPosition(inner.events.len() as u64),
+                last_position: GlobalPosition(u64::try_from(inner.events.len()).expect("usize fits in u64")),
                 repeat: false,
             };
             if let Some(c) = command_id {
@@ -175,7 +179,7 @@ impl EventStore for InMemoryStore {
             let start = inner.events.len();
             for mut e in events {
                 let idx = inner.events.len();
-                e.global_position = GlobalPosition(idx as u64 + 1);
+                e.global_position = GlobalPosition(u64::try_from(idx).expect("usize fits in u64") + 1);
                 inner.streams.entry(e.stream_id).or_default().push(idx);
                 inner.events.push(e);
             }

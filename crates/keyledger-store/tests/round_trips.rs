@@ -41,8 +41,8 @@ proptest! {
         .unwrap();
         for (i, e) in prepared.into_iter().enumerate() {
             let mut e = e;
-            e.global_position = GlobalPosition(i as u64 + 10);
-            let back = EnvelopeColumns::from_event(&e).unwrap().into_event(i as i64 + 10).unwrap();
+            e.global_position = GlobalPosition(u64::try_from(i).unwrap() + 10);
+            let back = EnvelopeColumns::from_event(&e).unwrap().into_event(i64::try_from(i).unwrap() + 10).unwrap();
             prop_assert_eq!(&back, &e);
             prop_assert_eq!(envelope_hash(&back), back.hash.clone());
             open_event(&ring, &back).unwrap();

@@ -206,7 +206,7 @@ async fn catch_up<S: EventStore>(store: &S, page: usize) -> (u64, f64) {
         let events = store.read_all(after, page).await.expect("read_all");
         let Some(last) = events.last() else { break };
         after = last.global_position;
-        n += events.len() as u64;
+        n += u64::try_from(events.len()).expect("usize fits in u64");
     }
     (n, n as f64 / start.elapsed().as_secs_f64())
 }
@@ -216,7 +216,9 @@ async fn catch_up<S: EventStore>(store: &S, page: usize) -> (u64, f64) {
 async fn catch_up_subscribed<S: EventStore>(store: &S, n: u64) -> f64 {
     use futures::StreamExt as _;
     let start = Instant::now();
-    let mut events = store.subscribe(GlobalPosition::START).take(n as usize);
+    let mut events = store
+        .subscribe(GlobalPosition::START)
+        .take(usize::try_from(n).expect("the event count fits in usize"));
     let mut seen = 0u64;
     while let Some(event) = events.next().await {
         event.expect("subscription");

@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 /// A vault of named keys with versions. Wrapping XORs with a byte derived from the version:
 /// enough to show which version wrapped a DEK, not cryptography.
 #[derive(Default)]
-pub struct FakeVault {
+pub(crate) struct FakeVault {
     keys: Mutex<HashMap<String, FakeKey>>,
     calls: Mutex<u32>,
     pub down: Mutex<bool>,
@@ -27,7 +27,7 @@ struct FakeKey {
 }
 
 impl FakeVault {
-    pub fn add(&self, name: &str, version: &str) {
+    pub(crate) fn add(&self, name: &str, version: &str) {
         let mut keys = self.keys.lock().unwrap();
         let k = keys.entry(name.into()).or_insert(FakeKey {
             versions: vec![],
@@ -36,7 +36,7 @@ impl FakeVault {
         });
         k.versions.push(version.into());
     }
-    pub fn disable(&self, name: &str, version: &str) {
+    pub(crate) fn disable(&self, name: &str, version: &str) {
         self.keys
             .lock()
             .unwrap()
@@ -45,7 +45,7 @@ impl FakeVault {
             .disabled
             .push(version.into());
     }
-    pub fn enable(&self, name: &str, version: &str) {
+    pub(crate) fn enable(&self, name: &str, version: &str) {
         self.keys
             .lock()
             .unwrap()
@@ -54,10 +54,10 @@ impl FakeVault {
             .disabled
             .retain(|v| v != version);
     }
-    pub fn delete(&self, name: &str) {
+    pub(crate) fn delete(&self, name: &str) {
         self.keys.lock().unwrap().get_mut(name).unwrap().deleted = true;
     }
-    pub fn calls(&self) -> u32 {
+    pub(crate) fn calls(&self) -> u32 {
         *self.calls.lock().unwrap()
     }
     fn resolve(&self, c: &Connection) -> Result<(KeyIdentifier, u8), KeyAccessError> {

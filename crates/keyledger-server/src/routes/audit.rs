@@ -67,7 +67,7 @@ pub(crate) async fn tenant_audit(
     if rows.is_empty() && !sink.tenant_known(tenant).await.map_err(sink_failed)? {
         return Err(Problem::tenant_not_found());
     }
-    let next = (rows.len() == limit as usize)
+    let next = (rows.len() == usize::try_from(limit).unwrap_or(usize::MAX))
         .then(|| rows.last().map(|r| r.position.to_string()))
         .flatten();
     // CONTRACT.md "Tenant audit scope": `tenants` governs; `organizations` narrows the rows

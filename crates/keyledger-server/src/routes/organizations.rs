@@ -220,7 +220,7 @@ pub(crate) async fn events(
     // `after_version` and `limit` were held to their ranges when the query was read (`api.rs`).
     let after_version = q.after_version.unwrap_or(0);
     readable_view(&state, &actor, &[Role::Platform, Role::Auditor], org).await?;
-    let limit = q.limit.unwrap_or(crate::api::DEFAULT_LIMIT) as usize;
+    let limit = usize::try_from(q.limit.unwrap_or(crate::api::DEFAULT_LIMIT)).unwrap_or(usize::MAX);
     let events = state
         .services
         .app

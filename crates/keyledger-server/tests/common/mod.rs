@@ -16,26 +16,26 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub const ADMIN: &str = "t-admin-0123456789";
-pub const AUDITOR: &str = "t-auditor-0123456789";
+pub(crate) const ADMIN: &str = "t-admin-0123456789";
+pub(crate) const AUDITOR: &str = "t-auditor-0123456789";
 /// An auditor of tenant A only.
-pub const AUDITOR_A: &str = "t-auditor-a-0123456789";
-pub const PLATFORM: &str = "t-platform-0123456789";
-pub const BILLING: &str = "t-billing-0123456789";
-pub const SUPPORT: &str = "t-support-0123456789";
+pub(crate) const AUDITOR_A: &str = "t-auditor-a-0123456789";
+pub(crate) const PLATFORM: &str = "t-platform-0123456789";
+pub(crate) const BILLING: &str = "t-billing-0123456789";
+pub(crate) const SUPPORT: &str = "t-support-0123456789";
 /// An administrator of [`OTHER_ORG`] only.
-pub const ADMIN_OTHER: &str = "t-admin-other-0123456789";
+pub(crate) const ADMIN_OTHER: &str = "t-admin-other-0123456789";
 /// An auditor of tenant A with `organizations = []` (CONTRACT.md "Tenant audit scope").
-pub const AUDITOR_A_NO_ORGS: &str = "t-auditor-a-no-orgs-0123456789";
+pub(crate) const AUDITOR_A_NO_ORGS: &str = "t-auditor-a-no-orgs-0123456789";
 /// An administrator with `organizations = []` and every tenant: scoped to nothing.
-pub const ADMIN_NO_ORGS: &str = "t-admin-no-orgs-0123456789";
+pub(crate) const ADMIN_NO_ORGS: &str = "t-admin-no-orgs-0123456789";
 
-pub const TENANT_A: &str = "01900000-0000-7000-8000-00000000000a";
-pub const TENANT_B: &str = "01900000-0000-7000-8000-00000000000b";
-pub const OTHER_ORG: &str = "01900000-0000-7000-8000-0000000000ff";
+pub(crate) const TENANT_A: &str = "01900000-0000-7000-8000-00000000000a";
+pub(crate) const TENANT_B: &str = "01900000-0000-7000-8000-00000000000b";
+pub(crate) const OTHER_ORG: &str = "01900000-0000-7000-8000-0000000000ff";
 
 /// Every role's token, with its role.
-pub const ROLE_TOKENS: [(Role, &str); 5] = [
+pub(crate) const ROLE_TOKENS: [(Role, &str); 5] = [
     (Role::OrgAdmin, ADMIN),
     (Role::Auditor, AUDITOR),
     (Role::Platform, PLATFORM),
@@ -53,7 +53,7 @@ fn grant(token: &str, role: Role, orgs: Option<&[&str]>, tenants: Option<&[&str]
     }
 }
 
-pub fn tokens() -> Tokens {
+pub(crate) fn tokens() -> Tokens {
     Tokens::new(&[
         grant(ADMIN, Role::OrgAdmin, None, None),
         grant(AUDITOR, Role::Auditor, None, None),
@@ -68,36 +68,36 @@ pub fn tokens() -> Tokens {
 }
 
 #[derive(Debug, Clone, Copy)]
-pub enum Backend {
+pub(crate) enum Backend {
     Sqlite,
     Postgres,
 }
 
 /// One HTTP response.
 #[derive(Debug)]
-pub struct Reply {
+pub(crate) struct Reply {
     pub status: u16,
     pub headers: reqwest::header::HeaderMap,
     pub text: String,
 }
 
 impl Reply {
-    pub fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.text).unwrap_or(Value::Null)
     }
-    pub fn code(&self) -> String {
+    pub(crate) fn code(&self) -> String {
         self.json()["code"].as_str().unwrap_or_default().to_owned()
     }
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
     #[track_caller]
-    pub fn expect(self, status: u16) -> Self {
+    pub(crate) fn expect(self, status: u16) -> Self {
         assert_eq!(self.status, status, "unexpected reply: {}", self.text);
         self
     }
     #[track_caller]
-    pub fn problem(self, status: u16, code: &str) -> Self {
+    pub(crate) fn problem(self, status: u16, code: &str) -> Self {
         assert_eq!(
             (self.status, self.code().as_str()),
             (status, code),
@@ -109,7 +109,7 @@ impl Reply {
     }
 }
 
-pub struct Server {
+pub(crate) struct Server {
     pub base: String,
     pub http: reqwest::Client,
     pub demo: DemoVault,
@@ -127,11 +127,15 @@ pub struct Server {
 }
 
 /// The service over `store`, with the demo vault behind the SDK adapter.
-pub fn services(store: Arc<dyn EventStore>, sink: Arc<dyn ProjectionSink>, demo: &DemoVault) -> Services {
+pub(crate) fn services(
+    store: Arc<dyn EventStore>,
+    sink: Arc<dyn ProjectionSink>,
+    demo: &DemoVault,
+) -> Services {
     Services::new(store, sink, demo.key_access(), HealthConfig::default(), tokens())
 }
 
-pub fn test_config() -> ServerConfig {
+pub(crate) fn test_config() -> ServerConfig {
     ServerConfig {
         max_body_bytes: 16 * 1024,
         heartbeat: Duration::from_millis(300),
@@ -141,11 +145,11 @@ pub fn test_config() -> ServerConfig {
 
 impl Server {
     /// `None` when PostgreSQL is asked for and not available (and not required).
-    pub async fn start(backend: Backend) -> Option<Self> {
+    pub(crate) async fn start(backend: Backend) -> Option<Self> {
         Self::start_with(backend, test_config()).await
     }
 
-    pub async fn start_with(backend: Backend, config: ServerConfig) -> Option<Self> {
+    pub(crate) async fn start_with(backend: Backend, config: ServerConfig) -> Option<Self> {
         let dir = tempfile::tempdir().unwrap();
         let ring = Arc::new(KeyRing::generate());
         let mut db = None;
@@ -198,12 +202,12 @@ impl Server {
         })
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
     /// Sends one request; `body` is sent as is with `Content-Type: application/json`.
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         method: &str,
         path: &str,
@@ -233,26 +237,26 @@ impl Server {
         }
     }
 
-    pub async fn call(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> Reply {
+    pub(crate) async fn call(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> Reply {
         let body = body.map(|b| b.to_string());
         self.send(method, path, Some(token), body.as_deref(), &[]).await
     }
 
     /// How many events the store holds, committed ones included that readers of the global
     /// order do not see yet (on PostgreSQL they wait for older transactions to end).
-    pub async fn event_count(&self) -> usize {
+    pub(crate) async fn event_count(&self) -> usize {
         if let Some(pool) = &self.pg {
             let n: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
                 .fetch_one(pool)
                 .await
                 .unwrap();
-            return n as usize;
+            return usize::try_from(n).unwrap();
         }
         self.published().await.len()
     }
 
     /// The positions `read_all` shows now.
-    pub async fn published(&self) -> Vec<u64> {
+    pub(crate) async fn published(&self) -> Vec<u64> {
         let mut all = Vec::new();
         let mut after = keyledger_domain::GlobalPosition(0);
         loop {
@@ -264,7 +268,7 @@ impl Server {
     }
 
     /// The positions of every stored event, once `read_all` shows them all.
-    pub async fn all_published(&self) -> Vec<u64> {
+    pub(crate) async fn all_published(&self) -> Vec<u64> {
         let n = self.event_count().await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
@@ -277,7 +281,7 @@ impl Server {
     }
 
     /// A connection to demo key `n` (0 or 1) with the demo secret.
-    pub fn connection(&self, n: usize) -> Value {
+    pub(crate) fn connection(&self, n: usize) -> Value {
         json!({
             "directory_id": self.demo.directory_id,
             "application_id": self.demo.application_id,
@@ -287,7 +291,7 @@ impl Server {
     }
 
     /// Registers an enterprise organization with tenants A and B.
-    pub async fn register(&self, org: &str) -> Value {
+    pub(crate) async fn register(&self, org: &str) -> Value {
         self.call(
             "POST",
             "/v1/organizations",
@@ -306,7 +310,7 @@ impl Server {
 
     /// Waits until the tenant audit holds `n` rows for `tenant` (projections are eventually
     /// consistent).
-    pub async fn audit_rows(&self, tenant: &str, n: usize) -> Vec<Value> {
+    pub(crate) async fn audit_rows(&self, tenant: &str, n: usize) -> Vec<Value> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             let page = self
@@ -326,7 +330,7 @@ impl Server {
     }
 
     /// Waits until the audit projection knows `tenant` (it follows the log).
-    pub async fn tenant_known(&self, tenant: &str) {
+    pub(crate) async fn tenant_known(&self, tenant: &str) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         while self
             .call("GET", &format!("/v1/tenants/{tenant}/audit"), AUDITOR, None)
@@ -340,19 +344,19 @@ impl Server {
     }
 
     /// Starts the shutdown: the server stops accepting, ends streams and drains requests.
-    pub fn begin_shutdown(&self) {
+    pub(crate) fn begin_shutdown(&self) {
         let _ = self.stop.send(true);
     }
 
     /// Whether the server task has ended within `timeout`.
-    pub async fn server_ended(&mut self, timeout: Duration) -> bool {
+    pub(crate) async fn server_ended(&mut self, timeout: Duration) -> bool {
         let Some(server) = self.tasks.pop() else {
             return true;
         };
         tokio::time::timeout(timeout, server).await.is_ok()
     }
 
-    pub async fn shutdown(mut self) {
+    pub(crate) async fn shutdown(mut self) {
         let _ = self.stop.send(true);
         for t in self.tasks.drain(..) {
             let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
@@ -360,6 +364,6 @@ impl Server {
     }
 }
 
-pub fn new_org() -> String {
+pub(crate) fn new_org() -> String {
     OrgId::new_v7().to_string()
 }
