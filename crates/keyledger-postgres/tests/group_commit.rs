@@ -54,7 +54,13 @@ async fn one_group_keeps_each_appends_answer() {
             repeats.iter().all(|r| r.as_ref().ok().map(answer) == Some(first)),
             "{repeats:?}"
         );
-        assert_eq!(repeats.iter().filter(|r| r.as_ref().is_ok_and(|r| !r.repeat)).count(), 1);
+        assert_eq!(
+            repeats
+                .iter()
+                .filter(|r| r.as_ref().is_ok_and(|r| !r.repeat))
+                .count(),
+            1
+        );
         let mut positions = HashSet::new();
         for (i, r) in others.iter().enumerate() {
             let r = r.as_ref().unwrap();

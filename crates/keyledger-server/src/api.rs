@@ -13,7 +13,7 @@ use serde_json::Value;
 /// The largest global position or stream version a query names: the stores keep them as
 /// signed 64-bit integers, and the one after a cursor must still be countable (ADR 0016). A
 /// larger number is refused (CONTRACT.md "Numbers").
-pub const MAX_POSITION: u64 = i64::MAX as u64 - 1;
+pub const MAX_POSITION: u64 = i64::MAX.cast_unsigned() - 1;
 /// The smallest and largest page size; another `limit` is refused.
 pub const MIN_LIMIT: u32 = 1;
 pub const MAX_LIMIT: u32 = 1000;

@@ -204,7 +204,7 @@ mod tests {
             assert_eq!(rendered.message(stored).unwrap(), fresh, "from the cache");
         }
         let mut many = events[0].clone();
-        for p in 0..(RENDERED as u64 + 10) {
+        for p in 0..(u64::try_from(RENDERED).unwrap() + 10) {
             many.global_position = keyledger_domain::GlobalPosition(1_000_000 + p);
             rendered.message(&many).unwrap();
         }

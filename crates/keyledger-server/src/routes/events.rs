@@ -55,7 +55,7 @@ pub(crate) async fn page(
     platform_only(&actor)?;
     // `after` and `limit` were held to their ranges when the query was read (`api.rs`).
     let after = q.after.unwrap_or(0);
-    let limit = q.limit.unwrap_or(DEFAULT_LIMIT) as usize;
+    let limit = usize::try_from(q.limit.unwrap_or(DEFAULT_LIMIT)).unwrap_or(usize::MAX);
     let stored = state
         .services
         .store
