@@ -366,7 +366,6 @@ fn new_events(request: &CommandRequest, at: DateTime<Utc>, events: &[Event]) -> 
     let metadata = EventMetadata {
         occurred_at: at,
         actor: EnvelopeActor::from_actor(&request.actor, request.source_ip.clone()),
-        command_id: request.command_id.clone(),
         correlation_id: request.correlation_id,
         causation_id: None,
     };

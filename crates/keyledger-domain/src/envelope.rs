@@ -35,13 +35,12 @@ impl EnvelopeActor {
     }
 }
 
-/// Metadata the caller gives with an append: everything in the envelope that is not the
-/// payload or assigned by the store.
+/// Metadata the caller gives with each appended event: everything in the envelope that is
+/// not the payload, assigned by the store, or (the command id) given once per append.
 #[derive(Debug, Clone)]
 pub struct EventMetadata {
     pub occurred_at: DateTime<Utc>,
     pub actor: EnvelopeActor,
-    pub command_id: Option<CommandId>,
     pub correlation_id: Option<CorrelationId>,
     pub causation_id: Option<String>,
 }

@@ -17,7 +17,6 @@ pub async fn append_history(store: &dyn EventStore, history: History) {
         let metadata = EventMetadata {
             occurred_at: testing::at_minutes(i as i64),
             actor: EnvelopeActor::from_actor(&testing::admin(), None),
-            command_id: None,
             correlation_id: None,
             causation_id: None,
         };

@@ -115,7 +115,6 @@ pub fn metadata() -> EventMetadata {
             roles: BTreeSet::from([Role::Platform]),
             source_ip: Some("127.0.0.1".into()),
         },
-        command_id: None,
         correlation_id: None,
         causation_id: None,
     }

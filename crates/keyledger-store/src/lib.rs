@@ -71,7 +71,8 @@ pub type EventStream = BoxStream<'static, Result<StoredEvent, StoreError>>;
 #[async_trait]
 pub trait EventStore: Send + Sync {
     /// Appends `events` atomically after `expected`, sealing their protected fields, chaining
-    /// their hashes and assigning event ids, versions and global positions.
+    /// their hashes and assigning event ids, versions and global positions. `command_id` is
+    /// the append's only command id: every stored event carries it.
     ///
     /// - a stream not at `expected` gives [`StoreError::Conflict`] and stores nothing;
     /// - a `command_id` already seen on `stream` returns that append's result and stores

@@ -452,7 +452,6 @@ async fn rebuild(b: &Backend, args: &Args) {
                     metadata: EventMetadata {
                         occurred_at: keyledger_domain::envelope::truncate_to_micros(Utc::now()),
                         actor: system.clone(),
-                        command_id: None,
                         correlation_id: None,
                         causation_id: None,
                     },

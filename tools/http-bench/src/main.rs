@@ -650,7 +650,6 @@ async fn fill(store: Arc<dyn EventStore>, filler: Vec<Uuid>, need: u64) -> u64 {
                             metadata: EventMetadata {
                                 occurred_at: truncate_to_micros(Utc::now()),
                                 actor: actor.clone(),
-                                command_id: None,
                                 correlation_id: None,
                                 causation_id: None,
                             },

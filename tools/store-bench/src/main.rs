@@ -96,7 +96,6 @@ fn event(name: &str) -> NewEvent {
                 roles: BTreeSet::from([Role::Platform]),
                 source_ip: None,
             },
-            command_id: None,
             correlation_id: None,
             causation_id: None,
         },
