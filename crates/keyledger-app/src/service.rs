@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
-use keyledger_domain::envelope::{EnvelopeActor, EventMetadata, StoredEvent};
 use keyledger_domain::{
     Actor, Command, CommandId, Connection, DekId, DomainError, Event, Intent, KeyResults, KeyWork, OrgId,
     State, StreamId, StreamVersion, decide, evolve, plan,
@@ -12,6 +11,7 @@ use keyledger_domain::{
 use keyledger_keys::KeyAccess;
 use keyledger_keys::test_connection;
 use keyledger_projection::{DataKeyInventory, OrganizationView};
+use keyledger_store::envelope::{EnvelopeActor, EventMetadata, StoredEvent};
 use keyledger_store::{AppendResult, EventStore, NewEvent, StoreError};
 
 use crate::clock::Clock;

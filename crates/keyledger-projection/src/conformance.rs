@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use keyledger_domain::envelope::{EnvelopeActor, EventMetadata};
 use keyledger_domain::testing::{self, History};
 use keyledger_domain::{GlobalPosition, OrgId, StreamId, StreamVersion};
+use keyledger_store::envelope::{EnvelopeActor, EventMetadata};
 use keyledger_store::{EventStore, NewEvent};
 
 use crate::{AuditQuery, Changes, Projection, ProjectionSink, Runner};

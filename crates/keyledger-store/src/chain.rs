@@ -2,11 +2,11 @@
 //! protected fields, and the per-stream SHA-256 hash chain. Every backend uses these, so the
 //! stored form is identical across backends.
 
+use crate::envelope::truncate_to_micros;
+use crate::{EventMetadata, GENESIS_HASH, StoredEvent};
 use chrono::Utc;
-use keyledger_domain::envelope::truncate_to_micros;
 use keyledger_domain::{
-    AadScheme, CommandId, Event, EventId, EventMetadata, GENESIS_HASH, GlobalPosition, ProtectedField,
-    StoredEvent, StreamId, StreamVersion,
+    AadScheme, CommandId, Event, EventId, GlobalPosition, ProtectedField, StreamId, StreamVersion,
 };
 use sha2::{Digest as _, Sha256};
 

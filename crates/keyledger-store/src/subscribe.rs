@@ -64,7 +64,7 @@ impl Default for PollConfig {
     }
 }
 
-type Page = Result<Vec<keyledger_domain::StoredEvent>, crate::StoreError>;
+type Page = Result<Vec<crate::StoredEvent>, crate::StoreError>;
 
 /// A page read on another task while the reader works on the one before (read-ahead).
 #[derive(Debug)]
@@ -87,7 +87,7 @@ impl NextPage {
 struct State<S> {
     store: S,
     after: GlobalPosition,
-    buffer: VecDeque<keyledger_domain::StoredEvent>,
+    buffer: VecDeque<crate::StoredEvent>,
     /// The next page, read while the buffer is consumed (catch-up only: started after a full page).
     prefetch: Option<NextPage>,
     signal: watch::Receiver<u64>,

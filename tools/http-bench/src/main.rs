@@ -37,13 +37,13 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use keyledger_app::HealthConfig;
-use keyledger_domain::envelope::{EnvelopeActor, EventMetadata, truncate_to_micros};
 use keyledger_domain::event::PlanChanged;
 use keyledger_domain::{Actor, Event, OrgId, Plan, Role, StreamId, StreamVersion};
 use keyledger_postgres::PostgresOptions;
 use keyledger_projection::{Projection, ProjectionSink};
 use keyledger_server::dev::{DemoVault, demo_tokens};
 use keyledger_server::{ServerConfig, Services, Tokens};
+use keyledger_store::envelope::{EnvelopeActor, EventMetadata, truncate_to_micros};
 use keyledger_store::{EventStore, KeyRing, NewEvent};
 use serde::Deserialize;
 use serde_json::json;

@@ -27,7 +27,7 @@ fn platform_only(actor: &keyledger_domain::Actor) -> Result<(), Problem> {
     }
 }
 
-fn undecodable(stored: &keyledger_domain::StoredEvent, e: &dyn std::fmt::Display) -> Problem {
+fn undecodable(stored: &keyledger_store::StoredEvent, e: &dyn std::fmt::Display) -> Problem {
     tracing::error!(event_id = %stored.event_id, position = stored.global_position.0, error = %e,
         "stored event cannot be published");
     Problem::internal_error()

@@ -6,9 +6,9 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use keyledger_app::CommandRequest;
 use keyledger_domain::Intent;
-use keyledger_domain::envelope::StoredEvent;
 use keyledger_domain::{Actor, OrgId, Reach, Role, StreamVersion, Tenant, TenantId};
 use keyledger_projection::{DataKeyInventory, OrganizationView};
+use keyledger_store::envelope::StoredEvent;
 
 use super::{ANY_ROLE, may_read};
 use crate::Shared;

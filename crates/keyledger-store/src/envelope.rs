@@ -1,5 +1,6 @@
-//! The stored event envelope (DESIGN.md §3) and its canonical byte form, over which the store
-//! computes the per-stream hash chain.
+//! The stored event envelope (DESIGN.md §3) and its canonical byte form, over which the
+//! [`chain`](crate::chain) computes the per-stream hash chain. Storage encoding, so it lives
+//! here and not in the pure domain (ADR 0003).
 
 use std::collections::BTreeSet;
 use std::io::Write as _;
@@ -9,9 +10,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::actor::{Actor, ActorKind, Role};
-use crate::event::{DecodeError, Event};
-use crate::ids::{CommandId, CorrelationId, EventId, GlobalPosition, StreamId, StreamVersion};
+use keyledger_domain::actor::{Actor, ActorKind, Role};
+use keyledger_domain::event::{DecodeError, Event};
+use keyledger_domain::ids::{CommandId, CorrelationId, EventId, GlobalPosition, StreamId, StreamVersion};
 
 /// Who caused an event, as stored. `source_ip` is the client address for HTTP commands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
