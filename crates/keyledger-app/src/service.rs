@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Utc};
 use keyledger_domain::{
     Actor, Command, CommandId, Connection, DekId, DomainError, Event, Intent, KeyResults, KeyWork, OrgId,
-    State, StreamId, StreamVersion, decide, evolve, plan,
+    Read, State, StreamId, StreamVersion, authorize_read, decide, evolve, plan,
 };
 use keyledger_keys::KeyAccess;
 use keyledger_keys::test_connection;
@@ -306,6 +306,23 @@ impl App {
                 }
             })
             .collect()
+    }
+
+    /// The organization view for `actor`, if the domain's read rules ([`authorize_read`]) let
+    /// it make `read` of `org`; else [`AppError::Rejected`] with [`DomainError::Forbidden`] or
+    /// [`DomainError::OrganizationNotFound`]. A caller without the role loads nothing.
+    pub async fn readable_view(
+        &self,
+        actor: &Actor,
+        org: OrgId,
+        read: Read,
+    ) -> Result<OrganizationView, AppError> {
+        let scope = authorize_read(actor, org, read).map_err(AppError::Rejected)?;
+        let view = self.view(org).await?;
+        scope
+            .admit(view.as_ref().map(|v| v.tenants.as_slice()))
+            .map_err(AppError::Rejected)?;
+        view.ok_or(AppError::Rejected(DomainError::OrganizationNotFound))
     }
 
     /// The organization view, folded from its events (not from a projection).
