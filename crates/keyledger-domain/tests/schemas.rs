@@ -9,7 +9,6 @@
 use std::path::{Path, PathBuf};
 
 use keyledger_domain::schema::event_schema_files;
-use keyledger_domain::testing::*;
 use keyledger_domain::*;
 use serde_json::{Value, json};
 

@@ -1472,7 +1472,7 @@ pub fn envelopes(events: Vec<Event>) -> Vec<StoredEvent> {
                 global_position: GlobalPosition(n),
                 event_type: event.event_type().into(),
                 schema_version: event.schema_version(),
-                occurred_at: at_minutes(i as i64),
+                occurred_at: at_minutes(i64::try_from(i).expect("a short history")),
                 actor: EnvelopeActor::from_actor(&actor, None),
                 command_id: None,
                 correlation_id: None,

@@ -81,7 +81,7 @@ fn golden_envelopes() -> Vec<StoredEvent> {
                 global_position: GlobalPosition(version),
                 event_type: event.event_type().into(),
                 schema_version: event.schema_version(),
-                occurred_at: at_minutes(i as i64),
+                occurred_at: at_minutes(i64::try_from(i).expect("a short history")),
                 actor: EnvelopeActor::from_actor(&admin(), Some("192.0.2.10".into())),
                 command_id: Some(CommandId::parse(&format!("cmd-{version}")).unwrap()),
                 correlation_id: None,
