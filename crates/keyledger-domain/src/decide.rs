@@ -154,6 +154,35 @@ pub fn authorize_read(actor: &Actor, org: OrgId, read: Read) -> Result<ReadScope
     Ok(ReadScope { tenants })
 }
 
+/// A read that is not of one organization; [`authorize_cross_read`] says who may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CrossRead {
+    /// The event feed of every organization (and its live stream): platform only.
+    EventFeed,
+    /// The audit log of one tenant: auditors, org admins and support with the tenant in scope.
+    TenantAudit(TenantId),
+}
+
+/// R3 for reads across organizations: [`DomainError::Forbidden`] unless the actor holds one
+/// of the roles of `read` (and, for a tenant's audit log, has the tenant in scope).
+pub fn authorize_cross_read(actor: &Actor, read: CrossRead) -> Result<(), DomainError> {
+    let allowed = match read {
+        CrossRead::EventFeed => actor.has_role(Role::Platform),
+        CrossRead::TenantAudit(tenant) => {
+            [Role::Auditor, Role::OrgAdmin, Role::Support]
+                .iter()
+                .any(|r| actor.has_role(*r))
+                && actor.scope.tenants.contains(&tenant)
+        }
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(DomainError::Forbidden)
+    }
+}
+
 /// A read [`authorize_read`] allowed, before the organization is loaded.
 #[derive(Debug, Clone, Copy)]
 pub struct ReadScope<'a> {

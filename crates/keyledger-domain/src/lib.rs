@@ -32,7 +32,9 @@ pub use actor::{Actor, ActorKind, Reach, Role, Scope};
 pub use attest::{KeyProperties, UnwrapProof, ValidatedKey, WrappedBy, WrappedDek};
 pub use command::{Command, ConnectionPatch, Edeks, Intent, KeyResults, KeyWork, RewrapEvidence};
 pub use connection::{Connection, ConnectionField, ConnectionRecord};
-pub use decide::{DomainError, Read, ReadScope, authorize_read, decide, plan};
+pub use decide::{
+    CrossRead, DomainError, Read, ReadScope, authorize_cross_read, authorize_read, decide, plan,
+};
 pub use event::{DecodeError, EVENT_TYPES, Event, ProtectedField, Tenant};
 pub use health::HealthStatus;
 pub use ids::{

@@ -1178,3 +1178,30 @@ fn r03_a_tenant_scoped_auditor_reads_only_organizations_holding_its_tenant() {
     // It cannot probe for organizations: a missing one is forbidden too.
     assert_eq!(scope.admit(None), Err(DomainError::Forbidden));
 }
+
+#[test]
+fn r03_only_platform_reads_the_event_feed() {
+    assert!(authorize_cross_read(&platform(), CrossRead::EventFeed).is_ok());
+    for reader in [admin(), auditor(), support(), billing()] {
+        assert_eq!(
+            authorize_cross_read(&reader, CrossRead::EventFeed),
+            Err(DomainError::Forbidden)
+        );
+    }
+}
+
+#[test]
+fn r03_a_tenants_audit_log_needs_an_audit_role_and_the_tenant_in_scope() {
+    let tenant = tenant_a().tenant_id;
+    assert!(authorize_cross_read(&auditor(), CrossRead::TenantAudit(tenant)).is_ok());
+    assert_eq!(
+        authorize_cross_read(&platform(), CrossRead::TenantAudit(tenant)),
+        Err(DomainError::Forbidden)
+    );
+    let scoped = tenant_auditor(tenant_id(9));
+    assert_eq!(
+        authorize_cross_read(&scoped, CrossRead::TenantAudit(tenant)),
+        Err(DomainError::Forbidden)
+    );
+    assert!(authorize_cross_read(&scoped, CrossRead::TenantAudit(tenant_id(9))).is_ok());
+}

@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{StreamExt as _, future};
-use keyledger_domain::{GlobalPosition, Role};
+use keyledger_domain::{CrossRead, GlobalPosition, authorize_cross_read};
 
 use crate::Shared;
 use crate::api::{EventsPage, EventsQuery};
@@ -20,11 +20,7 @@ use crate::problem::{FieldError, Problem};
 use crate::api::DEFAULT_LIMIT;
 
 fn platform_only(actor: &keyledger_domain::Actor) -> Result<(), Problem> {
-    if actor.has_role(Role::Platform) {
-        Ok(())
-    } else {
-        Err(Problem::forbidden())
-    }
+    authorize_cross_read(actor, CrossRead::EventFeed).map_err(|_| Problem::forbidden())
 }
 
 fn undecodable(stored: &keyledger_store::StoredEvent, e: &dyn std::fmt::Display) -> Problem {
