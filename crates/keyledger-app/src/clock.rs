@@ -3,7 +3,7 @@
 use std::sync::Mutex;
 
 use chrono::{DateTime, Duration, Utc};
-use keyledger_domain::envelope::truncate_to_micros;
+use keyledger_store::envelope::truncate_to_micros;
 
 pub trait Clock: Send + Sync {
     /// Now, at the stored (microsecond) precision.

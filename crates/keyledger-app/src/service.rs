@@ -4,14 +4,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
-use keyledger_domain::envelope::{EnvelopeActor, EventMetadata, StoredEvent};
 use keyledger_domain::{
     Actor, Command, CommandId, Connection, DekId, DomainError, Event, Intent, KeyResults, KeyWork, OrgId,
-    State, StreamId, StreamVersion, decide, evolve, plan,
+    Read, State, StreamId, StreamVersion, authorize_read, decide, evolve, plan,
 };
 use keyledger_keys::KeyAccess;
 use keyledger_keys::test_connection;
 use keyledger_projection::{DataKeyInventory, OrganizationView};
+use keyledger_store::envelope::{EnvelopeActor, EventMetadata, StoredEvent};
 use keyledger_store::{AppendResult, EventStore, NewEvent, StoreError};
 
 use crate::clock::Clock;
@@ -308,6 +308,23 @@ impl App {
             .collect()
     }
 
+    /// The organization view for `actor`, if the domain's read rules ([`authorize_read`]) let
+    /// it make `read` of `org`; else [`AppError::Rejected`] with [`DomainError::Forbidden`] or
+    /// [`DomainError::OrganizationNotFound`]. A caller without the role loads nothing.
+    pub async fn readable_view(
+        &self,
+        actor: &Actor,
+        org: OrgId,
+        read: Read,
+    ) -> Result<OrganizationView, AppError> {
+        let scope = authorize_read(actor, org, read).map_err(AppError::Rejected)?;
+        let view = self.view(org).await?;
+        scope
+            .admit(view.as_ref().map(|v| v.tenants.as_slice()))
+            .map_err(AppError::Rejected)?;
+        view.ok_or(AppError::Rejected(DomainError::OrganizationNotFound))
+    }
+
     /// The organization view, folded from its events (not from a projection).
     pub async fn view(&self, org: OrgId) -> Result<Option<OrganizationView>, AppError> {
         Ok(self.load(org).await?.view)
@@ -366,7 +383,6 @@ fn new_events(request: &CommandRequest, at: DateTime<Utc>, events: &[Event]) -> 
     let metadata = EventMetadata {
         occurred_at: at,
         actor: EnvelopeActor::from_actor(&request.actor, request.source_ip.clone()),
-        command_id: request.command_id.clone(),
         correlation_id: request.correlation_id,
         causation_id: None,
     };

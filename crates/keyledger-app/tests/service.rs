@@ -13,7 +13,7 @@ use keyledger_domain::testing::{self, admin, billing, platform, system, tenant_a
 use keyledger_domain::*;
 use keyledger_keys::Reason;
 use keyledger_projection::EncryptionMode;
-use keyledger_store::{EventStore, InMemoryStore, KeyRing};
+use keyledger_store::{EventStore, InMemoryStore, KeyRing, StoredEvent};
 use secrecy::SecretString;
 
 const SECRET: &str = "app-test-client-secret";

@@ -5,6 +5,7 @@
 
 mod common;
 
+use keyledger_store::StoredEvent;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
@@ -13,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::Serving;
-use keyledger_domain::StoredEvent;
 use keyledger_postgres::testing::TestDatabase;
 use serde_json::{Value, json};
 use sqlx::Connection as _;

@@ -2,13 +2,13 @@
 
 use std::collections::BTreeSet;
 
-use crate::actor::{Actor, ActorKind, Role};
+use crate::actor::{Actor, ActorKind, Reach, Role};
 use crate::attest::{ValidatedKey, WrappedBy, WrappedDek};
 use crate::command::{Command, Edeks, Intent, KeyResults, KeyWork, RewrapEvidence};
 use crate::connection::{Connection, ConnectionField, ConnectionRecord};
 use crate::event::*;
 use crate::health::HealthStatus;
-use crate::ids::{DekId, OrgId};
+use crate::ids::{DekId, OrgId, TenantId};
 use crate::key_identifier::KeyIdentifier;
 use crate::plan::Plan;
 use crate::secret::Protected;
@@ -111,6 +111,99 @@ fn authorize(actor: &Actor, org: OrgId, intent: &Intent) -> Result<(), DomainErr
         Ok(())
     } else {
         Err(DomainError::Forbidden)
+    }
+}
+
+/// What a caller reads about one organization; [`authorize_read`] says who may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Read {
+    /// The organization view and its key health: every role.
+    View,
+    /// The data-key inventory: org admins, auditors and support.
+    DataKeys,
+    /// The organization's event page: platform and auditors.
+    Events,
+}
+
+/// R3 for reads, the counterpart of [`authorize`] for commands. The actor must hold one of
+/// the roles of `read` and reach `org`, else [`DomainError::Forbidden`]. The answer then
+/// checks the organization once it is loaded ([`ReadScope::admit`]).
+pub fn authorize_read(actor: &Actor, org: OrgId, read: Read) -> Result<ReadScope<'_>, DomainError> {
+    let allowed: &[Role] = match read {
+        Read::View => &[
+            Role::OrgAdmin,
+            Role::Auditor,
+            Role::Platform,
+            Role::Billing,
+            Role::Support,
+        ],
+        Read::DataKeys => &[Role::OrgAdmin, Role::Auditor, Role::Support],
+        Read::Events => &[Role::Platform, Role::Auditor],
+    };
+    if !(allowed.iter().any(|r| actor.has_role(*r)) && actor.reaches_org(org)) {
+        return Err(DomainError::Forbidden);
+    }
+    // A tenant-scoped auditor (with no other role that allows the read) reads only
+    // organizations that hold one of its tenants.
+    let other_role = allowed.iter().any(|r| *r != Role::Auditor && actor.has_role(*r));
+    let tenants = match &actor.scope.tenants {
+        Reach::Only(tenants) if !other_role => Some(tenants),
+        _ => None,
+    };
+    Ok(ReadScope { tenants })
+}
+
+/// A read that is not of one organization; [`authorize_cross_read`] says who may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CrossRead {
+    /// The event feed of every organization (and its live stream): platform only.
+    EventFeed,
+    /// The audit log of one tenant: auditors, org admins and support with the tenant in scope.
+    TenantAudit(TenantId),
+}
+
+/// R3 for reads across organizations: [`DomainError::Forbidden`] unless the actor holds one
+/// of the roles of `read` (and, for a tenant's audit log, has the tenant in scope).
+pub fn authorize_cross_read(actor: &Actor, read: CrossRead) -> Result<(), DomainError> {
+    let allowed = match read {
+        CrossRead::EventFeed => actor.has_role(Role::Platform),
+        CrossRead::TenantAudit(tenant) => {
+            [Role::Auditor, Role::OrgAdmin, Role::Support]
+                .iter()
+                .any(|r| actor.has_role(*r))
+                && actor.scope.tenants.contains(&tenant)
+        }
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(DomainError::Forbidden)
+    }
+}
+
+/// A read [`authorize_read`] allowed, before the organization is loaded.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadScope<'a> {
+    /// `Some` for a tenant-scoped auditor: the tenants it may see.
+    tenants: Option<&'a BTreeSet<TenantId>>,
+}
+
+impl ReadScope<'_> {
+    /// Whether the read may see the organization, given its tenants (`None`: it does not
+    /// exist). [`DomainError::OrganizationNotFound`] for a missing one, except that a
+    /// tenant-scoped reader gets [`DomainError::Forbidden`] for it too, so it cannot probe
+    /// for organizations, and for one that holds none of its tenants.
+    pub fn admit(&self, org_tenants: Option<&[Tenant]>) -> Result<(), DomainError> {
+        match (org_tenants, self.tenants) {
+            (None, None) => Err(DomainError::OrganizationNotFound),
+            (None, Some(_)) => Err(DomainError::Forbidden),
+            (Some(held), Some(mine)) if !held.iter().any(|t| mine.contains(&t.tenant_id)) => {
+                Err(DomainError::Forbidden)
+            }
+            (Some(_), _) => Ok(()),
+        }
     }
 }
 

@@ -15,7 +15,6 @@ pub mod attest;
 pub mod command;
 pub mod connection;
 pub mod decide;
-pub mod envelope;
 pub mod event;
 pub mod health;
 pub mod ids;
@@ -33,8 +32,9 @@ pub use actor::{Actor, ActorKind, Reach, Role, Scope};
 pub use attest::{KeyProperties, UnwrapProof, ValidatedKey, WrappedBy, WrappedDek};
 pub use command::{Command, ConnectionPatch, Edeks, Intent, KeyResults, KeyWork, RewrapEvidence};
 pub use connection::{Connection, ConnectionField, ConnectionRecord};
-pub use decide::{DomainError, decide, plan};
-pub use envelope::{EnvelopeActor, EventMetadata, GENESIS_HASH, StoredEvent};
+pub use decide::{
+    CrossRead, DomainError, Read, ReadScope, authorize_cross_read, authorize_read, decide, plan,
+};
 pub use event::{DecodeError, EVENT_TYPES, Event, ProtectedField, Tenant};
 pub use health::HealthStatus;
 pub use ids::{

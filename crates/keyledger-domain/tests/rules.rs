@@ -1122,3 +1122,86 @@ fn tenant_id_named(n: u8) -> Tenant {
         name: format!("Tenant {n}"),
     }
 }
+
+// R3 for reads: `authorize_read`, the counterpart of the command check in `plan`.
+
+fn tenant_auditor(tenant: TenantId) -> Actor {
+    Actor::new(
+        ActorKind::User,
+        "tina@example.com",
+        [Role::Auditor],
+        Scope {
+            organizations: Reach::Only([org_id()].into()),
+            tenants: Reach::Only([tenant].into()),
+        },
+    )
+}
+
+#[test]
+fn r03_reads_need_one_of_the_reads_roles_and_the_organization_in_scope() {
+    let org = org_id();
+    assert!(authorize_read(&billing(), org, Read::View).is_ok());
+    assert_eq!(
+        authorize_read(&billing(), org, Read::DataKeys).err(),
+        Some(DomainError::Forbidden)
+    );
+    assert_eq!(
+        authorize_read(&admin(), org, Read::Events).err(),
+        Some(DomainError::Forbidden)
+    );
+    assert!(authorize_read(&platform(), org, Read::Events).is_ok());
+    assert!(authorize_read(&support(), org, Read::DataKeys).is_ok());
+    assert_eq!(
+        authorize_read(&admin_of_other_org(), org, Read::View).err(),
+        Some(DomainError::Forbidden)
+    );
+}
+
+#[test]
+fn r03_a_missing_organization_is_not_found_for_a_reader_in_scope() {
+    let reader = admin();
+    let scope = authorize_read(&reader, org_id(), Read::View).unwrap();
+    assert_eq!(scope.admit(None), Err(DomainError::OrganizationNotFound));
+    assert_eq!(scope.admit(Some(&[])), Ok(()));
+}
+
+#[test]
+fn r03_a_tenant_scoped_auditor_reads_only_organizations_holding_its_tenant() {
+    let reader = tenant_auditor(tenant_a().tenant_id);
+    let scope = authorize_read(&reader, org_id(), Read::View).unwrap();
+    assert_eq!(scope.admit(Some(&[tenant_a()])), Ok(()));
+    let other = Tenant {
+        tenant_id: tenant_id(9),
+        name: "Other".into(),
+    };
+    assert_eq!(scope.admit(Some(&[other])), Err(DomainError::Forbidden));
+    // It cannot probe for organizations: a missing one is forbidden too.
+    assert_eq!(scope.admit(None), Err(DomainError::Forbidden));
+}
+
+#[test]
+fn r03_only_platform_reads_the_event_feed() {
+    assert!(authorize_cross_read(&platform(), CrossRead::EventFeed).is_ok());
+    for reader in [admin(), auditor(), support(), billing()] {
+        assert_eq!(
+            authorize_cross_read(&reader, CrossRead::EventFeed),
+            Err(DomainError::Forbidden)
+        );
+    }
+}
+
+#[test]
+fn r03_a_tenants_audit_log_needs_an_audit_role_and_the_tenant_in_scope() {
+    let tenant = tenant_a().tenant_id;
+    assert!(authorize_cross_read(&auditor(), CrossRead::TenantAudit(tenant)).is_ok());
+    assert_eq!(
+        authorize_cross_read(&platform(), CrossRead::TenantAudit(tenant)),
+        Err(DomainError::Forbidden)
+    );
+    let scoped = tenant_auditor(tenant_id(9));
+    assert_eq!(
+        authorize_cross_read(&scoped, CrossRead::TenantAudit(tenant)),
+        Err(DomainError::Forbidden)
+    );
+    assert!(authorize_cross_read(&scoped, CrossRead::TenantAudit(tenant_id(9))).is_ok());
+}

@@ -15,8 +15,9 @@
 
 use std::sync::Arc;
 
-use keyledger_domain::{CommandId, GlobalPosition, StoredEvent, StreamId};
+use keyledger_domain::{CommandId, GlobalPosition, StreamId};
 use keyledger_store::AppendResult;
+use keyledger_store::StoredEvent;
 use keyledger_store::row::{EnvelopeColumns, to_i64};
 use sqlx::Row as _;
 use sqlx::postgres::PgPool;

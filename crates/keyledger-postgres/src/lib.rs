@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::TryStreamExt as _;
-use keyledger_domain::{CommandId, GlobalPosition, StoredEvent, StreamId, StreamVersion};
+use keyledger_domain::{CommandId, GlobalPosition, StreamId, StreamVersion};
+use keyledger_store::StoredEvent;
 use keyledger_store::import::{check_import, imported_commands};
 use keyledger_store::row::{EnvelopeColumns, to_i64};
 use keyledger_store::subscribe::{CommitSignal, PollConfig, poll_subscription};

@@ -5,9 +5,10 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyledger_domain::{EventId, GlobalPosition, StoredEvent, StreamVersion};
+use keyledger_domain::{EventId, GlobalPosition, StreamVersion};
 use keyledger_postgres::testing::TestDatabase;
 use keyledger_postgres::{PostgresOptions, PostgresStore};
+use keyledger_store::StoredEvent;
 use keyledger_store::conformance::{new_stream, tenant_added};
 use keyledger_store::{EventStore, KeyRing};
 use tokio::sync::oneshot;

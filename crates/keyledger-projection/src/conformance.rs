@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use keyledger_domain::envelope::{EnvelopeActor, EventMetadata};
 use keyledger_domain::testing::{self, History};
 use keyledger_domain::{GlobalPosition, OrgId, StreamId, StreamVersion};
+use keyledger_store::envelope::{EnvelopeActor, EventMetadata};
 use keyledger_store::{EventStore, NewEvent};
 
 use crate::{AuditQuery, Changes, Projection, ProjectionSink, Runner};
@@ -17,7 +17,6 @@ pub async fn append_history(store: &dyn EventStore, history: History) {
         let metadata = EventMetadata {
             occurred_at: testing::at_minutes(i64::try_from(i).expect("a Vec index fits in i64")),
             actor: EnvelopeActor::from_actor(&testing::admin(), None),
-            command_id: None,
             correlation_id: None,
             causation_id: None,
         };

@@ -14,8 +14,8 @@ pub mod conformance;
 
 use std::collections::BTreeMap;
 
-use keyledger_domain::envelope::StoredEvent;
 use keyledger_domain::{Event, OrgId};
+use keyledger_store::envelope::StoredEvent;
 use serde_json::Value;
 
 pub use rows::{

@@ -3,11 +3,11 @@
 //! has a field for them).
 
 use chrono::{DateTime, Utc};
-use keyledger_domain::envelope::StoredEvent;
 use keyledger_domain::event::*;
 use keyledger_domain::{
     ActorKind, DekId, Event, HealthStatus, KeyIdentifier, OrgId, Plan, TenantId, WrappedBy,
 };
+use keyledger_store::envelope::StoredEvent;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};

@@ -3,6 +3,7 @@
 use keyledger_domain::testing::*;
 use keyledger_domain::*;
 use keyledger_projection::*;
+use keyledger_store::conformance::envelopes;
 
 fn fold(events: Vec<Event>) -> Projections {
     let mut p = Projections::default();

@@ -200,7 +200,7 @@ pub struct PublicEnvelope {
     pub event_type: String,
     pub schema_version: u32,
     pub occurred_at: DateTime<Utc>,
-    pub actor: keyledger_domain::envelope::EnvelopeActor,
+    pub actor: keyledger_store::envelope::EnvelopeActor,
     pub correlation_id: Option<keyledger_domain::CorrelationId>,
     pub payload: Value,
     pub prev_hash: String,

@@ -1,8 +1,9 @@
 //! Stored events as CloudEvents 1.0 (structured JSON) for platform services: the public payload
 //! only, so no secret and no wrapped key material leaves keyledger.
 
-use keyledger_domain::envelope::canonical_time;
-use keyledger_domain::{DecodeError, EventId, OrgId, StoredEvent};
+use keyledger_domain::{DecodeError, EventId, OrgId};
+use keyledger_store::StoredEvent;
+use keyledger_store::envelope::canonical_time;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
@@ -126,7 +127,7 @@ mod tests {
     use keyledger_domain::{HealthStatus, Plan, Tenant};
 
     fn history() -> Vec<StoredEvent> {
-        testing::envelopes(
+        keyledger_store::conformance::envelopes(
             testing::cmk_org()
                 .run(testing::admin(), |s| {
                     testing::edit_secret_kind(s, "cloud-secret-2")

@@ -3,7 +3,8 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use keyledger_domain::{CommandId, GlobalPosition, StoredEvent, StreamId, StreamVersion};
+use keyledger_domain::{CommandId, GlobalPosition, StreamId, StreamVersion};
+use keyledger_store::StoredEvent;
 use keyledger_store::row::{EnvelopeColumns, to_i64};
 use keyledger_store::subscribe::CommitSignal;
 use keyledger_store::{AppendResult, KeyRing, NewEvent, StoreError, StreamHead};

@@ -2,7 +2,8 @@
 
 use std::collections::HashMap;
 
-use keyledger_domain::{GlobalPosition, StoredEvent};
+use keyledger_domain::GlobalPosition;
+use keyledger_store::StoredEvent;
 use keyledger_store::import::{check_import, imported_commands};
 use keyledger_store::row::{EnvelopeColumns, to_i64};
 use keyledger_store::{ImportBatch, StoreError};

@@ -20,7 +20,8 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use keyledger_domain::{CommandId, GlobalPosition, StoredEvent, StreamId, StreamVersion};
+use keyledger_domain::{CommandId, GlobalPosition, StreamId, StreamVersion};
+use keyledger_store::StoredEvent;
 use keyledger_store::row::to_i64;
 use keyledger_store::subscribe::{CommitSignal, PollConfig, poll_subscription};
 use keyledger_store::{AppendResult, EventStore, EventStream, ImportBatch, KeyRing, NewEvent, StoreError};

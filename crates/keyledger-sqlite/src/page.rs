@@ -10,7 +10,7 @@
 //! page that does not split into whole rows (e.g. a tampered column) does not decode; the caller
 //! then reads it row by row, which names the bad row.
 
-use keyledger_domain::StoredEvent;
+use keyledger_store::StoredEvent;
 use keyledger_store::row::EnvelopeRef;
 
 /// The events after a position, at most a limit, as one text value (NULL when there are none).

@@ -124,8 +124,8 @@ impl SqliteProjections {
 #[async_trait]
 impl ProjectionSink for SqliteProjections {
     async fn audit(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, SinkError> {
-        let since = q.since.map(keyledger_domain::envelope::canonical_time);
-        let until = q.until.map(keyledger_domain::envelope::canonical_time);
+        let since = q.since.map(keyledger_store::envelope::canonical_time);
+        let until = q.until.map(keyledger_store::envelope::canonical_time);
         // Times are stored in one fixed-width RFC 3339 form, so text order is time order.
         let rows = sqlx::query(
             "SELECT entry FROM tenant_audit WHERE tenant_id = ? AND position > ? AND (? IS NULL OR action = ?) \
@@ -258,7 +258,7 @@ impl ProjectionSink for SqliteProjections {
             .bind(a.tenant_id.to_string())
             .bind(i64::try_from(a.position).map_err(sink_err)?)
             .bind(a.org_id.to_string())
-            .bind(keyledger_domain::envelope::canonical_time(a.occurred_at))
+            .bind(keyledger_store::envelope::canonical_time(a.occurred_at))
             .bind(&a.action)
             .bind(serde_json::to_string(a).map_err(sink_err)?)
             .execute(&mut *tx)

@@ -2,8 +2,9 @@
 
 use std::sync::atomic::Ordering;
 
-use keyledger_domain::{GlobalPosition, StoredEvent};
+use keyledger_domain::GlobalPosition;
 use keyledger_store::StoreError;
+use keyledger_store::StoredEvent;
 use keyledger_store::row::to_i64;
 use sqlx::Row as _;
 

@@ -1,6 +1,7 @@
 //! The queries the writer and the readers share, and the mapping of rows to values.
 
-use keyledger_domain::{CommandId, GlobalPosition, StoredEvent, StreamId, StreamVersion};
+use keyledger_domain::{CommandId, GlobalPosition, StreamId, StreamVersion};
+use keyledger_store::StoredEvent;
 use keyledger_store::row::EnvelopeColumns;
 use keyledger_store::{AppendResult, StoreError, StreamHead};
 use sqlx::sqlite::SqliteRow;

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use keyledger_domain::{CommandId, StoredEvent, StreamId, StreamVersion};
+use keyledger_domain::{CommandId, StreamId, StreamVersion};
+use keyledger_store::StoredEvent;
 use keyledger_store::subscribe::CommitSignal;
 use keyledger_store::{AppendResult, ImportBatch, KeyRing, NewEvent, StoreError};
 use sqlx::sqlite::SqlitePool;

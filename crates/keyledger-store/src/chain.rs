@@ -2,11 +2,11 @@
 //! protected fields, and the per-stream SHA-256 hash chain. Every backend uses these, so the
 //! stored form is identical across backends.
 
+use crate::envelope::truncate_to_micros;
+use crate::{EventMetadata, GENESIS_HASH, StoredEvent};
 use chrono::Utc;
-use keyledger_domain::envelope::truncate_to_micros;
 use keyledger_domain::{
-    AadScheme, CommandId, Event, EventId, EventMetadata, GENESIS_HASH, GlobalPosition, ProtectedField,
-    StoredEvent, StreamId, StreamVersion,
+    AadScheme, CommandId, Event, EventId, GlobalPosition, ProtectedField, StreamId, StreamVersion,
 };
 use sha2::{Digest as _, Sha256};
 
@@ -72,6 +72,7 @@ pub const SEAL_AAD_SCHEME: AadScheme = AadScheme::V2;
 
 /// Builds the stored envelopes of an append after `head`, after checking the expected
 /// version. Global positions are left at 0 for the backend to assign; they are not hashed.
+/// Every event of the append carries `command_id`, the append's one command id.
 pub fn prepare_append(
     ring: &KeyRing,
     stream: StreamId,
@@ -117,7 +118,7 @@ pub fn prepare_append(
             schema_version: event.schema_version(),
             occurred_at: truncate_to_micros(metadata.occurred_at),
             actor: metadata.actor,
-            command_id: metadata.command_id.or_else(|| command_id.cloned()),
+            command_id: command_id.cloned(),
             correlation_id: metadata.correlation_id,
             causation_id: metadata.causation_id,
             payload,

@@ -12,6 +12,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::{EnvelopeActor, EventMetadata, StoredEvent};
 use async_trait::async_trait;
 use base64::Engine as _;
 use futures::StreamExt as _;
@@ -19,9 +20,9 @@ use keyledger_domain::event::{
     CustomerManagedKeyEnabled, DataKeyGenerated, DataKeysRewrapped, RewrappedDataKey, TenantAdded,
 };
 use keyledger_domain::{
-    ActorKind, ApplicationId, CommandId, ConnectionRecord, DecodeError, DekId, DirectoryId, Edek,
-    EnvelopeActor, Event, EventMetadata, GlobalPosition, KeyIdentifier, KeyProperties, Protected, Role,
-    StoredEvent, StreamId, StreamVersion, TenantId, WrappedBy,
+    ActorKind, ApplicationId, CommandId, ConnectionRecord, DecodeError, DekId, DirectoryId, Edek, Event,
+    GlobalPosition, KeyIdentifier, KeyProperties, Protected, Role, StreamId, StreamVersion, TenantId,
+    WrappedBy,
 };
 use secrecy::{ExposeSecret as _, SecretBox, SecretString};
 
@@ -116,7 +117,6 @@ pub fn metadata() -> EventMetadata {
             roles: BTreeSet::from([Role::Platform]),
             source_ip: Some("127.0.0.1".into()),
         },
-        command_id: None,
         correlation_id: None,
         causation_id: None,
     }
@@ -270,7 +270,7 @@ pub async fn append_then_read_round_trips<F: Fixture>() {
         .map(|e| tenant_name(&store.open(e).expect("open")).to_owned())
         .collect();
     assert_eq!(names, ["a", "b", "c"]);
-    assert_eq!(events[0].prev_hash, keyledger_domain::GENESIS_HASH);
+    assert_eq!(events[0].prev_hash, crate::GENESIS_HASH);
     for w in events.windows(2) {
         assert_eq!(w[1].prev_hash, w[0].hash);
         assert_eq!(w[1].stream_version, w[0].stream_version.next());
@@ -1496,4 +1496,52 @@ impl Fixture for MemoryFixture {
     async fn raw_bytes(&self) -> Vec<u8> {
         self.store.raw_bytes()
     }
+}
+
+/// Stored envelopes for `events` on the scenario's stream, positions and versions from 1, with
+/// protected fields "sealed" by a fixed XOR (tests only: not encryption) and no hash chain.
+/// For tests of code that reads stored events (projections) without a store.
+pub fn envelopes(events: Vec<Event>) -> Vec<StoredEvent> {
+    use keyledger_domain::testing::{admin, at_minutes, org_id};
+    use keyledger_domain::{Actor, GlobalPosition, StreamId, StreamVersion};
+    let stream = StreamId::for_org(org_id());
+    events
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut event)| {
+            event.for_each_protected(|_, slot| {
+                if let Some(clear) = slot.clear_bytes() {
+                    slot.set_sealed(keyledger_domain::secret::SealedBox {
+                        kid: "test-xor".into(),
+                        aad: keyledger_domain::secret::AadScheme::V1,
+                        nonce: vec![0; 12],
+                        ct: clear.iter().map(|b| b ^ 0x5A).collect(),
+                    });
+                }
+            });
+            let n = i as u64 + 1;
+            let actor = match event.event_type() {
+                "KeyHealthChanged" => Actor::system(),
+                _ => admin(),
+            };
+            StoredEvent {
+                event_id: format!("01900000-0000-7000-9000-{n:012x}")
+                    .parse()
+                    .expect("fixture id"),
+                stream_id: stream,
+                stream_version: StreamVersion(n),
+                global_position: GlobalPosition(n),
+                event_type: event.event_type().into(),
+                schema_version: event.schema_version(),
+                occurred_at: at_minutes(i64::try_from(i).expect("a short history")),
+                actor: EnvelopeActor::from_actor(&actor, None),
+                command_id: None,
+                correlation_id: None,
+                causation_id: None,
+                payload: event.payload_json().expect("sealed events serialize"),
+                prev_hash: String::new(),
+                hash: String::new(),
+            }
+        })
+        .collect()
 }

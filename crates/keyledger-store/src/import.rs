@@ -10,7 +10,8 @@
 
 use std::collections::HashMap;
 
-use keyledger_domain::{CommandId, StoredEvent, StreamId};
+use crate::StoredEvent;
+use keyledger_domain::{CommandId, StreamId};
 
 use crate::chain::{MAX_EVENTS_PER_APPEND, StreamHead};
 use crate::verify::ChainChecker;

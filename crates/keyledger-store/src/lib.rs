@@ -2,12 +2,14 @@
 //!
 //! - [`EventStore`]: append with optimistic concurrency and idempotent command ids, reads per
 //!   stream and in global commit order, a live subscription and chain verification;
-//! - [`chain`]: envelopes, the per-stream SHA-256 hash chain and sealing of protected fields;
+//! - [`envelope`]: the stored envelope and the canonical bytes that are hashed;
+//! - [`chain`]: the per-stream SHA-256 hash chain and sealing of protected fields;
 //! - [`KeyRing`]: the internal AES-256-GCM key ring and its file;
 //! - [`InMemoryStore`]: the backend for tests;
 //! - `conformance` (feature): one test suite, mounted by every backend.
 
 pub mod chain;
+pub mod envelope;
 pub mod error;
 pub mod import;
 pub mod keyring;
@@ -22,9 +24,10 @@ pub mod conformance;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
-use keyledger_domain::{CommandId, Event, GlobalPosition, StoredEvent, StreamId, StreamVersion};
+use keyledger_domain::{CommandId, Event, GlobalPosition, StreamId, StreamVersion};
 
 pub use chain::{NewEvent, StreamHead, envelope_hash, open_event, prepare_append};
+pub use envelope::{EnvelopeActor, EventMetadata, GENESIS_HASH, StoredEvent};
 pub use error::{BoxError, KeyRingError, OpenError, SealError, StoreError};
 pub use import::{ImportBatch, MAX_EVENTS_PER_IMPORT};
 pub use keyring::{InternalKey, KeyRing};
@@ -71,7 +74,8 @@ pub type EventStream = BoxStream<'static, Result<StoredEvent, StoreError>>;
 #[async_trait]
 pub trait EventStore: Send + Sync {
     /// Appends `events` atomically after `expected`, sealing their protected fields, chaining
-    /// their hashes and assigning event ids, versions and global positions.
+    /// their hashes and assigning event ids, versions and global positions. `command_id` is
+    /// the append's only command id: every stored event carries it.
     ///
     /// - a stream not at `expected` gives [`StoreError::Conflict`] and stores nothing;
     /// - a `command_id` already seen on `stream` returns that append's result and stores

@@ -3,8 +3,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::StoredEvent;
 use async_trait::async_trait;
-use keyledger_domain::{CommandId, GlobalPosition, StoredEvent, StreamId, StreamVersion};
+use keyledger_domain::{CommandId, GlobalPosition, StreamId, StreamVersion};
 
 use crate::chain::{NewEvent, StreamHead, prepare_append};
 use crate::import::{ImportBatch, check_import, imported_commands, merge_command};

@@ -1,9 +1,10 @@
 //! The column form of an envelope shared by the SQL backends: ids and times as text, the actor
 //! and the payload as JSON text. Text keeps the payload byte-for-byte as hashed.
 
+use crate::envelope::canonical_time;
+use crate::{EnvelopeActor, StoredEvent};
 use chrono::{DateTime, Utc};
-use keyledger_domain::envelope::canonical_time;
-use keyledger_domain::{CommandId, EnvelopeActor, GlobalPosition, StoredEvent, StreamVersion};
+use keyledger_domain::{CommandId, GlobalPosition, StreamVersion};
 
 use crate::StoreError;
 

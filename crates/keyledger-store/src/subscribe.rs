@@ -28,10 +28,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use keyledger_domain::{GlobalPosition, StoredEvent};
+use keyledger_domain::GlobalPosition;
 use tokio::sync::{broadcast, watch};
 
-use crate::{EventStore, EventStream};
+use crate::{EventStore, EventStream, StoredEvent};
 
 /// Pages the shared tail keeps for subscribers that are still working on earlier ones; one
 /// that falls further behind catches up from the store.
@@ -226,7 +226,7 @@ impl Default for PollConfig {
     }
 }
 
-type Page = Result<Vec<keyledger_domain::StoredEvent>, crate::StoreError>;
+type Page = Result<Vec<StoredEvent>, crate::StoreError>;
 
 /// A page read on another task while the reader works on the one before (read-ahead).
 #[derive(Debug)]

@@ -2,7 +2,8 @@
 
 use std::collections::HashMap;
 
-use keyledger_domain::{EventId, GENESIS_HASH, GlobalPosition, StoredEvent, StreamId, StreamVersion};
+use crate::{GENESIS_HASH, StoredEvent};
+use keyledger_domain::{EventId, GlobalPosition, StreamId, StreamVersion};
 
 use crate::chain::{StreamHead, envelope_hash};
 use crate::{EventStore, StoreError};

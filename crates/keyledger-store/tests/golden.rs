@@ -6,9 +6,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use keyledger_domain::{Event, GENESIS_HASH, StoredEvent, StreamVersion};
+use keyledger_domain::{Event, StreamVersion};
 use keyledger_store::chain::{StreamHead, envelope_hash, prepare_append};
 use keyledger_store::conformance::{cmk_enabled, dek_generated, new_stream};
+use keyledger_store::{GENESIS_HASH, StoredEvent};
 use keyledger_store::{InternalKey, KeyRing, open_event};
 use secrecy::{ExposeSecret as _, SecretBox};
 

@@ -6,7 +6,8 @@
 use std::path::PathBuf;
 
 use keyledger_domain::event::{DataKeysRewrapped, RewrappedDataKey};
-use keyledger_domain::{DekId, Edek, Event, KeyIdentifier, Protected, StoredEvent, StreamVersion, WrappedBy};
+use keyledger_domain::{DekId, Edek, Event, KeyIdentifier, Protected, StreamVersion, WrappedBy};
+use keyledger_store::StoredEvent;
 use keyledger_store::chain::{NewEvent, StreamHead, prepare_append};
 use keyledger_store::conformance::{metadata, new_stream};
 use keyledger_store::{InternalKey, KeyRing, StoreError, open_event};

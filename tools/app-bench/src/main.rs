@@ -19,10 +19,11 @@ use clap::{Parser, ValueEnum};
 use keyledger_app::{App, AppConfig, CommandRequest, SystemClock};
 use keyledger_azure::AzureKeyAccess;
 use keyledger_domain::{
-    Actor, ActorKind, Connection, ConnectionPatch, EnvelopeActor, EventMetadata, HealthStatus, HostAllowList,
-    Intent, KeyIdentifier, OrgId, Plan, Role, Scope, StreamId, Tenant,
+    Actor, ActorKind, Connection, ConnectionPatch, HealthStatus, HostAllowList, Intent, KeyIdentifier, OrgId,
+    Plan, Role, Scope, StreamId, Tenant,
 };
 use keyledger_projection::{Projection, ProjectionSink, Runner};
+use keyledger_store::{EnvelopeActor, EventMetadata};
 use keyledger_store::{EventStore, KeyRing, NewEvent};
 use keyledger_vault_sim::{Clock as SimClock, Vault, VaultConfig};
 use secrecy::SecretString;
@@ -450,9 +451,8 @@ async fn rebuild(b: &Backend, args: &Args) {
                 .map(|e| NewEvent {
                     event: e.clone(),
                     metadata: EventMetadata {
-                        occurred_at: keyledger_domain::envelope::truncate_to_micros(Utc::now()),
+                        occurred_at: keyledger_store::envelope::truncate_to_micros(Utc::now()),
                         actor: system.clone(),
-                        command_id: None,
                         correlation_id: None,
                         causation_id: None,
                     },

@@ -19,12 +19,10 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use keyledger_domain::event::TenantAdded;
-use keyledger_domain::{
-    ActorKind, EnvelopeActor, Event, EventMetadata, GlobalPosition, OrgId, Role, StreamId, StreamVersion,
-    TenantId,
-};
+use keyledger_domain::{ActorKind, Event, GlobalPosition, OrgId, Role, StreamId, StreamVersion, TenantId};
 use keyledger_postgres::{PostgresOptions, PostgresStore};
 use keyledger_sqlite::{Durability, SqliteOptions, SqliteStore};
+use keyledger_store::{EnvelopeActor, EventMetadata};
 use keyledger_store::{EventStore, KeyRing, NewEvent};
 use sqlx::Connection as _;
 
@@ -96,7 +94,6 @@ fn event(name: &str) -> NewEvent {
                 roles: BTreeSet::from([Role::Platform]),
                 source_ip: None,
             },
-            command_id: None,
             correlation_id: None,
             causation_id: None,
         },

@@ -5,8 +5,9 @@ use std::fs::File;
 use std::io::{BufRead as _, BufReader, BufWriter, ErrorKind, Write as _};
 use std::path::Path;
 
-use keyledger_domain::{GlobalPosition, StoredEvent};
+use keyledger_domain::GlobalPosition;
 use keyledger_store::ImportBatch;
+use keyledger_store::StoredEvent;
 use keyledger_store::verify::ChainChecker;
 
 use super::BATCH;

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
-use keyledger_domain::{CommandId, GlobalPosition, StoredEvent, StreamId, StreamVersion};
+use keyledger_domain::{CommandId, GlobalPosition, StreamId, StreamVersion};
 use keyledger_projection::{Projection, Runner};
+use keyledger_store::StoredEvent;
 use keyledger_store::{
     AppendResult, EventStore, EventStream, ImportBatch, KeyRing, NewEvent, StoreError, VerifyReport,
     VerifyScope,

@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use keyledger_domain::{Reach, Role, TenantId};
+use keyledger_domain::{CrossRead, Reach, TenantId, authorize_cross_read};
 use keyledger_projection::AuditQuery;
 
 use crate::Shared;
@@ -31,12 +31,7 @@ pub(crate) async fn tenant_audit(
     Query(q): Query<AuditQueryParams>,
 ) -> Result<Json<AuditPage>, Problem> {
     let tenant: TenantId = path_id("tenant", &tenant)?;
-    let role_ok = [Role::Auditor, Role::OrgAdmin, Role::Support]
-        .iter()
-        .any(|r| actor.has_role(*r));
-    if !role_ok || !actor.scope.tenants.contains(&tenant) {
-        return Err(Problem::forbidden());
-    }
+    authorize_cross_read(&actor, CrossRead::TenantAudit(tenant)).map_err(|_| Problem::forbidden())?;
     let after = match q.after.as_deref() {
         None | Some("") => 0,
         Some(raw) => raw

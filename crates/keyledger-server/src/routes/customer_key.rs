@@ -8,7 +8,6 @@ use axum::response::Response;
 use keyledger_app::{AppError, KeyRole};
 use keyledger_domain::{Connection, ConnectionPatch, HostAllowList, Intent};
 
-use super::ANY_ROLE;
 use super::organizations::{execute, org_path, readable_view};
 use crate::Shared;
 use crate::api::{
@@ -177,7 +176,7 @@ pub(crate) async fn health(
     Path(org): Path<String>,
 ) -> Result<Json<KeyHealth>, Problem> {
     let org = org_path(&org)?;
-    let view = readable_view(&state, &actor, ANY_ROLE, org).await?;
+    let view = readable_view(&state, &actor, keyledger_domain::Read::View, org).await?;
     let health = view
         .encryption
         .health

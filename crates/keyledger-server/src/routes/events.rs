@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::{StreamExt as _, stream};
-use keyledger_domain::{GlobalPosition, Role};
+use keyledger_domain::{CrossRead, GlobalPosition, authorize_cross_read};
 
 use crate::Shared;
 use crate::api::{EventsPage, EventsQuery};
@@ -20,14 +20,10 @@ use crate::problem::{FieldError, Problem};
 use crate::api::DEFAULT_LIMIT;
 
 fn platform_only(actor: &keyledger_domain::Actor) -> Result<(), Problem> {
-    if actor.has_role(Role::Platform) {
-        Ok(())
-    } else {
-        Err(Problem::forbidden())
-    }
+    authorize_cross_read(actor, CrossRead::EventFeed).map_err(|_| Problem::forbidden())
 }
 
-fn undecodable(stored: &keyledger_domain::StoredEvent, e: &dyn std::fmt::Display) -> Problem {
+fn undecodable(stored: &keyledger_store::StoredEvent, e: &dyn std::fmt::Display) -> Problem {
     tracing::error!(event_id = %stored.event_id, position = stored.global_position.0, error = %e,
         "stored event cannot be published");
     Problem::internal_error()
@@ -156,7 +152,7 @@ pub(crate) async fn stream(
 /// a store failure or at an event this build cannot publish, after the messages before it.
 fn sse_messages(
     state: &Shared,
-    chunk: Vec<Result<keyledger_domain::StoredEvent, keyledger_store::StoreError>>,
+    chunk: Vec<Result<keyledger_store::StoredEvent, keyledger_store::StoreError>>,
 ) -> (Vec<u8>, bool) {
     let mut out = Vec::with_capacity(chunk.len() * 512);
     for item in chunk {

@@ -14,7 +14,6 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use keyledger_domain::{Actor, OrgId, Role};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
@@ -153,22 +152,3 @@ async fn observe(State(state): State<Shared>, request: Request, next: Next) -> R
     }
     response
 }
-
-/// Read access (CONTRACT.md "any role scoped to the org"): one of `roles` and the
-/// organization in scope. `organizations::readable_view` adds the tenant scope of auditors.
-pub(crate) fn may_read(actor: &Actor, roles: &[Role], org: OrgId) -> Result<(), Problem> {
-    if roles.iter().any(|r| actor.has_role(*r)) && actor.reaches_org(org) {
-        Ok(())
-    } else {
-        Err(Problem::forbidden())
-    }
-}
-
-/// Every role a token can hold.
-pub(crate) const ANY_ROLE: &[Role] = &[
-    Role::OrgAdmin,
-    Role::Auditor,
-    Role::Platform,
-    Role::Billing,
-    Role::Support,
-];

@@ -4,13 +4,12 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use keyledger_app::CommandRequest;
+use keyledger_app::{AppError, CommandRequest};
 use keyledger_domain::Intent;
-use keyledger_domain::envelope::StoredEvent;
-use keyledger_domain::{Actor, OrgId, Reach, Role, StreamVersion, Tenant, TenantId};
+use keyledger_domain::{Actor, DomainError, OrgId, Read, StreamVersion, Tenant, TenantId};
 use keyledger_projection::{DataKeyInventory, OrganizationView};
+use keyledger_store::envelope::StoredEvent;
 
-use super::{ANY_ROLE, may_read};
 use crate::Shared;
 use crate::api::{ChangePlan, OrgEvents, OrgEventsQuery, PublicEnvelope, RegisterOrganization};
 use crate::extract::{Caller, CommandHeaders, JsonBody, Query, path_id};
@@ -57,34 +56,18 @@ pub(crate) fn org_path(raw: &str) -> Result<OrgId, Problem> {
     path_id("org", raw)
 }
 
-/// The view of an organization the caller may read, or 403/404.
+/// The view of an organization the caller may read (the domain's read rules, through the
+/// app), or 403/404.
 pub(crate) async fn readable_view(
     state: &Shared,
     actor: &Actor,
-    roles: &[Role],
+    read: Read,
     org: OrgId,
 ) -> Result<OrganizationView, Problem> {
-    may_read(actor, roles, org)?;
-    // A tenant-scoped auditor reads only organizations that hold one of its tenants. It gets
-    // 403 for one that does not exist too, so it cannot probe for organizations.
-    let other_role = roles.iter().any(|r| *r != Role::Auditor && actor.has_role(*r));
-    let tenants = match &actor.scope.tenants {
-        Reach::Only(tenants) if !other_role => Some(tenants),
-        _ => None,
-    };
-    let view = state
-        .services
-        .app
-        .view(org)
-        .await
-        .map_err(|e| Problem::from(&e))?;
-    match (view, tenants) {
-        (None, None) => Err(Problem::organization_not_found()),
-        (None, Some(_)) => Err(Problem::forbidden()),
-        (Some(view), Some(tenants)) if !view.tenants.iter().any(|t| tenants.contains(&t.tenant_id)) => {
-            Err(Problem::forbidden())
-        }
-        (Some(view), _) => Ok(view),
+    match state.services.app.readable_view(actor, org, read).await {
+        Ok(view) => Ok(view),
+        Err(AppError::Rejected(DomainError::Forbidden)) => Err(Problem::forbidden()),
+        Err(e) => Err(Problem::from(&e)),
     }
 }
 
@@ -131,7 +114,7 @@ pub(crate) async fn view(
     Path(org): Path<String>,
 ) -> Result<Response, Problem> {
     let org = org_path(&org)?;
-    let view = readable_view(&state, &actor, ANY_ROLE, org).await?;
+    let view = readable_view(&state, &actor, Read::View, org).await?;
     Ok(view_response(StatusCode::OK, &view))
 }
 
@@ -194,13 +177,7 @@ pub(crate) async fn data_keys(
     Path(org): Path<String>,
 ) -> Result<Json<DataKeyInventory>, Problem> {
     let org = org_path(&org)?;
-    readable_view(
-        &state,
-        &actor,
-        &[Role::OrgAdmin, Role::Auditor, Role::Support],
-        org,
-    )
-    .await?;
+    readable_view(&state, &actor, Read::DataKeys, org).await?;
     let inventory = state
         .services
         .app
@@ -219,7 +196,7 @@ pub(crate) async fn events(
     let org = org_path(&org)?;
     // `after_version` and `limit` were held to their ranges when the query was read (`api.rs`).
     let after_version = q.after_version.unwrap_or(0);
-    readable_view(&state, &actor, &[Role::Platform, Role::Auditor], org).await?;
+    readable_view(&state, &actor, Read::Events, org).await?;
     let limit = usize::try_from(q.limit.unwrap_or(crate::api::DEFAULT_LIMIT)).unwrap_or(usize::MAX);
     let events = state
         .services

@@ -1,5 +1,6 @@
-//! The stored event envelope (DESIGN.md §3) and its canonical byte form, over which the store
-//! computes the per-stream hash chain.
+//! The stored event envelope (DESIGN.md §3) and its canonical byte form, over which the
+//! [`chain`](crate::chain) computes the per-stream hash chain. Storage encoding, so it lives
+//! here and not in the pure domain (ADR 0003).
 
 use std::collections::BTreeSet;
 use std::io::Write as _;
@@ -9,9 +10,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::actor::{Actor, ActorKind, Role};
-use crate::event::{DecodeError, Event};
-use crate::ids::{CommandId, CorrelationId, EventId, GlobalPosition, StreamId, StreamVersion};
+use keyledger_domain::actor::{Actor, ActorKind, Role};
+use keyledger_domain::event::{DecodeError, Event};
+use keyledger_domain::ids::{CommandId, CorrelationId, EventId, GlobalPosition, StreamId, StreamVersion};
 
 /// Who caused an event, as stored. `source_ip` is the client address for HTTP commands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -35,13 +36,12 @@ impl EnvelopeActor {
     }
 }
 
-/// Metadata the caller gives with an append: everything in the envelope that is not the
-/// payload or assigned by the store.
+/// Metadata the caller gives with each appended event: everything in the envelope that is
+/// not the payload, assigned by the store, or (the command id) given once per append.
 #[derive(Debug, Clone)]
 pub struct EventMetadata {
     pub occurred_at: DateTime<Utc>,
     pub actor: EnvelopeActor,
-    pub command_id: Option<CommandId>,
     pub correlation_id: Option<CorrelationId>,
     pub causation_id: Option<String>,
 }
