@@ -23,7 +23,7 @@ use sqlx::Row as _;
 use sqlx::postgres::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use crate::{PostgresStore, is_unique_violation, non_negative};
+use crate::{PostgresStore, bind_envelope_columns, is_unique_violation, non_negative};
 
 /// The most appends committed in one statement.
 pub(crate) const MAX_GROUP: usize = 64;
@@ -160,8 +160,6 @@ async fn insert_group(pool: &PgPool, group: &[Pending]) -> Result<Vec<AppendResu
     }
     let index = |i: usize| i64::try_from(i).map_err(|e| sqlx::Error::Encode(Box::new(e)));
     let texts = |f: fn(&EnvelopeColumns) -> String| cols.iter().map(f).collect::<Vec<String>>();
-    let opts =
-        |f: fn(&EnvelopeColumns) -> Option<String>| cols.iter().map(f).collect::<Vec<Option<String>>>();
     let mut commands = CommandColumns::default();
     for (p, &(first, last)) in group.iter().zip(&spans) {
         if let Some(c) = &p.command_id {
@@ -179,24 +177,10 @@ async fn insert_group(pool: &PgPool, group: &[Pending]) -> Result<Vec<AppendResu
             commands.last_indexes.push(index(last)?);
         }
     }
-    let row = sqlx::query(INSERT_GROUP_SQL)
+    let query = sqlx::query(INSERT_GROUP_SQL)
         .bind(texts(|c| c.event_id.clone()))
-        .bind(texts(|c| c.stream_id.clone()))
-        .bind(cols.iter().map(|c| c.stream_version).collect::<Vec<i64>>())
-        .bind(texts(|c| c.event_type.clone()))
-        .bind(
-            cols.iter()
-                .map(|c| i32::try_from(c.schema_version).unwrap_or(i32::MAX))
-                .collect::<Vec<i32>>(),
-        )
-        .bind(texts(|c| c.occurred_at.clone()))
-        .bind(texts(|c| c.actor.clone()))
-        .bind(opts(|c| c.command_id.clone()))
-        .bind(opts(|c| c.correlation_id.clone()))
-        .bind(opts(|c| c.causation_id.clone()))
-        .bind(texts(|c| c.payload.clone()))
-        .bind(texts(|c| c.prev_hash.clone()))
-        .bind(texts(|c| c.hash.clone()))
+        .bind(texts(|c| c.stream_id.clone()));
+    let row = bind_envelope_columns(query, &cols)
         .bind(commands.ids)
         .bind(commands.streams)
         .bind(commands.first_versions)

@@ -326,27 +326,9 @@ impl PostgresStore {
             .collect::<Result<_, _>>()
             .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
         let texts = |f: fn(&EnvelopeColumns) -> String| cols.iter().map(f).collect::<Vec<String>>();
-        let opts =
-            |f: fn(&EnvelopeColumns) -> Option<String>| cols.iter().map(f).collect::<Vec<Option<String>>>();
         // Invariant: prepare_append refuses an empty batch, so both ends exist.
         let (first, last) = (&prepared[0], &prepared[prepared.len() - 1]);
-        let r = sqlx::query(INSERT_SQL)
-            .bind(texts(|c| c.event_id.clone()))
-            .bind(cols.iter().map(|c| c.stream_version).collect::<Vec<i64>>())
-            .bind(texts(|c| c.event_type.clone()))
-            .bind(
-                cols.iter()
-                    .map(|c| i32::try_from(c.schema_version).unwrap_or(i32::MAX))
-                    .collect::<Vec<i32>>(),
-            )
-            .bind(texts(|c| c.occurred_at.clone()))
-            .bind(texts(|c| c.actor.clone()))
-            .bind(opts(|c| c.command_id.clone()))
-            .bind(opts(|c| c.correlation_id.clone()))
-            .bind(opts(|c| c.causation_id.clone()))
-            .bind(texts(|c| c.payload.clone()))
-            .bind(texts(|c| c.prev_hash.clone()))
-            .bind(texts(|c| c.hash.clone()))
+        let r = bind_envelope_columns(sqlx::query(INSERT_SQL).bind(texts(|c| c.event_id.clone())), &cols)
             .bind(command_id.map(CommandId::as_str))
             .bind(stream.to_string())
             .bind(to_i64(first.stream_version.0).map_err(|e| sqlx::Error::Encode(Box::new(e)))?)
@@ -471,27 +453,11 @@ impl PostgresStore {
             .collect::<Result<_, _>>()
             .map_err(Err)?;
         let texts = |f: fn(&EnvelopeColumns) -> String| cols.iter().map(f).collect::<Vec<String>>();
-        let opts =
-            |f: fn(&EnvelopeColumns) -> Option<String>| cols.iter().map(f).collect::<Vec<Option<String>>>();
-        sqlx::query(IMPORT_SQL)
+        let query = sqlx::query(IMPORT_SQL)
             .bind(xid)
             .bind(texts(|c| c.event_id.clone()))
-            .bind(texts(|c| c.stream_id.clone()))
-            .bind(cols.iter().map(|c| c.stream_version).collect::<Vec<i64>>())
-            .bind(texts(|c| c.event_type.clone()))
-            .bind(
-                cols.iter()
-                    .map(|c| i32::try_from(c.schema_version).unwrap_or(i32::MAX))
-                    .collect::<Vec<i32>>(),
-            )
-            .bind(texts(|c| c.occurred_at.clone()))
-            .bind(texts(|c| c.actor.clone()))
-            .bind(opts(|c| c.command_id.clone()))
-            .bind(opts(|c| c.correlation_id.clone()))
-            .bind(opts(|c| c.causation_id.clone()))
-            .bind(texts(|c| c.payload.clone()))
-            .bind(texts(|c| c.prev_hash.clone()))
-            .bind(texts(|c| c.hash.clone()))
+            .bind(texts(|c| c.stream_id.clone()));
+        bind_envelope_columns(query, &cols)
             .execute(&mut *tx)
             .await
             .map_err(|e| {
@@ -793,4 +759,32 @@ mod tests {
         }
         panic!("the corrupt row never became readable");
     }
+}
+
+/// Binds the envelope columns after the event id (and stream id), from `stream_version` to
+/// `hash`, as one array each: the tail that the single append, the group commit and the import
+/// statements share.
+pub(crate) fn bind_envelope_columns<'q>(
+    query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+    cols: &[EnvelopeColumns],
+) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+    let texts = |f: fn(&EnvelopeColumns) -> String| cols.iter().map(f).collect::<Vec<String>>();
+    let opts =
+        |f: fn(&EnvelopeColumns) -> Option<String>| cols.iter().map(f).collect::<Vec<Option<String>>>();
+    query
+        .bind(cols.iter().map(|c| c.stream_version).collect::<Vec<i64>>())
+        .bind(texts(|c| c.event_type.clone()))
+        .bind(
+            cols.iter()
+                .map(|c| i32::try_from(c.schema_version).unwrap_or(i32::MAX))
+                .collect::<Vec<i32>>(),
+        )
+        .bind(texts(|c| c.occurred_at.clone()))
+        .bind(texts(|c| c.actor.clone()))
+        .bind(opts(|c| c.command_id.clone()))
+        .bind(opts(|c| c.correlation_id.clone()))
+        .bind(opts(|c| c.causation_id.clone()))
+        .bind(texts(|c| c.payload.clone()))
+        .bind(texts(|c| c.prev_hash.clone()))
+        .bind(texts(|c| c.hash.clone()))
 }
