@@ -8,7 +8,7 @@ use std::sync::Arc;
 use keyledger_domain::{CommandId, GlobalPosition, StreamVersion};
 use keyledger_postgres::PostgresStore;
 use keyledger_postgres::testing::TestDatabase;
-use keyledger_store::conformance::{new_stream, tenant_added};
+use keyledger_store::conformance::{assert_one_stored_the_rest_repeat, new_stream, tenant_added};
 use keyledger_store::{AppendResult, EventStore, KeyRing, StoreError};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -47,20 +47,11 @@ async fn one_group_keeps_each_appends_answer() {
             .filter(|r| matches!(r, Err(StoreError::Conflict { .. })))
             .count();
         assert_eq!((won, conflicts), (1, 3), "{racers:?}");
-        // Every repeat gets the first append's result, marked as a repeat; exactly one is not.
-        let answer = |r: &AppendResult| AppendResult { repeat: false, ..*r };
-        let first = answer(repeats[0].as_ref().unwrap());
-        assert!(
-            repeats.iter().all(|r| r.as_ref().ok().map(answer) == Some(first)),
-            "{repeats:?}"
-        );
-        assert_eq!(
-            repeats
-                .iter()
-                .filter(|r| r.as_ref().is_ok_and(|r| !r.repeat))
-                .count(),
-            1
-        );
+        let repeats: Vec<AppendResult> = repeats
+            .into_iter()
+            .map(|r| r.expect("every repeat succeeds"))
+            .collect();
+        assert_one_stored_the_rest_repeat(&repeats);
         let mut positions = HashSet::new();
         for (i, r) in others.iter().enumerate() {
             let r = r.as_ref().unwrap();

@@ -1,5 +1,7 @@
 use super::*;
-use keyledger_store::conformance::{cmk_enabled, dek_generated, new_stream, tenant_added};
+use keyledger_store::conformance::{
+    assert_one_stored_the_rest_repeat, cmk_enabled, dek_generated, new_stream, tenant_added,
+};
 
 async fn store() -> (tempfile::TempDir, SqliteStore) {
     let dir = tempfile::tempdir().unwrap();
@@ -64,23 +66,11 @@ async fn one_group_keeps_idempotency_and_conflicts() {
         futures::future::join_all(repeats),
         futures::future::join_all(racers)
     );
-    let first = AppendResult {
-        repeat: false,
-        ..*repeats[0].as_ref().unwrap()
-    };
-    assert!(
-        repeats
-            .iter()
-            .all(|r| r.as_ref().ok().map(|r| AppendResult { repeat: false, ..*r }) == Some(first)),
-        "{repeats:?}"
-    );
-    assert_eq!(
-        repeats
-            .iter()
-            .filter(|r| r.as_ref().is_ok_and(|r| !r.repeat))
-            .count(),
-        1
-    );
+    let repeats: Vec<AppendResult> = repeats
+        .into_iter()
+        .map(|r| r.expect("every repeat succeeds"))
+        .collect();
+    assert_one_stored_the_rest_repeat(&repeats);
     let won = racers.iter().filter(|r| r.is_ok()).count();
     let conflicts = racers
         .iter()

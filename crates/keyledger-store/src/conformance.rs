@@ -103,6 +103,21 @@ macro_rules! conformance_suite {
 // Event fixtures
 
 /// A stream for a fresh organization.
+/// Concurrent appends of one command id: exactly one stored the events, and every other got
+/// its result marked as a repeat. Panics, naming the results, otherwise.
+pub fn assert_one_stored_the_rest_repeat(results: &[crate::AppendResult]) {
+    assert_eq!(
+        results.iter().filter(|r| !r.repeat).count(),
+        1,
+        "one append stores, the others are repeats: {results:?}"
+    );
+    let stored = |r: &crate::AppendResult| crate::AppendResult { repeat: false, ..*r };
+    assert!(
+        results.windows(2).all(|w| stored(&w[0]) == stored(&w[1])),
+        "{results:?}"
+    );
+}
+
 pub fn new_stream() -> StreamId {
     StreamId::for_org(keyledger_domain::OrgId::new_v7())
 }
@@ -503,16 +518,7 @@ pub async fn concurrent_repeats_of_a_command_append_once<F: Fixture>() {
     for h in handles {
         results.push(h.await.expect("task").expect("every repeat succeeds"));
     }
-    assert_eq!(
-        results.iter().filter(|r| !r.repeat).count(),
-        1,
-        "one append stores, the others are repeats: {results:?}"
-    );
-    let stored = |r: &crate::AppendResult| crate::AppendResult { repeat: false, ..*r };
-    assert!(
-        results.windows(2).all(|w| stored(&w[0]) == stored(&w[1])),
-        "{results:?}"
-    );
+    assert_one_stored_the_rest_repeat(&results);
     assert_eq!(
         store
             .read_stream(stream, StreamVersion::NONE)
