@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use super::keys::{KeyMaterial, kid, name_id};
+use super::keys::{KeyMaterial, kid};
 use super::{AkvError, Vault};
 
 /// A cryptographic operation on a key.
@@ -46,13 +46,7 @@ impl Vault {
     ) -> Result<Value, AkvError> {
         let (display_name, kv) = {
             let s = self.lock();
-            let entry = s
-                .keys
-                .get(&name_id(name))
-                .ok_or_else(|| AkvError::key_not_found(name))?;
-            let kv = entry
-                .version(version)
-                .ok_or_else(|| AkvError::key_not_found(name))?;
+            let (entry, kv) = s.key_version(name, version)?;
             (entry.name.clone(), kv.clone())
         };
         let now = self.clock.unix();

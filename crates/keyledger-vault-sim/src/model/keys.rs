@@ -149,6 +149,24 @@ pub(super) struct KeyEntry {
     pub(super) versions: Vec<KeyVersion>,
 }
 
+impl super::State {
+    /// The key `name` at `version` (the current one when empty), or AKV's `KeyNotFound`.
+    pub(super) fn key_version(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<(&KeyEntry, &KeyVersion), AkvError> {
+        let entry = self
+            .keys
+            .get(&name_id(name))
+            .ok_or_else(|| AkvError::key_not_found(name))?;
+        let kv = entry
+            .version(version)
+            .ok_or_else(|| AkvError::key_not_found(name))?;
+        Ok((entry, kv))
+    }
+}
+
 impl KeyEntry {
     pub(super) fn version(&self, version: Option<&str>) -> Option<&KeyVersion> {
         match version {
@@ -240,13 +258,7 @@ impl Vault {
     /// `GET keys/{name}[/{version}]`. An empty version means the current one.
     pub fn key(&self, base: &str, name: &str, version: Option<&str>) -> Result<Value, AkvError> {
         let s = self.lock();
-        let entry = s
-            .keys
-            .get(&name_id(name))
-            .ok_or_else(|| AkvError::key_not_found(name))?;
-        let kv = entry
-            .version(version)
-            .ok_or_else(|| AkvError::key_not_found(name))?;
+        let (entry, kv) = s.key_version(name, version)?;
         Ok(self.bundle(base, &entry.name, kv))
     }
 
