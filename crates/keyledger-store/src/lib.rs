@@ -14,6 +14,7 @@ pub mod error;
 pub mod import;
 pub mod keyring;
 pub mod memory;
+pub mod merkle;
 pub mod provider;
 pub mod row;
 pub mod subscribe;
