@@ -139,6 +139,9 @@ impl App {
             at: self.clock.now(),
             intent: request.intent.clone(),
         };
+        if let Some(outcome) = self.on_cached_state(&request, &command).await? {
+            return Ok(outcome);
+        }
         let mut done_before: Option<(Fingerprint, KeyResults)> = None;
         for _attempt in 0..=self.config.max_conflict_retries {
             let loaded = self.load(org).await?;
@@ -182,6 +185,52 @@ impl App {
             }
         }
         Err(AppError::Contended)
+    }
+
+    /// The fast path of [`App::handle`]: a command that needs no key work, decided on the
+    /// cached state without reading the store first. A cached state can be behind another
+    /// instance's writes, so it may only lead to an append, which names the version it was
+    /// decided on and so conflicts when that is stale. Anything else (a refusal, a failed
+    /// `If-Match`, a no-op, key work, a conflict) gives `None`, and `handle` decides again on a
+    /// state read from the store.
+    async fn on_cached_state(
+        &self,
+        request: &CommandRequest,
+        command: &Command,
+    ) -> Result<Option<Outcome>, AppError> {
+        let Some(cached) = self.cached(request.org_id) else {
+            return Ok(None);
+        };
+        let (Ok(KeyWork::None), Ok(())) = (
+            plan(&cached.state, command),
+            check_version(request.if_match, cached.state.version),
+        ) else {
+            return Ok(None);
+        };
+        let Ok(events) = decide(&cached.state, command.clone(), KeyResults::None) else {
+            return Ok(None);
+        };
+        if events.is_empty() {
+            return Ok(None);
+        }
+        let appended = self
+            .store
+            .append(
+                StreamId::for_org(request.org_id),
+                cached.state.version,
+                new_events(request, command.at, &events),
+                request.command_id.clone(),
+            )
+            .await;
+        match appended {
+            Ok(result) => self
+                .appended(request.org_id, cached, events, result)
+                .await
+                .map(Some),
+            Err(StoreError::Conflict { .. }) => Ok(None),
+            Err(StoreError::CommandIdReused { .. }) => Err(AppError::CommandIdReused),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// A command the rules refuse now, whose command id the organization's stream already
@@ -333,6 +382,12 @@ impl App {
     /// The organization's state, folded from its events, with protected fields open.
     pub async fn state(&self, org: OrgId) -> Result<State, AppError> {
         Ok(self.load(org).await?.state)
+    }
+
+    /// The cached state of `org`, unchecked against the store.
+    fn cached(&self, org: OrgId) -> Option<Loaded> {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.get(&org).cloned()
     }
 
     /// Reads the events after the cached version and folds them.

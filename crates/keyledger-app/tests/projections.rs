@@ -389,6 +389,80 @@ async fn memory_crash_between_rows_and_checkpoint_loses_and_doubles_nothing() {
     .await;
 }
 
+/// One runner over every projection (how `serve` runs them on SQLite) resumes each projection
+/// from its own checkpoint: projections left at different positions end with the rows of a
+/// rebuild, none lost or doubled.
+async fn one_runner_resumes_each_projection(
+    store: Arc<dyn EventStore>,
+    inner: Arc<dyn ProjectionSink>,
+    reference: Arc<dyn ProjectionSink>,
+) {
+    let app = app_on(store.clone());
+    random_run(&app, 10, 300, 12).await;
+    let end = committed_end(store.as_ref(), 10).await;
+    let wait = std::time::Duration::from_secs(30);
+    // Key health folded to the end, the tenant audit to position 48 (three batches of 16
+    // committed, then a crash), the other two not at all.
+    assert!(
+        Runner::new(store.clone(), inner.clone(), Projection::KeyHealth)
+            .catch_up_to(end, wait)
+            .await
+            .unwrap()
+    );
+    let crashing = Arc::new(CrashingSink {
+        inner: inner.clone(),
+        ok: 3,
+        commits: AtomicU32::new(0),
+    });
+    Runner::new(store.clone(), crashing, Projection::TenantAudit)
+        .with_batch(16)
+        .catch_up()
+        .await
+        .unwrap_err();
+    let checkpoints: Vec<u64> = futures::future::try_join_all(Projection::ALL.map(|p| inner.checkpoint(p)))
+        .await
+        .unwrap();
+    assert_eq!(
+        checkpoints
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        3,
+        "{checkpoints:?}"
+    );
+    assert!(
+        Runner::over(store.clone(), inner.clone(), Projection::ALL.to_vec())
+            .with_batch(50)
+            .catch_up_to(end, wait)
+            .await
+            .unwrap()
+    );
+    Runner::rebuild_all(store.clone(), reference.clone(), 1000, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        snapshot(inner.as_ref(), 10).await,
+        snapshot(reference.as_ref(), 10).await
+    );
+}
+
+#[tokio::test]
+async fn memory_one_runner_resumes_each_projection_from_its_checkpoint() {
+    one_runner_resumes_each_projection(
+        memory_store(),
+        Arc::new(MemorySink::default()),
+        Arc::new(MemorySink::default()),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_one_runner_resumes_each_projection_from_its_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, sink) = sqlite(&dir, "k.db").await;
+    one_runner_resumes_each_projection(store, sink, Arc::new(MemorySink::default())).await;
+}
+
 async fn sqlite(dir: &tempfile::TempDir, name: &str) -> (Arc<dyn EventStore>, Arc<dyn ProjectionSink>) {
     let store = keyledger_sqlite::SqliteStore::open(&dir.path().join(name), Arc::new(KeyRing::generate()))
         .await

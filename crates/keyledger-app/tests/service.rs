@@ -431,6 +431,95 @@ async fn health_changes_come_from_the_engine() {
     assert_eq!(again.appended, 0);
 }
 
+/// A second instance on the same store, with its own cache.
+fn other_instance(f: &Fixture) -> App {
+    App::new(
+        f.store.clone(),
+        f.vault.clone(),
+        f.clock.clone(),
+        AppConfig::default(),
+    )
+}
+
+fn change_plan(plan: Plan) -> Intent {
+    Intent::ChangePlan {
+        plan,
+        reason: "billing".into(),
+    }
+}
+
+#[tokio::test]
+async fn a_stale_cached_state_records_nothing_decided_on_it() {
+    // `f.app` caches the organization with CMK on; another instance then switches to the
+    // provider-managed key. A downgrade decided on the stale cache would lock CMK; the one
+    // recorded must be decided on the stored state: a plan change alone.
+    let f = enabled().await;
+    let other = other_instance(&f);
+    other
+        .handle(request(
+            admin(),
+            Intent::SwitchToProviderManagedKey {
+                abandon_lost_data: false,
+            },
+        ))
+        .await
+        .unwrap();
+    let before = version(&f).await;
+    let out = run(&f, billing(), change_plan(Plan::pro())).await.unwrap();
+    assert_eq!(out.view.encryption.mode, EncryptionMode::ProviderManaged);
+    assert!(!out.view.encryption.locked);
+    let events = f
+        .store
+        .read_stream(StreamId::for_org(testing::org_id()), StreamVersion(before + 1))
+        .await
+        .unwrap();
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(types, ["PlanChanged"], "{types:?}");
+}
+
+#[tokio::test]
+async fn a_stale_cached_state_never_answers_a_no_op() {
+    // `f.app` caches the "gold" plan; another instance then sets "standard" again. On the
+    // cache, "gold" would be a no-op; on the stored state it is a change, and it is recorded.
+    let f = enabled().await;
+    run(&f, billing(), change_plan(Plan::enterprise("gold")))
+        .await
+        .unwrap();
+    let other = other_instance(&f);
+    other
+        .handle(request(billing(), change_plan(Plan::enterprise("standard"))))
+        .await
+        .unwrap();
+    let before = version(&f).await;
+    let out = run(&f, billing(), change_plan(Plan::enterprise("gold")))
+        .await
+        .unwrap();
+    assert_eq!(out.appended, 1);
+    assert_eq!(out.view.version, before + 1);
+    assert_eq!(version(&f).await, before + 1);
+}
+
+#[tokio::test]
+async fn a_refusal_is_never_decided_on_a_stale_cached_state_alone() {
+    // `f.app` caches the organization on the free plan (CMK refused); another instance
+    // upgrades it. Enabling through `f.app` must see the upgrade.
+    let f = registered().await;
+    run(&f, billing(), change_plan(Plan::free())).await.unwrap();
+    let other = other_instance(&f);
+    other
+        .handle(request(billing(), change_plan(Plan::enterprise("standard"))))
+        .await
+        .unwrap();
+    let out = run(
+        &f,
+        admin(),
+        Intent::EnableCustomerManagedKey(connection(&kid("cmk", "v1").versionless())),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.view.encryption.mode, EncryptionMode::CustomerManaged);
+}
+
 #[tokio::test]
 async fn two_instances_serialize_concurrent_commands_by_version() {
     let f = enabled().await;

@@ -66,6 +66,15 @@ pub trait ProjectionSink: Send + Sync {
     /// Writes `changes` and moves the checkpoint forward, all or nothing. A checkpoint not
     /// past the stored one gives [`SinkError::Superseded`] and writes nothing.
     async fn commit(&self, projection: Projection, changes: Changes) -> Result<(), SinkError>;
+    /// Commits the changes of several projections folded from one batch. Each projection's
+    /// rows stay atomic with its checkpoint; a sink may also commit them all in one
+    /// transaction (SQLite does). The default commits them one after the other.
+    async fn commit_all(&self, changes: Vec<(Projection, Changes)>) -> Result<(), SinkError> {
+        for (projection, c) in changes {
+            self.commit(projection, c).await?;
+        }
+        Ok(())
+    }
     /// Deletes every row of the projection and sets its checkpoint to 0, all or nothing.
     async fn reset(&self, projection: Projection) -> Result<(), SinkError>;
     /// Tenant-audit rows that match `query`, oldest first.
@@ -118,28 +127,42 @@ pub enum RunnerError {
     Fold(#[from] ProjectionError),
 }
 
-/// Runs one projection.
+/// Runs one projection, or several over one reading of the log.
 pub struct Runner {
     store: Arc<dyn EventStore>,
     sink: Arc<dyn ProjectionSink>,
-    projection: Projection,
+    projections: Vec<Projection>,
     batch: usize,
 }
 
 impl std::fmt::Debug for Runner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runner")
-            .field("projection", &self.projection)
+            .field("projections", &self.projections)
             .finish_non_exhaustive()
     }
 }
 
+/// Each projection's checkpoint, as a runner last committed or read it.
+type Checkpoints = BTreeMap<Projection, u64>;
+
 impl Runner {
     pub fn new(store: Arc<dyn EventStore>, sink: Arc<dyn ProjectionSink>, projection: Projection) -> Self {
+        Self::over(store, sink, vec![projection])
+    }
+
+    /// One runner for several projections: each batch of events is read and decoded once, and
+    /// the projections' changes go to the sink in one [`ProjectionSink::commit_all`]. This is
+    /// how a single-instance store runs them (ADR 0021).
+    pub fn over(
+        store: Arc<dyn EventStore>,
+        sink: Arc<dyn ProjectionSink>,
+        projections: Vec<Projection>,
+    ) -> Self {
         Self {
             store,
             sink,
-            projection,
+            projections,
             batch: 1000,
         }
     }
@@ -149,60 +172,109 @@ impl Runner {
         self
     }
 
-    /// Folds `events` (consecutive, after the checkpoint) and commits them as one batch.
-    async fn apply_batch(&self, events: &[StoredEvent]) -> Result<(), RunnerError> {
-        let Some(last) = events.last() else { return Ok(()) };
-        let orgs: Vec<OrgId> = events
-            .iter()
-            .map(|e| e.stream_id.org_id())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let loaded: HashMap<OrgId, Value> = self.sink.load(self.projection, &orgs).await?;
-        // Documents stay typed for the whole batch: parsed once, serialized once.
-        let mut docs: HashMap<OrgId, Option<Doc>> = HashMap::with_capacity(orgs.len());
-        for (org, value) in &loaded {
-            docs.insert(*org, Some(self.projection.parse(*org, value)?));
+    async fn checkpoints(&self) -> Result<Checkpoints, RunnerError> {
+        let mut out = Checkpoints::new();
+        for p in &self.projections {
+            out.insert(*p, self.sink.checkpoint(*p).await?);
         }
-        let mut audit = Vec::new();
+        Ok(out)
+    }
+
+    /// Where reading resumes: after the checkpoint of the projection furthest behind.
+    fn resume_after(checkpoints: &Checkpoints) -> u64 {
+        checkpoints.values().copied().min().unwrap_or(0)
+    }
+
+    /// Folds `events` (consecutive) into each projection whose checkpoint they pass, and
+    /// commits them together; `checkpoints` moves with the commit.
+    async fn apply_batch(
+        &self,
+        events: &[StoredEvent],
+        checkpoints: &mut Checkpoints,
+    ) -> Result<(), RunnerError> {
+        let Some(last) = events.last() else { return Ok(()) };
+        let mut decoded = Vec::with_capacity(events.len());
         for stored in events {
-            let org = stored.stream_id.org_id();
             let event = stored.decode().map_err(|source| ProjectionError::Decode {
                 position: stored.global_position.0,
                 source,
             })?;
+            decoded.push((stored, event));
+        }
+        let mut all = Vec::with_capacity(self.projections.len());
+        for &projection in &self.projections {
+            let after = checkpoints.get(&projection).copied().unwrap_or(0);
+            let mine: Vec<&(&StoredEvent, keyledger_domain::Event)> = decoded
+                .iter()
+                .filter(|(e, _)| e.global_position.0 > after)
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            all.push((projection, self.fold(projection, &mine).await?));
+        }
+        if all.is_empty() {
+            return Ok(());
+        }
+        let moved: Vec<Projection> = all.iter().map(|(p, _)| *p).collect();
+        self.sink.commit_all(all).await?;
+        for p in moved {
+            checkpoints.insert(p, last.global_position.0);
+        }
+        Ok(())
+    }
+
+    /// One projection's changes for `events`, on the documents it has stored.
+    async fn fold(
+        &self,
+        projection: Projection,
+        events: &[&(&StoredEvent, keyledger_domain::Event)],
+    ) -> Result<Changes, RunnerError> {
+        let orgs: Vec<OrgId> = events
+            .iter()
+            .map(|(e, _)| e.stream_id.org_id())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let loaded: HashMap<OrgId, Value> = self.sink.load(projection, &orgs).await?;
+        // Documents stay typed for the whole batch: parsed once, serialized once.
+        let mut docs: HashMap<OrgId, Option<Doc>> = HashMap::with_capacity(orgs.len());
+        for (org, value) in &loaded {
+            docs.insert(*org, Some(projection.parse(*org, value)?));
+        }
+        let mut audit = Vec::new();
+        for (stored, event) in events {
+            let org = stored.stream_id.org_id();
             let current = docs.remove(&org).flatten();
-            let (next, rows) = self.projection.fold(current, stored, &event);
+            let (next, rows) = projection.fold(current, stored, event);
             docs.insert(org, next);
             audit.extend(rows);
         }
-        let changes = Changes {
+        let checkpoint = events.last().map_or(0, |(e, _)| e.global_position.0);
+        Ok(Changes {
             docs: docs
                 .into_iter()
                 .map(|(org, d)| (org, d.map(|d| d.to_value())))
                 .collect(),
             audit,
-            checkpoint: last.global_position.0,
-        };
-        self.sink.commit(self.projection, changes).await?;
-        Ok(())
+            checkpoint,
+        })
     }
 
-    /// Folds everything after the checkpoint, then returns the new checkpoint.
+    /// Folds everything after the checkpoints, then returns the lowest checkpoint.
     pub async fn catch_up(&self) -> Result<u64, RunnerError> {
-        let mut after = self.sink.checkpoint(self.projection).await?;
+        let mut checkpoints = self.checkpoints().await?;
         loop {
+            let after = Self::resume_after(&checkpoints);
             let events = self.store.read_all(GlobalPosition(after), self.batch).await?;
-            let Some(last) = events.last() else {
+            if events.is_empty() {
                 return Ok(after);
-            };
-            let next = last.global_position.0;
-            self.apply_batch(&events).await?;
-            after = next;
+            }
+            self.apply_batch(&events, &mut checkpoints).await?;
         }
     }
 
-    /// Catches up until the checkpoint reaches `position` (an event known to be committed).
+    /// Catches up until every checkpoint reaches `position` (an event known to be committed).
     /// On PostgreSQL a catch-up reader stays behind the oldest transaction still open on the
     /// server, so this may take a few rounds; gives up with `false` after `timeout`.
     pub async fn catch_up_to(
@@ -222,12 +294,6 @@ impl Runner {
         }
     }
 
-    /// Deletes the projection's rows and folds the whole log from position 0. `progress` is
-    /// called after each batch with the position reached.
-    pub async fn rebuild(&self, progress: impl FnMut(u64) + Send) -> Result<u64, RunnerError> {
-        Self::rebuild_together(std::slice::from_ref(self), progress).await
-    }
-
     /// Rebuilds every projection from position 0, reading the log once: each batch is folded
     /// into all of them. `progress` is called after each batch with the position reached.
     pub async fn rebuild_all(
@@ -236,30 +302,26 @@ impl Runner {
         batch: usize,
         progress: impl FnMut(u64) + Send,
     ) -> Result<u64, RunnerError> {
-        let runners: Vec<Runner> = Projection::ALL
-            .into_iter()
-            .map(|p| Runner::new(store.clone(), sink.clone(), p).with_batch(batch))
-            .collect();
-        Self::rebuild_together(&runners, progress).await
+        Runner::over(store, sink, Projection::ALL.to_vec())
+            .with_batch(batch)
+            .rebuild(progress)
+            .await
     }
 
-    /// Resets each runner's projection, then folds the log from 0 into all of them, batch by
-    /// batch, reading it once (through the first runner's store and batch size).
-    async fn rebuild_together(
-        runners: &[Runner],
-        mut progress: impl FnMut(u64) + Send,
-    ) -> Result<u64, RunnerError> {
-        let Some(first) = runners.first() else {
-            return Ok(0);
-        };
-        for r in runners {
-            r.sink.reset(r.projection).await?;
+    /// Deletes the rows of this runner's projections and folds the whole log from position 0
+    /// into them, reading it once. `progress` is called after each batch with the position
+    /// reached.
+    pub async fn rebuild(&self, mut progress: impl FnMut(u64) + Send) -> Result<u64, RunnerError> {
+        let mut checkpoints = Checkpoints::new();
+        for p in &self.projections {
+            self.sink.reset(*p).await?;
+            checkpoints.insert(*p, 0);
         }
         // The next page is read (and decoded) on another task while this one is folded and
         // committed: reading and writing overlap on two cores.
         let read_after = |after: u64| {
-            let store = first.store.clone();
-            let batch = first.batch;
+            let store = self.store.clone();
+            let batch = self.batch;
             NextPage::spawn(async move { store.read_all(GlobalPosition(after), batch).await })
         };
         let mut after = 0;
@@ -271,9 +333,7 @@ impl Runner {
             };
             let next = last.global_position.0;
             pending = read_after(next);
-            for r in runners {
-                r.apply_batch(&events).await?;
-            }
+            self.apply_batch(&events, &mut checkpoints).await?;
             after = next;
             progress(after);
         }
@@ -284,10 +344,10 @@ impl Runner {
         &self,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<(), RunnerError> {
-        let after = self.sink.checkpoint(self.projection).await?;
+        let mut checkpoints = self.checkpoints().await?;
         let mut stream = self
             .store
-            .subscribe(GlobalPosition(after))
+            .subscribe(GlobalPosition(Self::resume_after(&checkpoints)))
             .ready_chunks(self.batch);
         tokio::pin!(shutdown);
         loop {
@@ -296,7 +356,7 @@ impl Runner {
                 next = stream.next() => {
                     let Some(chunk) = next else { return Ok(()) };
                     let events: Vec<StoredEvent> = chunk.into_iter().collect::<Result<_, _>>()?;
-                    self.apply_batch(&events).await?;
+                    self.apply_batch(&events, &mut checkpoints).await?;
                 }
             }
         }

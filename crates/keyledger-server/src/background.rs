@@ -40,23 +40,17 @@ where
     })
 }
 
-/// One supervised runner per projection, on this process (single-instance stores).
+/// One supervised runner for every projection, on this process (single-instance stores): each
+/// batch of events is read and decoded once and committed for all projections together.
 pub fn projection_runners(
     store: Arc<dyn EventStore>,
     sink: Arc<dyn ProjectionSink>,
     shutdown: watch::Receiver<bool>,
 ) -> Vec<JoinHandle<()>> {
-    Projection::ALL
-        .into_iter()
-        .map(|projection| {
-            let store = store.clone();
-            let sink = sink.clone();
-            supervise(projection.name(), shutdown.clone(), move |stop| {
-                let runner = Runner::new(store.clone(), sink.clone(), projection);
-                async move { runner.run(stopped(stop)).await }
-            })
-        })
-        .collect()
+    vec![supervise("projections", shutdown, move |stop| {
+        let runner = Runner::over(store.clone(), sink.clone(), Projection::ALL.to_vec());
+        async move { runner.run(stopped(stop)).await }
+    })]
 }
 
 /// One supervised runner per projection on a PostgreSQL store that several instances share:

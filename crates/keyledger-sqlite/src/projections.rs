@@ -199,71 +199,16 @@ impl ProjectionSink for SqliteProjections {
     }
 
     async fn commit(&self, projection: Projection, changes: Changes) -> Result<(), SinkError> {
-        let name = projection.name();
         let mut tx = self.file.write.begin().await.map_err(sink_err)?;
-        // First the checkpoint, forward only: a commit another runner got ahead of writes
-        // nothing.
-        let moved = sqlx::query(
-            "INSERT INTO projection_checkpoints (projection, position) VALUES (?, ?) \
-             ON CONFLICT (projection) DO UPDATE SET position = excluded.position \
-             WHERE projection_checkpoints.position < excluded.position",
-        )
-        .bind(name)
-        .bind(i64::try_from(changes.checkpoint).map_err(sink_err)?)
-        .execute(&mut *tx)
-        .await
-        .map_err(sink_err)?;
-        if moved.rows_affected() == 0 {
-            let at: i64 =
-                sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE projection = ?")
-                    .bind(name)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(sink_err)?;
-            return Err(SinkError::Superseded {
-                projection,
-                checkpoint: u64::try_from(at).unwrap_or(0),
-                attempted: changes.checkpoint,
-            });
-        }
-        for (org, doc) in &changes.docs {
-            match doc {
-                Some(d) => {
-                    sqlx::query(
-                        "INSERT INTO projection_documents (projection, org_id, doc) VALUES (?, ?, ?) \
-                         ON CONFLICT (projection, org_id) DO UPDATE SET doc = excluded.doc",
-                    )
-                    .bind(name)
-                    .bind(org.to_string())
-                    .bind(d.to_string())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(sink_err)?;
-                }
-                None => {
-                    sqlx::query("DELETE FROM projection_documents WHERE projection = ? AND org_id = ?")
-                        .bind(name)
-                        .bind(org.to_string())
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(sink_err)?;
-                }
-            }
-        }
-        for a in &changes.audit {
-            sqlx::query(
-                "INSERT INTO tenant_audit (tenant_id, position, org_id, occurred_at, action, entry) \
-                 VALUES (?, ?, ?, ?, ?, ?)",
-            )
-            .bind(a.tenant_id.to_string())
-            .bind(i64::try_from(a.position).map_err(sink_err)?)
-            .bind(a.org_id.to_string())
-            .bind(keyledger_store::envelope::canonical_time(a.occurred_at))
-            .bind(&a.action)
-            .bind(serde_json::to_string(a).map_err(sink_err)?)
-            .execute(&mut *tx)
-            .await
-            .map_err(sink_err)?;
+        write_changes(&mut tx, projection, &changes).await?;
+        tx.commit().await.map_err(sink_err)
+    }
+
+    /// Every projection's changes in one transaction of the projection file.
+    async fn commit_all(&self, changes: Vec<(Projection, Changes)>) -> Result<(), SinkError> {
+        let mut tx = self.file.write.begin().await.map_err(sink_err)?;
+        for (projection, c) in &changes {
+            write_changes(&mut tx, *projection, c).await?;
         }
         tx.commit().await.map_err(sink_err)
     }
@@ -291,4 +236,95 @@ impl ProjectionSink for SqliteProjections {
         .map_err(sink_err)?;
         tx.commit().await.map_err(sink_err)
     }
+}
+
+/// Writes one projection's changes and moves its checkpoint, in `tx`.
+async fn write_changes(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    projection: Projection,
+    changes: &Changes,
+) -> Result<(), SinkError> {
+    let name = projection.name();
+    // First the checkpoint, forward only: a commit another runner got ahead of writes
+    // nothing.
+    let moved = sqlx::query(
+        "INSERT INTO projection_checkpoints (projection, position) VALUES (?, ?) \
+             ON CONFLICT (projection) DO UPDATE SET position = excluded.position \
+             WHERE projection_checkpoints.position < excluded.position",
+    )
+    .bind(name)
+    .bind(i64::try_from(changes.checkpoint).map_err(sink_err)?)
+    .execute(&mut **tx)
+    .await
+    .map_err(sink_err)?;
+    if moved.rows_affected() == 0 {
+        let at: i64 = sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE projection = ?")
+            .bind(name)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(sink_err)?;
+        return Err(SinkError::Superseded {
+            projection,
+            checkpoint: u64::try_from(at).unwrap_or(0),
+            attempted: changes.checkpoint,
+        });
+    }
+    // Each kind of row goes in with one statement over a JSON array of the rows: a commit
+    // is a handful of statements, whatever the batch size (each statement is a round trip
+    // to the connection's thread).
+    let mut upserts = Vec::new();
+    let mut deletes = Vec::new();
+    for (org, doc) in &changes.docs {
+        match doc {
+            Some(d) => upserts.push(serde_json::json!([org.to_string(), d.to_string()])),
+            None => deletes.push(serde_json::json!(org.to_string())),
+        }
+    }
+    if !upserts.is_empty() {
+        sqlx::query(
+                "INSERT INTO projection_documents (projection, org_id, doc) \
+                 SELECT ?, json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?) WHERE true \
+                 ON CONFLICT (projection, org_id) DO UPDATE SET doc = excluded.doc",
+            )
+            .bind(name)
+            .bind(Value::Array(upserts).to_string())
+            .execute(&mut **tx)
+            .await
+            .map_err(sink_err)?;
+    }
+    if !deletes.is_empty() {
+        sqlx::query(
+            "DELETE FROM projection_documents WHERE projection = ? \
+                 AND org_id IN (SELECT value FROM json_each(?))",
+        )
+        .bind(name)
+        .bind(Value::Array(deletes).to_string())
+        .execute(&mut **tx)
+        .await
+        .map_err(sink_err)?;
+    }
+    if !changes.audit.is_empty() {
+        let mut rows = Vec::with_capacity(changes.audit.len());
+        for a in &changes.audit {
+            rows.push(serde_json::json!([
+                a.tenant_id.to_string(),
+                i64::try_from(a.position).map_err(sink_err)?,
+                a.org_id.to_string(),
+                keyledger_store::envelope::canonical_time(a.occurred_at),
+                a.action,
+                serde_json::to_string(a).map_err(sink_err)?,
+            ]));
+        }
+        sqlx::query(
+                "INSERT INTO tenant_audit (tenant_id, position, org_id, occurred_at, action, entry) \
+                 SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), \
+                        json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]') \
+                 FROM json_each(?)",
+            )
+            .bind(Value::Array(rows).to_string())
+            .execute(&mut **tx)
+            .await
+            .map_err(sink_err)?;
+    }
+    Ok(())
 }
