@@ -146,6 +146,21 @@ impl std::fmt::Debug for Runner {
 /// Each projection's checkpoint, as a runner last committed or read it.
 type Checkpoints = BTreeMap<Projection, u64>;
 
+/// The documents a runner committed or loaded, per projection and organization (`None`: the
+/// organization has none), so that following batches need not load and parse them again. A
+/// runner keeps it for one `run`, `catch_up` or `rebuild` only: within one, it is its
+/// projections' only writer (the SQLite writer lock, or the PostgreSQL lease whose loss ends
+/// the run), so what it committed is what is stored.
+#[derive(Debug, Default)]
+struct DocCache {
+    docs: HashMap<(Projection, OrgId), Option<Doc>>,
+}
+
+impl DocCache {
+    /// Documents kept before the cache is emptied.
+    const CAPACITY: usize = 100_000;
+}
+
 impl Runner {
     pub fn new(store: Arc<dyn EventStore>, sink: Arc<dyn ProjectionSink>, projection: Projection) -> Self {
         Self::over(store, sink, vec![projection])
@@ -191,6 +206,7 @@ impl Runner {
         &self,
         events: &[StoredEvent],
         checkpoints: &mut Checkpoints,
+        cache: &mut DocCache,
     ) -> Result<(), RunnerError> {
         let Some(last) = events.last() else { return Ok(()) };
         let mut decoded = Vec::with_capacity(events.len());
@@ -202,6 +218,7 @@ impl Runner {
             decoded.push((stored, event));
         }
         let mut all = Vec::with_capacity(self.projections.len());
+        let mut folded = Vec::new();
         for &projection in &self.projections {
             let after = checkpoints.get(&projection).copied().unwrap_or(0);
             let mine: Vec<&(&StoredEvent, keyledger_domain::Event)> = decoded
@@ -211,36 +228,55 @@ impl Runner {
             if mine.is_empty() {
                 continue;
             }
-            all.push((projection, self.fold(projection, &mine).await?));
+            let (changes, docs) = self.fold(projection, &mine, cache).await?;
+            all.push((projection, changes));
+            folded.push((projection, docs));
         }
         if all.is_empty() {
             return Ok(());
         }
-        let moved: Vec<Projection> = all.iter().map(|(p, _)| *p).collect();
-        self.sink.commit_all(all).await?;
-        for p in moved {
-            checkpoints.insert(p, last.global_position.0);
+        if let Err(e) = self.sink.commit_all(all).await {
+            // What is stored is no longer known for certain.
+            cache.docs.clear();
+            return Err(e.into());
+        }
+        if cache.docs.len() > DocCache::CAPACITY {
+            cache.docs.clear();
+        }
+        for (projection, docs) in folded {
+            checkpoints.insert(projection, last.global_position.0);
+            for (org, doc) in docs {
+                cache.docs.insert((projection, org), doc);
+            }
         }
         Ok(())
     }
 
-    /// One projection's changes for `events`, on the documents it has stored.
+    /// One projection's changes for `events`, on the documents it has stored, and its
+    /// documents after them.
     async fn fold(
         &self,
         projection: Projection,
         events: &[&(&StoredEvent, keyledger_domain::Event)],
-    ) -> Result<Changes, RunnerError> {
-        let orgs: Vec<OrgId> = events
-            .iter()
-            .map(|(e, _)| e.stream_id.org_id())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let loaded: HashMap<OrgId, Value> = self.sink.load(projection, &orgs).await?;
+        cache: &DocCache,
+    ) -> Result<(Changes, HashMap<OrgId, Option<Doc>>), RunnerError> {
+        let orgs: BTreeSet<OrgId> = events.iter().map(|(e, _)| e.stream_id.org_id()).collect();
         // Documents stay typed for the whole batch: parsed once, serialized once.
         let mut docs: HashMap<OrgId, Option<Doc>> = HashMap::with_capacity(orgs.len());
-        for (org, value) in &loaded {
-            docs.insert(*org, Some(projection.parse(*org, value)?));
+        let mut missing = Vec::new();
+        for org in orgs {
+            match cache.docs.get(&(projection, org)) {
+                Some(doc) => {
+                    docs.insert(org, doc.clone());
+                }
+                None => missing.push(org),
+            }
+        }
+        if !missing.is_empty() {
+            let loaded: HashMap<OrgId, Value> = self.sink.load(projection, &missing).await?;
+            for (org, value) in &loaded {
+                docs.insert(*org, Some(projection.parse(*org, value)?));
+            }
         }
         let mut audit = Vec::new();
         for (stored, event) in events {
@@ -251,26 +287,28 @@ impl Runner {
             audit.extend(rows);
         }
         let checkpoint = events.last().map_or(0, |(e, _)| e.global_position.0);
-        Ok(Changes {
+        let changes = Changes {
             docs: docs
-                .into_iter()
-                .map(|(org, d)| (org, d.map(|d| d.to_value())))
+                .iter()
+                .map(|(org, d)| (*org, d.as_ref().map(Doc::to_value)))
                 .collect(),
             audit,
             checkpoint,
-        })
+        };
+        Ok((changes, docs))
     }
 
     /// Folds everything after the checkpoints, then returns the lowest checkpoint.
     pub async fn catch_up(&self) -> Result<u64, RunnerError> {
         let mut checkpoints = self.checkpoints().await?;
+        let mut cache = DocCache::default();
         loop {
             let after = Self::resume_after(&checkpoints);
             let events = self.store.read_all(GlobalPosition(after), self.batch).await?;
             if events.is_empty() {
                 return Ok(after);
             }
-            self.apply_batch(&events, &mut checkpoints).await?;
+            self.apply_batch(&events, &mut checkpoints, &mut cache).await?;
         }
     }
 
@@ -313,6 +351,7 @@ impl Runner {
     /// reached.
     pub async fn rebuild(&self, mut progress: impl FnMut(u64) + Send) -> Result<u64, RunnerError> {
         let mut checkpoints = Checkpoints::new();
+        let mut cache = DocCache::default();
         for p in &self.projections {
             self.sink.reset(*p).await?;
             checkpoints.insert(*p, 0);
@@ -333,7 +372,7 @@ impl Runner {
             };
             let next = last.global_position.0;
             pending = read_after(next);
-            self.apply_batch(&events, &mut checkpoints).await?;
+            self.apply_batch(&events, &mut checkpoints, &mut cache).await?;
             after = next;
             progress(after);
         }
@@ -345,6 +384,7 @@ impl Runner {
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<(), RunnerError> {
         let mut checkpoints = self.checkpoints().await?;
+        let mut cache = DocCache::default();
         let mut stream = self
             .store
             .subscribe(GlobalPosition(Self::resume_after(&checkpoints)))
@@ -356,7 +396,7 @@ impl Runner {
                 next = stream.next() => {
                     let Some(chunk) = next else { return Ok(()) };
                     let events: Vec<StoredEvent> = chunk.into_iter().collect::<Result<_, _>>()?;
-                    self.apply_batch(&events, &mut checkpoints).await?;
+                    self.apply_batch(&events, &mut checkpoints, &mut cache).await?;
                 }
             }
         }
