@@ -154,7 +154,7 @@ impl Runner {
         let Some(last) = events.last() else { return Ok(()) };
         let orgs: Vec<OrgId> = events
             .iter()
-            .map(|e| e.stream_id.org_id())
+            .filter_map(|e| e.stream_id.org_id())
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
@@ -166,7 +166,11 @@ impl Runner {
         }
         let mut audit = Vec::new();
         for stored in events {
-            let org = stored.stream_id.org_id();
+            // Streams no organization owns (ADR 0025) are not folded; the checkpoint still
+            // moves past them.
+            let Some(org) = stored.stream_id.org_id() else {
+                continue;
+            };
             let event = stored.decode().map_err(|source| ProjectionError::Decode {
                 position: stored.global_position.0,
                 source,
