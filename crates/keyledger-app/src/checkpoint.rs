@@ -30,8 +30,11 @@ impl AuditHead {
 /// The command id of a checkpoint: one per log and tree size, so two instances recording
 /// the same checkpoint append it once (the second gets the first's result as a repeat).
 fn checkpoint_command_id(checkpoint: &AuditCheckpointSigned) -> Result<CommandId, AppError> {
-    CommandId::parse(&format!("audit-checkpoint:{}:{}", checkpoint.log, checkpoint.tree_size))
-        .map_err(|_| AppError::Internal("a checkpoint's command id is not a command id"))
+    CommandId::parse(&format!(
+        "audit-checkpoint:{}:{}",
+        checkpoint.log, checkpoint.tree_size
+    ))
+    .map_err(|_| AppError::Internal("a checkpoint's command id is not a command id"))
 }
 
 impl App {
@@ -39,7 +42,10 @@ impl App {
     /// configured bound, when another writer appended to `audit` first
     /// ([`AppError::Contended`] after that). Recording the same log at the same tree size
     /// again appends nothing and answers with the first append (`repeat: true`).
-    pub async fn record_checkpoint(&self, checkpoint: AuditCheckpointSigned) -> Result<AppendResult, AppError> {
+    pub async fn record_checkpoint(
+        &self,
+        checkpoint: AuditCheckpointSigned,
+    ) -> Result<AppendResult, AppError> {
         let command_id = checkpoint_command_id(&checkpoint)?;
         let event = Event::AuditCheckpointSigned(checkpoint);
         for _attempt in 0..=self.config().max_conflict_retries {
@@ -67,7 +73,9 @@ impl App {
                     tracing::error!(other_stream = %result.stream, "the store answered a checkpoint with another stream's result");
                     return Err(AppError::CommandIdReused);
                 }
-                Err(StoreError::Conflict { .. }) => tracing::debug!("checkpoint append lost a race; reloading"),
+                Err(StoreError::Conflict { .. }) => {
+                    tracing::debug!("checkpoint append lost a race; reloading")
+                }
                 Err(StoreError::CommandIdReused { .. }) => return Err(AppError::CommandIdReused),
                 Err(e) => return Err(e.into()),
             }

@@ -30,19 +30,37 @@ fn checkpoint(log: AuditLog, tree_size: u64) -> AuditCheckpointSigned {
 async fn checkpoints_are_appended_by_the_engine_in_order_and_once() {
     let store = Arc::new(InMemoryStore::new(Arc::new(KeyRing::generate())));
     let (one, two) = (app(store.clone()), app(store.clone()));
-    let first = one.record_checkpoint(checkpoint(AuditLog::Global, 3)).await.unwrap();
-    assert_eq!((first.stream, first.last_version, first.repeat), (StreamId::Audit, StreamVersion(1), false));
+    let first = one
+        .record_checkpoint(checkpoint(AuditLog::Global, 3))
+        .await
+        .unwrap();
+    assert_eq!(
+        (first.stream, first.last_version, first.repeat),
+        (StreamId::Audit, StreamVersion(1), false)
+    );
     // Another instance has not seen version 1: it finds the head and appends after it.
-    let second = two.record_checkpoint(checkpoint(AuditLog::Global, 5)).await.unwrap();
+    let second = two
+        .record_checkpoint(checkpoint(AuditLog::Global, 5))
+        .await
+        .unwrap();
     assert_eq!(second.last_version, StreamVersion(2));
-    let third = one.record_checkpoint(checkpoint(AuditLog::Org(testing::org_id()), 2)).await.unwrap();
+    let third = one
+        .record_checkpoint(checkpoint(AuditLog::Org(testing::org_id()), 2))
+        .await
+        .unwrap();
     assert_eq!(third.last_version, StreamVersion(3));
     // The same log at the same size again: the first append's result, nothing stored.
-    let again = two.record_checkpoint(checkpoint(AuditLog::Global, 3)).await.unwrap();
+    let again = two
+        .record_checkpoint(checkpoint(AuditLog::Global, 3))
+        .await
+        .unwrap();
     assert!(again.repeat);
     assert_eq!(again.last_position, first.last_position);
 
-    let stored = store.read_stream(StreamId::Audit, StreamVersion(1)).await.unwrap();
+    let stored = store
+        .read_stream(StreamId::Audit, StreamVersion(1))
+        .await
+        .unwrap();
     assert_eq!(stored.len(), 3);
     for e in &stored {
         assert_eq!(e.actor.kind, ActorKind::System);
@@ -65,14 +83,26 @@ async fn concurrent_checkpoints_from_two_instances_all_land() {
     let mut tasks = Vec::new();
     for i in 0..10u64 {
         let a = if i % 2 == 0 { one.clone() } else { two.clone() };
-        tasks.push(tokio::spawn(async move { a.record_checkpoint(checkpoint(AuditLog::Global, i + 1)).await }));
+        tasks.push(tokio::spawn(async move {
+            a.record_checkpoint(checkpoint(AuditLog::Global, i + 1)).await
+        }));
     }
     for t in tasks {
-        t.await.unwrap().expect("every checkpoint lands, retrying lost races");
+        t.await
+            .unwrap()
+            .expect("every checkpoint lands, retrying lost races");
     }
-    let stored = store.read_stream(StreamId::Audit, StreamVersion(1)).await.unwrap();
+    let stored = store
+        .read_stream(StreamId::Audit, StreamVersion(1))
+        .await
+        .unwrap();
     assert_eq!(stored.len(), 10);
-    assert!(stored.iter().enumerate().all(|(i, e)| e.stream_version == StreamVersion(i as u64 + 1)));
+    assert!(
+        stored
+            .iter()
+            .enumerate()
+            .all(|(i, e)| e.stream_version == StreamVersion(i as u64 + 1))
+    );
 }
 
 #[tokio::test]
@@ -93,11 +123,20 @@ async fn a_checkpoint_changes_no_organization() {
         },
     };
     let registered = app.handle(request).await.unwrap();
-    app.record_checkpoint(checkpoint(AuditLog::Org(testing::org_id()), registered.view.version))
-        .await
-        .unwrap();
+    app.record_checkpoint(checkpoint(
+        AuditLog::Org(testing::org_id()),
+        registered.view.version,
+    ))
+    .await
+    .unwrap();
     let view = app.view(testing::org_id()).await.unwrap().unwrap();
     assert_eq!(view.version, registered.view.version);
-    let page = app.stream_page(testing::org_id(), StreamVersion(1), 100).await.unwrap();
-    assert!(page.iter().all(|(e, _)| e.stream_id == StreamId::for_org(testing::org_id())));
+    let page = app
+        .stream_page(testing::org_id(), StreamVersion(1), 100)
+        .await
+        .unwrap();
+    assert!(
+        page.iter()
+            .all(|(e, _)| e.stream_id == StreamId::for_org(testing::org_id()))
+    );
 }

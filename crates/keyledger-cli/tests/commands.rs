@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keyledger_domain::event::{OrganizationRegistered, Tenant};
-use keyledger_domain::{AuditLog, CommandId, Event, GlobalPosition, OrgId, Plan, StreamId, StreamVersion, TenantId};
+use keyledger_domain::{
+    AuditLog, CommandId, Event, GlobalPosition, OrgId, Plan, StreamId, StreamVersion, TenantId,
+};
 use keyledger_postgres::testing::TestDatabase;
 use keyledger_postgres::{PgProjections, PostgresStore};
 use keyledger_projection::{Projection, ProjectionSink, Runner};
@@ -224,7 +226,10 @@ async fn populate(store: &dyn EventStore) -> Populated {
         .append(
             StreamId::Audit,
             StreamVersion::NONE,
-            vec![checkpoint_signed(AuditLog::Global, 12), checkpoint_signed(AuditLog::Org(orgs[0]), 4)],
+            vec![
+                checkpoint_signed(AuditLog::Global, 12),
+                checkpoint_signed(AuditLog::Org(orgs[0]), 4),
+            ],
             None,
         )
         .await

@@ -99,6 +99,9 @@ mod tests {
         // The same bytes with a stray low bit in the last character are refused.
         let mut stray = text.clone().into_bytes();
         stray[42] += 1;
-        assert_eq!(RootHash::from_base64(std::str::from_utf8(&stray).unwrap()), Err(BadRootHash));
+        assert_eq!(
+            RootHash::from_base64(std::str::from_utf8(&stray).unwrap()),
+            Err(BadRootHash)
+        );
     }
 }

@@ -6,8 +6,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use crate::audit::AuditCheckpointSigned;
 use crate::attest::{KeyProperties, WrappedBy};
+pub use crate::audit::AuditCheckpointSigned;
 use crate::connection::{ConnectionField, ConnectionRecord};
 use crate::health::HealthStatus;
 use crate::ids::{DekId, OrgId, StreamKind, TenantId};

@@ -479,7 +479,10 @@ mod tests {
         let org: AuditLog = GOOD.parse().unwrap();
         assert_eq!(org, AuditLog::Org(GOOD.parse().unwrap()));
         assert_eq!(org.to_string(), GOOD);
-        assert_eq!(format!("org-{GOOD}").parse::<AuditLog>(), Err(IdError::BadAuditLog));
+        assert_eq!(
+            format!("org-{GOOD}").parse::<AuditLog>(),
+            Err(IdError::BadAuditLog)
+        );
         assert_eq!("Global".parse::<AuditLog>(), Err(IdError::BadAuditLog));
     }
 

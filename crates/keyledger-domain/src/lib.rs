@@ -40,8 +40,8 @@ pub use decide::{
 pub use event::{DecodeError, EVENT_TYPES, Event, ProtectedField, Tenant};
 pub use health::HealthStatus;
 pub use ids::{
-    ApplicationId, AuditLog, CommandId, CorrelationId, DekId, DirectoryId, EventId, GlobalPosition, IdError, OrgId,
-    StreamId, StreamKind, StreamVersion, TenantId,
+    ApplicationId, AuditLog, CommandId, CorrelationId, DekId, DirectoryId, EventId, GlobalPosition, IdError,
+    OrgId, StreamId, StreamKind, StreamVersion, TenantId,
 };
 pub use key_identifier::{HostAllowList, KeyIdentifier, KeyIdentifierError};
 pub use plan::{Plan, PlanError, PlanKind};

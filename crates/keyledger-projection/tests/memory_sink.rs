@@ -42,11 +42,21 @@ async fn a_runner_moves_past_the_audit_stream() {
         metadata: metadata(),
     };
     store
-        .append(StreamId::for_org(org), StreamVersion::NONE, vec![registered], None)
+        .append(
+            StreamId::for_org(org),
+            StreamVersion::NONE,
+            vec![registered],
+            None,
+        )
         .await
         .unwrap();
     let last = store
-        .append(StreamId::Audit, StreamVersion::NONE, vec![checkpoint_signed(AuditLog::Global, 1)], None)
+        .append(
+            StreamId::Audit,
+            StreamVersion::NONE,
+            vec![checkpoint_signed(AuditLog::Global, 1)],
+            None,
+        )
         .await
         .unwrap()
         .last_position;
@@ -55,6 +65,9 @@ async fn a_runner_moves_past_the_audit_stream() {
         assert_eq!(runner.catch_up().await.unwrap(), last.0, "{projection:?}");
         assert_eq!(sink.checkpoint(projection).await.unwrap(), last.0);
     }
-    let docs = sink.load(Projection::OrganizationEncryption, &[org]).await.unwrap();
+    let docs = sink
+        .load(Projection::OrganizationEncryption, &[org])
+        .await
+        .unwrap();
     assert_eq!(docs[&org]["version"], 1);
 }

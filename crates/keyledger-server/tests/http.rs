@@ -1626,7 +1626,10 @@ async fn the_audit_stream_is_in_the_feed_and_in_no_organization_read(s: &Server)
         .append(
             StreamId::Audit,
             StreamVersion::NONE,
-            vec![keyledger_store::conformance::checkpoint_signed(AuditLog::Org(org_id), 2)],
+            vec![keyledger_store::conformance::checkpoint_signed(
+                AuditLog::Org(org_id),
+                2,
+            )],
             None,
         )
         .await
@@ -1660,7 +1663,14 @@ async fn the_audit_stream_is_in_the_feed_and_in_no_organization_read(s: &Server)
     assert_eq!(audit[0]["data"]["log"], org.as_str());
     assert!(audit[0]["data"]["note"].as_str().unwrap().contains("/org/"));
 
-    let (sse, _) = sse_events(s, "/v1/events/stream?after=0", None, all.len(), Duration::from_secs(10)).await;
+    let (sse, _) = sse_events(
+        s,
+        "/v1/events/stream?after=0",
+        None,
+        all.len(),
+        Duration::from_secs(10),
+    )
+    .await;
     let checkpoint = sse
         .iter()
         .find(|(_, event, _)| event == "AuditCheckpointSigned")

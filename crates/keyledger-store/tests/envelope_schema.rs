@@ -118,7 +118,9 @@ fn golden_checkpoint(after: &StoredEvent) -> StoredEvent {
     });
     let position = after.global_position.0 + 1;
     let mut stored = StoredEvent {
-        event_id: format!("01900000-0000-7000-9000-{position:012x}").parse().unwrap(),
+        event_id: format!("01900000-0000-7000-9000-{position:012x}")
+            .parse()
+            .unwrap(),
         stream_id: StreamId::Audit,
         stream_version: StreamVersion(1),
         global_position: GlobalPosition(position),
@@ -176,7 +178,9 @@ fn golden_events_cover_every_type_and_validate_against_their_schemas() {
         let event = stored.decode().unwrap();
         assert_eq!(event.payload_json().unwrap(), stored.payload);
         // Each stream's golden chain is intact under the canonical form.
-        let prev = heads.entry(stored.stream_id).or_insert_with(|| GENESIS_HASH.to_owned());
+        let prev = heads
+            .entry(stored.stream_id)
+            .or_insert_with(|| GENESIS_HASH.to_owned());
         assert_eq!(stored.prev_hash, *prev);
         assert_eq!(stored.hash, hex::encode(Sha256::digest(stored.canonical_bytes())));
         *prev = stored.hash.clone();
@@ -188,7 +192,11 @@ fn golden_events_cover_every_type_and_validate_against_their_schemas() {
         "golden events miss a type: {seen:?}"
     );
     assert_eq!(
-        heads.keys().map(StreamId::kind).collect::<std::collections::BTreeSet<_>>().len(),
+        heads
+            .keys()
+            .map(StreamId::kind)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
         2,
         "golden events cover both kinds of stream"
     );
