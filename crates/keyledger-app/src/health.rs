@@ -302,7 +302,10 @@ async fn follow_customer_keys(store: Arc<dyn EventStore>, orgs: Arc<Mutex<BTreeS
                 Some(Ok(stored)) => {
                     after = stored.global_position;
                     pause = FOLLOWER_FIRST_PAUSE;
-                    let org = stored.stream_id.org_id();
+                    // Only organizations' streams have customer keys (ADR 0025).
+                    let Some(org) = stored.stream_id.org_id() else {
+                        continue;
+                    };
                     let mut set = orgs.lock().unwrap_or_else(|p| p.into_inner());
                     match stored.event_type.as_str() {
                         "CustomerManagedKeyEnabled" => {

@@ -13,6 +13,7 @@
 //! when the key-relevant state changed. A refused command or a failed key test appends
 //! nothing. The returned view is folded from the events, never read from a projection.
 
+mod checkpoint;
 pub mod clock;
 pub mod error;
 pub mod health;

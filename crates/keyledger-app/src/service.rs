@@ -14,6 +14,7 @@ use keyledger_projection::{DataKeyInventory, OrganizationView};
 use keyledger_store::envelope::{EnvelopeActor, EventMetadata, StoredEvent};
 use keyledger_store::{AppendResult, EventStore, NewEvent, StoreError};
 
+use crate::checkpoint::AuditHead;
 use crate::clock::Clock;
 use crate::error::AppError;
 use crate::request::{CommandRequest, Outcome, TestReport};
@@ -67,6 +68,8 @@ pub struct App {
     /// Folded state per organization. Always checked against the store: a load reads the
     /// events after the cached version, so other writers (other instances) are seen.
     cache: Mutex<HashMap<OrgId, Loaded>>,
+    /// Where stream `audit` ends, as last seen ([`App::record_checkpoint`]).
+    audit_head: AuditHead,
 }
 
 impl std::fmt::Debug for App {
@@ -116,7 +119,16 @@ impl App {
             clock,
             config,
             cache: Mutex::new(HashMap::new()),
+            audit_head: AuditHead::default(),
         }
+    }
+
+    pub(crate) fn config(&self) -> &AppConfig {
+        &self.config
+    }
+
+    pub(crate) fn audit_head(&self) -> &AuditHead {
+        &self.audit_head
     }
 
     pub fn store(&self) -> &Arc<dyn EventStore> {

@@ -8,13 +8,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keyledger_domain::event::{OrganizationRegistered, Tenant};
-use keyledger_domain::{CommandId, Event, GlobalPosition, OrgId, Plan, StreamId, StreamVersion, TenantId};
+use keyledger_domain::{
+    AuditLog, CommandId, Event, GlobalPosition, OrgId, Plan, StreamId, StreamVersion, TenantId,
+};
 use keyledger_postgres::testing::TestDatabase;
 use keyledger_postgres::{PgProjections, PostgresStore};
 use keyledger_projection::{Projection, ProjectionSink, Runner};
 use keyledger_sqlite::{SqliteProjections, SqliteStore};
 use keyledger_store::chain::now_micros;
-use keyledger_store::conformance::{cmk_enabled, dek_generated, metadata, tenant_added};
+use keyledger_store::conformance::{checkpoint_signed, cmk_enabled, dek_generated, metadata, tenant_added};
 use keyledger_store::{EventStore, KeyRing, NewEvent};
 use sqlx::Connection as _;
 
@@ -175,10 +177,10 @@ struct Populated {
 }
 
 /// Three organizations, each registered with a tenant, a DEK, an enabled customer key carrying
-/// a client secret (sealed) and another tenant, in two appends with command ids.
+/// a client secret (sealed) and another tenant, in two appends with command ids; then two
+/// checkpoints in stream `audit`.
 async fn populate(store: &dyn EventStore) -> Populated {
     let secret = format!("client-secret-{}", uuid_like());
-    let mut last_position = GlobalPosition::START;
     let mut events = 0;
     let mut orgs = Vec::new();
     for i in 0..3u8 {
@@ -207,7 +209,7 @@ async fn populate(store: &dyn EventStore) -> Populated {
             )
             .await
             .expect("register");
-        let r = store
+        store
             .append(
                 stream,
                 StreamVersion(2),
@@ -216,9 +218,24 @@ async fn populate(store: &dyn EventStore) -> Populated {
             )
             .await
             .expect("enable");
-        last_position = r.last_position;
         events += 4;
     }
+    // Stream `audit` (ADR 0025) travels with the organizations: verified, exported, imported,
+    // and skipped by the projections.
+    let last_position = store
+        .append(
+            StreamId::Audit,
+            StreamVersion::NONE,
+            vec![
+                checkpoint_signed(AuditLog::Global, 12),
+                checkpoint_signed(AuditLog::Org(orgs[0]), 4),
+            ],
+            None,
+        )
+        .await
+        .expect("checkpoints")
+        .last_position;
+    events += 2;
     Populated {
         secret,
         first_org: orgs[0],
@@ -418,6 +435,31 @@ async fn verify_passes_then_names_a_tampered_event(kind: Kind) {
         &keyledger(keys.path(), &["verify", "--store", &url, "--org", &other]),
         0,
     );
+
+    // The chain of stream `audit` is checked too: a rewritten checkpoint is named.
+    target
+        .sql(
+            "UPDATE events SET payload = replace(payload, '\"tree_size\":12', '\"tree_size\":13') \
+             WHERE stream_id = 'audit' RETURNING payload",
+            "UPDATE events SET payload = replace(payload, '\"tree_size\":12', '\"tree_size\":13') \
+             WHERE stream_id = 'audit' RETURNING payload",
+            &[],
+        )
+        .await;
+    // Repair the organization first, so the audit stream is the only break.
+    target
+        .sql(
+            "UPDATE events SET payload = replace(payload, 'Org-number-0', 'org-number-0') \
+             WHERE stream_id = ? RETURNING payload",
+            "UPDATE events SET payload = replace(payload, 'Org-number-0', 'org-number-0') \
+             WHERE stream_id = $1 RETURNING payload",
+            &[&stream],
+        )
+        .await;
+    let broken = keyledger(keys.path(), &["verify", "--store", &url]);
+    assert_exit(&broken, 3);
+    let err = stderr(&broken);
+    assert!(err.contains("stream audit, version 1"), "{err}");
 }
 
 async fn export_import_export_keeps_every_field_but_positions(kind: Kind) {

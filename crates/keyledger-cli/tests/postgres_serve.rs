@@ -332,7 +332,7 @@ async fn a_killed_instance_loses_no_acknowledged_command() {
     let registered: BTreeSet<String> = events
         .iter()
         .filter(|e| e.event_type == "OrganizationRegistered")
-        .map(|e| e.stream_id.org_id().to_string())
+        .filter_map(|e| e.stream_id.org_id().map(|o| o.to_string()))
         .collect();
     let lost: Vec<&String> = acknowledged.iter().filter(|o| !registered.contains(*o)).collect();
     assert!(lost.is_empty(), "acknowledged but not on record: {lost:?}");

@@ -7,9 +7,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::attest::{KeyProperties, WrappedBy};
+pub use crate::audit::AuditCheckpointSigned;
 use crate::connection::{ConnectionField, ConnectionRecord};
 use crate::health::HealthStatus;
-use crate::ids::{DekId, OrgId, TenantId};
+use crate::ids::{DekId, OrgId, StreamKind, TenantId};
 use crate::key_identifier::KeyIdentifier;
 use crate::plan::Plan;
 use crate::secret::{Edek, Protected, ProtectedSlot};
@@ -232,6 +233,7 @@ events!(
     DataKeysRewrapped,
     KeyHealthChanged,
     CustomerDataDeclaredLost,
+    AuditCheckpointSigned,
 );
 
 /// The schema version every event type is written with today.
@@ -300,6 +302,16 @@ impl Event {
 
     pub fn schema_version(&self) -> u32 {
         CURRENT_SCHEMA_VERSION
+    }
+
+    /// The kind of stream this event belongs in. An append puts an event in a stream of its
+    /// kind only (an organization event in `audit`, or a checkpoint in an organization's
+    /// stream, would be folded by the wrong readers).
+    pub fn stream_kind(&self) -> StreamKind {
+        match self {
+            Event::AuditCheckpointSigned(_) => StreamKind::Audit,
+            _ => StreamKind::Organization,
+        }
     }
 
     /// Visits every protected field, named by where it sits in the payload (bound into the
@@ -452,8 +464,8 @@ mod tests {
     }
 
     #[test]
-    fn catalogue_has_fourteen_types() {
-        assert_eq!(EVENT_TYPES.len(), 14);
+    fn catalogue_has_fifteen_types() {
+        assert_eq!(EVENT_TYPES.len(), 15);
     }
 
     #[test]

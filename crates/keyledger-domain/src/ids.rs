@@ -18,9 +18,12 @@ pub enum IdError {
     /// The nil UUID is never a valid identifier.
     #[error("{what} must not be the nil UUID")]
     NilUuid { what: &'static str },
-    /// A stream id must read `org-<uuid>`.
-    #[error("stream id must look like org-<uuid>")]
+    /// A stream id must read `org-<uuid>` or `audit`.
+    #[error("stream id must look like org-<uuid> or be audit")]
     BadStreamId,
+    /// An audit log is `global` or an organization id.
+    #[error("audit log must be global or an organization id")]
+    BadAuditLog,
     /// Idempotency and command ids are 1 to 200 visible ASCII characters.
     #[error("command id must be 1 to 200 visible ASCII characters")]
     BadCommandId,
@@ -128,30 +131,71 @@ uuid_id!(
     "application id"
 );
 
-/// The stream of one organization: `org-<uuid>`.
+/// The kinds of stream the store holds: a small closed set (ADR 0025). Adding a kind is a
+/// change to this enum, so every `match` on it (stores, projections, feeds) must say what
+/// the new kind means for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum StreamKind {
+    /// `org-<uuid>`: the events of one organization, folded into its state and views.
+    Organization,
+    /// `audit`: the engine's own records about the log (signed checkpoints). No organization
+    /// owns it; only the global feed and `keyledger verify` read it.
+    Audit,
+}
+
+/// One stream: `org-<uuid>` for an organization, or `audit`. The text form is what the
+/// stores keep in `stream_id`; an organization's text form is unchanged since the first
+/// release, so old data and golden files still parse.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct StreamId(OrgId);
+pub enum StreamId {
+    /// The stream of one organization: `org-<uuid>`.
+    Org(OrgId),
+    /// The stream of signed audit checkpoints: `audit`.
+    Audit,
+}
+
+/// The text form of [`StreamId::Audit`].
+const AUDIT_STREAM: &str = "audit";
 
 impl StreamId {
     pub fn for_org(org: OrgId) -> Self {
-        Self(org)
+        Self::Org(org)
     }
-    pub fn org_id(&self) -> OrgId {
-        self.0
+
+    /// The organization that owns this stream; `None` for a stream no organization owns.
+    /// Organization folds and org-scoped reads skip those.
+    pub fn org_id(&self) -> Option<OrgId> {
+        match self {
+            StreamId::Org(org) => Some(*org),
+            StreamId::Audit => None,
+        }
+    }
+
+    pub fn kind(&self) -> StreamKind {
+        match self {
+            StreamId::Org(_) => StreamKind::Organization,
+            StreamId::Audit => StreamKind::Audit,
+        }
     }
 }
 
 impl FromStr for StreamId {
     type Err = IdError;
     fn from_str(s: &str) -> Result<Self, IdError> {
+        if s == AUDIT_STREAM {
+            return Ok(StreamId::Audit);
+        }
         let rest = s.strip_prefix("org-").ok_or(IdError::BadStreamId)?;
-        rest.parse().map(Self).map_err(|_| IdError::BadStreamId)
+        rest.parse().map(Self::Org).map_err(|_| IdError::BadStreamId)
     }
 }
 
 impl fmt::Display for StreamId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "org-{}", self.0)
+        match self {
+            StreamId::Org(org) => write!(f, "org-{org}"),
+            StreamId::Audit => f.write_str(AUDIT_STREAM),
+        }
     }
 }
 
@@ -181,7 +225,69 @@ impl JsonSchema for StreamId {
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({
             "type": "string",
-            "pattern": "^org-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+            "pattern": "^(org-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|audit)$"
+        })
+    }
+}
+
+/// Which Merkle log an audit checkpoint covers: the global log (`"global"`) or one
+/// organization's log (its id). The same names end the checkpoint's origin
+/// (`<audit.origin>/global`, `<audit.origin>/org/<org_id>`).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AuditLog {
+    Global,
+    Org(OrgId),
+}
+
+/// The text form of [`AuditLog::Global`].
+const GLOBAL_LOG: &str = "global";
+
+impl FromStr for AuditLog {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, IdError> {
+        if s == GLOBAL_LOG {
+            return Ok(AuditLog::Global);
+        }
+        s.parse().map(AuditLog::Org).map_err(|_| IdError::BadAuditLog)
+    }
+}
+
+impl fmt::Display for AuditLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AuditLog::Global => f.write_str(GLOBAL_LOG),
+            AuditLog::Org(org) => org.fmt(f),
+        }
+    }
+}
+
+impl fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AuditLog({self})")
+    }
+}
+
+impl Serialize for AuditLog {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for AuditLog {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for AuditLog {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "AuditLog".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^(global|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$"
         })
     }
 }
@@ -348,6 +454,36 @@ mod tests {
             Err(IdError::BadStreamId)
         );
         assert_eq!("org-".parse::<StreamId>(), Err(IdError::BadStreamId));
+    }
+
+    #[test]
+    fn the_audit_stream_round_trips_and_has_no_organization() {
+        let s: StreamId = "audit".parse().unwrap();
+        assert_eq!(s, StreamId::Audit);
+        assert_eq!(s.to_string(), "audit");
+        assert_eq!(s.org_id(), None);
+        assert_eq!(s.kind(), StreamKind::Audit);
+        let org: StreamId = format!("org-{GOOD}").parse().unwrap();
+        assert_eq!(org.org_id(), Some(GOOD.parse().unwrap()));
+        assert_eq!(org.kind(), StreamKind::Organization);
+        for bad in ["Audit", "audit ", "audit-1", "org-audit", ""] {
+            assert_eq!(bad.parse::<StreamId>(), Err(IdError::BadStreamId), "{bad:?}");
+        }
+        assert_eq!(serde_json::to_string(&s).unwrap(), "\"audit\"");
+        assert_eq!(serde_json::from_str::<StreamId>("\"audit\"").unwrap(), s);
+    }
+
+    #[test]
+    fn an_audit_log_is_global_or_an_organization() {
+        assert_eq!("global".parse::<AuditLog>(), Ok(AuditLog::Global));
+        let org: AuditLog = GOOD.parse().unwrap();
+        assert_eq!(org, AuditLog::Org(GOOD.parse().unwrap()));
+        assert_eq!(org.to_string(), GOOD);
+        assert_eq!(
+            format!("org-{GOOD}").parse::<AuditLog>(),
+            Err(IdError::BadAuditLog)
+        );
+        assert_eq!("Global".parse::<AuditLog>(), Err(IdError::BadAuditLog));
     }
 
     #[test]

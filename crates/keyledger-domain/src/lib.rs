@@ -12,6 +12,7 @@
 
 pub mod actor;
 pub mod attest;
+pub mod audit;
 pub mod command;
 pub mod connection;
 pub mod decide;
@@ -30,6 +31,7 @@ pub mod testing;
 
 pub use actor::{Actor, ActorKind, Reach, Role, Scope};
 pub use attest::{KeyProperties, UnwrapProof, ValidatedKey, WrappedBy, WrappedDek};
+pub use audit::{AuditCheckpointSigned, BadRootHash, RootHash};
 pub use command::{Command, ConnectionPatch, Edeks, Intent, KeyResults, KeyWork, RewrapEvidence};
 pub use connection::{Connection, ConnectionField, ConnectionRecord};
 pub use decide::{
@@ -38,8 +40,8 @@ pub use decide::{
 pub use event::{DecodeError, EVENT_TYPES, Event, ProtectedField, Tenant};
 pub use health::HealthStatus;
 pub use ids::{
-    ApplicationId, CommandId, CorrelationId, DekId, DirectoryId, EventId, GlobalPosition, IdError, OrgId,
-    StreamId, StreamVersion, TenantId,
+    ApplicationId, AuditLog, CommandId, CorrelationId, DekId, DirectoryId, EventId, GlobalPosition, IdError,
+    OrgId, StreamId, StreamKind, StreamVersion, TenantId,
 };
 pub use key_identifier::{HostAllowList, KeyIdentifier, KeyIdentifierError};
 pub use plan::{Plan, PlanError, PlanKind};

@@ -277,6 +277,8 @@ pub fn evolve(mut state: State, event: &Event) -> State {
                 declared_at: e.declared_at,
             });
         }
+        // Lives in stream `audit`, never in an organization's stream.
+        Event::AuditCheckpointSigned(_) => {}
     }
     state
 }

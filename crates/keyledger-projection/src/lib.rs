@@ -112,7 +112,11 @@ impl Projection {
         stored: &StoredEvent,
         event: &Event,
     ) -> (Option<Doc>, Vec<AuditEntry>) {
-        let org = stored.stream_id.org_id();
+        let Some(org) = stored.stream_id.org_id() else {
+            // A stream no organization owns (`audit`, ADR 0025) changes no organization
+            // document and no tenant's audit.
+            return (doc, Vec::new());
+        };
         let version = stored.stream_version.0;
         match (self, doc) {
             (Projection::OrganizationEncryption, current) => {
@@ -165,7 +169,12 @@ impl Projection {
         stored: &StoredEvent,
         event: &Event,
     ) -> Result<Applied, ProjectionError> {
-        let org = stored.stream_id.org_id();
+        let Some(org) = stored.stream_id.org_id() else {
+            return Ok(Applied {
+                doc: doc.cloned(),
+                audit: Vec::new(),
+            });
+        };
         let current = doc.map(|d| self.parse(org, d)).transpose()?;
         let (next, audit) = self.fold(current, stored, event);
         Ok(Applied {
@@ -217,7 +226,10 @@ impl Projections {
             position: stored.global_position.0,
             source,
         })?;
-        let org = stored.stream_id.org_id();
+        let Some(org) = stored.stream_id.org_id() else {
+            self.position = stored.global_position.0;
+            return Ok(());
+        };
         for p in Projection::ALL {
             let applied = p.apply(self.docs.get(&(p, org)), stored, &event)?;
             match applied.doc {

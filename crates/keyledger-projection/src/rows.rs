@@ -188,6 +188,8 @@ impl OrganizationView {
                 }
             }
             Event::CustomerDataDeclaredLost(_) => enc.data_lost = true,
+            // Stream `audit` only; never part of an organization's view.
+            Event::AuditCheckpointSigned(_) => {}
         }
         self.refresh_can_enable();
     }
@@ -383,7 +385,8 @@ pub fn audit_details(event: &Event) -> Option<Value> {
         | Event::TenantRemoved(_)
         | Event::PlanChanged(_)
         | Event::DataKeyGenerated(_)
-        | Event::DataKeysRewrapped(_) => return None,
+        | Event::DataKeysRewrapped(_)
+        | Event::AuditCheckpointSigned(_) => return None,
     })
 }
 
@@ -402,7 +405,9 @@ impl AuditTenants {
         let Some(details) = audit_details(event) else {
             return Vec::new();
         };
-        let org_id = stored.stream_id.org_id();
+        let Some(org_id) = stored.stream_id.org_id() else {
+            return Vec::new();
+        };
         self.tenants
             .iter()
             .map(|tenant_id| AuditEntry {

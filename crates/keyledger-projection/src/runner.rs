@@ -221,14 +221,17 @@ impl Runner {
         let mut folded = Vec::new();
         for &projection in &self.projections {
             let after = checkpoints.get(&projection).copied().unwrap_or(0);
-            let mine: Vec<&(&StoredEvent, keyledger_domain::Event)> = decoded
-                .iter()
-                .filter(|(e, _)| e.global_position.0 > after)
-                .collect();
-            if mine.is_empty() {
+            if last.global_position.0 <= after {
                 continue;
             }
-            let (changes, docs) = self.fold(projection, &mine, cache).await?;
+            // Streams no organization owns (ADR 0025) are not folded; the checkpoint still
+            // moves past them.
+            let mine: Vec<&(&StoredEvent, keyledger_domain::Event)> = decoded
+                .iter()
+                .filter(|(e, _)| e.global_position.0 > after && e.stream_id.org_id().is_some())
+                .collect();
+            let (mut changes, docs) = self.fold(projection, &mine, cache).await?;
+            changes.checkpoint = last.global_position.0;
             all.push((projection, changes));
             folded.push((projection, docs));
         }
@@ -252,15 +255,15 @@ impl Runner {
         Ok(())
     }
 
-    /// One projection's changes for `events`, on the documents it has stored, and its
-    /// documents after them.
+    /// One projection's changes for `events` (of organization streams), on the documents it
+    /// has stored, and its documents after them.
     async fn fold(
         &self,
         projection: Projection,
         events: &[&(&StoredEvent, keyledger_domain::Event)],
         cache: &DocCache,
     ) -> Result<(Changes, HashMap<OrgId, Option<Doc>>), RunnerError> {
-        let orgs: BTreeSet<OrgId> = events.iter().map(|(e, _)| e.stream_id.org_id()).collect();
+        let orgs: BTreeSet<OrgId> = events.iter().filter_map(|(e, _)| e.stream_id.org_id()).collect();
         // Documents stay typed for the whole batch: parsed once, serialized once.
         let mut docs: HashMap<OrgId, Option<Doc>> = HashMap::with_capacity(orgs.len());
         let mut missing = Vec::new();
@@ -280,20 +283,22 @@ impl Runner {
         }
         let mut audit = Vec::new();
         for (stored, event) in events {
-            let org = stored.stream_id.org_id();
+            let Some(org) = stored.stream_id.org_id() else {
+                continue;
+            };
             let current = docs.remove(&org).flatten();
             let (next, rows) = projection.fold(current, stored, event);
             docs.insert(org, next);
             audit.extend(rows);
         }
-        let checkpoint = events.last().map_or(0, |(e, _)| e.global_position.0);
+        // The caller sets the checkpoint: the batch's last event, of whatever stream.
         let changes = Changes {
             docs: docs
                 .iter()
                 .map(|(org, d)| (*org, d.as_ref().map(Doc::to_value)))
                 .collect(),
             audit,
-            checkpoint,
+            checkpoint: 0,
         };
         Ok((changes, docs))
     }

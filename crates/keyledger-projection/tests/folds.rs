@@ -187,3 +187,29 @@ fn an_unreadable_document_is_a_typed_error() {
         .unwrap_err();
     assert!(matches!(err, ProjectionError::BadDocument { .. }), "{err}");
 }
+
+/// A checkpoint of stream `audit` (ADR 0025) changes no organization document and no tenant's
+/// audit; the fold only moves its position past it.
+#[test]
+fn a_checkpoint_in_stream_audit_folds_into_nothing() {
+    let events = long_history().events();
+    let without = fold(events.clone());
+    let mut with = Projections::default();
+    let org_events = envelopes(events);
+    let mut checkpoint = envelopes(vec![
+        keyledger_store::conformance::checkpoint_signed(AuditLog::Org(org_id()), 3).event,
+    ])
+    .remove(0);
+    checkpoint.stream_id = StreamId::Audit;
+    checkpoint.global_position = GlobalPosition(org_events.len() as u64 + 1);
+    for stored in org_events.iter().chain([&checkpoint]) {
+        with.apply(stored).unwrap();
+    }
+    assert_eq!(with.docs, without.docs);
+    assert_eq!(with.audit, without.audit);
+    assert_eq!(with.position, checkpoint.global_position.0);
+    for p in Projection::ALL {
+        let applied = p.apply(None, &checkpoint, &checkpoint.decode().unwrap()).unwrap();
+        assert_eq!((applied.doc, applied.audit.len()), (None, 0), "{p:?}");
+    }
+}

@@ -246,7 +246,9 @@ pub struct EventsQuery {
 
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct EventsPage {
-    /// CloudEvents 1.0, structured JSON, `sequence` = global position.
+    /// CloudEvents 1.0, structured JSON, `sequence` = global position. `source` names the
+    /// stream: `keyledger/organizations/<org_id>`, or `keyledger/audit` for the signed
+    /// checkpoints (`keyledger.AuditCheckpointSigned.v1`, `subject` = the log).
     pub events: Vec<Value>,
     /// The position to pass as `after` next (the last event's, or `after` when empty).
     pub next_after: u64,

@@ -1,7 +1,7 @@
 //! Stored events as CloudEvents 1.0 (structured JSON) for platform services: the public payload
 //! only, so no secret and no wrapped key material leaves keyledger.
 
-use keyledger_domain::{DecodeError, EventId, OrgId};
+use keyledger_domain::{DecodeError, Event, EventId, StreamId};
 use keyledger_store::StoredEvent;
 use keyledger_store::envelope::canonical_time;
 use std::collections::{HashMap, VecDeque};
@@ -19,7 +19,9 @@ pub struct CloudEvent {
     pub source: String,
     #[serde(rename = "type")]
     pub event_type: String,
-    pub subject: OrgId,
+    /// What the event is about within its source: the organization id for an organization's
+    /// stream, the log (`global` or an organization id) for a checkpoint of stream `audit`.
+    pub subject: String,
     pub time: String,
     pub datacontenttype: &'static str,
     /// The global position, as a string (CloudEvents sequence extension).
@@ -33,18 +35,29 @@ impl CloudEvent {
     /// (unknown type or future version).
     pub fn of(stored: &StoredEvent) -> Result<Self, DecodeError> {
         let event = stored.decode()?;
-        let org = stored.stream_id.org_id();
+        let (source, subject) = source_and_subject(stored.stream_id, &event);
         Ok(Self {
             specversion: "1.0",
             id: stored.event_id,
-            source: format!("keyledger/organizations/{org}"),
+            source,
             event_type: format!("keyledger.{}.v{}", stored.event_type, event.schema_version()),
-            subject: org,
+            subject,
             time: canonical_time(stored.occurred_at),
             datacontenttype: "application/json",
             sequence: stored.global_position.0.to_string(),
             data: event.public_payload(),
         })
+    }
+}
+
+/// `source` names the stream (ADR 0025): `keyledger/organizations/<org_id>` or
+/// `keyledger/audit`.
+fn source_and_subject(stream: StreamId, event: &Event) -> (String, String) {
+    match (stream, event) {
+        (StreamId::Org(org), _) => (format!("keyledger/organizations/{org}"), org.to_string()),
+        (StreamId::Audit, Event::AuditCheckpointSigned(e)) => ("keyledger/audit".into(), e.log.to_string()),
+        // The store puts only checkpoints in `audit` (`StoreError::WrongStreamKind`).
+        (StreamId::Audit, _) => ("keyledger/audit".into(), stream.to_string()),
     }
 }
 
@@ -160,6 +173,25 @@ mod tests {
         assert_eq!(ce["sequence"], events[2].global_position.0.to_string());
         assert_eq!(ce["id"], events[2].event_id.to_string());
         assert_eq!(ce["data"]["connection"]["client_secret_set"], true);
+    }
+
+    #[test]
+    fn a_checkpoint_of_stream_audit_has_the_audit_source_and_its_log_as_subject() {
+        use keyledger_domain::{AuditLog, StreamId};
+        use keyledger_store::conformance::checkpoint_signed;
+        for (log, subject) in [
+            (AuditLog::Global, "global".to_owned()),
+            (AuditLog::Org(testing::org_id()), testing::org_id().to_string()),
+        ] {
+            let mut stored = keyledger_store::conformance::envelopes(vec![checkpoint_signed(log, 5).event]);
+            stored[0].stream_id = StreamId::Audit;
+            let ce = cloud_event(&stored[0]).unwrap();
+            assert_eq!(ce["source"], "keyledger/audit");
+            assert_eq!(ce["type"], "keyledger.AuditCheckpointSigned.v1");
+            assert_eq!(ce["subject"], subject);
+            assert_eq!(ce["data"]["tree_size"], 5);
+            assert_eq!(ce["data"]["log"], subject);
+        }
     }
 
     #[test]

@@ -591,7 +591,7 @@ fn sse_event() -> Value {
         "required": ["id", "event", "data"],
         "properties": {
             "id": {"type": "string", "pattern": "^[0-9]+$", "description": "The global position."},
-            "event": {"type": "string", "description": "The event type, e.g. `OrganizationRegistered`."},
+            "event": {"type": "string", "description": "The event type, e.g. `OrganizationRegistered` or `AuditCheckpointSigned`."},
             "data": {"type": "string", "contentMediaType": "application/json",
                      "description": "The CloudEvent (spec 1.0, structured JSON)."},
         },

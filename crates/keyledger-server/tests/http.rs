@@ -55,6 +55,7 @@ on_every_backend!(
     the_bearer_scheme_is_case_insensitive,
     a_caller_outside_the_scope_learns_nothing_from_if_match,
     a_tenant_scoped_reader_cannot_tell_a_missing_organization_from_a_forbidden_one,
+    the_audit_stream_is_in_the_feed_and_in_no_organization_read,
 );
 
 fn org_path(org: &str, rest: &str) -> String {
@@ -1610,4 +1611,96 @@ async fn a_tenant_scoped_reader_cannot_tell_a_missing_organization_from_a_forbid
     s.call("GET", &org_path(&missing, ""), AUDITOR, None)
         .await
         .problem(404, "organization_not_found");
+}
+
+/// Stream `audit` (ADR 0025): its checkpoints reach the platform feed and the SSE stream as
+/// CloudEvents of source `keyledger/audit`, and never an organization's events, view or
+/// tenant audit; the projections fold on past them.
+async fn the_audit_stream_is_in_the_feed_and_in_no_organization_read(s: &Server) {
+    use keyledger_domain::{AuditLog, StreamId, StreamVersion};
+    let org = new_org();
+    s.register(&org).await;
+    let org_id: keyledger_domain::OrgId = org.parse().unwrap();
+    let cp = s
+        .store
+        .append(
+            StreamId::Audit,
+            StreamVersion::NONE,
+            vec![keyledger_store::conformance::checkpoint_signed(
+                AuditLog::Org(org_id),
+                2,
+            )],
+            None,
+        )
+        .await
+        .unwrap();
+    s.call(
+        "POST",
+        &org_path(&org, "/customer-managed-key"),
+        ADMIN,
+        Some(s.connection(0)),
+    )
+    .await
+    .expect(201);
+
+    let all = s.all_published().await;
+    let page = s
+        .call("GET", "/v1/events?after=0&limit=1000", PLATFORM, None)
+        .await
+        .expect(200)
+        .json();
+    let events = page["events"].as_array().unwrap();
+    assert_eq!(events.len(), all.len());
+    let audit: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["source"] == "keyledger/audit")
+        .collect();
+    assert_eq!(audit.len(), 1, "{page}");
+    assert_eq!(audit[0]["type"], "keyledger.AuditCheckpointSigned.v1");
+    assert_eq!(audit[0]["subject"], org.as_str());
+    assert_eq!(audit[0]["sequence"], cp.last_position.0.to_string());
+    assert_eq!(audit[0]["data"]["tree_size"], 2);
+    assert_eq!(audit[0]["data"]["log"], org.as_str());
+    assert!(audit[0]["data"]["note"].as_str().unwrap().contains("/org/"));
+
+    let (sse, _) = sse_events(
+        s,
+        "/v1/events/stream?after=0",
+        None,
+        all.len(),
+        Duration::from_secs(10),
+    )
+    .await;
+    let checkpoint = sse
+        .iter()
+        .find(|(_, event, _)| event == "AuditCheckpointSigned")
+        .expect("the checkpoint on the SSE stream");
+    assert_eq!(checkpoint.0, cp.last_position.0);
+    assert_eq!(checkpoint.2, *audit[0]);
+
+    // The organization's own reads hold none of it; its projections went on past it.
+    let rows = s.audit_rows(TENANT_A, 1).await;
+    assert!(
+        rows.iter().any(|r| r["action"] == "CustomerManagedKeyEnabled"),
+        "the tenant audit folded past the checkpoint: {rows:?}"
+    );
+    assert!(rows.iter().all(|r| r["action"] != "AuditCheckpointSigned"));
+    for token in [AUDITOR, PLATFORM] {
+        let own = s
+            .call("GET", &org_path(&org, "/events?limit=1000"), token, None)
+            .await
+            .expect(200)
+            .json();
+        let own = own["events"].as_array().unwrap();
+        assert!(!own.is_empty());
+        assert!(
+            own.iter().all(|e| e["stream_id"] == format!("org-{org}")
+                && e["event_type"] != "AuditCheckpointSigned"),
+            "{own:?}"
+        );
+    }
+    // "audit" is no organization id.
+    s.call("GET", "/v1/organizations/audit/events", AUDITOR, None)
+        .await
+        .problem(400, "invalid_request");
 }

@@ -90,6 +90,12 @@ pub fn prepare_append(
             limit: MAX_EVENTS_PER_APPEND,
         });
     }
+    if let Some(misplaced) = events.iter().find(|e| e.event.stream_kind() != stream.kind()) {
+        return Err(StoreError::WrongStreamKind {
+            stream,
+            event_type: misplaced.event.event_type(),
+        });
+    }
     if head.version != expected {
         return Err(StoreError::Conflict {
             stream,

@@ -20,9 +20,9 @@ use keyledger_domain::event::{
     CustomerManagedKeyEnabled, DataKeyGenerated, DataKeysRewrapped, RewrappedDataKey, TenantAdded,
 };
 use keyledger_domain::{
-    ActorKind, ApplicationId, CommandId, ConnectionRecord, DecodeError, DekId, DirectoryId, Edek, Event,
-    GlobalPosition, KeyIdentifier, KeyProperties, Protected, Role, StreamId, StreamVersion, TenantId,
-    WrappedBy,
+    ActorKind, ApplicationId, AuditCheckpointSigned, AuditLog, CommandId, ConnectionRecord, DecodeError,
+    DekId, DirectoryId, Edek, Event, GlobalPosition, KeyIdentifier, KeyProperties, Protected, Role, RootHash,
+    StreamId, StreamVersion, TenantId, WrappedBy,
 };
 use secrecy::{ExposeSecret as _, SecretBox, SecretString};
 
@@ -86,7 +86,8 @@ macro_rules! conformance_suite {
             import_refuses_a_non_empty_store,
             import_rejects_a_tampered_envelope_and_stores_nothing,
             import_rejects_a_gap_or_a_broken_chain,
-            a_long_read_all_page_is_whole_and_in_order
+            a_long_read_all_page_is_whole_and_in_order,
+            the_audit_stream_round_trips_beside_organizations
         );
     };
     (@tests $fixture:ty; $($name:ident),* $(,)?) => {
@@ -134,6 +135,34 @@ pub fn metadata() -> EventMetadata {
         },
         correlation_id: None,
         causation_id: None,
+    }
+}
+
+/// A signed checkpoint of `log` at `tree_size`, as the checkpointer records it in stream
+/// `audit`. The note is a stand-in (this suite checks storage, not signatures).
+pub fn checkpoint_signed(log: AuditLog, tree_size: u64) -> NewEvent {
+    let origin = match log {
+        AuditLog::Global => "keyledger.localhost/global".to_owned(),
+        AuditLog::Org(org) => format!("keyledger.localhost/org/{org}"),
+    };
+    let root_hash = RootHash([u8::try_from(tree_size % 256).unwrap_or(0); 32]);
+    let note = format!(
+        "{origin}\n{tree_size}\n{}\n\n\u{2014} keyledger.localhost AAAAAHNpZ25hdHVyZQ==\n",
+        root_hash.to_base64()
+    );
+    NewEvent {
+        event: Event::AuditCheckpointSigned(AuditCheckpointSigned {
+            log,
+            origin,
+            tree_size,
+            root_hash,
+            note,
+            signed_at: now_micros(),
+        }),
+        metadata: EventMetadata {
+            actor: EnvelopeActor::from_actor(&keyledger_domain::Actor::system(), None),
+            ..metadata()
+        },
     }
 }
 
@@ -321,6 +350,176 @@ pub async fn append_then_read_round_trips<F: Fixture>() {
         .expect("verify with progress");
     assert_eq!(with_progress, report);
     assert_eq!(told.into_inner(), 3, "progress reached every event checked");
+}
+
+/// Stream `audit` (ADR 0025) is stored, read, ordered, verified and imported like an
+/// organization's stream, takes only checkpoints, and organization streams take none.
+pub async fn the_audit_stream_round_trips_beside_organizations<F: Fixture>() {
+    let ring = ring();
+    let Some(fx) = F::create(ring.clone()).await else {
+        return;
+    };
+    let store = fx.store();
+    let org = new_stream();
+    let org_id = org.org_id().expect("an organization stream");
+    append_one(&store, org, 0, "alpha-0").await.expect("org append");
+    let first = store
+        .append(
+            StreamId::Audit,
+            StreamVersion::NONE,
+            vec![
+                checkpoint_signed(AuditLog::Global, 1),
+                checkpoint_signed(AuditLog::Org(org_id), 1),
+            ],
+            Some(CommandId::parse("checkpoint-1").unwrap()),
+        )
+        .await
+        .expect("audit append");
+    assert_eq!(first.stream, StreamId::Audit);
+    assert_eq!(
+        (first.first_version, first.last_version),
+        (StreamVersion(1), StreamVersion(2))
+    );
+    append_one(&store, org, 1, "alpha-1").await.expect("org append");
+    // Optimistic concurrency holds for `audit` as for any stream.
+    let stale = store
+        .append(
+            StreamId::Audit,
+            StreamVersion(1),
+            vec![checkpoint_signed(AuditLog::Global, 3)],
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            stale,
+            StoreError::Conflict {
+                stream: StreamId::Audit,
+                actual: StreamVersion(2),
+                ..
+            }
+        ),
+        "{stale:?}"
+    );
+    store
+        .append(
+            StreamId::Audit,
+            StreamVersion(2),
+            vec![checkpoint_signed(AuditLog::Global, 3)],
+            None,
+        )
+        .await
+        .expect("audit append at 2");
+    // Each kind of stream takes its own events only.
+    let misplaced = store
+        .append(
+            StreamId::Audit,
+            StreamVersion(3),
+            vec![tenant_added("nope")],
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            misplaced,
+            StoreError::WrongStreamKind {
+                stream: StreamId::Audit,
+                event_type: "TenantAdded"
+            }
+        ),
+        "{misplaced:?}"
+    );
+    let misplaced = store
+        .append(
+            org,
+            StreamVersion(2),
+            vec![checkpoint_signed(AuditLog::Global, 9)],
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            misplaced,
+            StoreError::WrongStreamKind {
+                event_type: "AuditCheckpointSigned",
+                ..
+            }
+        ),
+        "{misplaced:?}"
+    );
+
+    let audit = store
+        .read_stream(StreamId::Audit, StreamVersion::NONE)
+        .await
+        .expect("read audit");
+    assert_eq!(audit.len(), 3);
+    assert!(
+        audit
+            .iter()
+            .all(|e| e.stream_id == StreamId::Audit && e.event_type == "AuditCheckpointSigned")
+    );
+    assert_eq!(audit[0].prev_hash, crate::GENESIS_HASH);
+    assert_eq!(audit[1].prev_hash, audit[0].hash);
+    let Event::AuditCheckpointSigned(cp) = store.open(&audit[1]).expect("open a checkpoint") else {
+        panic!("a checkpoint decodes as one")
+    };
+    assert_eq!((cp.log, cp.tree_size), (AuditLog::Org(org_id), 1));
+    assert_eq!(
+        store.read_stream(org, StreamVersion::NONE).await.unwrap().len(),
+        2
+    );
+    let all = read_expecting(&store, 5).await;
+    let kinds: Vec<_> = all.iter().map(|e| e.stream_id).collect();
+    assert_eq!(
+        kinds,
+        [org, StreamId::Audit, StreamId::Audit, org, StreamId::Audit],
+        "commit order"
+    );
+    assert!(store.verify(VerifyScope::All).await.unwrap().is_intact());
+    assert!(
+        store
+            .verify(VerifyScope::Stream(StreamId::Audit))
+            .await
+            .unwrap()
+            .is_intact()
+    );
+
+    // An export with `audit` imports into a fresh store as it was.
+    if let Some(target) = F::create(ring).await {
+        let fresh = target.store();
+        fresh
+            .import(all.clone(), ImportBatch::First)
+            .await
+            .expect("import");
+        let read = read_expecting(&fresh, 5).await;
+        assert_eq!(without_position(&read), without_position(&all));
+        assert!(
+            fresh
+                .verify(VerifyScope::Stream(StreamId::Audit))
+                .await
+                .unwrap()
+                .is_intact()
+        );
+    }
+
+    // Verify names a tampered checkpoint by its stream.
+    fx.tamper_payload(
+        StreamId::Audit,
+        StreamVersion(2),
+        "keyledger.localhost/org",
+        "keyledger.localhost/orG",
+    )
+    .await;
+    let brk = store
+        .verify(VerifyScope::Stream(StreamId::Audit))
+        .await
+        .unwrap()
+        .first_break
+        .expect("verify finds the tampered checkpoint");
+    assert_eq!((brk.stream, brk.version), (StreamId::Audit, StreamVersion(2)));
 }
 
 /// A page long enough to be decoded in parts comes back whole, in order, equal to the streams.

@@ -36,6 +36,13 @@ pub enum StoreError {
     /// An append with no events. A caller bug: a command that decides nothing appends nothing.
     #[error("an append needs at least one event")]
     EmptyAppend,
+    /// An event appended to a stream of another kind (ADR 0025): an organization event in
+    /// `audit`, or a checkpoint in an organization's stream. Nothing was stored. A caller bug.
+    #[error("{event_type} does not belong in stream {stream}")]
+    WrongStreamKind {
+        stream: StreamId,
+        event_type: &'static str,
+    },
     /// More events in one append than the backend accepts in one transaction. Split the command.
     #[error("an append holds {count} events, more than the limit of {limit}")]
     BatchTooLarge { count: usize, limit: usize },

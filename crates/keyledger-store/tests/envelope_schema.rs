@@ -43,7 +43,7 @@ fn golden_seal(stream: &StreamId, version: u64, event: &mut Event) {
     });
 }
 
-/// One history that emits all fourteen event types.
+/// One organization history that emits every organization event type.
 fn golden_history() -> Vec<Event> {
     cmk_org()
         .run(platform(), |_| Scripted::AddTenant {
@@ -97,13 +97,63 @@ fn golden_envelopes() -> Vec<StoredEvent> {
         .collect()
 }
 
+/// The checkpoint the service would sign of that organization's log once the history above
+/// was written: stream `audit`, version 1, after the organization's events. The note's
+/// signature line is a fixed stand-in (the golden file pins the envelope, not a signature).
+fn golden_checkpoint(after: &StoredEvent) -> StoredEvent {
+    let origin = format!("keyledger.example.com/org/{}", org_id());
+    let root_hash = RootHash(Sha256::digest(b"golden root").into());
+    let tree_size = after.stream_version.0;
+    let note = format!(
+        "{origin}\n{tree_size}\n{}\n\n\u{2014} keyledger.example.com Z29sZGVuLXNpZ25hdHVyZS1zdGFuZC1pbg==\n",
+        root_hash.to_base64()
+    );
+    let event = Event::AuditCheckpointSigned(AuditCheckpointSigned {
+        log: AuditLog::Org(org_id()),
+        origin,
+        tree_size,
+        root_hash,
+        note,
+        signed_at: at_minutes(60),
+    });
+    let position = after.global_position.0 + 1;
+    let mut stored = StoredEvent {
+        event_id: format!("01900000-0000-7000-9000-{position:012x}")
+            .parse()
+            .unwrap(),
+        stream_id: StreamId::Audit,
+        stream_version: StreamVersion(1),
+        global_position: GlobalPosition(position),
+        event_type: event.event_type().into(),
+        schema_version: event.schema_version(),
+        occurred_at: at_minutes(60),
+        actor: EnvelopeActor::from_actor(&Actor::system(), None),
+        command_id: Some(CommandId::parse(&format!("audit-checkpoint:{}:{tree_size}", org_id())).unwrap()),
+        correlation_id: None,
+        causation_id: None,
+        payload: event.payload_json().unwrap(),
+        prev_hash: GENESIS_HASH.to_owned(),
+        hash: String::new(),
+    };
+    stored.hash = hex::encode(Sha256::digest(stored.canonical_bytes()));
+    stored
+}
+
+/// Every golden envelope: the organization's stream, then stream `audit`.
+fn golden_log() -> Vec<StoredEvent> {
+    let mut log = golden_envelopes();
+    let checkpoint = golden_checkpoint(log.last().expect("a history"));
+    log.push(checkpoint);
+    log
+}
+
 const GOLDEN: &str = "tests/golden/events.v1.jsonl";
 
 #[test]
 fn golden_events_cover_every_type_and_validate_against_their_schemas() {
     let path = repo().join(GOLDEN);
     if bless() {
-        let text: String = golden_envelopes()
+        let text: String = golden_log()
             .iter()
             .map(|e| serde_json::to_string(e).unwrap() + "\n")
             .collect();
@@ -111,7 +161,7 @@ fn golden_events_cover_every_type_and_validate_against_their_schemas() {
     }
     let text = std::fs::read_to_string(&path).unwrap();
     let mut seen = std::collections::BTreeSet::new();
-    let mut prev = GENESIS_HASH.to_owned();
+    let mut heads = std::collections::HashMap::new();
     for line in text.lines() {
         let stored: StoredEvent = serde_json::from_str(line).unwrap();
         let validator = schema_for(&stored.event_type, stored.schema_version);
@@ -127,10 +177,13 @@ fn golden_events_cover_every_type_and_validate_against_their_schemas() {
         // The payload decodes, and re-encodes to the same JSON.
         let event = stored.decode().unwrap();
         assert_eq!(event.payload_json().unwrap(), stored.payload);
-        // The golden chain is intact under the canonical form.
-        assert_eq!(stored.prev_hash, prev);
+        // Each stream's golden chain is intact under the canonical form.
+        let prev = heads
+            .entry(stored.stream_id)
+            .or_insert_with(|| GENESIS_HASH.to_owned());
+        assert_eq!(stored.prev_hash, *prev);
         assert_eq!(stored.hash, hex::encode(Sha256::digest(stored.canonical_bytes())));
-        prev = stored.hash.clone();
+        *prev = stored.hash.clone();
         seen.insert(stored.event_type.clone());
     }
     assert_eq!(
@@ -138,6 +191,34 @@ fn golden_events_cover_every_type_and_validate_against_their_schemas() {
         EVENT_TYPES.len(),
         "golden events miss a type: {seen:?}"
     );
+    assert_eq!(
+        heads
+            .keys()
+            .map(StreamId::kind)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        2,
+        "golden events cover both kinds of stream"
+    );
+}
+
+/// The organization's golden lines are the ones written before stream `audit` existed:
+/// adding a stream kind changed none of their bytes.
+#[test]
+fn the_organization_lines_are_unchanged_by_stream_kinds() {
+    let text = std::fs::read_to_string(repo().join(GOLDEN)).unwrap();
+    let org_lines: String = golden_envelopes()
+        .iter()
+        .map(|e| serde_json::to_string(e).unwrap() + "\n")
+        .collect();
+    assert!(text.starts_with(&org_lines));
+    let last: StoredEvent = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last.stream_id, StreamId::Audit);
+    let Event::AuditCheckpointSigned(cp) = last.decode().unwrap() else {
+        panic!("the last golden event is a checkpoint")
+    };
+    assert_eq!(cp.log, AuditLog::Org(org_id()));
+    assert_eq!(cp.tree_size, 17);
 }
 
 #[test]
