@@ -10,6 +10,10 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 use keyledger_domain::{GlobalPosition, OrgId, TenantId};
 use keyledger_store::envelope::StoredEvent;
+use keyledger_store::merkle::{
+    AuditLog, AuditTrees, Frontier, Hash, NodeAddr, TreeChanges, TreeError, TreeRows, fold_events,
+    logs_fed_by,
+};
 use keyledger_store::subscribe::NextPage;
 use keyledger_store::{EventStore, StoreError};
 use serde_json::Value;
@@ -22,6 +26,8 @@ pub struct Changes {
     /// Per organization: the new document, or `None` to delete it.
     pub docs: BTreeMap<OrgId, Option<Value>>,
     pub audit: Vec<AuditEntry>,
+    /// New audit-tree nodes and frontiers ([`Projection::AuditTree`] only).
+    pub tree: TreeChanges,
     /// The position of the last event folded.
     pub checkpoint: u64,
 }
@@ -68,6 +74,9 @@ pub trait ProjectionSink: Send + Sync {
     async fn commit(&self, projection: Projection, changes: Changes) -> Result<(), SinkError>;
     /// Deletes every row of the projection and sets its checkpoint to 0, all or nothing.
     async fn reset(&self, projection: Projection) -> Result<(), SinkError>;
+    /// The stored frontiers of these audit-tree logs, as the runner's last commit left them
+    /// (absent: an empty log).
+    async fn tree_heads(&self, logs: &[AuditLog]) -> Result<BTreeMap<AuditLog, Frontier>, SinkError>;
     /// Tenant-audit rows that match `query`, oldest first.
     async fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, SinkError>;
     /// Whether the tenant has audit rows or belongs to an organization now.
@@ -152,6 +161,9 @@ impl Runner {
     /// Folds `events` (consecutive, after the checkpoint) and commits them as one batch.
     async fn apply_batch(&self, events: &[StoredEvent]) -> Result<(), RunnerError> {
         let Some(last) = events.last() else { return Ok(()) };
+        if self.projection == Projection::AuditTree {
+            return self.apply_tree_batch(events, last.global_position.0).await;
+        }
         let orgs: Vec<OrgId> = events
             .iter()
             .map(|e| e.stream_id.org_id())
@@ -182,7 +194,22 @@ impl Runner {
                 .map(|(org, d)| (org, d.map(|d| d.to_value())))
                 .collect(),
             audit,
+            tree: TreeChanges::default(),
             checkpoint: last.global_position.0,
+        };
+        self.sink.commit(self.projection, changes).await?;
+        Ok(())
+    }
+
+    /// The audit tree's batch: the leaves of `events` appended to the global log and their
+    /// organizations' logs, from the frontiers stored, committed with the checkpoint.
+    async fn apply_tree_batch(&self, events: &[StoredEvent], checkpoint: u64) -> Result<(), RunnerError> {
+        let heads = self.sink.tree_heads(&logs_fed_by(events)).await?;
+        let tree = fold_events(heads, events).map_err(ProjectionError::Tree)?;
+        let changes = Changes {
+            tree,
+            checkpoint,
+            ..Changes::default()
         };
         self.sink.commit(self.projection, changes).await?;
         Ok(())
@@ -313,6 +340,7 @@ pub struct MemorySink {
 pub struct MemoryRows {
     pub docs: BTreeMap<(Projection, OrgId), Value>,
     pub audit: Vec<AuditEntry>,
+    pub tree: TreeRows,
     pub checkpoints: BTreeMap<Projection, u64>,
 }
 
@@ -358,6 +386,8 @@ impl ProjectionSink for MemorySink {
                 ));
             }
         }
+        rows.tree.check(&changes.tree).map_err(|e| SinkError::Backend(e.into()))?;
+        rows.tree.apply(changes.tree);
         for (org, doc) in changes.docs {
             match doc {
                 Some(d) => {
@@ -402,7 +432,39 @@ impl ProjectionSink for MemorySink {
         if projection == Projection::TenantAudit {
             rows.audit.clear();
         }
+        if projection == Projection::AuditTree {
+            rows.tree.clear();
+        }
         rows.checkpoints.insert(projection, 0);
         Ok(())
+    }
+
+    async fn tree_heads(&self, logs: &[AuditLog]) -> Result<BTreeMap<AuditLog, Frontier>, SinkError> {
+        Ok(self.lock().tree.heads(logs))
+    }
+}
+
+impl MemorySink {
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryRows> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl AuditTrees for MemorySink {
+    async fn tree_size(&self, log: AuditLog) -> Result<u64, TreeError> {
+        Ok(self.lock().tree.size(log))
+    }
+
+    async fn tree_sizes(&self) -> Result<BTreeMap<AuditLog, u64>, TreeError> {
+        Ok(self.lock().tree.sizes())
+    }
+
+    async fn nodes(&self, log: AuditLog, addrs: &[NodeAddr]) -> Result<Vec<Hash>, TreeError> {
+        self.lock().tree.nodes(log, addrs)
+    }
+
+    async fn leaf_hashes(&self, log: AuditLog, start: u64, end: u64) -> Result<Vec<Hash>, TreeError> {
+        self.lock().tree.leaf_hashes(log, start, end)
     }
 }
