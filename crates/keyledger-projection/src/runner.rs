@@ -460,8 +460,8 @@ impl AuditTrees for MemorySink {
         Ok(self.lock().tree.sizes())
     }
 
-    async fn nodes(&self, log: AuditLog, addrs: &[NodeAddr]) -> Result<Vec<Hash>, TreeError> {
-        self.lock().tree.nodes(log, addrs)
+    async fn nodes(&self, log: AuditLog, addrs: &[NodeAddr]) -> Result<Vec<Option<Hash>>, TreeError> {
+        Ok(self.lock().tree.nodes(log, addrs))
     }
 
     async fn leaf_hashes(&self, log: AuditLog, start: u64, end: u64) -> Result<Vec<Hash>, TreeError> {

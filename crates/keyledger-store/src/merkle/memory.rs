@@ -64,24 +64,25 @@ impl TreeRows {
             .collect()
     }
 
-    pub fn nodes(&self, log: AuditLog, addrs: &[NodeAddr]) -> Result<Vec<Hash>, TreeError> {
+    pub fn nodes(&self, log: AuditLog, addrs: &[NodeAddr]) -> Vec<Option<Hash>> {
         addrs
             .iter()
-            .map(|a| {
-                self.nodes
-                    .get(&(log, *a))
-                    .copied()
-                    .ok_or_else(|| TreeError::Corrupt {
-                        log,
-                        detail: format!("node {a:?} is missing"),
-                    })
-            })
+            .map(|a| self.nodes.get(&(log, *a)).copied())
             .collect()
     }
 
     pub fn leaf_hashes(&self, log: AuditLog, start: u64, end: u64) -> Result<Vec<Hash>, TreeError> {
-        let addrs: Vec<NodeAddr> = (start..end).map(NodeAddr::leaf).collect();
-        self.nodes(log, &addrs)
+        (start..end)
+            .map(|i| {
+                self.nodes
+                    .get(&(log, NodeAddr::leaf(i)))
+                    .copied()
+                    .ok_or_else(|| TreeError::Corrupt {
+                        log,
+                        detail: format!("leaf {i} is missing"),
+                    })
+            })
+            .collect()
     }
 
     /// Removes a node (tests of damaged storage).
@@ -149,8 +150,8 @@ impl AuditTrees for MemoryTrees {
         Ok(self.lock().sizes())
     }
 
-    async fn nodes(&self, log: AuditLog, addrs: &[NodeAddr]) -> Result<Vec<Hash>, TreeError> {
-        self.lock().nodes(log, addrs)
+    async fn nodes(&self, log: AuditLog, addrs: &[NodeAddr]) -> Result<Vec<Option<Hash>>, TreeError> {
+        Ok(self.lock().nodes(log, addrs))
     }
 
     async fn leaf_hashes(&self, log: AuditLog, start: u64, end: u64) -> Result<Vec<Hash>, TreeError> {

@@ -43,7 +43,9 @@ pub enum TreeError {
 /// and PostgreSQL tables, memory); object safe.
 ///
 /// A backend implements the four storage reads; roots and proofs come from them, each from
-/// one size read and one read of O(log n) nodes, whatever the log's size.
+/// one read of O(log n) nodes, whatever the log's size. That read includes the last leaf of
+/// the size asked for: leaves are stored in order, with the size, so its presence shows the
+/// log has reached that size without reading the size too.
 #[async_trait]
 pub trait AuditTrees: Send + Sync {
     /// How many leaves of `log` are folded (0 for a log with no event yet).
@@ -52,9 +54,8 @@ pub trait AuditTrees: Send + Sync {
     /// Every log that has leaves, with its size (which logs grew since the last checkpoint).
     async fn tree_sizes(&self) -> Result<BTreeMap<AuditLog, u64>, TreeError>;
 
-    /// The stored hashes of `addrs`, in the same order. Every node must be complete within the
-    /// log's size; a missing one is [`TreeError::Corrupt`].
-    async fn nodes(&self, log: AuditLog, addrs: &[NodeAddr]) -> Result<Vec<Hash>, TreeError>;
+    /// The stored hashes of `addrs`, in the same order, read in one go (`None`: not stored).
+    async fn nodes(&self, log: AuditLog, addrs: &[NodeAddr]) -> Result<Vec<Option<Hash>>, TreeError>;
 
     /// The leaf hashes `start..end` of `log`, in order (`end` at most the tree size).
     async fn leaf_hashes(&self, log: AuditLog, start: u64, end: u64) -> Result<Vec<Hash>, TreeError>;
@@ -102,16 +103,17 @@ async fn within<T: AuditTrees + ?Sized>(trees: &T, log: AuditLog, size: u64) -> 
     Ok(())
 }
 
-/// The tree hashes of `ranges` of a tree of `size` leaves, from one read of the nodes they
-/// cover.
+/// The tree hashes of `ranges` of a tree of `size` leaves (`size > 0`), from one read of the
+/// nodes they cover and of the last leaf.
 async fn range_hashes<T: AuditTrees + ?Sized>(
     trees: &T,
     log: AuditLog,
     size: u64,
     ranges: &[Range],
 ) -> Result<Vec<Hash>, TreeError> {
-    within(trees, log, size).await?;
-    let addrs = nodes_for(ranges);
+    let last_leaf = NodeAddr::leaf(size - 1);
+    let mut addrs = nodes_for(ranges);
+    addrs.push(last_leaf);
     let hashes = trees.nodes(log, &addrs).await?;
     if hashes.len() != addrs.len() {
         return Err(TreeError::Corrupt {
@@ -119,7 +121,19 @@ async fn range_hashes<T: AuditTrees + ?Sized>(
             detail: format!("{} nodes read for {} asked", hashes.len(), addrs.len()),
         });
     }
-    let nodes: BTreeMap<NodeAddr, Hash> = addrs.into_iter().zip(hashes).collect();
+    if hashes.last().is_none_or(Option::is_none) {
+        // The log has not reached `size`, or lost its last leaf.
+        within(trees, log, size).await?;
+        return Err(TreeError::Corrupt {
+            log,
+            detail: format!("leaf {} is missing", size - 1),
+        });
+    }
+    let nodes: BTreeMap<NodeAddr, Hash> = addrs
+        .into_iter()
+        .zip(hashes)
+        .filter_map(|(a, h)| Some((a, h?)))
+        .collect();
     ranges
         .iter()
         .map(|r| {
