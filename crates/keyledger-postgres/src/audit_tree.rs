@@ -104,7 +104,10 @@ pub(crate) async fn clear(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
 }
 
 /// The frontiers of `logs`.
-pub(crate) async fn heads(pool: &PgPool, logs: &[AuditLog]) -> Result<BTreeMap<AuditLog, Frontier>, TreeError> {
+pub(crate) async fn heads(
+    pool: &PgPool,
+    logs: &[AuditLog],
+) -> Result<BTreeMap<AuditLog, Frontier>, TreeError> {
     let keys: Vec<String> = logs.iter().map(ToString::to_string).collect();
     let rows = sqlx::query("SELECT log, size, frontier FROM audit_tree_heads WHERE log = ANY($1)")
         .bind(&keys)

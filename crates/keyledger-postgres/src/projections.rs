@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
 use keyledger_domain::{OrgId, TenantId};
-use keyledger_store::merkle::{AuditLog, Frontier};
 use keyledger_projection::{AuditEntry, AuditQuery, Changes, Projection, ProjectionSink, SinkError};
+use keyledger_store::merkle::{AuditLog, Frontier};
 use serde_json::Value;
 use sqlx::postgres::{PgConnection, PgPool};
 use sqlx::{Connection as _, Row as _};
@@ -267,10 +267,12 @@ impl ProjectionSink for PgProjections {
     }
 
     async fn tree_heads(&self, logs: &[AuditLog]) -> Result<BTreeMap<AuditLog, Frontier>, SinkError> {
-        crate::audit_tree::heads(&self.pool, logs).await.map_err(|e| match e {
-            keyledger_store::merkle::TreeError::Unavailable(e) => SinkError::Unavailable(e),
-            e => sink_err(e),
-        })
+        crate::audit_tree::heads(&self.pool, logs)
+            .await
+            .map_err(|e| match e {
+                keyledger_store::merkle::TreeError::Unavailable(e) => SinkError::Unavailable(e),
+                e => sink_err(e),
+            })
     }
 
     async fn reset(&self, projection: Projection) -> Result<(), SinkError> {

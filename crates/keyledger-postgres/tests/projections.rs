@@ -244,7 +244,12 @@ mod audit_tree {
     use keyledger_store::merkle::AuditTrees;
     use keyledger_store::{EventStore, KeyRing};
 
-    type Mounted = (Arc<dyn EventStore>, Arc<dyn ProjectionSink>, Arc<dyn AuditTrees>, TestDatabase);
+    type Mounted = (
+        Arc<dyn EventStore>,
+        Arc<dyn ProjectionSink>,
+        Arc<dyn AuditTrees>,
+        TestDatabase,
+    );
 
     async fn postgres() -> Option<Mounted> {
         let db = TestDatabase::create("kl_tree").await?;

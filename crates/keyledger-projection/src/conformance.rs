@@ -281,8 +281,8 @@ pub mod tree {
     use keyledger_domain::{GlobalPosition, OrgId, StreamId, StreamVersion};
     use keyledger_store::conformance::tenant_added;
     use keyledger_store::merkle::{
-        AuditLog, AuditTrees, Frontier, Hash, TreeChanges, TreeNode, event_leaf_hash, leaf_hash,
-        reference, root, verify_consistency, verify_inclusion,
+        AuditLog, AuditTrees, Frontier, Hash, TreeChanges, TreeNode, event_leaf_hash, leaf_hash, reference,
+        root, verify_consistency, verify_inclusion,
     };
     use keyledger_store::{EventStore, StoredEvent};
 
@@ -489,7 +489,10 @@ pub mod tree {
         };
         sink.commit(Projection::AuditTree, ok).await.unwrap();
         assert_eq!(trees.tree_size(log).await.unwrap(), size + 1);
-        assert_eq!(sink.checkpoint(Projection::AuditTree).await.unwrap(), checkpoint + 1);
+        assert_eq!(
+            sink.checkpoint(Projection::AuditTree).await.unwrap(),
+            checkpoint + 1
+        );
         let unknown: Frontier = sink
             .tree_heads(&[AuditLog::Org(OrgId::new_v7())])
             .await

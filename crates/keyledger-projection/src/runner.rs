@@ -386,7 +386,9 @@ impl ProjectionSink for MemorySink {
                 ));
             }
         }
-        rows.tree.check(&changes.tree).map_err(|e| SinkError::Backend(e.into()))?;
+        rows.tree
+            .check(&changes.tree)
+            .map_err(|e| SinkError::Backend(e.into()))?;
         rows.tree.apply(changes.tree);
         for (org, doc) in changes.docs {
             match doc {

@@ -22,7 +22,12 @@ mod audit_tree {
     use keyledger_store::merkle::AuditTrees;
     use keyledger_store::{EventStore, InMemoryStore, KeyRing};
 
-    type Mounted = (Arc<dyn EventStore>, Arc<dyn ProjectionSink>, Arc<dyn AuditTrees>, ());
+    type Mounted = (
+        Arc<dyn EventStore>,
+        Arc<dyn ProjectionSink>,
+        Arc<dyn AuditTrees>,
+        (),
+    );
 
     async fn memory() -> Option<Mounted> {
         let sink = Arc::new(MemorySink::default());

@@ -79,14 +79,21 @@ pub(crate) async fn write(tx: &mut SqliteConnection, changes: &TreeChanges) -> R
 
 /// Deletes every log, inside the reset's transaction.
 pub(crate) async fn clear(tx: &mut SqliteConnection) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM audit_tree_nodes").execute(&mut *tx).await?;
-    sqlx::query("DELETE FROM audit_tree_heads").execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM audit_tree_nodes")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM audit_tree_heads")
+        .execute(&mut *tx)
+        .await?;
     Ok(())
 }
 
 /// The frontiers of `logs`, read on `pool` (the write connection, for the fold: it must see
 /// its own last commit).
-pub(crate) async fn heads(pool: &SqlitePool, logs: &[AuditLog]) -> Result<BTreeMap<AuditLog, Frontier>, TreeError> {
+pub(crate) async fn heads(
+    pool: &SqlitePool,
+    logs: &[AuditLog],
+) -> Result<BTreeMap<AuditLog, Frontier>, TreeError> {
     let mut out = BTreeMap::new();
     for chunk in logs.chunks(500) {
         let placeholders = vec!["?"; chunk.len()].join(",");
@@ -134,7 +141,9 @@ impl AuditTrees for SqliteProjections {
         for chunk in addrs.chunks(LOOKUP_CHUNK) {
             // One primary-key lookup per node, in one statement; `i` keeps the order.
             let sql = (0..chunk.len())
-                .map(|i| format!("SELECT {i}, hash FROM audit_tree_nodes WHERE log = ? AND level = ? AND idx = ?"))
+                .map(|i| {
+                    format!("SELECT {i}, hash FROM audit_tree_nodes WHERE log = ? AND level = ? AND idx = ?")
+                })
                 .collect::<Vec<_>>()
                 .join(" UNION ALL ");
             let mut q = sqlx::query(&sql);

@@ -23,9 +23,13 @@ use proptest::prelude::*;
 use sha2::Sha256;
 
 fn leaves(count: usize, seed: u64) -> Vec<Hash> {
-    (0..count as u64)
+    (0..u(count))
         .map(|i| leaf_hash(&(seed ^ i.rotate_left(17)).to_le_bytes()))
         .collect()
+}
+
+fn u(n: usize) -> u64 {
+    u64::try_from(n).unwrap()
 }
 
 fn stored(leaves: &[Hash]) -> MemoryTrees {
@@ -53,29 +57,29 @@ proptest! {
 
     #[test]
     fn every_proof_verifies_and_a_flipped_bit_fails(
-        count in 1usize..300, seed in any::<u64>(), a in any::<u64>(), b in any::<u64>(),
+        count in 1usize..300, seed in any::<u64>(), a in any::<usize>(), b in any::<usize>(),
         which in any::<usize>(), bit in 0usize..256,
     ) {
         let all = leaves(count, seed);
         let trees = stored(&all);
         let log = AuditLog::Global;
-        let n2 = 1 + b % count as u64;
-        let n1 = a % (n2 + 1);
-        let (n1u, n2u) = (n1 as usize, n2 as usize);
+        let n2u = 1 + b % count;
+        let n1u = a % (n2u + 1);
+        let (n1, n2) = (u(n1u), u(n2u));
         block_on(async {
             let r2 = trees.root(log, n2).await.unwrap();
             prop_assert_eq!(r2, root(&all[..n2u]));
-            for m in 0..n2 {
-                let p = trees.inclusion_proof(log, m, n2).await.unwrap();
-                prop_assert_eq!(&p, &inclusion_proof(m as usize, &all[..n2u]));
-                prop_assert_eq!(verify_inclusion(&all[m as usize], m, n2, &p, &r2), Ok(()));
+            for (m, leaf) in all[..n2u].iter().enumerate() {
+                let p = trees.inclusion_proof(log, u(m), n2).await.unwrap();
+                prop_assert_eq!(&p, &inclusion_proof(m, &all[..n2u]));
+                prop_assert_eq!(verify_inclusion(leaf, u(m), n2, &p, &r2), Ok(()));
                 if !p.is_empty() {
-                    prop_assert!(verify_inclusion(&all[m as usize], m, n2, &flip(&p, which, bit), &r2).is_err());
+                    prop_assert!(verify_inclusion(leaf, u(m), n2, &flip(&p, which, bit), &r2).is_err());
                 }
-                let bad_leaf = flip(&[all[m as usize]], 0, bit)[0];
-                prop_assert!(verify_inclusion(&bad_leaf, m, n2, &p, &r2).is_err());
+                let bad_leaf = flip(&[*leaf], 0, bit)[0];
+                prop_assert!(verify_inclusion(&bad_leaf, u(m), n2, &p, &r2).is_err());
                 let bad_root = flip(&[r2], 0, bit)[0];
-                prop_assert!(verify_inclusion(&all[m as usize], m, n2, &p, &bad_root).is_err());
+                prop_assert!(verify_inclusion(leaf, u(m), n2, &p, &bad_root).is_err());
             }
             let r1 = trees.root(log, n1).await.unwrap();
             prop_assert_eq!(r1, root(&all[..n1u]));
@@ -104,7 +108,9 @@ proptest! {
 /// and verify with its checker.
 #[tokio::test]
 async fn roots_and_proofs_match_an_independent_rfc_6962_implementation() {
-    let inputs: Vec<Vec<u8>> = (0..70u32).map(|i| format!("leaf input {i}").into_bytes()).collect();
+    let inputs: Vec<Vec<u8>> = (0..70u32)
+        .map(|i| format!("leaf input {i}").into_bytes())
+        .collect();
     let trees = MemoryTrees::default();
     let log = AuditLog::Global;
     trees.append_leaves(log, &inputs.iter().map(|i| leaf_hash(i)).collect::<Vec<_>>());
@@ -149,7 +155,11 @@ async fn out_of_range_requests_are_typed_errors() {
     let log = AuditLog::Global;
     assert!(matches!(
         trees.root(log, 6).await,
-        Err(TreeError::SizeBeyondTree { size: 6, tree_size: 5, .. })
+        Err(TreeError::SizeBeyondTree {
+            size: 6,
+            tree_size: 5,
+            ..
+        })
     ));
     assert!(matches!(
         trees.inclusion_proof(log, 5, 5).await,
@@ -236,6 +246,10 @@ async fn events_feed_their_organization_log_and_the_global_log() {
         .unwrap();
     assert!(matches!(
         again.fold(std::slice::from_ref(second)),
-        Err(TreeError::LeafOutOfOrder { version: 2, size: 0, .. })
+        Err(TreeError::LeafOutOfOrder {
+            version: 2,
+            size: 0,
+            ..
+        })
     ));
 }

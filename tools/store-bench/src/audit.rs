@@ -10,7 +10,7 @@ use keyledger_projection::{Projection, ProjectionSink, Runner};
 use keyledger_store::merkle::{AuditLog, AuditTrees, root, verify_inclusion};
 use keyledger_store::{EventStore, StoredEvent};
 
-use crate::{Results, append_throughput, event};
+use crate::{Args, Results, append_throughput, event};
 
 /// Appends `n` events to one new organization's stream, 1000 per append.
 async fn seed_org(store: &dyn EventStore, n: u64) -> OrgId {
@@ -19,7 +19,9 @@ async fn seed_org(store: &dyn EventStore, n: u64) -> OrgId {
     let mut version = 0;
     while version < n {
         let batch = (n - version).min(1000);
-        let events = (0..batch).map(|i| event(&format!("org-{}", version + i))).collect();
+        let events = (0..batch)
+            .map(|i| event(&format!("org-{}", version + i)))
+            .collect();
         store
             .append(stream, StreamVersion(version), events, None)
             .await
@@ -50,9 +52,9 @@ async fn fold(
     (to - from) as f64 / start.elapsed().as_secs_f64()
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
+/// The `p`-th percentile (nearest rank below) of sorted, non-empty times.
+fn percentile(sorted: &[Duration], p: usize) -> Duration {
+    sorted[(sorted.len() - 1) * p / 100]
 }
 
 /// Inclusion proofs of random leaves of the whole org log (each read through the port: size,
@@ -71,7 +73,10 @@ async fn proof_latency(
         .read_stream(StreamId::for_org(org), StreamVersion(1))
         .await
         .expect("read");
-    let leaves: Vec<_> = events.iter().map(keyledger_store::merkle::event_leaf_hash).collect();
+    let leaves: Vec<_> = events
+        .iter()
+        .map(keyledger_store::merkle::event_leaf_hash)
+        .collect();
     assert_eq!(u64::try_from(leaves.len()).expect("fits"), size);
     let expected_root = root(&leaves);
     assert_eq!(trees.root(log, size).await.expect("root"), expected_root);
@@ -92,8 +97,8 @@ async fn proof_latency(
     times.sort();
     out.add(format!(
         "{name}: inclusion proof on a {size}-event organization log, {proofs} proofs: p50 {:.0} us, p99 {:.0} us, max {:.0} us",
-        percentile(&times, 0.50).as_secs_f64() * 1e6,
-        percentile(&times, 0.99).as_secs_f64() * 1e6,
+        percentile(&times, 50).as_secs_f64() * 1e6,
+        percentile(&times, 99).as_secs_f64() * 1e6,
         times.last().copied().unwrap_or_default().as_secs_f64() * 1e6,
     ));
 }
@@ -165,11 +170,10 @@ pub(crate) async fn bench<S: EventStore + Clone + 'static>(
     store: &S,
     sink: Arc<dyn ProjectionSink>,
     trees: &dyn AuditTrees,
-    org_events: u64,
-    proofs: usize,
-    seconds: u64,
+    args: &Args,
     out: &mut Results,
 ) {
+    let (org_events, proofs, seconds) = (args.org_events, args.proofs, args.seconds);
     let dyn_store: Arc<dyn EventStore> = Arc::new(store.clone());
     let start = Instant::now();
     let org = seed_org(store, org_events).await;

@@ -349,17 +349,7 @@ async fn run_postgres(args: &Args, out: &mut Results) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         if args.audit_tree {
             let sink = Arc::new(keyledger_postgres::PgProjections::new(&store));
-            audit::bench(
-                "postgres",
-                &store,
-                sink.clone(),
-                sink.as_ref(),
-                args.org_events,
-                args.proofs,
-                args.seconds,
-                out,
-            )
-            .await;
+            audit::bench("postgres", &store, sink.clone(), sink.as_ref(), args, out).await;
             store.pool().close().await;
             return Ok(());
         }
@@ -412,17 +402,7 @@ async fn main() {
             .expect("open sqlite");
         if args.audit_tree {
             let sink = Arc::new(keyledger_sqlite::SqliteProjections::new(&store));
-            audit::bench(
-                "sqlite",
-                &store,
-                sink.clone(),
-                sink.as_ref(),
-                args.org_events,
-                args.proofs,
-                args.seconds,
-                &mut out,
-            )
-            .await;
+            audit::bench("sqlite", &store, sink.clone(), sink.as_ref(), &args, &mut out).await;
         } else {
             bench_backend("sqlite", &store, &args, &mut out).await;
         }

@@ -76,7 +76,13 @@ mod tests {
             AuditLog::Org(org).to_string(),
             "org/0193a1b2-0000-7000-8000-000000000001"
         );
-        for bad in ["", "Global", "org/", "org/x", "orgs/0193a1b2-0000-7000-8000-000000000001"] {
+        for bad in [
+            "",
+            "Global",
+            "org/",
+            "org/x",
+            "orgs/0193a1b2-0000-7000-8000-000000000001",
+        ] {
             assert!(bad.parse::<AuditLog>().is_err(), "{bad}");
         }
     }

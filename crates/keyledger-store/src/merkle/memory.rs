@@ -6,7 +6,9 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{AuditLog, AuditTrees, Frontier, Hash, NodeAddr, TreeChanges, TreeError, fold_events, logs_fed_by};
+use super::{
+    AuditLog, AuditTrees, Frontier, Hash, NodeAddr, TreeChanges, TreeError, fold_events, logs_fed_by,
+};
 use crate::envelope::StoredEvent;
 
 /// The tree rows: each log's frontier (with its size) and every complete subtree's hash.
@@ -114,7 +116,9 @@ impl MemoryTrees {
         let mut head = rows.heads(&[log]).remove(&log).unwrap_or_default();
         let mut nodes = Vec::new();
         for leaf in leaves {
-            head.append(*leaf, |addr, hash| nodes.push(super::TreeNode { log, addr, hash }));
+            head.append(*leaf, |addr, hash| {
+                nodes.push(super::TreeNode { log, addr, hash })
+            });
         }
         rows.apply(TreeChanges {
             nodes,

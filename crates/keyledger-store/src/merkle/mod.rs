@@ -135,7 +135,10 @@ fn hash_sealed(v: &Value) -> Value {
                 let mut bytes = Vec::new();
                 write_canonical(sealed, &mut bytes);
                 let mut out = Map::new();
-                out.insert("sealed_sha256".into(), Value::String(hex::encode(Sha256::digest(&bytes))));
+                out.insert(
+                    "sealed_sha256".into(),
+                    Value::String(hex::encode(Sha256::digest(&bytes))),
+                );
                 return Value::Object(out);
             }
             Value::Object(map.iter().map(|(k, v)| (k.clone(), hash_sealed(v))).collect())
@@ -184,7 +187,9 @@ mod tests {
         let public = hash_sealed(&payload);
         let text = public.to_string();
         assert!(!text.contains("c2VjcmV0"), "{text}");
-        let expected = hex::encode(Sha256::digest(br#"{"ct":"c2VjcmV0","kid":"k1","nonce":"bm9uY2U"}"#));
+        let expected = hex::encode(Sha256::digest(
+            br#"{"ct":"c2VjcmV0","kid":"k1","nonce":"bm9uY2U"}"#,
+        ));
         assert_eq!(public["connection"]["client_secret"]["sealed_sha256"], expected);
         assert_eq!(public["n"][0]["sealed_sha256"], expected);
     }

@@ -15,15 +15,19 @@ pub enum TreeError {
     /// The log holds fewer leaves than asked for (the fold may not have reached it yet). A
     /// client error (HTTP 400): ask for a size at most `tree_size`.
     #[error("log {log} holds {tree_size} leaves, not {size}")]
-    SizeBeyondTree { log: AuditLog, size: u64, tree_size: u64 },
+    SizeBeyondTree {
+        log: AuditLog,
+        size: u64,
+        tree_size: u64,
+    },
     /// A leaf index at or past the tree size of the proof. A client error (HTTP 400).
     #[error("leaf index {index} is not below tree size {size}")]
     IndexOutOfRange { index: u64, size: u64 },
     /// A consistency proof from a larger tree to a smaller one. A client error (HTTP 400).
     #[error("tree sizes {from} and {to} are not in order")]
     SizesOutOfOrder { from: u64, to: u64 },
-    /// An event does not continue its organization's log: its version is not the log's size
-    /// + 1. The event log and the tree disagree; nothing was folded. Investigate the log
+    /// An event does not continue its organization's log: its version is not one more than
+    /// the log's size. The event log and the tree disagree; nothing was folded. Investigate the log
     /// (`keyledger verify`), then rebuild the tree (`keyledger projections rebuild`).
     #[error("version {version} does not continue log {log}, which holds {size} leaves")]
     LeafOutOfOrder { log: AuditLog, version: u64, size: u64 },
@@ -84,7 +88,10 @@ pub trait AuditTrees: Send + Sync {
     /// tree of `size1`. Empty when `size1` is 0 or equals `size2`.
     async fn consistency_proof(&self, log: AuditLog, size1: u64, size2: u64) -> Result<Vec<Hash>, TreeError> {
         if size1 > size2 {
-            return Err(TreeError::SizesOutOfOrder { from: size1, to: size2 });
+            return Err(TreeError::SizesOutOfOrder {
+                from: size1,
+                to: size2,
+            });
         }
         if size1 == 0 || size1 == size2 {
             within(self, log, size2).await?;

@@ -63,7 +63,10 @@ pub fn verify_consistency(
     proof: &[Hash],
 ) -> Result<(), ProofError> {
     if size1 > size2 {
-        return Err(ProofError::SizesOutOfOrder { from: size1, to: size2 });
+        return Err(ProofError::SizesOutOfOrder {
+            from: size1,
+            to: size2,
+        });
     }
     if size1 == size2 || size1 == 0 {
         if !proof.is_empty() {
