@@ -317,6 +317,15 @@ impl ProjectionSink for CrashingSink {
     async fn tenant_known(&self, tenant: TenantId) -> Result<bool, SinkError> {
         self.inner.tenant_known(tenant).await
     }
+    async fn tree_heads(
+        &self,
+        logs: &[keyledger_store::merkle::AuditLog],
+    ) -> Result<
+        std::collections::BTreeMap<keyledger_store::merkle::AuditLog, keyledger_store::merkle::Frontier>,
+        SinkError,
+    > {
+        self.inner.tree_heads(logs).await
+    }
 }
 
 /// A runner killed between folding a batch and committing its rows and checkpoint: after a

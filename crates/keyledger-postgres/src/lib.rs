@@ -30,6 +30,7 @@ use keyledger_store::{
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{Executor, Postgres, Row as _};
 
+mod audit_tree;
 mod group;
 mod listen;
 pub mod projections;

@@ -1,11 +1,12 @@
 //! Projection tables in PostgreSQL, and the advisory-lock lease that makes one runner per
 //! projection lead among several instances.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
 use keyledger_domain::{OrgId, TenantId};
 use keyledger_projection::{AuditEntry, AuditQuery, Changes, Projection, ProjectionSink, SinkError};
+use keyledger_store::merkle::{AuditLog, Frontier};
 use serde_json::Value;
 use sqlx::postgres::{PgConnection, PgPool};
 use sqlx::{Connection as _, Row as _};
@@ -67,6 +68,10 @@ impl PgProjections {
             pool: self.pool.clone(),
             fences,
         }
+    }
+
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
     }
 
     /// The fence, inside the writing transaction: unless this sink is unfenced, the lease of
@@ -255,7 +260,19 @@ impl ProjectionSink for PgProjections {
             .await
             .map_err(sink_err)?;
         }
+        crate::audit_tree::write(&mut tx, &changes.tree)
+            .await
+            .map_err(sink_err)?;
         tx.commit().await.map_err(sink_err)
+    }
+
+    async fn tree_heads(&self, logs: &[AuditLog]) -> Result<BTreeMap<AuditLog, Frontier>, SinkError> {
+        crate::audit_tree::heads(&self.pool, logs)
+            .await
+            .map_err(|e| match e {
+                keyledger_store::merkle::TreeError::Unavailable(e) => SinkError::Unavailable(e),
+                e => sink_err(e),
+            })
     }
 
     async fn reset(&self, projection: Projection) -> Result<(), SinkError> {
@@ -271,6 +288,9 @@ impl ProjectionSink for PgProjections {
                 .execute(&mut *tx)
                 .await
                 .map_err(sink_err)?;
+        }
+        if projection == Projection::AuditTree {
+            crate::audit_tree::clear(&mut tx).await.map_err(sink_err)?;
         }
         sqlx::query(
             "INSERT INTO projection_checkpoints (projection, position) VALUES ($1, 0) \

@@ -234,3 +234,31 @@ async fn a_fenced_sink_writes_only_projections_it_holds_the_lease_of() {
     assert_eq!(PgProjections::new(&store).checkpoint(other).await.unwrap(), 0);
     lease.release().await;
 }
+
+mod audit_tree {
+    use std::sync::Arc;
+
+    use keyledger_postgres::testing::TestDatabase;
+    use keyledger_postgres::{PgProjections, PostgresStore};
+    use keyledger_projection::ProjectionSink;
+    use keyledger_store::merkle::AuditTrees;
+    use keyledger_store::{EventStore, KeyRing};
+
+    type Mounted = (
+        Arc<dyn EventStore>,
+        Arc<dyn ProjectionSink>,
+        Arc<dyn AuditTrees>,
+        TestDatabase,
+    );
+
+    async fn postgres() -> Option<Mounted> {
+        let db = TestDatabase::create("kl_tree").await?;
+        let store = PostgresStore::connect(db.url(), Arc::new(KeyRing::generate()))
+            .await
+            .unwrap();
+        let sink = Arc::new(PgProjections::new(&store));
+        Some((Arc::new(store), sink.clone(), sink, db))
+    }
+
+    keyledger_projection::tree_conformance!(postgres);
+}

@@ -271,3 +271,265 @@ macro_rules! sink_conformance {
         }
     };
 }
+
+/// The audit-tree suite (ADR 0024), mounted with [`tree_conformance!`](crate::tree_conformance)
+/// for every backend whose projection sink also reads the trees.
+pub mod tree {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use keyledger_domain::{GlobalPosition, OrgId, StreamId, StreamVersion};
+    use keyledger_store::conformance::tenant_added;
+    use keyledger_store::merkle::{
+        AuditLog, AuditTrees, Frontier, Hash, TreeChanges, TreeNode, event_leaf_hash, leaf_hash, reference,
+        root, verify_consistency, verify_inclusion,
+    };
+    use keyledger_store::{EventStore, StoredEvent};
+
+    use crate::{Changes, Projection, ProjectionSink, Runner, SinkError};
+
+    /// Appends `count` events spread unevenly over three new organizations; returns them and
+    /// the last position appended (a PostgreSQL `read_all` may not show it yet while another
+    /// transaction on the server is open).
+    async fn appended(store: &dyn EventStore, count: u64) -> (Vec<OrgId>, u64) {
+        let orgs = [OrgId::new_v7(), OrgId::new_v7(), OrgId::new_v7()];
+        let mut versions = [0u64; 3];
+        let mut last = 0;
+        for i in 0..count {
+            let which = match i % 7 {
+                0 | 3 | 5 => 0,
+                1 | 4 => 1,
+                _ => 2,
+            };
+            let appended = store
+                .append(
+                    StreamId::for_org(orgs[which]),
+                    StreamVersion(versions[which]),
+                    vec![tenant_added(&format!("tenant {i}"))],
+                    None,
+                )
+                .await
+                .unwrap();
+            versions[which] += 1;
+            last = last.max(appended.last_position.0);
+        }
+        (orgs.to_vec(), last)
+    }
+
+    async fn all_events(store: &dyn EventStore) -> Vec<StoredEvent> {
+        store.read_all(GlobalPosition(0), usize::MAX).await.unwrap()
+    }
+
+    /// The leaf hashes of every log, computed from the events as read back from the store.
+    async fn reference_leaves(store: &dyn EventStore, orgs: &[OrgId]) -> BTreeMap<AuditLog, Vec<Hash>> {
+        let mut logs = BTreeMap::new();
+        let global = all_events(store).await.iter().map(event_leaf_hash).collect();
+        logs.insert(AuditLog::Global, global);
+        for org in orgs {
+            let events = store
+                .read_stream(StreamId::for_org(*org), StreamVersion(1))
+                .await
+                .unwrap();
+            logs.insert(AuditLog::Org(*org), events.iter().map(event_leaf_hash).collect());
+        }
+        logs
+    }
+
+    /// Folds the log into the tree until its checkpoint reaches `last`.
+    async fn fold(store: Arc<dyn EventStore>, sink: Arc<dyn ProjectionSink>, batch: usize, last: u64) -> u64 {
+        let runner = Runner::new(store, sink, Projection::AuditTree).with_batch(batch);
+        assert!(
+            runner
+                .catch_up_to(last, std::time::Duration::from_secs(30))
+                .await
+                .unwrap()
+        );
+        last
+    }
+
+    /// Every root of every size, and the leaf hashes, of every log.
+    async fn snapshot(trees: &dyn AuditTrees) -> BTreeMap<AuditLog, (Vec<Hash>, Vec<Hash>)> {
+        let mut out = BTreeMap::new();
+        for (log, size) in trees.tree_sizes().await.unwrap() {
+            let mut roots = Vec::new();
+            for n in 0..=size {
+                roots.push(trees.root(log, n).await.unwrap());
+            }
+            out.insert(log, (roots, trees.leaf_hashes(log, 0, size).await.unwrap()));
+        }
+        out
+    }
+
+    /// Roots, inclusion proofs and consistency proofs of the global and organization logs
+    /// equal the RFC 9162 reference computed from the full leaf lists of the store, and verify.
+    pub async fn roots_and_proofs_equal_the_reference(
+        store: Arc<dyn EventStore>,
+        sink: Arc<dyn ProjectionSink>,
+        trees: Arc<dyn AuditTrees>,
+    ) {
+        let (orgs, last) = appended(store.as_ref(), 45).await;
+        fold(store.clone(), sink, 6, last).await;
+        let expected = reference_leaves(store.as_ref(), &orgs).await;
+        let sizes = trees.tree_sizes().await.unwrap();
+        assert_eq!(sizes.len(), 4, "{sizes:?}");
+        for (log, leaves) in &expected {
+            let size = u64::try_from(leaves.len()).unwrap();
+            assert_eq!(sizes[log], size, "{log}");
+            assert_eq!(trees.tree_size(*log).await.unwrap(), size);
+            assert_eq!(&trees.leaf_hashes(*log, 0, size).await.unwrap(), leaves);
+            for n in 1..=leaves.len() {
+                let tree = &leaves[..n];
+                let n64 = u64::try_from(n).unwrap();
+                let r = trees.root(*log, n64).await.unwrap();
+                assert_eq!(r, root(tree), "root of {log} at {n}");
+                for (m, leaf) in (0u64..).zip(tree) {
+                    let p = trees.inclusion_proof(*log, m, n64).await.unwrap();
+                    assert_eq!(p, reference::inclusion_proof(usize::try_from(m).unwrap(), tree));
+                    verify_inclusion(leaf, m, n64, &p, &r).unwrap();
+                }
+                for m in 1..=n {
+                    let m64 = u64::try_from(m).unwrap();
+                    let p = trees.consistency_proof(*log, m64, n64).await.unwrap();
+                    assert_eq!(p, reference::consistency_proof(m, tree));
+                    verify_consistency(m64, n64, &root(&leaves[..m]), &r, &p).unwrap();
+                }
+            }
+            // Past the tree: a typed error.
+            assert!(trees.root(*log, size + 1).await.is_err());
+            assert!(trees.inclusion_proof(*log, size, size).await.is_err());
+        }
+    }
+
+    /// Resetting and folding again from position 0 (as `projections rebuild` does), with
+    /// other batch sizes, gives the same nodes.
+    pub async fn a_rebuild_gives_the_same_nodes(
+        store: Arc<dyn EventStore>,
+        sink: Arc<dyn ProjectionSink>,
+        trees: Arc<dyn AuditTrees>,
+    ) {
+        let (_, last) = appended(store.as_ref(), 30).await;
+        fold(store.clone(), sink.clone(), 1, last).await;
+        let before = snapshot(trees.as_ref()).await;
+        assert_eq!(before.len(), 4);
+        let runner = Runner::new(store.clone(), sink.clone(), Projection::AuditTree).with_batch(8);
+        runner.rebuild(|_| {}).await.unwrap();
+        assert_eq!(snapshot(trees.as_ref()).await, before);
+        sink.reset(Projection::AuditTree).await.unwrap();
+        assert!(trees.tree_sizes().await.unwrap().is_empty());
+        assert_eq!(sink.checkpoint(Projection::AuditTree).await.unwrap(), 0);
+        // More events later: the live fold continues the logs where the rebuild left them.
+        fold(store.clone(), sink.clone(), 1000, last).await;
+        let (_, last) = appended(store.as_ref(), 5).await;
+        fold(store.clone(), sink.clone(), 2, last).await;
+        let live = snapshot(trees.as_ref()).await;
+        assert_eq!(live[&AuditLog::Global].1.len(), 35);
+        Runner::new(store, sink, Projection::AuditTree)
+            .rebuild(|_| {})
+            .await
+            .unwrap();
+        assert_eq!(snapshot(trees.as_ref()).await, live);
+    }
+
+    /// Nodes and frontiers are written with the checkpoint, all or nothing: a stale commit or
+    /// one that repeats a stored node changes neither.
+    pub async fn tree_nodes_commit_with_the_checkpoint(
+        store: Arc<dyn EventStore>,
+        sink: Arc<dyn ProjectionSink>,
+        trees: Arc<dyn AuditTrees>,
+    ) {
+        let (_, last) = appended(store.as_ref(), 12).await;
+        let checkpoint = fold(store.clone(), sink.clone(), 5, last).await;
+        let before = snapshot(trees.as_ref()).await;
+        let log = AuditLog::Global;
+        let size = trees.tree_size(log).await.unwrap();
+        let mut head = sink.tree_heads(&[log]).await.unwrap().remove(&log).unwrap();
+        assert_eq!(head.size(), size);
+        assert_eq!(head.root(), trees.root(log, size).await.unwrap());
+        let mut nodes = Vec::new();
+        head.append(leaf_hash(b"not an event"), |addr, hash| {
+            nodes.push(TreeNode { log, addr, hash });
+        });
+        let grown = TreeChanges {
+            nodes: nodes.clone(),
+            heads: [(log, head.clone())].into(),
+        };
+        // Stale: the checkpoint does not move forward.
+        let stale = Changes {
+            tree: grown.clone(),
+            checkpoint,
+            ..Changes::default()
+        };
+        assert!(matches!(
+            sink.commit(Projection::AuditTree, stale).await,
+            Err(SinkError::Superseded { .. })
+        ));
+        // A node stored already (leaf 0) fails the commit whole.
+        let mut repeated = grown.clone();
+        let first = trees.leaf_hashes(log, 0, 1).await.unwrap()[0];
+        repeated.nodes.push(TreeNode {
+            log,
+            addr: keyledger_store::merkle::NodeAddr::leaf(0),
+            hash: first,
+        });
+        let failing = Changes {
+            tree: repeated,
+            checkpoint: checkpoint + 1,
+            ..Changes::default()
+        };
+        assert!(sink.commit(Projection::AuditTree, failing).await.is_err());
+        assert_eq!(sink.checkpoint(Projection::AuditTree).await.unwrap(), checkpoint);
+        assert_eq!(snapshot(trees.as_ref()).await, before);
+        let heads = sink.tree_heads(&[log]).await.unwrap();
+        assert_eq!(heads[&log].size(), size);
+        // The same changes, well formed, go in with the checkpoint.
+        let ok = Changes {
+            tree: grown,
+            checkpoint: checkpoint + 1,
+            ..Changes::default()
+        };
+        sink.commit(Projection::AuditTree, ok).await.unwrap();
+        assert_eq!(trees.tree_size(log).await.unwrap(), size + 1);
+        assert_eq!(
+            sink.checkpoint(Projection::AuditTree).await.unwrap(),
+            checkpoint + 1
+        );
+        let unknown: Frontier = sink
+            .tree_heads(&[AuditLog::Org(OrgId::new_v7())])
+            .await
+            .unwrap()
+            .into_values()
+            .next()
+            .unwrap_or_default();
+        assert_eq!(unknown.size(), 0);
+    }
+}
+
+/// Mounts the audit-tree suite: `tree_conformance!(async_factory)` where the factory returns
+/// `Option<(Arc<dyn EventStore>, Arc<dyn ProjectionSink>, Arc<dyn AuditTrees>, guard)>`, the
+/// sink and the trees being the same backend's; `None` skips the test.
+#[macro_export]
+macro_rules! tree_conformance {
+    ($factory:expr) => {
+        #[tokio::test]
+        async fn tree_roots_and_proofs_equal_the_reference() {
+            let Some((store, sink, trees, _guard)) = $factory().await else {
+                return;
+            };
+            $crate::conformance::tree::roots_and_proofs_equal_the_reference(store, sink, trees).await;
+        }
+        #[tokio::test]
+        async fn tree_a_rebuild_gives_the_same_nodes() {
+            let Some((store, sink, trees, _guard)) = $factory().await else {
+                return;
+            };
+            $crate::conformance::tree::a_rebuild_gives_the_same_nodes(store, sink, trees).await;
+        }
+        #[tokio::test]
+        async fn tree_nodes_commit_with_the_checkpoint() {
+            let Some((store, sink, trees, _guard)) = $factory().await else {
+                return;
+            };
+            $crate::conformance::tree::tree_nodes_commit_with_the_checkpoint(store, sink, trees).await;
+        }
+    };
+}

@@ -26,7 +26,7 @@ pub use runner::{
     AuditQuery, Changes, MemoryRows, MemorySink, ProjectionSink, Runner, RunnerError, SinkError,
 };
 
-/// The four projections.
+/// The five projections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Projection {
     /// The organization view: the active key per organization.
@@ -35,6 +35,10 @@ pub enum Projection {
     TenantAudit,
     KeyHealth,
     DataKeyInventory,
+    /// The audit log's Merkle trees (ADR 0024): no documents, but the nodes and frontiers of
+    /// the global log and each organization's log, folded by [`keyledger_store::merkle::fold_events`]
+    /// and read through [`keyledger_store::merkle::AuditTrees`].
+    AuditTree,
 }
 
 /// A projection document that does not parse: the stored rows were written by another
@@ -49,6 +53,13 @@ pub enum ProjectionError {
         #[source]
         source: serde_json::Error,
     },
+    /// A projection without documents was asked to read one (a caller bug).
+    #[error("projection {projection} keeps no documents")]
+    NoDocuments { projection: &'static str },
+    /// The audit tree cannot take the events (they do not continue a log): see
+    /// [`TreeError::LeafOutOfOrder`](keyledger_store::merkle::TreeError::LeafOutOfOrder).
+    #[error(transparent)]
+    Tree(#[from] keyledger_store::merkle::TreeError),
     /// The event itself does not decode (unknown type or future version): upgrade keyledger.
     #[error("event at position {position} does not decode: {source}")]
     Decode {
@@ -68,11 +79,12 @@ pub struct Applied {
 }
 
 impl Projection {
-    pub const ALL: [Projection; 4] = [
+    pub const ALL: [Projection; 5] = [
         Projection::OrganizationEncryption,
         Projection::TenantAudit,
         Projection::KeyHealth,
         Projection::DataKeyInventory,
+        Projection::AuditTree,
     ];
 
     /// The stable name used for tables, checkpoints and leases.
@@ -82,6 +94,7 @@ impl Projection {
             Projection::TenantAudit => "tenant_audit",
             Projection::KeyHealth => "key_health",
             Projection::DataKeyInventory => "data_key_inventory",
+            Projection::AuditTree => "audit_tree",
         }
     }
 
@@ -100,6 +113,11 @@ impl Projection {
             Projection::KeyHealth => Doc::KeyHealth(serde_json::from_value(doc).map_err(bad)?),
             Projection::DataKeyInventory => Doc::Inventory(serde_json::from_value(doc).map_err(bad)?),
             Projection::TenantAudit => Doc::Tenants(serde_json::from_value(doc).map_err(bad)?),
+            Projection::AuditTree => {
+                return Err(ProjectionError::NoDocuments {
+                    projection: self.name(),
+                });
+            }
         })
     }
 
@@ -159,6 +177,9 @@ impl Projection {
                 let audit = tenants.apply(stored, event);
                 (Some(Doc::Tenants(tenants)), audit)
             }
+            // Its rows are tree nodes, folded by the runner from the stored events alone
+            // (`Runner::apply_tree_batch`).
+            (Projection::AuditTree, _) => (None, Vec::new()),
         }
     }
 

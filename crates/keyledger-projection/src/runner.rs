@@ -10,6 +10,10 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 use keyledger_domain::{GlobalPosition, OrgId, TenantId};
 use keyledger_store::envelope::StoredEvent;
+use keyledger_store::merkle::{
+    AuditLog, AuditTrees, Frontier, Hash, NodeAddr, TreeChanges, TreeError, TreeRows, fold_events,
+    logs_fed_by,
+};
 use keyledger_store::subscribe::NextPage;
 use keyledger_store::{EventStore, StoreError};
 use serde_json::Value;
@@ -22,6 +26,8 @@ pub struct Changes {
     /// Per organization: the new document, or `None` to delete it.
     pub docs: BTreeMap<OrgId, Option<Value>>,
     pub audit: Vec<AuditEntry>,
+    /// New audit-tree nodes and frontiers ([`Projection::AuditTree`] only).
+    pub tree: TreeChanges,
     /// The position of the last event folded.
     pub checkpoint: u64,
 }
@@ -77,6 +83,9 @@ pub trait ProjectionSink: Send + Sync {
     }
     /// Deletes every row of the projection and sets its checkpoint to 0, all or nothing.
     async fn reset(&self, projection: Projection) -> Result<(), SinkError>;
+    /// The stored frontiers of these audit-tree logs, as the runner's last commit left them
+    /// (absent: an empty log).
+    async fn tree_heads(&self, logs: &[AuditLog]) -> Result<BTreeMap<AuditLog, Frontier>, SinkError>;
     /// Tenant-audit rows that match `query`, oldest first.
     async fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, SinkError>;
     /// Whether the tenant has audit rows or belongs to an organization now.
@@ -224,6 +233,15 @@ impl Runner {
             if last.global_position.0 <= after {
                 continue;
             }
+            if projection == Projection::AuditTree {
+                let passed: Vec<StoredEvent> = events
+                    .iter()
+                    .filter(|e| e.global_position.0 > after)
+                    .cloned()
+                    .collect();
+                all.push((projection, self.fold_tree(&passed, last.global_position.0).await?));
+                continue;
+            }
             // Streams no organization owns (ADR 0025) are not folded; the checkpoint still
             // moves past them.
             let mine: Vec<&(&StoredEvent, keyledger_domain::Event)> = decoded
@@ -238,6 +256,7 @@ impl Runner {
         if all.is_empty() {
             return Ok(());
         }
+        let committed: Vec<Projection> = all.iter().map(|(p, _)| *p).collect();
         if let Err(e) = self.sink.commit_all(all).await {
             // What is stored is no longer known for certain.
             cache.docs.clear();
@@ -246,13 +265,27 @@ impl Runner {
         if cache.docs.len() > DocCache::CAPACITY {
             cache.docs.clear();
         }
-        for (projection, docs) in folded {
+        for projection in committed {
             checkpoints.insert(projection, last.global_position.0);
+        }
+        for (projection, docs) in folded {
             for (org, doc) in docs {
                 cache.docs.insert((projection, org), doc);
             }
         }
         Ok(())
+    }
+
+    /// The audit tree's changes: the leaves of `events` appended to the global log and their
+    /// organizations' logs, from the frontiers stored.
+    async fn fold_tree(&self, events: &[StoredEvent], checkpoint: u64) -> Result<Changes, RunnerError> {
+        let heads = self.sink.tree_heads(&logs_fed_by(events)).await?;
+        let tree = fold_events(heads, events).map_err(ProjectionError::Tree)?;
+        Ok(Changes {
+            tree,
+            checkpoint,
+            ..Changes::default()
+        })
     }
 
     /// One projection's changes for `events` (of organization streams), on the documents it
@@ -298,6 +331,7 @@ impl Runner {
                 .map(|(org, d)| (*org, d.as_ref().map(Doc::to_value)))
                 .collect(),
             audit,
+            tree: TreeChanges::default(),
             checkpoint: 0,
         };
         Ok((changes, docs))
@@ -418,6 +452,7 @@ pub struct MemorySink {
 pub struct MemoryRows {
     pub docs: BTreeMap<(Projection, OrgId), Value>,
     pub audit: Vec<AuditEntry>,
+    pub tree: TreeRows,
     pub checkpoints: BTreeMap<Projection, u64>,
 }
 
@@ -463,6 +498,10 @@ impl ProjectionSink for MemorySink {
                 ));
             }
         }
+        rows.tree
+            .check(&changes.tree)
+            .map_err(|e| SinkError::Backend(e.into()))?;
+        rows.tree.apply(changes.tree);
         for (org, doc) in changes.docs {
             match doc {
                 Some(d) => {
@@ -507,7 +546,39 @@ impl ProjectionSink for MemorySink {
         if projection == Projection::TenantAudit {
             rows.audit.clear();
         }
+        if projection == Projection::AuditTree {
+            rows.tree.clear();
+        }
         rows.checkpoints.insert(projection, 0);
         Ok(())
+    }
+
+    async fn tree_heads(&self, logs: &[AuditLog]) -> Result<BTreeMap<AuditLog, Frontier>, SinkError> {
+        Ok(self.lock().tree.heads(logs))
+    }
+}
+
+impl MemorySink {
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryRows> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl AuditTrees for MemorySink {
+    async fn tree_size(&self, log: AuditLog) -> Result<u64, TreeError> {
+        Ok(self.lock().tree.size(log))
+    }
+
+    async fn tree_sizes(&self) -> Result<BTreeMap<AuditLog, u64>, TreeError> {
+        Ok(self.lock().tree.sizes())
+    }
+
+    async fn nodes(&self, log: AuditLog, addrs: &[NodeAddr]) -> Result<Vec<Option<Hash>>, TreeError> {
+        Ok(self.lock().tree.nodes(log, addrs))
+    }
+
+    async fn leaf_hashes(&self, log: AuditLog, start: u64, end: u64) -> Result<Vec<Hash>, TreeError> {
+        self.lock().tree.leaf_hashes(log, start, end)
     }
 }

@@ -71,3 +71,30 @@ async fn a_runner_moves_past_the_audit_stream() {
         .unwrap();
     assert_eq!(docs[&org]["version"], 1);
 }
+
+mod audit_tree {
+    use std::sync::Arc;
+
+    use keyledger_projection::{MemorySink, ProjectionSink};
+    use keyledger_store::merkle::AuditTrees;
+    use keyledger_store::{EventStore, InMemoryStore, KeyRing};
+
+    type Mounted = (
+        Arc<dyn EventStore>,
+        Arc<dyn ProjectionSink>,
+        Arc<dyn AuditTrees>,
+        (),
+    );
+
+    async fn memory() -> Option<Mounted> {
+        let sink = Arc::new(MemorySink::default());
+        Some((
+            Arc::new(InMemoryStore::new(Arc::new(KeyRing::generate()))),
+            sink.clone(),
+            sink,
+            (),
+        ))
+    }
+
+    keyledger_projection::tree_conformance!(memory);
+}

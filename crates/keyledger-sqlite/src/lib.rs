@@ -30,6 +30,7 @@ use sqlx::sqlite::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+mod audit_tree;
 mod group;
 mod head_cache;
 mod import;

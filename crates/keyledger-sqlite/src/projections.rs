@@ -9,7 +9,7 @@
 //! past the log's end (a log that lost its last commits, possible only with
 //! [`Durability::Normal`](crate::Durability::Normal)) is reset and rebuilt from 0.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::str::FromStr as _;
 use std::time::Duration;
@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use keyledger_domain::{OrgId, TenantId};
 use keyledger_projection::{AuditEntry, AuditQuery, Changes, Projection, ProjectionSink, SinkError};
 use keyledger_store::StoreError;
+use keyledger_store::merkle::{AuditLog, Frontier};
 use serde_json::Value;
 use sqlx::Row as _;
 use sqlx::sqlite::{
@@ -113,6 +114,11 @@ impl SqliteProjections {
                 ))
             })
             .collect()
+    }
+
+    /// The read pool (queries that need not see the runner's last commit at once).
+    pub(crate) fn reader(&self) -> &SqlitePool {
+        &self.file.read
     }
 
     /// One document.
@@ -213,6 +219,12 @@ impl ProjectionSink for SqliteProjections {
         tx.commit().await.map_err(sink_err)
     }
 
+    async fn tree_heads(&self, logs: &[AuditLog]) -> Result<BTreeMap<AuditLog, Frontier>, SinkError> {
+        crate::audit_tree::heads(&self.file.write, logs)
+            .await
+            .map_err(sink_err)
+    }
+
     async fn reset(&self, projection: Projection) -> Result<(), SinkError> {
         let mut tx = self.file.write.begin().await.map_err(sink_err)?;
         sqlx::query("DELETE FROM projection_documents WHERE projection = ?")
@@ -225,6 +237,9 @@ impl ProjectionSink for SqliteProjections {
                 .execute(&mut *tx)
                 .await
                 .map_err(sink_err)?;
+        }
+        if projection == Projection::AuditTree {
+            crate::audit_tree::clear(&mut tx).await.map_err(sink_err)?;
         }
         sqlx::query(
             "INSERT INTO projection_checkpoints (projection, position) VALUES (?, 0) \
@@ -326,5 +341,8 @@ async fn write_changes(
             .await
             .map_err(sink_err)?;
     }
+    crate::audit_tree::write(&mut **tx, &changes.tree)
+        .await
+        .map_err(sink_err)?;
     Ok(())
 }

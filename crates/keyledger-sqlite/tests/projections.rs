@@ -31,8 +31,8 @@ mod projection_file {
     fn changes(org: OrgId, checkpoint: u64) -> Changes {
         Changes {
             docs: [(org, Some(serde_json::json!({ "at": checkpoint })))].into(),
-            audit: Vec::new(),
             checkpoint,
+            ..Changes::default()
         }
     }
 
@@ -107,4 +107,31 @@ mod projection_file {
         );
         store.close().await;
     }
+}
+
+mod audit_tree {
+    use std::sync::Arc;
+
+    use keyledger_projection::ProjectionSink;
+    use keyledger_sqlite::{SqliteProjections, SqliteStore};
+    use keyledger_store::merkle::AuditTrees;
+    use keyledger_store::{EventStore, KeyRing};
+
+    type Mounted = (
+        Arc<dyn EventStore>,
+        Arc<dyn ProjectionSink>,
+        Arc<dyn AuditTrees>,
+        tempfile::TempDir,
+    );
+
+    async fn sqlite() -> Option<Mounted> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("k.db"), Arc::new(KeyRing::generate()))
+            .await
+            .unwrap();
+        let sink = Arc::new(SqliteProjections::new(&store));
+        Some((Arc::new(store), sink.clone(), sink, dir))
+    }
+
+    keyledger_projection::tree_conformance!(sqlite);
 }

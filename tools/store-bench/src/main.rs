@@ -8,6 +8,10 @@
 //!     [--postgres-url URL] [--skip-postgres] [--skip-sqlite]
 //! ```
 //!
+//! `--audit-tree` measures the audit log's Merkle tree instead (issue 13, `audit.rs`):
+//! inclusion-proof latency on an organization log of `--org-events` events, and append
+//! throughput at 32 writers with the tree folding live against none.
+//!
 //! PostgreSQL runs in a fresh database (dropped afterwards) on the server of
 //! `--postgres-url`, default `KEYLEDGER_TEST_POSTGRES_URL` or postgres://root@127.0.0.1:5432/postgres.
 
@@ -18,6 +22,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
+
+mod audit;
 use keyledger_domain::event::TenantAdded;
 use keyledger_domain::{ActorKind, Event, GlobalPosition, OrgId, Role, StreamId, StreamVersion, TenantId};
 use keyledger_postgres::{PostgresOptions, PostgresStore};
@@ -62,6 +68,16 @@ struct Args {
     /// Keep the SQLite database in this file (reused by later runs) instead of a temporary one.
     #[arg(long)]
     sqlite_path: Option<std::path::PathBuf>,
+    /// Measure the audit tree (proof latency, append throughput with the tree on and off)
+    /// instead of the store.
+    #[arg(long)]
+    audit_tree: bool,
+    /// Events of the organization log whose inclusion proofs are timed (`--audit-tree`).
+    #[arg(long, default_value_t = 100_000)]
+    org_events: u64,
+    /// Inclusion proofs timed (`--audit-tree`).
+    #[arg(long, default_value_t = 5_000)]
+    proofs: usize,
 }
 
 /// SQLite's `synchronous` setting: when a commit is durable.
@@ -331,6 +347,12 @@ async fn run_postgres(args: &Args, out: &mut Results) -> Result<(), String> {
         let store = PostgresStore::connect_with(&url, Arc::new(KeyRing::generate()), options)
             .await
             .map_err(|e| e.to_string())?;
+        if args.audit_tree {
+            let sink = Arc::new(keyledger_postgres::PgProjections::new(&store));
+            audit::bench("postgres", &store, sink.clone(), sink.as_ref(), args, out).await;
+            store.pool().close().await;
+            return Ok(());
+        }
         let at32 = bench_backend("postgres", &store, args, out).await;
         sqlx::raw_sql(include_str!("../pgbench_events.sql"))
             .execute(store.pool())
@@ -378,7 +400,12 @@ async fn main() {
         let store = SqliteStore::open_with(&path, Arc::new(KeyRing::generate()), options)
             .await
             .expect("open sqlite");
-        bench_backend("sqlite", &store, &args, &mut out).await;
+        if args.audit_tree {
+            let sink = Arc::new(keyledger_sqlite::SqliteProjections::new(&store));
+            audit::bench("sqlite", &store, sink.clone(), sink.as_ref(), &args, &mut out).await;
+        } else {
+            bench_backend("sqlite", &store, &args, &mut out).await;
+        }
         store.close().await;
     }
     if !args.skip_postgres

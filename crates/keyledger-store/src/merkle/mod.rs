@@ -8,7 +8,22 @@
 //!   data: each sealed field enters only as the SHA-256 of its sealed form.
 //! - [`root`]: the tree hash of a list of leaf hashes.
 //! - [`verify_inclusion`] / [`verify_consistency`]: the RFC 9162 §2.1.3.2 and §2.1.4.2 checks.
+//!
+//! The stored trees (ADR 0024, "Decision: the tree storage"):
+//!
+//! - [`AuditLog`]: the global log or an organization's;
+//! - [`fold_events`]: events to new [`TreeNode`]s and [`Frontier`]s, the pure fold that the
+//!   `audit_tree` projection commits with its checkpoint;
+//! - [`AuditTrees`]: the read port, roots and proofs of any size from O(log n) stored nodes;
+//! - [`MemoryTrees`] / [`TreeRows`]: the same rows in memory.
 
+mod fold;
+mod log;
+mod memory;
+mod port;
+mod proof;
+#[cfg(any(test, feature = "conformance"))]
+pub mod reference;
 mod verify;
 
 use serde_json::{Map, Value};
@@ -16,6 +31,10 @@ use sha2::{Digest, Sha256};
 
 use crate::envelope::{StoredEvent, canonical_time, write_canonical};
 
+pub use fold::{Frontier, NodeAddr, TreeChanges, TreeNode, fold_events, logs_fed_by};
+pub use log::{AuditLog, fed_by, org_log_of};
+pub use memory::{MemoryTrees, TreeRows};
+pub use port::{AuditTrees, TreeError};
 pub use verify::{ProofError, verify_consistency, verify_inclusion};
 
 /// A SHA-256 hash: a leaf hash, an inner node or a root.

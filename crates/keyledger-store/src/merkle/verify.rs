@@ -119,44 +119,9 @@ pub fn verify_consistency(
 
 #[cfg(test)]
 mod tests {
+    use super::super::reference::{consistency_proof, inclusion_proof};
     use super::super::{leaf_hash, root};
     use super::*;
-
-    /// RFC 9162 §2.1.3.1 / §2.1.4.1 proof generation over a full list of leaves: the
-    /// reference the stored-tree proofs are checked against.
-    fn path(m: usize, leaves: &[Hash]) -> Vec<Hash> {
-        let n = leaves.len();
-        if n <= 1 {
-            return vec![];
-        }
-        let k = super::super::split(n);
-        if m < k {
-            let mut p = path(m, &leaves[..k]);
-            p.push(root(&leaves[k..]));
-            p
-        } else {
-            let mut p = path(m - k, &leaves[k..]);
-            p.push(root(&leaves[..k]));
-            p
-        }
-    }
-
-    fn subproof(m: usize, leaves: &[Hash], complete: bool) -> Vec<Hash> {
-        let n = leaves.len();
-        if m == n {
-            return if complete { vec![] } else { vec![root(leaves)] };
-        }
-        let k = super::super::split(n);
-        if m <= k {
-            let mut p = subproof(m, &leaves[..k], complete);
-            p.push(root(&leaves[k..]));
-            p
-        } else {
-            let mut p = subproof(m - k, &leaves[k..], false);
-            p.push(root(&leaves[..k]));
-            p
-        }
-    }
 
     #[test]
     fn every_proof_of_small_trees_verifies_and_a_flipped_bit_fails() {
@@ -165,7 +130,7 @@ mod tests {
             let tree = &leaves[..n];
             let r = root(tree);
             for m in 0..n {
-                let p = path(m, tree);
+                let p = inclusion_proof(m, tree);
                 verify_inclusion(&tree[m], m as u64, n as u64, &p, &r).unwrap();
                 for i in 0..p.len() {
                     let mut bad = p.clone();
@@ -175,7 +140,7 @@ mod tests {
                 assert!(verify_inclusion(&tree[m], m as u64 + 1, n as u64, &p, &r).is_err() || n == 1);
             }
             for m in 1..=n {
-                let p = subproof(m, tree, true);
+                let p = consistency_proof(m, tree);
                 let r1 = root(&tree[..m]);
                 verify_consistency(m as u64, n as u64, &r1, &r, &p).unwrap();
                 for i in 0..p.len() {
