@@ -10,7 +10,7 @@ use keyledger_audit::{Bundle, Verifier, verify_bundle};
 
 use crate::report::{Failure, Outcome};
 
-/// Bundles larger than this are refused before parsing (a 100,000-event bundle is ~60 MB).
+/// Bundles larger than this are refused before parsing (a 100,000-event bundle is ~115 MB).
 const MAX_BUNDLE_BYTES: u64 = 1 << 30;
 
 pub(crate) fn verify(
