@@ -71,7 +71,7 @@ enum AuditCommand {
         bundle: PathBuf,
         /// The note verifier key from GET /v1/audit/public-key: NAME+HASH+KEY.
         #[arg(long, value_name = "KEY", value_parser = parse_verifier)]
-        verifier_key: keyledger_audit::Verifier,
+        verifier_key: Box<keyledger_audit::Verifier>,
         /// An earlier signed checkpoint of the organization's log, which the bundle must extend.
         #[arg(long, value_name = "CHECKPOINT_FILE")]
         previous: Option<PathBuf>,
@@ -134,8 +134,11 @@ impl StoreArg {
     }
 }
 
-fn parse_verifier(s: &str) -> Result<keyledger_audit::Verifier, String> {
-    keyledger_audit::Verifier::parse(s).map_err(|e| e.to_string())
+/// Boxed: a parsed key is larger than the other commands' arguments.
+fn parse_verifier(s: &str) -> Result<Box<keyledger_audit::Verifier>, String> {
+    keyledger_audit::Verifier::parse(s)
+        .map(Box::new)
+        .map_err(|e| e.to_string())
 }
 
 fn parse_org(s: &str) -> Result<OrgId, String> {
