@@ -25,6 +25,8 @@ pub(crate) struct Config {
     pub health: HealthConfig,
     #[serde(default)]
     pub auth: AuthConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -160,6 +162,31 @@ impl Default for HealthConfig {
         Self {
             probe_interval: Duration::from_secs(5 * 60),
             transient_grace: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+/// The verifiable audit log (CONTRACT.md "Verifiable audit log").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AuditConfig {
+    /// The signer name of the checkpoints and the prefix of their origins
+    /// (`<origin>/org/<org_id>`, `<origin>/global`). Changing it changes the verifier key.
+    pub origin: String,
+    /// The Ed25519 signing key (a note signer key), created 0600 on first start and never
+    /// replaced beside existing checkpoints.
+    pub signing_key_file: PathBuf,
+    /// How often the logs that grew get a signed checkpoint.
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            origin: "keyledger.localhost".into(),
+            signing_key_file: PathBuf::from("keyledger-data/audit-signing-key"),
+            checkpoint_interval: Duration::from_secs(60),
         }
     }
 }
@@ -336,6 +363,18 @@ fn check(c: &Config) -> Result<(), ConfigError> {
     }
     if c.health.probe_interval < Duration::from_secs(1) {
         return Err(rule("health.probe_interval", "must be at least 1s"));
+    }
+    if keyledger_audit::note::check_name(&c.audit.origin).is_err() {
+        return Err(rule(
+            "audit.origin",
+            "must be a note signer name: not empty, with no space and no '+' (e.g. keyledger.example.com)",
+        ));
+    }
+    if c.audit.signing_key_file.as_os_str().is_empty() {
+        return Err(rule("audit.signing_key_file", "must not be empty"));
+    }
+    if c.audit.checkpoint_interval < Duration::from_secs(1) {
+        return Err(rule("audit.checkpoint_interval", "must be at least 1s"));
     }
     for (i, t) in c.auth.tokens.iter().enumerate() {
         let key = |f: &str| format!("auth.tokens[{i}].{f}");
@@ -537,6 +576,56 @@ tenants = ["*"]
                     .unwrap_err()
                     .to_string();
                 assert!(err.contains(key), "{err}");
+                Ok(())
+            });
+        }
+    }
+
+    #[test]
+    fn the_audit_section_defaults_to_dev_mode_and_can_be_set() {
+        Jail::expect_with(|jail| {
+            let (c, _) = load(None).unwrap();
+            assert_eq!(c.audit.origin, "keyledger.localhost");
+            assert_eq!(
+                c.audit.signing_key_file,
+                PathBuf::from("keyledger-data/audit-signing-key")
+            );
+            assert_eq!(c.audit.checkpoint_interval, Duration::from_secs(60));
+            let (c, _) = load_in(
+                jail,
+                "[audit]\norigin = \"keyledger.example.com\"\nsigning_key_file = \"/var/lib/keyledger/audit-key\"\ncheckpoint_interval = \"5m\"\n",
+            )
+            .unwrap();
+            assert_eq!(c.audit.origin, "keyledger.example.com");
+            assert_eq!(
+                c.audit.signing_key_file,
+                PathBuf::from("/var/lib/keyledger/audit-key")
+            );
+            assert_eq!(c.audit.checkpoint_interval, Duration::from_secs(300));
+            jail.set_env("KEYLEDGER_AUDIT__ORIGIN", "audit.example.org");
+            jail.set_env("KEYLEDGER_AUDIT__CHECKPOINT_INTERVAL", "30s");
+            let (c, origin) = load(None).unwrap();
+            assert_eq!(origin, Origin::Explicit);
+            assert_eq!(c.audit.origin, "audit.example.org");
+            assert_eq!(c.audit.checkpoint_interval, Duration::from_secs(30));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn audit_rules_name_the_key() {
+        for (toml, key) in [
+            ("origin = \"has space\"", "audit.origin"),
+            ("origin = \"a+b\"", "audit.origin"),
+            ("origin = \"\"", "audit.origin"),
+            ("signing_key_file = \"\"", "audit.signing_key_file"),
+            ("checkpoint_interval = \"0s\"", "audit.checkpoint_interval"),
+        ] {
+            Jail::expect_with(|jail| {
+                let err = load_in(jail, &format!("[audit]\n{toml}\n"))
+                    .unwrap_err()
+                    .to_string();
+                assert!(err.starts_with(key), "{toml}: {err}");
                 Ok(())
             });
         }

@@ -1,7 +1,8 @@
 //! `keyledger`: the command line of the keyledger service (CONTRACT.md "Command line").
 //!
 //! Exit codes: 0 done, 1 failed (one line on stderr: `keyledger: <what failed>: <cause>`),
-//! 2 usage (clap's own), 3 `verify` found a broken hash chain.
+//! 2 usage (clap's own), 3 `verify` found a broken hash chain or `audit verify` a bundle that
+//! does not hold.
 
 mod commands;
 mod config;
@@ -54,6 +55,27 @@ enum Command {
     /// Projection maintenance.
     #[command(subcommand)]
     Projections(ProjectionsCommand),
+    /// The verifiable audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Checks an organization's audit bundle offline: the checkpoint's signature, every leaf,
+    /// the root and, with --previous, that the log extends an earlier checkpoint. Exit 3 names
+    /// the leaf or the checkpoint that does not hold.
+    Verify {
+        /// A bundle from GET /v1/organizations/{org}/audit/bundle.
+        #[arg(long, value_name = "FILE")]
+        bundle: PathBuf,
+        /// The note verifier key from GET /v1/audit/public-key: NAME+HASH+KEY.
+        #[arg(long, value_name = "KEY", value_parser = parse_verifier)]
+        verifier_key: Box<keyledger_audit::Verifier>,
+        /// An earlier signed checkpoint of the organization's log, which the bundle must extend.
+        #[arg(long, value_name = "CHECKPOINT_FILE")]
+        previous: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -112,6 +134,13 @@ impl StoreArg {
     }
 }
 
+/// Boxed: a parsed key is larger than the other commands' arguments.
+fn parse_verifier(s: &str) -> Result<Box<keyledger_audit::Verifier>, String> {
+    keyledger_audit::Verifier::parse(s)
+        .map(Box::new)
+        .map_err(|e| e.to_string())
+}
+
 fn parse_org(s: &str) -> Result<OrgId, String> {
     s.parse()
         .map_err(|_| format!("{s:?} is not an organization id (a UUID)"))
@@ -121,6 +150,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = match cli.command {
         Command::Serve { config } => return serve::run(config),
+        // Offline: no store, so no runtime.
+        Command::Audit(AuditCommand::Verify {
+            bundle,
+            verifier_key,
+            previous,
+        }) => {
+            return match commands::audit::verify(&bundle, &verifier_key, previous.as_deref()) {
+                Ok(outcome) => outcome.exit_code(),
+                Err(failure) => failure.report(),
+            };
+        }
         other => other,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -139,7 +179,9 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> Result<Outcome, Failure> {
     match command {
-        Command::Serve { .. } => unreachable!("serve runs without the store runtime"),
+        Command::Serve { .. } | Command::Audit(_) => {
+            unreachable!("serve and audit run without the store runtime")
+        }
         Command::Migrate(store) => commands::migrate::run(&store.parse()?).await,
         Command::Verify { store, org } => commands::verify::run(&store.parse()?, org).await,
         Command::Events(EventsCommand::Export { store, after }) => {

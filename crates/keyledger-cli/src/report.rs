@@ -15,13 +15,15 @@ pub(crate) enum Outcome {
     Done,
     /// Exit 3: `verify` found a broken hash chain (already reported on stderr).
     ChainBroken,
+    /// Exit 3: `audit verify` found a bundle that does not hold (already reported on stderr).
+    AuditFailed,
 }
 
 impl Outcome {
     pub(crate) fn exit_code(self) -> ExitCode {
         match self {
             Outcome::Done => ExitCode::SUCCESS,
-            Outcome::ChainBroken => ExitCode::from(3),
+            Outcome::ChainBroken | Outcome::AuditFailed => ExitCode::from(3),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! [`Outcome`]: crate::report::Outcome
 //! [`Failure`]: crate::report::Failure
 
+pub(crate) mod audit;
 pub(crate) mod events;
 pub(crate) mod migrate;
 pub(crate) mod projections;
