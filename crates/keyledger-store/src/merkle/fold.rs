@@ -115,10 +115,7 @@ pub struct TreeChanges {
 
 /// The logs `events` feed, each once: what a fold must load the frontiers of.
 pub fn logs_fed_by(events: &[StoredEvent]) -> Vec<AuditLog> {
-    let mut logs: Vec<AuditLog> = events
-        .iter()
-        .flat_map(|e| log::fed_by(e.stream_id))
-        .collect();
+    let mut logs: Vec<AuditLog> = events.iter().flat_map(|e| log::fed_by(e.stream_id)).collect();
     logs.sort_unstable();
     logs.dedup();
     logs
