@@ -341,7 +341,7 @@ async fn write_changes(
             .await
             .map_err(sink_err)?;
     }
-    crate::audit_tree::write(&mut **tx, &changes.tree)
+    crate::audit_tree::write(tx, &changes.tree)
         .await
         .map_err(sink_err)?;
     Ok(())
