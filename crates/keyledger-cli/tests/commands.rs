@@ -372,10 +372,13 @@ async fn migrate_creates_the_schema_then_is_up_to_date(kind: Kind) {
         Kind::Sqlite => "sqlite",
         Kind::Postgres => "postgres",
     };
-    let migrations = std::fs::read_dir(format!("{}/../../migrations/{folder}", env!("CARGO_MANIFEST_DIR")))
-        .unwrap()
-        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "sql"))
-        .count();
+    let migrations = std::fs::read_dir(format!(
+        "{}/../../migrations/{folder}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+    .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "sql"))
+    .count();
     assert!(migrations >= 2);
     assert!(
         stdout(&first).contains(&format!("applied {migrations} migration(s)")),

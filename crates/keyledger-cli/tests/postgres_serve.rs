@@ -171,12 +171,14 @@ async fn checkpoints_and_head(url: &str) -> (BTreeMap<String, i64>, i64) {
     (rows.into_iter().collect(), head.unwrap_or(0))
 }
 
-/// Waits (at most `bound`) until all four projections have folded the whole log.
+/// Waits (at most `bound`) until every projection has folded the whole log.
 async fn projections_reach_the_head(url: &str, bound: Duration) {
     let started = Instant::now();
     loop {
         let (checkpoints, head) = checkpoints_and_head(url).await;
-        if checkpoints.len() == 4 && checkpoints.values().all(|p| *p == head) {
+        if checkpoints.len() == keyledger_projection::Projection::ALL.len()
+            && checkpoints.values().all(|p| *p == head)
+        {
             return;
         }
         assert!(
@@ -325,7 +327,11 @@ async fn a_killed_instance_loses_no_acknowledged_command() {
 
     // The survivor leads every projection, and its views reach the head.
     projections_reach_the_head(&url, Duration::from_secs(30)).await;
-    assert_eq!(leases_held(&url).await, 4, "the survivor holds every lease");
+    assert_eq!(
+        leases_held(&url).await,
+        i64::try_from(keyledger_projection::Projection::ALL.len()).unwrap(),
+        "the survivor holds every lease"
+    );
 
     // Every acknowledged command is on record, and the log has no gap.
     let events = export(&url);

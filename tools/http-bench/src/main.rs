@@ -527,6 +527,8 @@ struct PlanFigures {
     lag_missing: usize,
     per_second: f64,
     non_200: BTreeMap<u16, u64>,
+    /// CPU seconds (user + system) `serve` used over the measured window.
+    serve_cpu: f64,
 }
 
 #[derive(Debug, Default)]
@@ -567,6 +569,7 @@ async fn plan_changes(
     orgs: &[Uuid],
     head: u64,
     args: &Args,
+    serve_pid: u32,
 ) -> Result<(PlanFigures, Vec<bool>), String> {
     let start = Instant::now();
     let (stop_tail, mut stopped) = tokio::sync::watch::channel(false);
@@ -593,6 +596,15 @@ async fn plan_changes(
     });
     let measured_from = start + Duration::from_secs(args.warmup);
     let end = measured_from + Duration::from_secs(args.seconds);
+    // The CPU serve uses over the measured window: a figure per request that the machine's
+    // other load disturbs far less than the request rate.
+    let serve_cpu = tokio::spawn(async move {
+        let ticks = clock_ticks();
+        tokio::time::sleep_until(measured_from.into()).await;
+        let c0 = cpu_seconds(serve_pid, ticks)?;
+        tokio::time::sleep_until(end.into()).await;
+        Ok::<f64, String>(cpu_seconds(serve_pid, ticks)? - c0)
+    });
     let mut tasks = Vec::new();
     for c in 0..args.clients() {
         let api = api.clone();
@@ -651,6 +663,7 @@ async fn plan_changes(
         }
     }
     let elapsed = measured_from.elapsed().as_secs_f64();
+    let serve_cpu = serve_cpu.await.map_err(|e| e.to_string())??;
     let latency = summarize(all);
     // Give the consumer time for the last events, then match.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -671,6 +684,7 @@ async fn plan_changes(
             non_200,
             lag: summarize(lags),
             lag_missing,
+            serve_cpu,
         },
         finals,
     ))
@@ -1082,7 +1096,7 @@ async fn bench(serve: &Serve, name: &str, args: &Args) -> Result<Figures, String
 
     // 1. Plan changes.
     let (head, _) = api.scan(0).await?;
-    let (plan, mut premium) = plan_changes(&api, &orgs, head, args).await?;
+    let (plan, mut premium) = plan_changes(&api, &orgs, head, args, serve.pid()).await?;
     println!(
         "{name:8} plan change, {} clients, {} s (after {} s warm-up): {} requests, {:.0} req/s, \
          p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, non-200 {:?}",
@@ -1095,6 +1109,12 @@ async fn bench(serve: &Serve, name: &str, args: &Args) -> Result<Figures, String
         ms(plan.latency.p99),
         ms(plan.latency.max),
         plan.non_200,
+    );
+    println!(
+        "{name:8} serve's CPU over that window: {:.2} s ({:.2} cores), {:.3} ms per request",
+        plan.serve_cpu,
+        plan.serve_cpu / args.seconds as f64,
+        1000.0 * plan.serve_cpu / plan.latency.n.max(1) as f64,
     );
     println!(
         "{name:8} lag append→SSE under that load (one consumer): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, missing {}",
