@@ -234,12 +234,9 @@ impl Runner {
                 continue;
             }
             if projection == Projection::AuditTree {
-                let passed: Vec<StoredEvent> = events
-                    .iter()
-                    .filter(|e| e.global_position.0 > after)
-                    .cloned()
-                    .collect();
-                all.push((projection, self.fold_tree(&passed, last.global_position.0).await?));
+                // Events come in position order: the ones past the checkpoint are a suffix.
+                let passed = &events[events.partition_point(|e| e.global_position.0 <= after)..];
+                all.push((projection, self.fold_tree(passed, last.global_position.0).await?));
                 continue;
             }
             // Streams no organization owns (ADR 0025) are not folded; the checkpoint still
