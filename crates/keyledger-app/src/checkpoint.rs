@@ -6,13 +6,13 @@ use std::sync::Mutex;
 
 use keyledger_domain::{Actor, AuditCheckpointSigned, CommandId, Event, StreamId, StreamVersion};
 use keyledger_store::envelope::{EnvelopeActor, EventMetadata};
-use keyledger_store::{AppendResult, NewEvent, StoreError};
+use keyledger_store::{AppendResult, NewEvent};
 
 use crate::error::AppError;
-use crate::service::App;
+use crate::service::{App, Appended};
 
-/// The last version of stream `audit` this instance has seen: a new append reads only the
-/// events after it to find the head.
+/// The last version of stream `audit` this instance has seen: where its next append expects
+/// the stream to be.
 #[derive(Debug, Default)]
 pub(crate) struct AuditHead(Mutex<StreamVersion>);
 
@@ -49,7 +49,6 @@ impl App {
         let command_id = checkpoint_command_id(&checkpoint)?;
         let event = Event::AuditCheckpointSigned(checkpoint);
         for _attempt in 0..=self.config().max_conflict_retries {
-            let expected = self.audit_head_now().await?;
             let metadata = EventMetadata {
                 occurred_at: self.clock().now(),
                 actor: EnvelopeActor::from_actor(&Actor::system(), None),
@@ -60,36 +59,23 @@ impl App {
                 event: event.clone(),
                 metadata,
             }];
+            // Append at the remembered head; a conflict names the stream's real head, so
+            // no read is needed before or after.
+            let expected = self.audit_head().get();
             match self
-                .store()
-                .append(StreamId::Audit, expected, new, Some(command_id.clone()))
-                .await
+                .append_to(StreamId::Audit, expected, new, Some(command_id.clone()))
+                .await?
             {
-                Ok(result) if result.stream == StreamId::Audit => {
+                Appended::Stored(result) => {
                     self.audit_head().advance(result.last_version);
                     return Ok(result);
                 }
-                Ok(result) => {
-                    tracing::error!(other_stream = %result.stream, "the store answered a checkpoint with another stream's result");
-                    return Err(AppError::CommandIdReused);
+                Appended::Behind { actual } => {
+                    tracing::debug!(%actual, "checkpoint append lost a race; retrying at the head");
+                    self.audit_head().advance(actual);
                 }
-                Err(StoreError::Conflict { .. }) => {
-                    tracing::debug!("checkpoint append lost a race; reloading")
-                }
-                Err(StoreError::CommandIdReused { .. }) => return Err(AppError::CommandIdReused),
-                Err(e) => return Err(e.into()),
             }
         }
         Err(AppError::Contended)
-    }
-
-    /// The head of stream `audit`: the remembered version, moved past what others appended.
-    async fn audit_head_now(&self) -> Result<StreamVersion, AppError> {
-        let known = self.audit_head().get();
-        let newer = self.store().read_stream(StreamId::Audit, known.next()).await?;
-        if let Some(last) = newer.last() {
-            self.audit_head().advance(last.stream_version);
-        }
-        Ok(self.audit_head().get())
     }
 }

@@ -180,23 +180,60 @@ impl App {
             if events.is_empty() {
                 return answer(loaded.view, 0, None);
             }
-            let appended = self
-                .store
-                .append(
-                    StreamId::for_org(org),
-                    loaded.state.version,
-                    new_events(&request, command.at, &events),
-                    request.command_id.clone(),
-                )
-                .await;
-            match appended {
-                Ok(result) => return self.appended(org, loaded, events, result).await,
-                Err(StoreError::Conflict { .. }) => tracing::debug!(%org, "append lost a race; reloading"),
-                Err(StoreError::CommandIdReused { .. }) => return Err(AppError::CommandIdReused),
-                Err(e) => return Err(e.into()),
+            if let Some(outcome) = self.append_decided(&request, command.at, loaded, events).await? {
+                return Ok(outcome);
             }
+            tracing::debug!(%org, "append lost a race; reloading");
         }
         Err(AppError::Contended)
+    }
+
+    /// Appends the events decided on `loaded` and answers with the view after them; `None`
+    /// when another writer moved the stream past `loaded` first.
+    async fn append_decided(
+        &self,
+        request: &CommandRequest,
+        at: DateTime<Utc>,
+        loaded: Loaded,
+        events: Vec<Event>,
+    ) -> Result<Option<Outcome>, AppError> {
+        let appended = self
+            .append_to(
+                StreamId::for_org(request.org_id),
+                loaded.state.version,
+                new_events(request, at, &events),
+                request.command_id.clone(),
+            )
+            .await?;
+        match appended {
+            Appended::Stored(result) => self
+                .appended(request.org_id, loaded, events, result)
+                .await
+                .map(Some),
+            Appended::Behind { .. } => Ok(None),
+        }
+    }
+
+    /// Appends to `stream`, believing only what the store says it wrote: events of another
+    /// stream are no answer to this append, whatever their versions. Every append of the
+    /// application goes through here.
+    pub(crate) async fn append_to(
+        &self,
+        stream: StreamId,
+        expected: StreamVersion,
+        events: Vec<NewEvent>,
+        command_id: Option<CommandId>,
+    ) -> Result<Appended, AppError> {
+        match self.store.append(stream, expected, events, command_id).await {
+            Ok(result) if result.stream == stream => Ok(Appended::Stored(result)),
+            Ok(result) => {
+                tracing::error!(%stream, other_stream = %result.stream, "the store answered an append with another stream's result");
+                Err(AppError::CommandIdReused)
+            }
+            Err(StoreError::Conflict { actual, .. }) => Ok(Appended::Behind { actual }),
+            Err(StoreError::CommandIdReused { .. }) => Err(AppError::CommandIdReused),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The fast path of [`App::handle`]: a command that needs no key work, decided on the
@@ -225,24 +262,7 @@ impl App {
         if events.is_empty() {
             return Ok(None);
         }
-        let appended = self
-            .store
-            .append(
-                StreamId::for_org(request.org_id),
-                cached.state.version,
-                new_events(request, command.at, &events),
-                request.command_id.clone(),
-            )
-            .await;
-        match appended {
-            Ok(result) => self
-                .appended(request.org_id, cached, events, result)
-                .await
-                .map(Some),
-            Err(StoreError::Conflict { .. }) => Ok(None),
-            Err(StoreError::CommandIdReused { .. }) => Err(AppError::CommandIdReused),
-            Err(e) => Err(e.into()),
-        }
+        self.append_decided(request, command.at, cached, events).await
     }
 
     /// A command the rules refuse now, whose command id the organization's stream already
@@ -280,12 +300,6 @@ impl App {
         events: Vec<Event>,
         result: AppendResult,
     ) -> Result<Outcome, AppError> {
-        // Believe only what the store says it wrote: events of another stream are no answer
-        // to this command, whatever their versions.
-        if result.stream != StreamId::for_org(org) {
-            tracing::error!(%org, other_stream = %result.stream, "the store answered an append with another stream's result");
-            return Err(AppError::CommandIdReused);
-        }
         if result.repeat {
             // An idempotent repeat: the first append's events are in the store.
             return answer(self.load(org).await?.view, 0, Some(result.last_position));
@@ -435,6 +449,16 @@ impl App {
             }
         }
     }
+}
+
+/// What an append did, as the application reads it.
+#[derive(Debug)]
+pub(crate) enum Appended {
+    /// Stored, or a repeat of an earlier append with the same command id
+    /// ([`AppendResult::repeat`]).
+    Stored(AppendResult),
+    /// Another writer moved the stream first; it is at `actual`. Nothing was stored.
+    Behind { actual: StreamVersion },
 }
 
 /// `If-Match`: the version the caller decided on must be the current one.
