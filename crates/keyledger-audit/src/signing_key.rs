@@ -118,7 +118,7 @@ impl AuditSigner {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| io_err(path, e))?;
         }
-        let mut f = create_private(path).map_err(|e| io_err(path, e))?;
+        let mut f = keyledger_store::private_file::create(path).map_err(|e| io_err(path, e))?;
         f.write_all(line.as_bytes()).map_err(|e| io_err(path, e))?;
         f.sync_all().map_err(|e| io_err(path, e))
     }
@@ -188,44 +188,15 @@ fn io_err(path: &Path, source: std::io::Error) -> SigningKeyError {
     }
 }
 
-#[cfg(unix)]
-fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-}
-
-#[cfg(not(unix))]
-fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-}
-
-#[cfg(unix)]
+/// Refuses a key file that its group or others may read: it may have leaked.
 fn check_permissions(path: &Path) -> Result<(), SigningKeyError> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let mode = std::fs::metadata(path)
-        .map_err(|e| io_err(path, e))?
-        .permissions()
-        .mode()
-        & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(SigningKeyError::InsecurePermissions {
+    match keyledger_store::private_file::shared_mode(path).map_err(|e| io_err(path, e))? {
+        Some(mode) => Err(SigningKeyError::InsecurePermissions {
             path: path.display().to_string(),
             mode,
-        });
+        }),
+        None => Ok(()),
     }
-    Ok(())
-}
-
-#[cfg(not(unix))]
-fn check_permissions(_path: &Path) -> Result<(), SigningKeyError> {
-    Ok(())
 }
 
 #[cfg(test)]

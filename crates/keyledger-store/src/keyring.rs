@@ -246,7 +246,7 @@ impl KeyRing {
                 detail: format!("serialization failed: {e}"),
             })?,
         );
-        let mut f = create_private(path).map_err(|e| io_err(path, e))?;
+        let mut f = crate::private_file::create(path).map_err(|e| io_err(path, e))?;
         f.write_all(&text).map_err(|e| io_err(path, e))?;
         f.sync_all().map_err(|e| io_err(path, e))
     }
@@ -259,44 +259,15 @@ fn io_err(path: &Path, source: std::io::Error) -> KeyRingError {
     }
 }
 
-#[cfg(unix)]
-fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-}
-
-#[cfg(not(unix))]
-fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-}
-
-#[cfg(unix)]
+/// Refuses a key file that its group or others may read: it may have leaked.
 fn check_permissions(path: &Path) -> Result<(), KeyRingError> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let mode = std::fs::metadata(path)
-        .map_err(|e| io_err(path, e))?
-        .permissions()
-        .mode()
-        & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(KeyRingError::InsecurePermissions {
+    match crate::private_file::shared_mode(path).map_err(|e| io_err(path, e))? {
+        Some(mode) => Err(KeyRingError::InsecurePermissions {
             path: path.display().to_string(),
             mode,
-        });
+        }),
+        None => Ok(()),
     }
-    Ok(())
-}
-
-#[cfg(not(unix))]
-fn check_permissions(_path: &Path) -> Result<(), KeyRingError> {
-    Ok(())
 }
 
 #[cfg(test)]
@@ -398,7 +369,7 @@ mod tests {
     fn invalid_file_errors_do_not_echo_content() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys.json");
-        create_private(&path)
+        crate::private_file::create(&path)
             .unwrap()
             .write_all(br#"{"format":"keyledger-internal-keys/v1","keys":[{"kid":"a","created_at":"2026-01-01T00:00:00Z","key":"c2VjcmV0"}]}"#)
             .unwrap();

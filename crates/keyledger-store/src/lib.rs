@@ -15,6 +15,7 @@ pub mod import;
 pub mod keyring;
 pub mod memory;
 pub mod merkle;
+pub mod private_file;
 pub mod provider;
 pub mod row;
 pub mod subscribe;
