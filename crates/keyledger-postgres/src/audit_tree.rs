@@ -5,15 +5,12 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
+use keyledger_store::merkle::rows::{all_leaves, sql_int, stored_hash, stored_log, stored_size};
 use keyledger_store::merkle::{AuditLog, AuditTrees, Frontier, Hash, NodeAddr, TreeChanges, TreeError};
 use sqlx::Row as _;
 use sqlx::postgres::{PgConnection, PgPool};
 
 use crate::projections::PgProjections;
-
-fn backend(e: impl std::error::Error + Send + Sync + 'static) -> TreeError {
-    TreeError::Backend(Box::new(e))
-}
 
 fn db_err(e: sqlx::Error) -> TreeError {
     if crate::is_no_connection(&e) {
@@ -21,28 +18,6 @@ fn db_err(e: sqlx::Error) -> TreeError {
     } else {
         TreeError::Backend(Box::new(e))
     }
-}
-
-fn to_i64(v: u64) -> Result<i64, TreeError> {
-    i64::try_from(v).map_err(backend)
-}
-
-fn size_of(log: AuditLog, v: i64) -> Result<u64, TreeError> {
-    u64::try_from(v).map_err(|_| TreeError::Corrupt {
-        log,
-        detail: format!("a negative size {v}"),
-    })
-}
-
-fn hash_of(log: AuditLog, bytes: &[u8]) -> Result<Hash, TreeError> {
-    Hash::try_from(bytes).map_err(|_| TreeError::Corrupt {
-        log,
-        detail: format!("a node of {} bytes", bytes.len()),
-    })
-}
-
-fn log_of(key: &str) -> Result<AuditLog, TreeError> {
-    key.parse().map_err(backend)
 }
 
 /// Writes a batch's nodes and frontiers inside the commit's transaction, one statement each.
@@ -56,7 +31,7 @@ pub(crate) async fn write(tx: &mut PgConnection, changes: &TreeChanges) -> Resul
         for n in &changes.nodes {
             logs.push(n.log.to_string());
             levels.push(i16::from(n.addr.level));
-            idxs.push(to_i64(n.addr.index)?);
+            idxs.push(sql_int(n.addr.index)?);
             hashes.push(n.hash.to_vec());
         }
         sqlx::query(
@@ -77,7 +52,7 @@ pub(crate) async fn write(tx: &mut PgConnection, changes: &TreeChanges) -> Resul
         let mut frontiers = Vec::with_capacity(changes.heads.len());
         for (log, head) in &changes.heads {
             logs.push(log.to_string());
-            sizes.push(to_i64(head.size())?);
+            sizes.push(sql_int(head.size())?);
             frontiers.push(head.to_bytes());
         }
         sqlx::query(
@@ -116,8 +91,8 @@ pub(crate) async fn heads(
         .map_err(db_err)?;
     rows.iter()
         .map(|r| {
-            let log = log_of(r.get(0))?;
-            let size = size_of(log, r.get(1))?;
+            let log = stored_log(r.get(0))?;
+            let size = stored_size(log, r.get(1))?;
             Ok((log, Frontier::from_bytes(log, size, r.get(2))?))
         })
         .collect()
@@ -131,7 +106,7 @@ impl AuditTrees for PgProjections {
             .fetch_optional(self.pool())
             .await
             .map_err(db_err)?;
-        size.map_or(Ok(0), |s| size_of(log, s))
+        size.map_or(Ok(0), |s| stored_size(log, s))
     }
 
     async fn tree_sizes(&self) -> Result<BTreeMap<AuditLog, u64>, TreeError> {
@@ -141,15 +116,15 @@ impl AuditTrees for PgProjections {
             .map_err(db_err)?;
         rows.iter()
             .map(|r| {
-                let log = log_of(r.get(0))?;
-                Ok((log, size_of(log, r.get(1))?))
+                let log = stored_log(r.get(0))?;
+                Ok((log, stored_size(log, r.get(1))?))
             })
             .collect()
     }
 
     async fn nodes(&self, log: AuditLog, addrs: &[NodeAddr]) -> Result<Vec<Option<Hash>>, TreeError> {
         let levels: Vec<i16> = addrs.iter().map(|a| i16::from(a.level)).collect();
-        let idxs: Vec<i64> = addrs.iter().map(|a| to_i64(a.index)).collect::<Result<_, _>>()?;
+        let idxs: Vec<i64> = addrs.iter().map(|a| sql_int(a.index)).collect::<Result<_, _>>()?;
         let rows = sqlx::query(
             "SELECT t.i, n.hash FROM unnest($2::smallint[], $3::bigint[]) WITH ORDINALITY AS t(level, idx, i) \
              JOIN audit_tree_nodes AS n ON n.log = $1 AND n.level = t.level AND n.idx = t.idx",
@@ -163,9 +138,9 @@ impl AuditTrees for PgProjections {
         let mut found: Vec<Option<Hash>> = vec![None; addrs.len()];
         for r in &rows {
             // ORDINALITY counts from 1.
-            let i = usize::try_from(r.get::<i64, _>(0) - 1).map_err(backend)?;
+            let i = usize::try_from(r.get::<i64, _>(0) - 1).map_err(TreeError::backend)?;
             if let Some(slot) = found.get_mut(i) {
-                *slot = Some(hash_of(log, r.get(1))?);
+                *slot = Some(stored_hash(log, r.get(1))?);
             }
         }
         Ok(found)
@@ -177,21 +152,15 @@ impl AuditTrees for PgProjections {
              ORDER BY idx",
         )
         .bind(log.to_string())
-        .bind(to_i64(start)?)
-        .bind(to_i64(end)?)
+        .bind(sql_int(start)?)
+        .bind(sql_int(end)?)
         .fetch_all(self.pool())
         .await
         .map_err(db_err)?;
         let hashes: Vec<Hash> = rows
             .iter()
-            .map(|r| hash_of(log, r.get(0)))
+            .map(|r| stored_hash(log, r.get(0)))
             .collect::<Result<_, _>>()?;
-        if u64::try_from(hashes.len()).ok() != end.checked_sub(start) {
-            return Err(TreeError::Corrupt {
-                log,
-                detail: format!("{} leaves stored in {start}..{end}", hashes.len()),
-            });
-        }
-        Ok(hashes)
+        all_leaves(log, start, end, hashes)
     }
 }

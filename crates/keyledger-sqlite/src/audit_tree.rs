@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
+use keyledger_store::merkle::rows::{all_leaves, sql_int, stored_hash, stored_log, stored_size};
 use keyledger_store::merkle::{AuditLog, AuditTrees, Frontier, Hash, NodeAddr, TreeChanges, TreeError};
 use sqlx::Row as _;
 use sqlx::sqlite::{SqliteConnection, SqlitePool};
@@ -15,32 +16,6 @@ use crate::projections::SqliteProjections;
 const INSERT_CHUNK: usize = 200;
 /// Point lookups per compound select (SQLite allows 500).
 const LOOKUP_CHUNK: usize = 200;
-
-fn backend(e: impl std::error::Error + Send + Sync + 'static) -> TreeError {
-    TreeError::Backend(Box::new(e))
-}
-
-fn to_i64(v: u64) -> Result<i64, TreeError> {
-    i64::try_from(v).map_err(backend)
-}
-
-fn size_of(log: AuditLog, v: i64) -> Result<u64, TreeError> {
-    u64::try_from(v).map_err(|_| TreeError::Corrupt {
-        log,
-        detail: format!("a negative size {v}"),
-    })
-}
-
-fn hash_of(log: AuditLog, bytes: &[u8]) -> Result<Hash, TreeError> {
-    Hash::try_from(bytes).map_err(|_| TreeError::Corrupt {
-        log,
-        detail: format!("a node of {} bytes", bytes.len()),
-    })
-}
-
-fn log_of(key: &str) -> Result<AuditLog, TreeError> {
-    key.parse().map_err(backend)
-}
 
 /// Writes a batch's nodes and frontiers inside the commit's transaction. A node stored
 /// already (a primary key) fails the whole commit.
@@ -53,10 +28,10 @@ pub(crate) async fn write(tx: &mut SqliteConnection, changes: &TreeChanges) -> R
             q = q
                 .bind(n.log.to_string())
                 .bind(i64::from(n.addr.level))
-                .bind(to_i64(n.addr.index)?)
+                .bind(sql_int(n.addr.index)?)
                 .bind(n.hash.as_slice());
         }
-        q.execute(&mut *tx).await.map_err(backend)?;
+        q.execute(&mut *tx).await.map_err(TreeError::backend)?;
     }
     let heads: Vec<_> = changes.heads.iter().collect();
     for chunk in heads.chunks(INSERT_CHUNK) {
@@ -69,10 +44,10 @@ pub(crate) async fn write(tx: &mut SqliteConnection, changes: &TreeChanges) -> R
         for (log, head) in chunk {
             q = q
                 .bind(log.to_string())
-                .bind(to_i64(head.size())?)
+                .bind(sql_int(head.size())?)
                 .bind(head.to_bytes());
         }
-        q.execute(&mut *tx).await.map_err(backend)?;
+        q.execute(&mut *tx).await.map_err(TreeError::backend)?;
     }
     Ok(())
 }
@@ -102,9 +77,9 @@ pub(crate) async fn heads(
         for log in chunk {
             q = q.bind(log.to_string());
         }
-        for r in q.fetch_all(pool).await.map_err(backend)? {
-            let log = log_of(r.get(0))?;
-            let size = size_of(log, r.get(1))?;
+        for r in q.fetch_all(pool).await.map_err(TreeError::backend)? {
+            let log = stored_log(r.get(0))?;
+            let size = stored_size(log, r.get(1))?;
             out.insert(log, Frontier::from_bytes(log, size, r.get(2))?);
         }
     }
@@ -118,19 +93,19 @@ impl AuditTrees for SqliteProjections {
             .bind(log.to_string())
             .fetch_optional(self.reader())
             .await
-            .map_err(backend)?;
-        size.map_or(Ok(0), |s| size_of(log, s))
+            .map_err(TreeError::backend)?;
+        size.map_or(Ok(0), |s| stored_size(log, s))
     }
 
     async fn tree_sizes(&self) -> Result<BTreeMap<AuditLog, u64>, TreeError> {
         let rows = sqlx::query("SELECT log, size FROM audit_tree_heads WHERE size > 0")
             .fetch_all(self.reader())
             .await
-            .map_err(backend)?;
+            .map_err(TreeError::backend)?;
         rows.iter()
             .map(|r| {
-                let log = log_of(r.get(0))?;
-                Ok((log, size_of(log, r.get(1))?))
+                let log = stored_log(r.get(0))?;
+                Ok((log, stored_size(log, r.get(1))?))
             })
             .collect()
     }
@@ -148,14 +123,14 @@ impl AuditTrees for SqliteProjections {
                 .join(" UNION ALL ");
             let mut q = sqlx::query(&sql);
             for a in chunk {
-                q = q.bind(&key).bind(i64::from(a.level)).bind(to_i64(a.index)?);
+                q = q.bind(&key).bind(i64::from(a.level)).bind(sql_int(a.index)?);
             }
-            let rows = q.fetch_all(self.reader()).await.map_err(backend)?;
+            let rows = q.fetch_all(self.reader()).await.map_err(TreeError::backend)?;
             let mut found: Vec<Option<Hash>> = vec![None; chunk.len()];
             for r in &rows {
-                let i = usize::try_from(r.get::<i64, _>(0)).map_err(backend)?;
+                let i = usize::try_from(r.get::<i64, _>(0)).map_err(TreeError::backend)?;
                 if let Some(slot) = found.get_mut(i) {
-                    *slot = Some(hash_of(log, r.get(1))?);
+                    *slot = Some(stored_hash(log, r.get(1))?);
                 }
             }
             out.extend(found);
@@ -169,21 +144,15 @@ impl AuditTrees for SqliteProjections {
              ORDER BY idx",
         )
         .bind(log.to_string())
-        .bind(to_i64(start)?)
-        .bind(to_i64(end)?)
+        .bind(sql_int(start)?)
+        .bind(sql_int(end)?)
         .fetch_all(self.reader())
         .await
-        .map_err(backend)?;
+        .map_err(TreeError::backend)?;
         let hashes: Vec<Hash> = rows
             .iter()
-            .map(|r| hash_of(log, r.get(1)))
+            .map(|r| stored_hash(log, r.get(1)))
             .collect::<Result<_, _>>()?;
-        if u64::try_from(hashes.len()).ok() != end.checked_sub(start) {
-            return Err(TreeError::Corrupt {
-                log,
-                detail: format!("{} leaves stored in {start}..{end}", hashes.len()),
-            });
-        }
-        Ok(hashes)
+        all_leaves(log, start, end, hashes)
     }
 }

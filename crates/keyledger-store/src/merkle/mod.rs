@@ -24,6 +24,7 @@ mod port;
 mod proof;
 #[cfg(any(test, feature = "conformance"))]
 pub mod reference;
+pub mod rows;
 mod verify;
 
 use serde_json::{Map, Value};
