@@ -6,6 +6,7 @@ use std::time::Duration;
 use keyledger_domain::{DomainError, StreamVersion};
 use keyledger_keys::{Check, KeyAccessError, Reason};
 use keyledger_store::StoreError;
+use keyledger_store::merkle::TreeError;
 
 /// Which key a failed key test was about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +68,10 @@ pub enum AppError {
     /// The store failed (500, details in the logs only).
     #[error("event store failure: {0}")]
     Store(#[from] StoreError),
+    /// A read of the audit log's stored trees failed: a size or leaf the log has not reached
+    /// (400), no connection in time (503), or a damaged tree (500, details in the logs).
+    #[error(transparent)]
+    Tree(#[from] TreeError),
 }
 
 impl AppError {

@@ -14,6 +14,7 @@
 //! nothing. The returned view is folded from the events, never read from a projection.
 
 mod checkpoint;
+pub mod checkpointer;
 pub mod clock;
 pub mod error;
 pub mod health;
@@ -21,6 +22,7 @@ pub mod request;
 mod service;
 mod work;
 
+pub use checkpointer::{Checkpointer, Round, SignedCheckpoint};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{AppError, KeyRole};
 pub use health::{HealthConfig, HealthMonitor, ProbeResult};

@@ -14,6 +14,7 @@ use keyledger_domain::testing::{self, billing, platform, system};
 use keyledger_domain::*;
 use keyledger_postgres::testing::TestDatabase;
 use keyledger_projection::*;
+use keyledger_store::merkle::{Hash, NodeAddr, TreeError};
 use keyledger_store::{EventStore, InMemoryStore, KeyRing};
 use secrecy::SecretString;
 
@@ -325,6 +326,22 @@ impl ProjectionSink for CrashingSink {
         SinkError,
     > {
         self.inner.tree_heads(logs).await
+    }
+}
+
+#[async_trait]
+impl keyledger_store::merkle::AuditTrees for CrashingSink {
+    async fn tree_size(&self, log: AuditLog) -> Result<u64, TreeError> {
+        self.inner.tree_size(log).await
+    }
+    async fn tree_sizes(&self) -> Result<std::collections::BTreeMap<AuditLog, u64>, TreeError> {
+        self.inner.tree_sizes().await
+    }
+    async fn nodes(&self, log: AuditLog, addrs: &[NodeAddr]) -> Result<Vec<Option<Hash>>, TreeError> {
+        self.inner.nodes(log, addrs).await
+    }
+    async fn leaf_hashes(&self, log: AuditLog, start: u64, end: u64) -> Result<Vec<Hash>, TreeError> {
+        self.inner.leaf_hashes(log, start, end).await
     }
 }
 

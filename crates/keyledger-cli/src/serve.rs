@@ -165,6 +165,45 @@ fn ensure_parent(path: &Path) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The audit signing key (`audit.signing_key_file`): created on the first start, and
+/// otherwise loaded and held to the checkpoints the store already has, so it is never
+/// replaced beside them (ADR 0026).
+async fn audit_signer(
+    config: &Config,
+    store: &dyn keyledger_store::EventStore,
+) -> Result<keyledger_audit::AuditSigner, Failure> {
+    let path = &config.audit.signing_key_file;
+    ensure_parent(path)?;
+    let stored = latest_checkpoint_note(store).await?;
+    let (signer, outcome) =
+        keyledger_audit::settle_signing_key(path, &config.audit.origin, stored.as_deref())
+            .map_err(|e| Failure::msg("audit.signing_key_file", e))?;
+    if outcome == keyledger_audit::KeyFileOutcome::Created {
+        tracing::info!(path = %path.display(), verifier_key = %signer.verifier_key(), "created the audit signing key");
+    }
+    Ok(signer)
+}
+
+/// The note of the last checkpoint recorded in stream `audit`, if any.
+async fn latest_checkpoint_note(store: &dyn keyledger_store::EventStore) -> Result<Option<String>, Failure> {
+    let events = store
+        .read_stream(
+            keyledger_domain::StreamId::Audit,
+            keyledger_domain::StreamVersion(1),
+        )
+        .await
+        .map_err(|e| Failure::new("cannot read the audit checkpoints", &e))?;
+    for stored in events.iter().rev() {
+        let event = stored
+            .decode()
+            .map_err(|e| Failure::new("cannot read the audit checkpoints", &e))?;
+        if let keyledger_domain::Event::AuditCheckpointSigned(c) = event {
+            return Ok(Some(c.note));
+        }
+    }
+    Ok(None)
+}
+
 async fn serve(config: Config, origin: Origin) -> Result<(), Failure> {
     let dev = origin == Origin::DevMode;
     let simulated = dev || config.keys.vault == VaultKind::Simulated;
@@ -212,6 +251,14 @@ async fn serve(config: Config, origin: Origin) -> Result<(), Failure> {
         return Err(failure);
     }
 
+    let audit_signer = match audit_signer(&config, store.as_ref()).await {
+        Ok(signer) => signer,
+        Err(failure) => {
+            opened.close().await;
+            return Err(failure);
+        }
+    };
+
     let services = Services::new(
         store.clone(),
         opened.sink.clone(),
@@ -221,26 +268,42 @@ async fn serve(config: Config, origin: Origin) -> Result<(), Failure> {
             transient_grace: config.health.transient_grace,
             ..HealthConfig::default()
         },
+        audit_signer,
         Tokens::new(&grants),
     );
     let monitor = services.monitor.clone();
+    let checkpoint_interval = config.audit.checkpoint_interval;
 
     let (stop, stopping) = watch::channel(false);
     let mut tasks: Vec<JoinHandle<()>> = match &opened.backend {
         Backend::Sqlite(_) => {
-            background::projection_runners(store.clone(), opened.sink.clone(), stopping.clone())
+            let mut tasks =
+                background::projection_runners(store.clone(), opened.sink.clone(), stopping.clone());
+            tasks.push(background::checkpointer(
+                services.checkpointer.clone(),
+                checkpoint_interval,
+                stopping.clone(),
+            ));
+            tasks
         }
         // Several instances may share the database: each projection runs where its lease is held.
         Backend::Postgres(pg) => {
             let StoreUrl::Postgres(raw) = &url else {
                 unreachable!("a PostgreSQL backend comes from a postgres URL")
             };
-            background::led_projection_runners(
+            let mut tasks = background::led_projection_runners(
                 raw,
                 store.clone(),
                 keyledger_postgres::PgProjections::new(pg),
                 stopping.clone(),
-            )
+            );
+            tasks.push(background::led_checkpointer(
+                raw,
+                services.checkpointer.clone(),
+                checkpoint_interval,
+                stopping.clone(),
+            ));
+            tasks
         }
     };
     tasks.push(background::health_monitor(

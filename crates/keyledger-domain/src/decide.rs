@@ -124,6 +124,9 @@ pub enum Read {
     DataKeys,
     /// The organization's event page: platform and auditors.
     Events,
+    /// The organization's verifiable audit log (checkpoint, proofs, bundle): org admins,
+    /// auditors and support.
+    AuditLog,
 }
 
 /// R3 for reads, the counterpart of [`authorize`] for commands. The actor must hold one of
@@ -138,7 +141,7 @@ pub fn authorize_read(actor: &Actor, org: OrgId, read: Read) -> Result<ReadScope
             Role::Billing,
             Role::Support,
         ],
-        Read::DataKeys => &[Role::OrgAdmin, Role::Auditor, Role::Support],
+        Read::DataKeys | Read::AuditLog => &[Role::OrgAdmin, Role::Auditor, Role::Support],
         Read::Events => &[Role::Platform, Role::Auditor],
     };
     if !(allowed.iter().any(|r| actor.has_role(*r)) && actor.reaches_org(org)) {
@@ -162,6 +165,9 @@ pub enum CrossRead {
     EventFeed,
     /// The audit log of one tenant: auditors, org admins and support with the tenant in scope.
     TenantAudit(TenantId),
+    /// The global verifiable audit log's checkpoint: platform, and auditors who reach every
+    /// organization (`organizations = ["*"]`).
+    GlobalAuditLog,
 }
 
 /// R3 for reads across organizations: [`DomainError::Forbidden`] unless the actor holds one
@@ -169,6 +175,10 @@ pub enum CrossRead {
 pub fn authorize_cross_read(actor: &Actor, read: CrossRead) -> Result<(), DomainError> {
     let allowed = match read {
         CrossRead::EventFeed => actor.has_role(Role::Platform),
+        CrossRead::GlobalAuditLog => {
+            actor.has_role(Role::Platform)
+                || (actor.has_role(Role::Auditor) && actor.scope.organizations == Reach::All)
+        }
         CrossRead::TenantAudit(tenant) => {
             [Role::Auditor, Role::OrgAdmin, Role::Support]
                 .iter()

@@ -1191,6 +1191,41 @@ fn r03_only_platform_reads_the_event_feed() {
 }
 
 #[test]
+fn r03_the_verifiable_audit_log_is_read_by_admins_auditors_and_support() {
+    let org = org_id();
+    for reader in [admin(), auditor(), support()] {
+        assert!(authorize_read(&reader, org, Read::AuditLog).is_ok(), "{reader:?}");
+    }
+    for reader in [platform(), billing(), admin_of_other_org()] {
+        assert_eq!(
+            authorize_read(&reader, org, Read::AuditLog).err(),
+            Some(DomainError::Forbidden),
+            "{reader:?}"
+        );
+    }
+}
+
+#[test]
+fn r03_the_global_audit_log_is_read_by_platform_and_auditors_of_every_organization() {
+    let everywhere = Actor::new(
+        ActorKind::User,
+        "ada@audit.example.com",
+        [Role::Auditor],
+        Scope::everything(),
+    );
+    assert!(authorize_cross_read(&platform(), CrossRead::GlobalAuditLog).is_ok());
+    assert!(authorize_cross_read(&everywhere, CrossRead::GlobalAuditLog).is_ok());
+    // An auditor of one organization, and every other role, may not.
+    for reader in [auditor(), admin(), support(), billing()] {
+        assert_eq!(
+            authorize_cross_read(&reader, CrossRead::GlobalAuditLog),
+            Err(DomainError::Forbidden),
+            "{reader:?}"
+        );
+    }
+}
+
+#[test]
 fn r03_a_tenants_audit_log_needs_an_audit_role_and_the_tenant_in_scope() {
     let tenant = tenant_a().tenant_id;
     assert!(authorize_cross_read(&auditor(), CrossRead::TenantAudit(tenant)).is_ok());

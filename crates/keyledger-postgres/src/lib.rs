@@ -37,7 +37,7 @@ pub mod projections;
 #[cfg(feature = "test-hooks")]
 pub mod testing;
 
-pub use projections::{LEASE_CHECK, Lease, PgProjections, lease_key, run_led};
+pub use projections::{LEASE_CHECK, Lease, PgProjections, lease_key, run_leading, run_led, task_lease_key};
 
 /// The embedded migrations (`migrations/postgres/`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");

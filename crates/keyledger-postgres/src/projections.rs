@@ -329,12 +329,13 @@ struct LeaseFence {
 /// bits, `objid` the low 32 bits, `objsubid` 1), for operators and tests looking for a lease's
 /// holder.
 pub fn lease_key(projection: Projection) -> i64 {
-    // A stable 64-bit key per projection name (FNV-1a), in keyledger's own namespace.
+    named_key(b"keyledger:projection:", projection.name())
+}
+
+/// A stable 64-bit advisory-lock key for `name` in `namespace` (FNV-1a).
+fn named_key(namespace: &[u8], name: &str) -> i64 {
     let mut h: u64 = 0xcbf29ce484222325;
-    for b in b"keyledger:projection:"
-        .iter()
-        .chain(projection.name().as_bytes())
-    {
+    for b in namespace.iter().chain(name.as_bytes()) {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x100000001b3);
     }
@@ -342,19 +343,25 @@ pub fn lease_key(projection: Projection) -> i64 {
     h.cast_signed()
 }
 
+/// Takes the session-level advisory lock `key` on a new connection, once; `None` when another
+/// session holds it.
+async fn lock_session(url: &str, key: i64) -> Result<Option<PgConnection>, SinkError> {
+    let mut connection = PgConnection::connect(url).await.map_err(sink_err)?;
+    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(key)
+        .fetch_one(&mut connection)
+        .await
+        .map_err(sink_err)?;
+    Ok(got.then_some(connection))
+}
+
 impl Lease {
     /// Tries to take the lease once; `None` when another instance holds it.
     pub async fn try_acquire(url: &str, projection: Projection) -> Result<Option<Lease>, SinkError> {
-        let mut connection = PgConnection::connect(url).await.map_err(sink_err)?;
         let key = lease_key(projection);
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(key)
-            .fetch_one(&mut connection)
-            .await
-            .map_err(sink_err)?;
-        if !got {
+        let Some(mut connection) = lock_session(url, key).await? else {
             return Ok(None);
-        }
+        };
         let (pid, started_us): (i32, i64) = sqlx::query_as(
             "SELECT pid, (extract(epoch FROM backend_start) * 1000000)::bigint \
              FROM pg_stat_activity WHERE pid = pg_backend_pid()",
@@ -443,5 +450,61 @@ pub async fn run_led(
         () = lease.lost(LEASE_CHECK) => Err(SinkError::LeaseLost { projection }.into()),
     };
     lease.release().await;
+    result
+}
+
+/// The advisory-lock key of the background task `name` (as `pg_locks` shows it, like
+/// [`lease_key`]).
+pub fn task_lease_key(name: &str) -> i64 {
+    named_key(b"keyledger:task:", name)
+}
+
+/// Runs `task` while this instance leads the background task `name` among the instances
+/// sharing the database: waits for its advisory lock (held on a dedicated session, like a
+/// projection's [`Lease`]), then runs `task` until `shutdown` resolves or the lock's session
+/// is found lost (an error, within [`LEASE_CHECK`]), for the supervisor to
+/// compete again. `task` must be safe to overlap briefly with a previous leader's last step:
+/// the lock is not checked inside the task's own writes.
+pub async fn run_leading<F>(
+    url: &str,
+    name: &'static str,
+    task: F,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), SinkError>
+where
+    F: std::future::Future<Output = ()> + Send,
+{
+    tokio::pin!(shutdown);
+    let key = task_lease_key(name);
+    let mut connection = loop {
+        tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            locked = lock_session(url, key) => match locked? {
+                Some(connection) => break connection,
+                None => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
+            },
+        }
+    };
+    tracing::info!(task = name, "leading the background task on this instance");
+    let lost = async {
+        loop {
+            tokio::time::sleep(LEASE_CHECK).await;
+            if connection.ping().await.is_err() {
+                return;
+            }
+        }
+    };
+    let result = tokio::select! {
+        () = task => Ok(()),
+        () = &mut shutdown => Ok(()),
+        () = lost => Err(sink_err(std::io::Error::other(format!(
+            "the lease session of background task {name} ended"
+        )))),
+    };
+    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(key)
+        .execute(&mut connection)
+        .await;
+    let _ = connection.close().await;
     result
 }

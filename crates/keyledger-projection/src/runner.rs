@@ -62,9 +62,10 @@ pub enum SinkError {
     Injected,
 }
 
-/// Where a projection's rows live (SQLite or PostgreSQL tables, or memory).
+/// Where a projection's rows live (SQLite or PostgreSQL tables, or memory). The audit tree's
+/// rows are read through [`AuditTrees`], which every sink also is.
 #[async_trait]
-pub trait ProjectionSink: Send + Sync {
+pub trait ProjectionSink: AuditTrees + Send + Sync {
     /// The position of the last event this projection has folded (0: none).
     async fn checkpoint(&self, projection: Projection) -> Result<u64, SinkError>;
     /// The current documents of `orgs`; absent ones are left out.

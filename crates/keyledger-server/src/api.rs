@@ -253,3 +253,57 @@ pub struct EventsPage {
     /// The position to pass as `after` next (the last event's, or `after` when empty).
     pub next_after: u64,
 }
+
+/// `GET /v1/audit/public-key`: the note verifier key of the audit checkpoints.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct AuditPublicKey {
+    /// `<name>+<hash8hex>+<base64(0x01 ‖ Ed25519 public key)>`, the C2SP note verifier key.
+    pub verifier_key: String,
+    /// Always `ed25519`.
+    pub algorithm: &'static str,
+}
+
+/// `GET …/audit/proof`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InclusionProofQuery {
+    /// The stream version whose leaf to prove (leaf index `version - 1`); required.
+    #[serde(default, deserialize_with = "position")]
+    pub version: Option<u64>,
+    /// The tree size of the checkpoint to prove against; the latest signed checkpoint when
+    /// left out.
+    #[serde(default, deserialize_with = "position")]
+    pub tree_size: Option<u64>,
+}
+
+/// An inclusion proof (RFC 9162 §2.1.3) of one leaf of an organization's log.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct InclusionProof {
+    pub leaf_index: u64,
+    pub tree_size: u64,
+    /// Base64 of the leaf hash, `SHA-256(0x00 ‖ leaf input)`.
+    pub leaf_hash: String,
+    /// Base64 of each hash of the audit path, from the leaf up.
+    pub hashes: Vec<String>,
+}
+
+/// `GET …/audit/consistency`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConsistencyQuery {
+    /// The smaller tree size; required.
+    #[serde(default, deserialize_with = "position")]
+    pub from: Option<u64>,
+    /// The larger tree size (at most the log's size); required.
+    #[serde(default, deserialize_with = "position")]
+    pub to: Option<u64>,
+}
+
+/// A consistency proof (RFC 9162 §2.1.4) that the log at `to` extends the log at `from`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ConsistencyProof {
+    pub from: u64,
+    pub to: u64,
+    /// Base64 of each hash of the proof.
+    pub hashes: Vec<String>,
+}

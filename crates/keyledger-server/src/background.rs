@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyledger_app::HealthMonitor;
+use keyledger_app::{Checkpointer, HealthMonitor};
 use keyledger_projection::{Projection, ProjectionSink, Runner, RunnerError};
 use keyledger_store::EventStore;
 use tokio::sync::watch;
@@ -82,4 +82,37 @@ pub fn health_monitor(
     shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     tokio::spawn(monitor.run(store, stopped(shutdown)))
+}
+
+/// The audit checkpointer, a round every `interval` until shutdown (single-instance stores).
+pub fn checkpointer(
+    checkpointer: Arc<Checkpointer>,
+    interval: Duration,
+    shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(checkpointer.run(interval, stopped(shutdown)))
+}
+
+/// The name of the checkpointer's lease among PostgreSQL instances.
+pub const CHECKPOINTER_TASK: &str = "audit-checkpointer";
+
+/// The audit checkpointer on a PostgreSQL store that several instances share: it runs only
+/// while this instance holds the checkpointer's advisory-lock lease, so one instance signs
+/// the rounds, and another takes over when it dies. An overlap at a handover cannot record
+/// a checkpoint twice: a checkpoint's command id names its log and size (ADR 0027).
+pub fn led_checkpointer(
+    url: &str,
+    checkpointer: Arc<Checkpointer>,
+    interval: Duration,
+    shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let url = url.to_owned();
+    supervise(CHECKPOINTER_TASK, shutdown, move |stop| {
+        let (url, checkpointer) = (url.clone(), checkpointer.clone());
+        async move {
+            let task = checkpointer.run(interval, stopped(stop.clone()));
+            keyledger_postgres::run_leading(&url, CHECKPOINTER_TASK, task, stopped(stop)).await?;
+            Ok(())
+        }
+    })
 }

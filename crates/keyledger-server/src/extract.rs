@@ -28,7 +28,7 @@ impl FromRequestParts<Shared> for Caller {
     }
 }
 
-fn invalid(field: &str, message: impl Into<String>) -> Problem {
+pub(crate) fn invalid(field: &str, message: impl Into<String>) -> Problem {
     Problem::invalid(vec![FieldError {
         field: field.to_owned(),
         message: message.into(),

@@ -32,7 +32,8 @@ use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use keyledger_app::{App, HealthMonitor};
+use keyledger_app::{App, Checkpointer, HealthMonitor};
+use keyledger_audit::AuditSigner;
 use keyledger_domain::HostAllowList;
 use keyledger_projection::ProjectionSink;
 use keyledger_store::EventStore;
@@ -84,17 +85,22 @@ pub struct Services {
     pub store: Arc<dyn EventStore>,
     /// Where the projections live (the tenant audit is read from here).
     pub projections: Arc<dyn ProjectionSink>,
+    /// Signs the audit logs' checkpoints (on request, and in the background where serve
+    /// runs it).
+    pub checkpointer: Arc<Checkpointer>,
     pub tokens: Tokens,
 }
 
 impl Services {
     /// The service over `store`: the application on the system clock, and a health monitor
-    /// with `health`, both testing keys through `keys`.
+    /// with `health`, both testing keys through `keys`; audit checkpoints signed by
+    /// `audit_signer` over the trees of `projections`.
     pub fn new(
         store: Arc<dyn EventStore>,
         projections: Arc<dyn ProjectionSink>,
         keys: Arc<dyn keyledger_keys::KeyAccess>,
         health: keyledger_app::HealthConfig,
+        audit_signer: AuditSigner,
         tokens: Tokens,
     ) -> Self {
         let app = Arc::new(App::new(
@@ -104,11 +110,13 @@ impl Services {
             keyledger_app::AppConfig::default(),
         ));
         let monitor = Arc::new(HealthMonitor::new(app.clone(), keys, health));
+        let checkpointer = Arc::new(Checkpointer::new(app.clone(), projections.clone(), audit_signer));
         Self {
             app,
             monitor,
             store,
             projections,
+            checkpointer,
             tokens,
         }
     }

@@ -25,6 +25,8 @@ pub struct Param {
     pub location: &'static str,
     pub kind: Kind,
     pub description: &'static str,
+    /// Path parameters always; a query parameter the route cannot do without.
+    pub required: bool,
 }
 
 /// What a parameter's text must be; each kind is what the service's parser accepts.
@@ -34,6 +36,9 @@ pub enum Kind {
     Uuid,
     /// A global position or stream version: 0 to [`api::MAX_POSITION`].
     Position,
+    /// A stream version or tree size that names at least one event: 1 to
+    /// [`api::MAX_POSITION`].
+    Count,
     /// A page size: [`api::MIN_LIMIT`] to [`api::MAX_LIMIT`].
     Limit,
     Boolean,
@@ -48,6 +53,7 @@ const fn path(name: &'static str, description: &'static str) -> Param {
         location: "path",
         kind: Kind::Uuid,
         description,
+        required: true,
     }
 }
 
@@ -57,6 +63,14 @@ const fn query(name: &'static str, kind: Kind, description: &'static str) -> Par
         location: "query",
         kind,
         description,
+        required: false,
+    }
+}
+
+const fn required_query(name: &'static str, kind: Kind, description: &'static str) -> Param {
+    Param {
+        required: true,
+        ..query(name, kind, description)
     }
 }
 
@@ -96,6 +110,12 @@ pub struct RouteDoc {
 }
 
 const ANY: &[&str] = &["org_admin", "auditor", "platform", "billing", "support"];
+
+/// Who reads an organization's verifiable audit log.
+const AUDIT_LOG_READERS: &[&str] = &["org_admin", "auditor", "support"];
+
+/// The media type of a signed checkpoint.
+pub const CHECKPOINT_TYPE: &str = "text/plain; charset=utf-8";
 
 macro_rules! errors {
     ($($code:literal),* $(,)?) => { &[$($code),*] };
@@ -424,11 +444,101 @@ pub const ROUTES: &[RouteDoc] = &[
                 location: "header",
                 kind: Kind::Position,
                 description: "On a reconnect: the `id` of the last event received; resumes after it.",
+                required: false,
             },
         ],
         body: None,
         success: Success::EventStream,
         errors: errors!["invalid_request", "too_many_streams"],
+        command: false,
+    },
+    RouteDoc {
+        method: "get",
+        path: "/v1/organizations/{org}/audit/checkpoint",
+        summary: "The latest signed checkpoint (C2SP signed note) of the organization's Merkle log, \
+                  signed now if the log grew since.",
+        roles: AUDIT_LOG_READERS,
+        params: &[ORG],
+        body: None,
+        success: Success::Text(CHECKPOINT_TYPE),
+        errors: errors!["invalid_request", "organization_not_found"],
+        command: false,
+    },
+    RouteDoc {
+        method: "get",
+        path: "/v1/organizations/{org}/audit/proof",
+        summary: "An inclusion proof (RFC 9162) of one event of the organization's log.",
+        roles: AUDIT_LOG_READERS,
+        params: &[
+            ORG,
+            required_query(
+                "version",
+                Kind::Count,
+                "The stream version to prove (leaf index version − 1).",
+            ),
+            query(
+                "tree_size",
+                Kind::Count,
+                "The size of the tree to prove against (at least `version`); the latest signed \
+                 checkpoint's when left out.",
+            ),
+        ],
+        body: None,
+        success: Success::Json(200, schema::<api::InclusionProof>),
+        errors: errors!["invalid_request", "organization_not_found"],
+        command: false,
+    },
+    RouteDoc {
+        method: "get",
+        path: "/v1/organizations/{org}/audit/consistency",
+        summary: "A consistency proof (RFC 9162) that the organization's log at `to` extends it at `from`.",
+        roles: AUDIT_LOG_READERS,
+        params: &[
+            ORG,
+            required_query("from", Kind::Position, "The earlier tree size."),
+            required_query(
+                "to",
+                Kind::Position,
+                "The later tree size: at least `from`, at most the log's size.",
+            ),
+        ],
+        body: None,
+        success: Success::Json(200, schema::<api::ConsistencyProof>),
+        errors: errors!["invalid_request", "organization_not_found"],
+        command: false,
+    },
+    RouteDoc {
+        method: "get",
+        path: "/v1/organizations/{org}/audit/bundle",
+        summary: "The organization's public envelopes, their leaf inputs and the signed checkpoint \
+                  over them, for `keyledger audit verify`. No secret and no key material.",
+        roles: AUDIT_LOG_READERS,
+        params: &[ORG],
+        body: None,
+        success: Success::Json(200, schema::<keyledger_audit::Bundle>),
+        errors: errors!["invalid_request", "organization_not_found"],
+        command: false,
+    },
+    RouteDoc {
+        method: "get",
+        path: "/v1/audit/checkpoint",
+        summary: "The latest signed checkpoint of the global log (every event in commit order).",
+        roles: &["platform", "auditor"],
+        params: &[],
+        body: None,
+        success: Success::Text(CHECKPOINT_TYPE),
+        errors: &[],
+        command: false,
+    },
+    RouteDoc {
+        method: "get",
+        path: "/v1/audit/public-key",
+        summary: "The note verifier key of the audit checkpoints.",
+        roles: &[],
+        params: &[],
+        body: None,
+        success: Success::Json(200, schema::<api::AuditPublicKey>),
+        errors: &[],
         command: false,
     },
     RouteDoc {
@@ -498,12 +608,13 @@ fn parameter(p: &Param) -> Value {
     let schema = match p.kind {
         Kind::Uuid => json!({"type": "string", "format": "uuid"}),
         Kind::Position => json!({"type": "integer", "minimum": 0, "maximum": api::MAX_POSITION}),
+        Kind::Count => json!({"type": "integer", "minimum": 1, "maximum": api::MAX_POSITION}),
         Kind::Limit => json!({"type": "integer", "minimum": api::MIN_LIMIT, "maximum": api::MAX_LIMIT}),
         Kind::Boolean => json!({"type": "boolean"}),
         Kind::String => json!({"type": "string"}),
         Kind::DateTime => json!({"type": "string", "format": "date-time"}),
     };
-    json!({"name": p.name, "in": p.location, "required": p.location == "path",
+    json!({"name": p.name, "in": p.location, "required": p.required,
            "description": p.description, "schema": schema})
 }
 

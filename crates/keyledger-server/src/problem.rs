@@ -230,6 +230,10 @@ impl From<&AppError> for Problem {
             )
             .with_detail("the organization is being changed concurrently; retry")
             .with_retry_after(Duration::from_secs(1)),
+            AppError::Tree(keyledger_store::merkle::TreeError::Unavailable(cause)) => {
+                tracing::warn!(error = %cause, "request refused: no projection-store connection in time");
+                Problem::store_unavailable()
+            }
             AppError::Store(keyledger_store::StoreError::Unavailable(cause)) => {
                 tracing::warn!(error = %cause, "request refused: no event-store connection in time");
                 Problem::store_unavailable()

@@ -1,6 +1,7 @@
 //! The route table and the middleware around it.
 
 mod audit;
+mod audit_log;
 mod customer_key;
 mod events;
 mod ops;
@@ -51,6 +52,15 @@ pub(crate) fn build(state: Shared) -> Router {
         .route(&format!("{org}/key-health/probe"), post(customer_key::probe))
         .route(&format!("{org}/data-keys"), get(organizations::data_keys))
         .route(&format!("{org}/events"), get(organizations::events))
+        .route(&format!("{org}/audit/checkpoint"), get(audit_log::org_checkpoint))
+        .route(&format!("{org}/audit/proof"), get(audit_log::inclusion_proof))
+        .route(
+            &format!("{org}/audit/consistency"),
+            get(audit_log::consistency_proof),
+        )
+        .route(&format!("{org}/audit/bundle"), get(audit_log::bundle))
+        .route("/v1/audit/checkpoint", get(audit_log::global_checkpoint))
+        .route("/v1/audit/public-key", get(audit_log::public_key))
         .route("/v1/tenants/{tenant}/audit", get(audit::tenant_audit))
         .route("/v1/events", get(events::page))
         .route(STREAM_PATH, get(events::stream))

@@ -126,13 +126,28 @@ pub(crate) struct Server {
     _db: Option<keyledger_postgres::testing::TestDatabase>,
 }
 
+/// The `audit.origin` of test servers.
+pub(crate) const AUDIT_ORIGIN: &str = "keyledger.localhost";
+
 /// The service over `store`, with the demo vault behind the SDK adapter.
 pub(crate) fn services(
     store: Arc<dyn EventStore>,
     sink: Arc<dyn ProjectionSink>,
     demo: &DemoVault,
 ) -> Services {
-    Services::new(store, sink, demo.key_access(), HealthConfig::default(), tokens())
+    Services::new(
+        store,
+        sink,
+        demo.key_access(),
+        HealthConfig::default(),
+        audit_signer(),
+        tokens(),
+    )
+}
+
+/// The audit signer of test servers: a new key named like dev mode's.
+pub(crate) fn audit_signer() -> keyledger_audit::AuditSigner {
+    keyledger_audit::AuditSigner::generate(AUDIT_ORIGIN).expect("a valid note name")
 }
 
 pub(crate) fn test_config() -> ServerConfig {
