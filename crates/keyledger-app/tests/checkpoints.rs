@@ -183,8 +183,14 @@ async fn a_round_signs_the_logs_that_grew_and_the_global_log_only_with_them() {
     // Nothing yet: nothing to sign.
     assert_eq!(checkpointer.round().await.unwrap(), Round::default());
 
-    let (a, b) = (StreamId::for_org(OrgId::new_v7()), StreamId::for_org(OrgId::new_v7()));
-    let (log_a, log_b) = (AuditLog::Org(a.org_id().unwrap()), AuditLog::Org(b.org_id().unwrap()));
+    let (a, b) = (
+        StreamId::for_org(OrgId::new_v7()),
+        StreamId::for_org(OrgId::new_v7()),
+    );
+    let (log_a, log_b) = (
+        AuditLog::Org(a.org_id().unwrap()),
+        AuditLog::Org(b.org_id().unwrap()),
+    );
     grow(&store, &[a, b], 3).await;
     runner.catch_up().await.unwrap();
     let round = checkpointer.round().await.unwrap();
@@ -250,7 +256,10 @@ async fn two_checkpointers_on_one_store_record_each_checkpoint_once() {
     // same log and size is a repeat, with the same note (Ed25519 is deterministic).
     let (first, second) = tokio::join!(one.round(), two.round());
     let (first, second) = (first.unwrap(), second.unwrap());
-    assert_eq!(recorded(&store).await, [(AuditLog::Org(org.org_id().unwrap()), 4), (AuditLog::Global, 4)]);
+    assert_eq!(
+        recorded(&store).await,
+        [(AuditLog::Org(org.org_id().unwrap()), 4), (AuditLog::Global, 4)]
+    );
     for round in [&first, &second] {
         if let Some(global) = &round.global {
             assert_eq!(global.tree_size, 4);

@@ -146,6 +146,9 @@ async fn the_bundle_must_extend_the_previous_checkpoint() {
         stdout.contains("extends the previous checkpoint at size 5"),
         "{stdout}"
     );
+    // Saved with an extra newline (as `jq -r .checkpoint` writes it): the same checkpoint.
+    let saved = f.write("saved.checkpoint", &format!("{}\n", f.checkpoint(&f.events[..5])));
+    assert_exit(&audit_verify(&bundle, &key, Some(&saved)), 0);
 
     // The earlier checkpoint saw another history: event 3 was rewritten since.
     let mut other_history = f.events[..5].to_vec();

@@ -178,11 +178,13 @@ async fn seed_flow(dir: &Path, store: &str, sqlite_file: Option<&Path>) {
             "[server]\nlisten = \"127.0.0.1:0\"\n\n[store]\nurl = \"{store}\"\n\n[keys]\n\
              internal_key_file = \"{}\"\nvault = \"azure\"\n\n[keys.azure]\nauthority_host = \"{}\"\n\
              allowed_vault_hosts = [\"{}\"]\nca_cert = \"{ca_cert}\"\nrequest_timeout = \"10s\"\n\n\
-             [health]\nprobe_interval = \"1h\"\ntransient_grace = \"15m\"\n\n{}{}{}{}",
+             [health]\nprobe_interval = \"1h\"\ntransient_grace = \"15m\"\n\n\
+             [audit]\nsigning_key_file = \"{}\"\n\n{}{}{}{}",
             dir.join("data/internal-keys.json").display(),
             startup["authority_host"].as_str().unwrap(),
             // The emulator's host with its port: an entry without one allows only port 443.
             vault.trim_start_matches("https://"),
+            dir.join("data/audit-signing-key").display(),
             token(ADMIN, "org_admin"),
             token(AUDITOR, "auditor"),
             token(PLATFORM, "platform"),

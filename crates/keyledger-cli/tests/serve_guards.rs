@@ -143,6 +143,101 @@ async fn a_missing_or_foreign_internal_key_file_beside_sealed_data_stops_serve_n
     terminate(server);
 }
 
+/// The global checkpoint once the audit tree has folded an event (503 until then).
+async fn global_checkpoint(base: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let resp = reqwest::Client::new()
+            .get(format!("{base}/v1/audit/checkpoint"))
+            .bearer_auth(PLATFORM)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        if status == 200 {
+            return text;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status}: {text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn verifier_key(base: &str) -> String {
+    let resp = reqwest::get(format!("{base}/v1/audit/public-key")).await.unwrap();
+    let body: serde_json::Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    body["verifier_key"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_signing_key_is_created_private_and_never_replaced_beside_checkpoints() {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("data/internal-keys.json");
+    let audit_key = common::audit_key_file(&key_file);
+    let config = write_config(dir.path(), &key_file);
+    let log = dir.path().join("serve.log");
+
+    // First start: the key file is created 0600, and checkpoints verify with its key.
+    let (server, base) = start(&config, &log);
+    register_org(&base).await;
+    let vkey = verifier_key(&base).await;
+    let note = global_checkpoint(&base).await;
+    terminate(server);
+    let mode = std::fs::metadata(&audit_key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let verifier = keyledger_audit::Verifier::parse(&vkey).unwrap();
+    keyledger_audit::open_checkpoint(&note, &verifier).unwrap();
+    let original = std::fs::read(&audit_key).unwrap();
+
+    // The file moved away beside stored checkpoints: serve refuses, names it, creates none.
+    let aside = dir.path().join("audit-signing-key.aside");
+    std::fs::rename(&audit_key, &aside).unwrap();
+    let (code, stderr) = serve_to_failure(&config, &log);
+    assert_eq!(code, Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.contains(&audit_key.display().to_string()),
+        "stderr: {stderr}"
+    );
+    assert!(
+        !audit_key.exists(),
+        "a new signing key was created beside the checkpoints"
+    );
+
+    // Another key in its place: the same refusal; the file is left as it is.
+    keyledger_audit::AuditSigner::generate("keyledger.localhost")
+        .unwrap()
+        .create_file(&audit_key)
+        .unwrap();
+    let foreign = std::fs::read(&audit_key).unwrap();
+    let (code, stderr) = serve_to_failure(&config, &log);
+    assert_eq!(code, Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.contains(&audit_key.display().to_string()),
+        "stderr: {stderr}"
+    );
+    assert_eq!(std::fs::read(&audit_key).unwrap(), foreign);
+
+    // A copy others may read: refused too.
+    std::fs::remove_file(&audit_key).unwrap();
+    std::fs::copy(&aside, &audit_key).unwrap();
+    std::fs::set_permissions(&audit_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, stderr) = serve_to_failure(&config, &log);
+    assert_eq!(code, Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.contains(&audit_key.display().to_string()),
+        "stderr: {stderr}"
+    );
+
+    // The right file back: the same verifier key.
+    std::fs::set_permissions(&audit_key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(std::fs::read(&audit_key).unwrap(), original);
+    let (server, base) = start(&config, &log);
+    assert_eq!(verifier_key(&base).await, vkey);
+    terminate(server);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configured_tokens_are_never_printed() {
     let dir = tempfile::tempdir().unwrap();

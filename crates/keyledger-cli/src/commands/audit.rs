@@ -19,7 +19,11 @@ pub(crate) fn verify(
     previous: Option<&Path>,
 ) -> Result<Outcome, Failure> {
     let text = read(bundle, "bundle")?;
-    let previous = previous.map(|p| read(p, "previous checkpoint")).transpose()?;
+    // A note ends with exactly one newline; a saved copy often gains another (`jq -r`, an
+    // editor), which is not an edit of the checkpoint.
+    let previous = previous
+        .map(|p| read(p, "previous checkpoint").map(|t| format!("{}\n", t.trim_end_matches('\n'))))
+        .transpose()?;
     let parsed: Bundle = match serde_json::from_str(&text) {
         Ok(b) => b,
         Err(e) => {

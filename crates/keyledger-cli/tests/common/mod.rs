@@ -25,8 +25,10 @@ pub(crate) fn write_config(
 ) -> PathBuf {
     let mut text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n{server_extra}\n\n[store]\nurl = \"{store}\"\n{store_extra}\n\n\
-         [keys]\ninternal_key_file = \"{}\"\nvault = \"simulated\"\n",
+         [keys]\ninternal_key_file = \"{}\"\nvault = \"simulated\"\n\n\
+         [audit]\nsigning_key_file = \"{}\"\n",
         key_file.display(),
+        audit_key_file(key_file).display(),
     );
     for (token, role) in tokens {
         text.push_str(&format!(
@@ -35,6 +37,11 @@ pub(crate) fn write_config(
     }
     std::fs::write(path, text).unwrap();
     path.to_owned()
+}
+
+/// The audit signing key file of a test configuration: beside its internal key file.
+pub(crate) fn audit_key_file(key_file: &Path) -> PathBuf {
+    key_file.with_file_name("audit-signing-key")
 }
 
 /// `keyledger serve --config config`, its stderr written to `log`, its stdout piped.
