@@ -87,6 +87,14 @@ struct Args {
     /// The window over which idle CPU is measured, in seconds.
     #[arg(long, default_value_t = 10)]
     idle_seconds: u64,
+    /// serve's `audit.checkpoint_interval` (its default: 1m).
+    #[arg(long, default_value = "1m")]
+    checkpoint_interval: String,
+    /// Instead of the full run: this many rounds of the plan-change window on a fresh store with
+    /// the checkpointer effectively off (`audit.checkpoint_interval = "24h"`) and then on
+    /// (`--checkpoint-interval`), and the ratio of their request rates per round.
+    #[arg(long, default_value_t = 0)]
+    checkpointer_rounds: u32,
 }
 
 fn parse_store(s: &str) -> Result<String, String> {
@@ -126,19 +134,27 @@ struct Serve {
 
 impl Serve {
     /// Writes the configuration into `dir` and starts `bin serve --config` on it.
-    fn start(bin: &Path, dir: &Path, store_url: &str, args: &Args) -> Result<Self, String> {
+    fn start(
+        bin: &Path,
+        dir: &Path,
+        store_url: &str,
+        args: &Args,
+        checkpoint_interval: &str,
+    ) -> Result<Self, String> {
         let max_streams = args.idle_streams.iter().copied().max().unwrap_or(0) + 16;
         let config = dir.join("keyledger.toml");
         let mut text = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\nmax_streams = {max_streams}\n\n\
              [store]\nurl = \"{store_url}\"\n{}\n\
-             [keys]\ninternal_key_file = \"{}\"\nvault = \"simulated\"\n",
+             [keys]\ninternal_key_file = \"{}\"\nvault = \"simulated\"\n\n\
+             [audit]\nsigning_key_file = \"{}\"\ncheckpoint_interval = \"{checkpoint_interval}\"\n",
             if store_url.starts_with("sqlite") {
                 String::new()
             } else {
                 format!("max_connections = {}\n", args.max_connections)
             },
             dir.join("internal-keys.json").display(),
+            dir.join("audit-signing-key").display(),
         );
         for (token, role) in [(PLATFORM_TOKEN, "platform"), (BILLING_TOKEN, "billing")] {
             text.push_str(&format!(
@@ -371,6 +387,37 @@ impl Api {
             }
             count += positions.len() as u64;
             after = next;
+        }
+    }
+
+    /// How many events of CloudEvent type `kind` the log holds after `after`.
+    async fn scan_type(&self, mut after: u64, kind: &str) -> Result<u64, String> {
+        #[derive(Deserialize)]
+        struct Page {
+            events: Vec<TypedEvent>,
+            next_after: u64,
+        }
+        #[derive(Deserialize)]
+        struct TypedEvent {
+            #[serde(rename = "type")]
+            kind: String,
+        }
+        let mut count = 0;
+        loop {
+            let r = self
+                .client
+                .get(format!("{}/v1/events?after={after}&limit=1000", self.base))
+                .bearer_auth(&self.platform)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            let body = r.bytes().await.map_err(|e| e.to_string())?;
+            let page: Page = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+            if page.events.is_empty() {
+                return Ok(count);
+            }
+            count += page.events.iter().filter(|e| e.kind == kind).count() as u64;
+            after = page.next_after;
         }
     }
 
@@ -1193,6 +1240,60 @@ async fn bench(serve: &Serve, name: &str, args: &Args) -> Result<Figures, String
     })
 }
 
+/// Plan-change throughput with the checkpointer off and on, `checkpointer_rounds` times,
+/// each run on a fresh store and a fresh `serve`, off and on alternating so drift hits both.
+async fn checkpointer_ratio(bin: &Path, name: &str, args: &Args) -> Result<(), String> {
+    let mut ratios = Vec::new();
+    for round in 1..=args.checkpointer_rounds {
+        let mut rates = Vec::new();
+        for (label, interval) in [("off", "24h"), ("on", args.checkpoint_interval.as_str())] {
+            let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+            let (url, scratch) = store_url(args, dir.path()).await?;
+            let serve = Serve::start(bin, dir.path(), &url, args, interval)?;
+            let api = Api::new(serve.base.clone(), PLATFORM_TOKEN.into(), BILLING_TOKEN.into());
+            let orgs: Vec<Uuid> = (0..args.orgs.max(args.clients()))
+                .map(|_| Uuid::now_v7())
+                .collect();
+            let measured = async {
+                register_all(&api, &orgs, args.clients()).await?;
+                let (head, _) = api.scan(0).await?;
+                plan_changes(&api, &orgs, head, args, serve.pid()).await
+            }
+            .await;
+            let checkpoints = api.scan_type(0, "keyledger.AuditCheckpointSigned.v1").await;
+            if measured.is_err() {
+                eprintln!("http-bench: serve's log:\n{}", serve.log_text());
+            }
+            serve.stop();
+            if let Some(s) = scratch {
+                drop_scratch(s).await;
+            }
+            let (plan, _) = measured?;
+            println!(
+                "{name:8} round {round} checkpointer {label:3} (interval {interval}): {:.0} req/s, p99 {:.2} ms, \
+                 serve CPU {:.3} ms/request, {} checkpoints in the log",
+                plan.per_second,
+                ms(plan.latency.p99),
+                1000.0 * plan.serve_cpu / plan.latency.n.max(1) as f64,
+                checkpoints?,
+            );
+            rates.push(plan.per_second);
+        }
+        let ratio = rates[1] / rates[0];
+        println!("{name:8} round {round} on ÷ off: {ratio:.3}");
+        ratios.push(ratio);
+    }
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "{name:8} checkpointer on ÷ off over {} rounds: median {:.3}, min {:.3}, max {:.3} (target ≥ 0.95)",
+        ratios.len(),
+        ratios[ratios.len() / 2],
+        ratios[0],
+        ratios[ratios.len() - 1]
+    );
+    Ok(())
+}
+
 /// Registers `orgs` over HTTP, `clients` at a time.
 async fn register_all(api: &Api, orgs: &[Uuid], clients: usize) -> Result<(), String> {
     for chunk in orgs.chunks(clients) {
@@ -1358,7 +1459,17 @@ fn main() {
         }
     };
     let name = if scratch.is_some() { "postgres" } else { "sqlite" };
-    let figures = match Serve::start(&bin, dir.path(), &url, &args) {
+    if args.checkpointer_rounds > 0 {
+        if let Some(s) = scratch {
+            rt.block_on(drop_scratch(s));
+        }
+        if let Err(e) = rt.block_on(checkpointer_ratio(&bin, name, &args)) {
+            eprintln!("http-bench: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    let figures = match Serve::start(&bin, dir.path(), &url, &args, &args.checkpoint_interval) {
         Ok(serve) => {
             let figures = rt.block_on(bench(&serve, name, &args));
             if figures.is_err() {
