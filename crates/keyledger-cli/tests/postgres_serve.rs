@@ -216,7 +216,8 @@ async fn sixty_four_concurrent_commands_on_two_postgres_instances_all_succeed() 
     projections_reach_the_head(db.url(), Duration::from_secs(20)).await;
 }
 
-/// Projection leases held in this database (advisory locks; one per projection led).
+/// Leases held in this database (advisory locks: one per projection led, and the audit
+/// checkpointer's).
 async fn leases_held(url: &str) -> i64 {
     let mut c = sqlx::PgConnection::connect(url).await.unwrap();
     let n: i64 = sqlx::query_scalar(
@@ -329,7 +330,8 @@ async fn a_killed_instance_loses_no_acknowledged_command() {
     projections_reach_the_head(&url, Duration::from_secs(30)).await;
     assert_eq!(
         leases_held(&url).await,
-        i64::try_from(keyledger_projection::Projection::ALL.len()).unwrap(),
+        // One per projection, and the audit checkpointer's.
+        i64::try_from(keyledger_projection::Projection::ALL.len() + 1).unwrap(),
         "the survivor holds every lease"
     );
 
@@ -427,4 +429,95 @@ async fn a_request_that_gets_no_connection_in_time_is_503_with_retry_after() {
     )
     .await;
     assert!(matches!(again, Answer::Http(200, ..)), "{again:?}");
+}
+
+/// Two instances on one database with `audit.checkpoint_interval = "1s"`: exactly one of them
+/// leads the checkpointer, and the organizations' logs get checkpoints in stream `audit`
+/// without anyone asking for them, each log and size once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_of_two_postgres_instances_signs_the_audit_checkpoints() {
+    let Some(db) = TestDatabase::create("kl_serve_ckpt").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let instances: Vec<Serving> = ["one", "two"]
+        .iter()
+        .map(|name| {
+            let config = common::write_config(
+                &dir.path().join(format!("{name}.toml")),
+                db.url(),
+                &data.join("internal-keys.json"),
+                &[(PLATFORM, "platform"), (BILLING, "billing")],
+                "",
+                "",
+            );
+            let log = dir.path().join(format!("{name}.log"));
+            let mut cmd = common::serve_command(&config, &log);
+            cmd.env("KEYLEDGER_AUDIT__CHECKPOINT_INTERVAL", "1s");
+            Serving::spawn(cmd, &log)
+        })
+        .collect();
+    let http = client();
+    let mut orgs = Vec::new();
+    for n in 0..6 {
+        let base = &instances[n % 2].base;
+        match register(&http, base, n).await {
+            Answer::Http(201, _, view) => orgs.push(view["org_id"].as_str().unwrap().to_owned()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    // Every organization's log gets a checkpoint at its size, by the background rounds.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (events, checkpoints) = loop {
+        let events = export(db.url());
+        let checkpoints: Vec<(String, u64)> = events
+            .iter()
+            .filter(|e| e.event_type == "AuditCheckpointSigned")
+            .map(|e| {
+                (
+                    e.payload["log"].as_str().unwrap().to_owned(),
+                    e.payload["tree_size"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        let covered = orgs.iter().all(|org| {
+            let size = events
+                .iter()
+                .filter(|e| e.stream_id.to_string().ends_with(org.as_str()))
+                .count();
+            checkpoints
+                .iter()
+                .any(|(log, n)| log == org && *n == u64::try_from(size).unwrap())
+        });
+        if covered && checkpoints.iter().any(|(log, _)| log == "global") {
+            break (events, checkpoints);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint of every log: {checkpoints:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let unique: BTreeSet<&(String, u64)> = checkpoints.iter().collect();
+    assert_eq!(unique.len(), checkpoints.len(), "a checkpoint was recorded twice");
+    assert!(
+        events.iter().all(|e| e.event_type != "AuditCheckpointSigned"
+            || e.actor.kind == keyledger_domain::ActorKind::System)
+    );
+
+    // Exactly one instance leads the checkpointer.
+    drop(instances);
+    let leaders = ["one", "two"]
+        .iter()
+        .filter(|name| {
+            std::fs::read_to_string(dir.path().join(format!("{name}.log")))
+                .unwrap()
+                .lines()
+                .any(|l| l.contains("leading the background task") && l.contains("audit-checkpointer"))
+        })
+        .count();
+    assert_eq!(leaders, 1);
 }

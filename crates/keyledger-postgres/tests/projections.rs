@@ -262,3 +262,83 @@ mod audit_tree {
 
     keyledger_projection::tree_conformance!(postgres);
 }
+
+/// The background task lease (the audit checkpointer's, ADR 0027): of two instances running
+/// `run_leading` for the same task, one runs it; when that one's session dies, it stops with an
+/// error and the other takes over.
+#[tokio::test]
+async fn one_instance_leads_a_background_task_and_another_takes_over_when_it_dies() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let Some(db) = TestDatabase::create("kl_task_lease").await else {
+        return;
+    };
+    let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+    let running: Arc<[AtomicBool; 2]> = Arc::new([AtomicBool::new(false), AtomicBool::new(false)]);
+    let instances: Vec<_> = (0..2)
+        .map(|i| {
+            let (url, running) = (db.url().to_owned(), running.clone());
+            tokio::spawn(async move {
+                let task = async move {
+                    running[i].store(true, Ordering::SeqCst);
+                    std::future::pending::<()>().await;
+                };
+                keyledger_postgres::run_leading(&url, "test-task", task, std::future::pending()).await
+            })
+        })
+        .collect();
+    let key = keyledger_postgres::task_lease_key("test-task");
+    let holders = || async {
+        sqlx::query_scalar::<_, i32>(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+             AND classid::bigint = $1 AND objid::bigint = $2 AND objsubid = 1",
+        )
+        .bind((key >> 32) & 0xffff_ffff)
+        .bind(key & 0xffff_ffff)
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let leader = loop {
+        let ran: Vec<bool> = running.iter().map(|r| r.load(Ordering::SeqCst)).collect();
+        if let Some(i) = ran.iter().position(|r| *r) {
+            break i;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no instance ran the task");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    // A while later, still only the leader runs it, holding the one lock.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert!(
+        !running[1 - leader].load(Ordering::SeqCst),
+        "both instances ran the task"
+    );
+    let held = holders().await;
+    assert_eq!(held.len(), 1, "{held:?}");
+
+    // The leader's session dies: it stops with an error, and the other instance takes over.
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(held[0])
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut instances = instances;
+    let stopped = tokio::time::timeout(std::time::Duration::from_secs(15), instances.remove(leader))
+        .await
+        .expect("the leader noticed its lost lease")
+        .unwrap();
+    assert!(stopped.is_err(), "{stopped:?}");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !running[1 - leader].load(Ordering::SeqCst) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the other instance never took over"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(holders().await.len(), 1);
+    instances.remove(0).abort();
+    pool.close().await;
+}
