@@ -95,6 +95,14 @@ struct Args {
     /// (`--checkpoint-interval`), and the ratio of their request rates per round.
     #[arg(long, default_value_t = 0)]
     checkpointer_rounds: u32,
+    /// Instead of the full run: one organization with this many events (plan changes over
+    /// HTTP), then `--proofs` inclusion proofs of random versions through
+    /// `GET …/audit/proof`, timed one after another.
+    #[arg(long, default_value_t = 0)]
+    proof_events: u64,
+    /// Inclusion proofs timed with `--proof-events`.
+    #[arg(long, default_value_t = 5000)]
+    proofs: usize,
 }
 
 fn parse_store(s: &str) -> Result<String, String> {
@@ -124,6 +132,7 @@ impl Args {
 
 const PLATFORM_TOKEN: &str = "http-bench-platform-token-0123456789abcdef";
 const BILLING_TOKEN: &str = "http-bench-billing-token-0123456789abcdef";
+const AUDITOR_TOKEN: &str = "http-bench-auditor-token-0123456789abcdef";
 
 /// A running `keyledger serve`; killed when dropped.
 struct Serve {
@@ -156,7 +165,11 @@ impl Serve {
             dir.join("internal-keys.json").display(),
             dir.join("audit-signing-key").display(),
         );
-        for (token, role) in [(PLATFORM_TOKEN, "platform"), (BILLING_TOKEN, "billing")] {
+        for (token, role) in [
+            (PLATFORM_TOKEN, "platform"),
+            (BILLING_TOKEN, "billing"),
+            (AUDITOR_TOKEN, "auditor"),
+        ] {
             text.push_str(&format!(
                 "\n[[auth.tokens]]\ntoken = \"{token}\"\nsubject = \"{role}@bench.example\"\nroles = [\"{role}\"]\n"
             ));
@@ -1240,6 +1253,74 @@ async fn bench(serve: &Serve, name: &str, args: &Args) -> Result<Figures, String
     })
 }
 
+/// Inclusion-proof latency through `GET …/audit/proof` on one organization's log of
+/// `--proof-events` events: proofs of random versions against the latest checkpoint, one at a
+/// time.
+async fn proof_latency(serve: &Serve, name: &str, args: &Args) -> Result<(), String> {
+    let api = Api::new(serve.base.clone(), PLATFORM_TOKEN.into(), BILLING_TOKEN.into());
+    let org = Uuid::now_v7();
+    register_all(&api, &[org], 1).await?;
+    let t = Instant::now();
+    fill(&api, &[org], &mut [false], args.proof_events, 1).await?;
+    println!(
+        "{name:8} filled one organization with {} plan changes over HTTP in {:.1} s",
+        args.proof_events,
+        t.elapsed().as_secs_f64()
+    );
+    let get = |path: String| {
+        let api = api.clone();
+        async move {
+            let r = api
+                .client
+                .get(format!("{}{path}", api.base))
+                .bearer_auth(AUDITOR_TOKEN)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = r.status().as_u16();
+            let body = r.text().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>((status, body))
+        }
+    };
+    // The checkpoint once the tree has folded the whole log.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let size: u64 = loop {
+        let (status, body) = get(format!("/v1/organizations/{org}/audit/checkpoint")).await?;
+        let size = body.lines().nth(1).and_then(|l| l.parse().ok()).unwrap_or(0);
+        if status == 200 && size > args.proof_events {
+            break size;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("no checkpoint of the whole log: {status} {body}"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut times = Vec::with_capacity(args.proofs);
+    for _ in 0..args.proofs {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let version = seed % size + 1;
+        let path = format!("/v1/organizations/{org}/audit/proof?version={version}&tree_size={size}");
+        let t = Instant::now();
+        let (status, body) = get(path).await?;
+        times.push(t.elapsed());
+        if status != 200 {
+            return Err(format!("proof of version {version}: {status} {body}"));
+        }
+    }
+    let s = summarize(times);
+    println!(
+        "{name:8} inclusion proof over HTTP on a {size}-event organization log, {} proofs: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms (target p99 ≤ 2 ms on SQLite)",
+        s.n,
+        ms(s.p50),
+        ms(s.p99),
+        ms(s.max)
+    );
+    Ok(())
+}
+
 /// Plan-change throughput with the checkpointer off and on, `checkpointer_rounds` times,
 /// each run on a fresh store and a fresh `serve`, off and on alternating so drift hits both.
 async fn checkpointer_ratio(bin: &Path, name: &str, args: &Args) -> Result<(), String> {
@@ -1459,6 +1540,27 @@ fn main() {
         }
     };
     let name = if scratch.is_some() { "postgres" } else { "sqlite" };
+    if args.proof_events > 0 {
+        let figures = match Serve::start(&bin, dir.path(), &url, &args, &args.checkpoint_interval) {
+            Ok(serve) => {
+                let measured = rt.block_on(proof_latency(&serve, name, &args));
+                if measured.is_err() {
+                    eprintln!("http-bench: serve's log:\n{}", serve.log_text());
+                }
+                serve.stop();
+                measured
+            }
+            Err(e) => Err(e),
+        };
+        if let Some(s) = scratch {
+            rt.block_on(drop_scratch(s));
+        }
+        if let Err(e) = figures {
+            eprintln!("http-bench: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     if args.checkpointer_rounds > 0 {
         if let Some(s) = scratch {
             rt.block_on(drop_scratch(s));
