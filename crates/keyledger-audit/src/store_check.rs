@@ -297,7 +297,7 @@ impl StoreCheck {
         for (log, state) in &mut check.logs {
             // Largest first, so the next one due is at the end; stable, so equal sizes keep
             // their order in stream `audit`.
-            state.waiting.sort_by(|a, b| b.0.tree_size.cmp(&a.0.tree_size));
+            state.waiting.sort_by_key(|(c, _)| std::cmp::Reverse(c.tree_size));
             // Checkpoints of the empty log are due before any event.
             settle(
                 *log,
