@@ -319,19 +319,7 @@ pub fn open_checkpoint(note: &str, verifier: &Verifier) -> Result<Checkpoint, No
 
 /// The text of a signed note, once `verifier`'s signature on it holds.
 pub fn open_note<'a>(note: &'a str, verifier: &Verifier) -> Result<&'a str, NoteError> {
-    if note.len() > MAX_NOTE_BYTES {
-        return Err(NoteError::Malformed("larger than 64 KiB"));
-    }
-    if note.chars().any(|c| c.is_control() && c != '\n') {
-        return Err(NoteError::Malformed("a control character other than newline"));
-    }
-    let split = note
-        .rfind("\n\n")
-        .ok_or(NoteError::Malformed("no blank line before the signatures"))?;
-    let (text, signatures) = (&note[..=split], &note[split + 2..]);
-    let signatures = signatures.strip_suffix('\n').ok_or(NoteError::Malformed(
-        "the last signature line does not end with a newline",
-    ))?;
+    let (text, signatures) = split_note(note)?;
     let mut found = None;
     for line in signatures.split('\n') {
         let (name, encoded) = line
@@ -366,6 +354,31 @@ pub fn open_note<'a>(note: &'a str, verifier: &Verifier) -> Result<&'a str, Note
         .verify_strict(text.as_bytes(), &signature)
         .map_err(|_| bad())?;
     Ok(text)
+}
+
+/// The text of a signed note, its signatures **not checked**: for a reader with no verifier
+/// key, who can still compare the text with what else claims to state it (`keyledger verify`
+/// without `--verifier-key`). The framing is checked as by [`open_note`].
+pub fn note_text(note: &str) -> Result<&str, NoteError> {
+    split_note(note).map(|(text, _)| text)
+}
+
+/// A note's text (ending in its newline) and its signature lines (without the last newline).
+fn split_note(note: &str) -> Result<(&str, &str), NoteError> {
+    if note.len() > MAX_NOTE_BYTES {
+        return Err(NoteError::Malformed("larger than 64 KiB"));
+    }
+    if note.chars().any(|c| c.is_control() && c != '\n') {
+        return Err(NoteError::Malformed("a control character other than newline"));
+    }
+    let split = note
+        .rfind("\n\n")
+        .ok_or(NoteError::Malformed("no blank line before the signatures"))?;
+    let (text, signatures) = (&note[..=split], &note[split + 2..]);
+    let signatures = signatures.strip_suffix('\n').ok_or(NoteError::Malformed(
+        "the last signature line does not end with a newline",
+    ))?;
+    Ok((text, signatures))
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
 //! `keyledger`: the command line of the keyledger service (CONTRACT.md "Command line").
 //!
 //! Exit codes: 0 done, 1 failed (one line on stderr: `keyledger: <what failed>: <cause>`),
-//! 2 usage (clap's own), 3 `verify` found a broken hash chain or `audit verify` a bundle that
-//! does not hold.
+//! 2 usage (clap's own), 3 `verify` found a broken hash chain or a signed checkpoint the store
+//! does not hold, or `audit verify` a bundle that does not hold.
 
 mod commands;
 mod config;
@@ -41,13 +41,19 @@ enum Command {
     },
     /// Applies the pending migrations (creating a SQLite file when absent).
     Migrate(StoreArg),
-    /// Recomputes the hash chains. Exit 3 names the first bad event.
+    /// Recomputes the hash chains, then holds the store against every signed checkpoint in
+    /// stream audit. Exit 3 names the first bad event, or the organization and the checkpoint
+    /// that does not hold.
     Verify {
         #[command(flatten)]
         store: StoreArg,
-        /// Only this organization's stream.
+        /// Only this organization's stream and checkpoints (the global log's are skipped).
         #[arg(long, value_name = "ID", value_parser = parse_org)]
         org: Option<OrgId>,
+        /// The note verifier key from GET /v1/audit/public-key: NAME+HASH+KEY. With it, every
+        /// checkpoint's signature is checked too; without it, only what the notes state.
+        #[arg(long, value_name = "KEY", value_parser = parse_verifier)]
+        verifier_key: Option<Box<keyledger_audit::Verifier>>,
     },
     /// Export and import of the stored events.
     #[command(subcommand)]
@@ -183,7 +189,11 @@ async fn run(command: Command) -> Result<Outcome, Failure> {
             unreachable!("serve and audit run without the store runtime")
         }
         Command::Migrate(store) => commands::migrate::run(&store.parse()?).await,
-        Command::Verify { store, org } => commands::verify::run(&store.parse()?, org).await,
+        Command::Verify {
+            store,
+            org,
+            verifier_key,
+        } => commands::verify::run(&store.parse()?, org, verifier_key.as_deref()).await,
         Command::Events(EventsCommand::Export { store, after }) => {
             commands::events::export(&store.parse()?, after).await
         }

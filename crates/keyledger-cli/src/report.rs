@@ -17,13 +17,16 @@ pub(crate) enum Outcome {
     ChainBroken,
     /// Exit 3: `audit verify` found a bundle that does not hold (already reported on stderr).
     AuditFailed,
+    /// Exit 3: `verify` found a signed checkpoint the store does not hold (already reported on
+    /// stderr).
+    CheckpointBroken,
 }
 
 impl Outcome {
     pub(crate) fn exit_code(self) -> ExitCode {
         match self {
             Outcome::Done => ExitCode::SUCCESS,
-            Outcome::ChainBroken | Outcome::AuditFailed => ExitCode::from(3),
+            Outcome::ChainBroken | Outcome::AuditFailed | Outcome::CheckpointBroken => ExitCode::from(3),
         }
     }
 }

@@ -17,7 +17,7 @@ use keyledger_projection::{Projection, ProjectionSink, Runner};
 use keyledger_sqlite::{SqliteProjections, SqliteStore};
 use keyledger_store::chain::now_micros;
 use keyledger_store::conformance::{checkpoint_signed, cmk_enabled, dek_generated, metadata, tenant_added};
-use keyledger_store::{EventStore, KeyRing, NewEvent};
+use keyledger_store::{EventStore, KeyRing, NewEvent, StoredEvent, merkle};
 use sqlx::Connection as _;
 
 // ---------------------------------------------------------------------------------------------
@@ -221,14 +221,21 @@ async fn populate(store: &dyn EventStore) -> Populated {
         events += 4;
     }
     // Stream `audit` (ADR 0025) travels with the organizations: verified, exported, imported,
-    // and skipped by the projections.
+    // and skipped by the projections. Its checkpoints are real ones (`verify` holds the store
+    // against them), of the global log and of the first organization's.
+    let org_events = all_events(store, 12).await;
+    let first: Vec<_> = org_events
+        .iter()
+        .filter(|e| e.stream_id == StreamId::for_org(orgs[0]))
+        .cloned()
+        .collect();
     let last_position = store
         .append(
             StreamId::Audit,
             StreamVersion::NONE,
             vec![
-                checkpoint_signed(AuditLog::Global, 12),
-                checkpoint_signed(AuditLog::Org(orgs[0]), 4),
+                checkpoint_of(AuditLog::Global, &org_events),
+                checkpoint_of(AuditLog::Org(orgs[0]), &first),
             ],
             None,
         )
@@ -242,6 +249,37 @@ async fn populate(store: &dyn EventStore) -> Populated {
         last_position,
         events,
     }
+}
+
+/// The first `n` events in global order, waiting for PostgreSQL's reader fence (any
+/// transaction open on the server may hold the last ones back for a moment).
+async fn all_events(store: &dyn EventStore, n: usize) -> Vec<StoredEvent> {
+    let started = std::time::Instant::now();
+    loop {
+        let events = store.read_all(GlobalPosition::START, n).await.expect("read");
+        if events.len() == n || started.elapsed() > Duration::from_secs(30) {
+            assert_eq!(events.len(), n);
+            return events;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The checkpoint of `log` over `events` (its leaves, in order), as the engine records it:
+/// `checkpoint_signed` with the real root, and its note signed by a fresh key.
+fn checkpoint_of(log: AuditLog, events: &[StoredEvent]) -> NewEvent {
+    let leaves: Vec<_> = events.iter().map(merkle::event_leaf_hash).collect();
+    let size = u64::try_from(leaves.len()).unwrap();
+    let mut new = checkpoint_signed(log, size);
+    let Event::AuditCheckpointSigned(c) = &mut new.event else {
+        unreachable!("checkpoint_signed makes a checkpoint")
+    };
+    let checkpoint = keyledger_audit::Checkpoint::new(c.origin.clone(), size, merkle::root(&leaves)).unwrap();
+    c.root_hash = keyledger_domain::RootHash(merkle::root(&leaves));
+    c.note = keyledger_audit::AuditSigner::generate("keyledger.localhost")
+        .unwrap()
+        .sign_checkpoint(&checkpoint);
+    new
 }
 
 fn uuid_like() -> String {
