@@ -1365,10 +1365,11 @@ async fn checkpointer_ratio(bin: &Path, name: &str, args: &Args) -> Result<(), S
         ratios.push(ratio);
     }
     ratios.sort_by(f64::total_cmp);
+    let n = ratios.len();
+    let median = (ratios[(n - 1) / 2] + ratios[n / 2]) / 2.0;
     println!(
-        "{name:8} checkpointer on ÷ off over {} rounds: median {:.3}, min {:.3}, max {:.3} (target ≥ 0.95)",
-        ratios.len(),
-        ratios[ratios.len() / 2],
+        "{name:8} checkpointer on ÷ off over {} rounds: median {median:.3}, min {:.3}, max {:.3} (target ≥ 0.95)",
+        n,
         ratios[0],
         ratios[ratios.len() - 1]
     );
