@@ -43,6 +43,12 @@ pub(crate) struct ServerConfig {
     pub max_connections: usize,
     /// Open SSE streams at most; past it a stream gets 503 `too_many_streams`.
     pub max_streams: usize,
+    /// The certificate chain (PEM) the listener serves HTTPS with, together with `tls_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1) of `tls_cert`'s first certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -54,6 +60,8 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(30),
             max_connections: 10_000,
             max_streams: 1000,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -318,6 +326,11 @@ fn rule(key: &str, message: impl Into<String>) -> ConfigError {
 
 /// The checks serde cannot express.
 fn check(c: &Config) -> Result<(), ConfigError> {
+    match (&c.server.tls_cert, &c.server.tls_key) {
+        (Some(_), None) => return Err(rule("server.tls_key", "must be set with server.tls_cert")),
+        (None, Some(_)) => return Err(rule("server.tls_cert", "must be set with server.tls_key")),
+        _ => {}
+    }
     if c.server.max_body_bytes < 1024 {
         return Err(rule("server.max_body_bytes", "must be at least 1024"));
     }
@@ -679,6 +692,8 @@ tenants = ["*"]
                     "[[auth.tokens]]\ntoken = \"0123456789abcdef0\"\nsubject = \"x\"\nroles = [\"auditor\"]\ntenants = [\"t1\"]\n",
                     "auth.tokens[0].tenants",
                 ),
+                ("[server]\ntls_cert = \"cert.pem\"\n", "server.tls_key"),
+                ("[server]\ntls_key = \"key.pem\"\n", "server.tls_cert"),
             ];
             for (toml, key) in cases {
                 let err = load_in(jail, toml).unwrap_err().to_string();

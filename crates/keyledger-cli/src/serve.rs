@@ -165,6 +165,37 @@ fn ensure_parent(path: &Path) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The listener's TLS configuration from `server.tls_cert` and `server.tls_key` (both or
+/// neither, checked with the configuration), HTTP/1.1 over TLS 1.2 and 1.3.
+fn tls_config(server: &config::ServerConfig) -> Result<Option<Arc<rustls::ServerConfig>>, Failure> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let (Some(cert), Some(key)) = (&server.tls_cert, &server.tls_key) else {
+        return Ok(None);
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(Iterator::collect)
+        .map_err(|e| Failure::msg(format!("server.tls_cert: cannot read {}", cert.display()), e))?;
+    if chain.is_empty() {
+        return Err(Failure::msg(
+            format!("server.tls_cert: cannot read {}", cert.display()),
+            "no CERTIFICATE in the file",
+        ));
+    }
+    let private = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| Failure::msg(format!("server.tls_key: cannot read {}", key.display()), e))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Failure::msg("cannot set up TLS", e))?
+        .with_no_client_auth()
+        .with_single_cert(chain, private)
+        .map_err(|e| Failure::msg("server.tls_key: does not fit server.tls_cert", e))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Some(Arc::new(config)))
+}
+
 /// The audit signing key (`audit.signing_key_file`): created on the first start, and
 /// otherwise loaded and held to the checkpoints the store already has, so it is never
 /// replaced beside them (ADR 0026).
@@ -221,6 +252,8 @@ async fn serve(config: Config, origin: Origin) -> Result<(), Failure> {
         None => azure_key_access(&config)?,
     };
     let grants = if dev { demo_tokens() } else { grants(&config)? };
+    // Read before anything is opened: a bad certificate or key stops the start early.
+    let tls = tls_config(&config.server)?;
 
     let loaded = key_file::load(key_file)?;
     let ring_loaded = loaded.is_some();
@@ -328,7 +361,15 @@ async fn serve(config: Config, origin: Origin) -> Result<(), Failure> {
         // Only tokens that dev mode generated are shown; configured ones are the operator's.
         print_dev_banner(demo, if dev { &grants } else { &[] });
     }
-    println!("listening on http://{addr}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    if tls.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            %addr,
+            "serving plain HTTP on a non-loopback address: tokens and responses cross the network \
+             in clear; set server.tls_cert and server.tls_key"
+        );
+    }
+    println!("listening on {scheme}://{addr}");
     tracing::info!(%addr, store = %url, dev, "keyledger is serving");
 
     let server_config = ServerConfig {
@@ -342,6 +383,7 @@ async fn serve(config: Config, origin: Origin) -> Result<(), Failure> {
         } else {
             HostAllowList::new(config.keys.azure.allowed_vault_hosts.iter())
         },
+        tls,
         ..ServerConfig::default()
     };
     let served = keyledger_server::run(listener, services, server_config, terminated).await;

@@ -62,6 +62,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Open SSE streams at most; past it a stream gets 503 `too_many_streams`.
     pub max_streams: usize,
+    /// With a TLS configuration the listener serves HTTPS only; its handshake must finish
+    /// within `header_read_timeout`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for ServerConfig {
@@ -74,6 +77,7 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(30),
             max_connections: 10_000,
             max_streams: 1000,
+            tls: None,
         }
     }
 }
@@ -162,7 +166,8 @@ pub fn router(services: Services, config: ServerConfig, shutdown: watch::Receive
 /// Serves `router` on `listener` until `shutdown` completes, then stops accepting, ends open
 /// streams and waits for in-flight requests.
 ///
-/// HTTP/1.1 only. A connection that takes longer than `header_read_timeout` to send a
+/// HTTP/1.1 only, over TLS when `config.tls` is set (a connection whose handshake does not
+/// finish within `header_read_timeout` is closed). A connection that takes longer than `header_read_timeout` to send a
 /// request's headers is closed. At `max_connections` open connections the server accepts no
 /// more until one closes; the others wait in the listener's backlog (ADR 0016).
 pub async fn run(
@@ -178,6 +183,8 @@ pub async fn run(
     let slots = Arc::new(Semaphore::new(
         config.max_connections.clamp(1, Semaphore::MAX_PERMITS),
     ));
+    let tls = config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+    let handshake_timeout = config.header_read_timeout;
     let app = router(services, config, rx);
     let connections = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -203,9 +210,34 @@ pub async fn run(
             request.extensions_mut().insert(ConnectInfo(peer));
             app.clone().oneshot(request)
         });
-        let connection = connections.watch(http.serve_connection(TokioIo::new(stream), service));
+        let watcher = connections.watcher();
+        let (http, tls) = (http.clone(), tls.clone());
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let served = match tls {
+                None => {
+                    watcher
+                        .watch(http.serve_connection(TokioIo::new(stream), service))
+                        .await
+                }
+                Some(acceptor) => {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            watcher
+                                .watch(http.serve_connection(TokioIo::new(stream), service))
+                                .await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            Ok(())
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake took too long; closed");
+                            Ok(())
+                        }
+                    }
+                }
+            };
+            if let Err(e) = served {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
             drop(slot);
