@@ -1,4 +1,5 @@
-//! `keyledger serve`: the HTTP service with its projection runners and key-health monitor.
+//! `keyledger serve`: the HTTP service with its projection runners, key-health monitor and audit
+//! checkpointer.
 //!
 //! With no `--config` and no `KEYLEDGER_*` variables it runs dev mode (DESIGN.md §8): SQLite
 //! in `./keyledger-data/`, the in-process simulated vault, and a demo connection and one token

@@ -1,5 +1,6 @@
-//! The work a serving process does besides answering requests: projection runners and the
-//! key-health monitor. Each restarts after a failure, with a growing pause, until shutdown.
+//! The work a serving process does besides answering requests: projection runners, the
+//! key-health monitor and the audit checkpointer. Each restarts after a failure, with a growing
+//! pause, until shutdown.
 
 use std::future::Future;
 use std::sync::Arc;
