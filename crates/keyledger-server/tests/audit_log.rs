@@ -2,6 +2,7 @@
 //! and bundles checked with implementations keyledger did not write (`signed_note` for the
 //! signature, `ct-merkle` for the proofs), besides keyledger's own offline verifier.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -14,33 +15,6 @@ use keyledger_audit::{Bundle, Verifier, verify_bundle};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use signed_note::{Note, StandardVerifier, VerifierList};
-
-macro_rules! on_every_backend {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let server = super::Server::start(super::Backend::Sqlite).await.unwrap();
-                    super::$name(&server).await;
-                    server.shutdown().await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let Some(server) = super::Server::start(super::Backend::Postgres).await else {
-                        return;
-                    };
-                    super::$name(&server).await;
-                    server.shutdown().await;
-                }
-            )*
-        }
-    };
-}
 
 on_every_backend!(
     checkpoints_proofs_and_bundles_verify_with_independent_implementations,

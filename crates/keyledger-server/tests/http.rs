@@ -2,6 +2,7 @@
 //! of CONTRACT.md, the role/scope matrix, idempotency, If-Match, body limits, bad input that
 //! appends nothing, and the SSE stream.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -10,33 +11,6 @@ use common::*;
 use keyledger_domain::Role;
 use keyledger_vault_sim::{AppPatch, Faults, KeyPatch};
 use serde_json::{Value, json};
-
-macro_rules! on_every_backend {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let server = super::Server::start(super::Backend::Sqlite).await.unwrap();
-                    super::$name(&server).await;
-                    server.shutdown().await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let Some(server) = super::Server::start(super::Backend::Postgres).await else {
-                        return;
-                    };
-                    super::$name(&server).await;
-                    server.shutdown().await;
-                }
-            )*
-        }
-    };
-}
 
 on_every_backend!(
     seed_flow_through_every_route,

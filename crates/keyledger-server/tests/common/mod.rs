@@ -1,7 +1,7 @@
 //! A keyledger server on a real socket (127.0.0.1:0) over SQLite or PostgreSQL, with the
 //! simulated vault behind the official SDK adapter, projection runners and fixed tokens.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros)] // each test binary uses a different part
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +15,35 @@ use keyledger_store::{EventStore, KeyRing};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+/// One `#[tokio::test]` per backend for each `async fn name(&Server)` listed: `sqlite::name`
+/// and `postgres::name` (skipped when PostgreSQL is not available and not required).
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let server = super::Server::start(super::Backend::Sqlite).await.unwrap();
+                    super::$name(&server).await;
+                    server.shutdown().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(server) = super::Server::start(super::Backend::Postgres).await else {
+                        return;
+                    };
+                    super::$name(&server).await;
+                    server.shutdown().await;
+                }
+            )*
+        }
+    };
+}
 
 pub(crate) const ADMIN: &str = "t-admin-0123456789";
 pub(crate) const AUDITOR: &str = "t-auditor-0123456789";
