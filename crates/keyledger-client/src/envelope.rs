@@ -1,0 +1,176 @@
+//! The envelope: application data sealed under an organization's data key (DEK) with
+//! AES-256-GCM, in a versioned format that names the DEK, so that data written under an old
+//! DEK is still read after a rotation.
+//!
+//! # Format, version 1
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 1 | version, `0x01` |
+//! | 1 | 4 | DEK id, unsigned big-endian (keyledger's `dek_id`) |
+//! | 5 | 12 | nonce, random for every envelope |
+//! | 17 | n | ciphertext, as long as the plaintext |
+//! | 17 + n | 16 | GCM tag |
+//!
+//! The additional authenticated data (not stored) is
+//! `"keyledger-envelope/v1" ‖ 0x00 ‖ org_id (16 bytes) ‖ version ‖ dek_id (4 bytes BE) ‖ context`.
+//! So an envelope opens only for the organization it was sealed for and with the same
+//! caller context (a table and row, a file name: whatever ties the data to its place), and a
+//! changed header fails like a changed ciphertext. The context is not stored: the caller
+//! supplies it again to open.
+//!
+//! Random 96-bit nonces keep the chance of a repeat under 2⁻³² for up to 2³² envelopes per
+//! DEK (NIST SP 800-38D §8.3); keyledger rotates DEKs with the key, well before that.
+
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use aws_lc_rs::rand::{SecureRandom as _, SystemRandom};
+use keyledger_domain::{DekId, OrgId};
+use zeroize::Zeroizing;
+
+/// The first byte of every version-1 envelope.
+pub const VERSION: u8 = 0x01;
+/// Bytes before the ciphertext: version, DEK id, nonce.
+pub const HEADER_LEN: usize = 1 + 4 + NONCE_LEN;
+/// Bytes of the GCM tag after the ciphertext.
+pub const TAG_LEN: usize = 16;
+/// What every envelope adds to its plaintext.
+pub const OVERHEAD: usize = HEADER_LEN + TAG_LEN;
+
+const AAD_LABEL: &[u8] = b"keyledger-envelope/v1\0";
+
+/// Why an envelope could not be sealed or opened. No variant carries key or plaintext bytes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnvelopeError {
+    /// Shorter than a header and a tag: not an envelope.
+    #[error("{0} bytes is too short for an envelope (at least {OVERHEAD})")]
+    TooShort(usize),
+    /// A version this library does not read.
+    #[error("envelope version {0} is not known (this library reads version {VERSION})")]
+    UnknownVersion(u8),
+    /// The envelope names another DEK than the one given to open it.
+    #[error("the envelope was sealed under DEK {envelope}, not DEK {given}")]
+    OtherDek { envelope: u32, given: u32 },
+    /// Authentication failed: the envelope was changed, or the organization or the context is
+    /// not the one it was sealed with, or the key is not its DEK.
+    #[error("the envelope does not open: changed, or another organization, context or key")]
+    Rejected,
+    /// The system's random source or the cipher failed (should not happen).
+    #[error("the cipher failed")]
+    Cipher,
+}
+
+/// A data key in clear, as keyledger releases it: its id and its 32 bytes. The bytes are
+/// wiped when it drops and never printed.
+pub struct DataKey {
+    id: DekId,
+    key: LessSafeKey,
+}
+
+impl DataKey {
+    /// The DEK `id` with its 32 key bytes (the caller's copy is not kept; wipe it).
+    pub fn new(id: DekId, bytes: &[u8; 32]) -> Result<Self, EnvelopeError> {
+        let unbound = UnboundKey::new(&AES_256_GCM, bytes).map_err(|_| EnvelopeError::Cipher)?;
+        Ok(Self {
+            id,
+            key: LessSafeKey::new(unbound),
+        })
+    }
+
+    pub fn id(&self) -> DekId {
+        self.id
+    }
+}
+
+impl std::fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataKey")
+            .field("id", &self.id.0)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The DEK an envelope was sealed under, read from its header (to fetch that key first).
+pub fn dek_of(envelope: &[u8]) -> Result<DekId, EnvelopeError> {
+    let (version, dek) = header(envelope)?;
+    if version != VERSION {
+        return Err(EnvelopeError::UnknownVersion(version));
+    }
+    Ok(DekId(dek))
+}
+
+/// Seals `plaintext` for organization `org` under `key`, bound to `context`.
+pub fn seal(org: OrgId, key: &DataKey, plaintext: &[u8], context: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
+    let mut nonce = [0u8; NONCE_LEN];
+    SystemRandom::new()
+        .fill(&mut nonce)
+        .map_err(|_| EnvelopeError::Cipher)?;
+    let mut out = Vec::with_capacity(OVERHEAD + plaintext.len());
+    out.push(VERSION);
+    out.extend_from_slice(&key.id.0.to_be_bytes());
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(plaintext);
+    let aad = aad(org, key.id.0, context);
+    let tag = key
+        .key
+        .seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(&aad[..]),
+            &mut out[HEADER_LEN..],
+        )
+        .map_err(|_| EnvelopeError::Cipher)?;
+    out.extend_from_slice(tag.as_ref());
+    Ok(out)
+}
+
+/// Opens an envelope sealed for `org` under `key` with `context`. The plaintext is returned
+/// in a buffer wiped when it drops.
+pub fn open(
+    org: OrgId,
+    key: &DataKey,
+    envelope: &[u8],
+    context: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
+    let dek = dek_of(envelope)?;
+    if dek != key.id {
+        return Err(EnvelopeError::OtherDek {
+            envelope: dek.0,
+            given: key.id.0,
+        });
+    }
+    let mut nonce = [0u8; NONCE_LEN];
+    nonce.copy_from_slice(&envelope[5..HEADER_LEN]);
+    let mut buffer = Zeroizing::new(envelope[HEADER_LEN..].to_vec());
+    let aad = aad(org, dek.0, context);
+    let plaintext_len = key
+        .key
+        .open_in_place(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(&aad[..]),
+            &mut buffer,
+        )
+        .map_err(|_| EnvelopeError::Rejected)?
+        .len();
+    buffer.truncate(plaintext_len);
+    Ok(buffer)
+}
+
+fn header(envelope: &[u8]) -> Result<(u8, u32), EnvelopeError> {
+    if envelope.len() < OVERHEAD {
+        return Err(EnvelopeError::TooShort(envelope.len()));
+    }
+    let mut dek = [0u8; 4];
+    dek.copy_from_slice(&envelope[1..5]);
+    Ok((envelope[0], u32::from_be_bytes(dek)))
+}
+
+/// The additional authenticated data of a version-1 envelope (see the module docs).
+pub fn aad(org: OrgId, dek: u32, context: &[u8]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(AAD_LABEL.len() + 16 + 5 + context.len());
+    aad.extend_from_slice(AAD_LABEL);
+    aad.extend_from_slice(org.as_uuid().as_bytes());
+    aad.push(VERSION);
+    aad.extend_from_slice(&dek.to_be_bytes());
+    aad.extend_from_slice(context);
+    aad
+}
