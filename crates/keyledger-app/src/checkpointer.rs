@@ -19,8 +19,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyledger_audit::{AuditSigner, Checkpoint, global_origin, org_origin};
-use keyledger_domain::{AuditCheckpointSigned, Event, RootHash, StreamId, StreamVersion};
+use keyledger_audit::AuditSigner;
+use keyledger_domain::{Event, StreamId, StreamVersion};
 use keyledger_store::merkle::{AuditLog, AuditTrees};
 
 use crate::error::AppError;
@@ -148,24 +148,12 @@ impl Checkpointer {
     /// Signs `log` at `size` (which the trees hold) and records it.
     async fn sign(&self, known: &mut Known, log: AuditLog, size: u64) -> Result<SignedCheckpoint, AppError> {
         let root = self.trees.root(log, size).await?;
-        let origin = match log {
-            AuditLog::Global => global_origin(self.signer.name()),
-            AuditLog::Org(org) => org_origin(self.signer.name(), org),
-        };
-        let checkpoint = Checkpoint::new(origin.clone(), size, root)
+        let checkpoint = self
+            .signer
+            .sign_log(log, size, root, self.app.clock().now())
             .map_err(|_| AppError::Internal("a checkpoint origin is not a note origin"))?;
-        let note = self.signer.sign_checkpoint(&checkpoint);
-        let recorded = self
-            .app
-            .record_checkpoint(AuditCheckpointSigned {
-                log,
-                origin,
-                tree_size: size,
-                root_hash: RootHash(root),
-                note: note.clone(),
-                signed_at: self.app.clock().now(),
-            })
-            .await?;
+        let note = checkpoint.note.clone();
+        let recorded = self.app.record_checkpoint(checkpoint).await?;
         tracing::debug!(%log, size, repeat = recorded.repeat, "audit checkpoint recorded");
         let signed = SignedCheckpoint {
             log,

@@ -16,8 +16,9 @@ use std::str::FromStr;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
+use chrono::{DateTime, Utc};
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
-use keyledger_domain::OrgId;
+use keyledger_domain::{AuditCheckpointSigned, AuditLog, OrgId, RootHash};
 use keyledger_store::merkle::Hash;
 use sha2::{Digest, Sha256};
 
@@ -290,6 +291,30 @@ impl AuditSigner {
     /// The signed note of `checkpoint`: its text, a blank line, and this key's signature line.
     pub fn sign_checkpoint(&self, checkpoint: &Checkpoint) -> String {
         self.sign_text(&checkpoint.body())
+    }
+
+    /// The checkpoint of `log` at `size` leaves with `root`, signed now: the event the
+    /// checkpointer records in stream `audit`, its origin under this key's name.
+    pub fn sign_log(
+        &self,
+        log: AuditLog,
+        size: u64,
+        root: Hash,
+        signed_at: DateTime<Utc>,
+    ) -> Result<AuditCheckpointSigned, NoteError> {
+        let origin = match log {
+            AuditLog::Global => global_origin(self.name()),
+            AuditLog::Org(org) => org_origin(self.name(), org),
+        };
+        let checkpoint = Checkpoint::new(origin.clone(), size, root)?;
+        Ok(AuditCheckpointSigned {
+            log,
+            origin,
+            tree_size: size,
+            root_hash: RootHash(root),
+            note: self.sign_checkpoint(&checkpoint),
+            signed_at,
+        })
     }
 
     /// Signs a note text (which ends with a newline).

@@ -709,7 +709,7 @@ impl fmt::Display for Problem {
 mod tests {
     use std::sync::Arc;
 
-    use keyledger_domain::{Actor, AuditCheckpointSigned, RootHash};
+    use keyledger_domain::{Actor, RootHash};
     use keyledger_store::conformance::tenant_added;
     use keyledger_store::envelope::{EnvelopeActor, EventMetadata};
     use keyledger_store::{EventStore, InMemoryStore, KeyRing, NewEvent};
@@ -801,21 +801,12 @@ mod tests {
 
     fn signed(signer: &AuditSigner, log: AuditLog, events: &[StoredEvent]) -> NewEvent {
         let leaves: Vec<_> = events.iter().map(merkle::event_leaf_hash).collect();
-        let origin = match log {
-            AuditLog::Global => global_origin(ORIGIN),
-            AuditLog::Org(org) => org_origin(ORIGIN, org),
-        };
         let size = u64::try_from(leaves.len()).unwrap();
-        let checkpoint = Checkpoint::new(origin.clone(), size, merkle::root(&leaves)).unwrap();
+        let checkpoint = signer
+            .sign_log(log, size, merkle::root(&leaves), Utc::now())
+            .unwrap();
         NewEvent {
-            event: Event::AuditCheckpointSigned(AuditCheckpointSigned {
-                log,
-                origin,
-                tree_size: size,
-                root_hash: RootHash(*checkpoint.root()),
-                note: signer.sign_checkpoint(&checkpoint),
-                signed_at: Utc::now(),
-            }),
+            event: Event::AuditCheckpointSigned(checkpoint),
             metadata: EventMetadata {
                 occurred_at: Utc::now(),
                 actor: EnvelopeActor::from_actor(&Actor::system(), None),

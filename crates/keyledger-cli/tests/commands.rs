@@ -16,7 +16,7 @@ use keyledger_postgres::{PgProjections, PostgresStore};
 use keyledger_projection::{Projection, ProjectionSink, Runner};
 use keyledger_sqlite::{SqliteProjections, SqliteStore};
 use keyledger_store::chain::now_micros;
-use keyledger_store::conformance::{checkpoint_signed, cmk_enabled, dek_generated, metadata, tenant_added};
+use keyledger_store::conformance::{cmk_enabled, dek_generated, metadata, tenant_added};
 use keyledger_store::{EventStore, KeyRing, NewEvent, StoredEvent, merkle};
 use sqlx::Connection as _;
 
@@ -266,20 +266,18 @@ async fn all_events(store: &dyn EventStore, n: usize) -> Vec<StoredEvent> {
 }
 
 /// The checkpoint of `log` over `events` (its leaves, in order), as the engine records it:
-/// `checkpoint_signed` with the real root, and its note signed by a fresh key.
+/// the real root, signed by a fresh key.
 fn checkpoint_of(log: AuditLog, events: &[StoredEvent]) -> NewEvent {
     let leaves: Vec<_> = events.iter().map(merkle::event_leaf_hash).collect();
     let size = u64::try_from(leaves.len()).unwrap();
-    let mut new = checkpoint_signed(log, size);
-    let Event::AuditCheckpointSigned(c) = &mut new.event else {
-        unreachable!("checkpoint_signed makes a checkpoint")
-    };
-    let checkpoint = keyledger_audit::Checkpoint::new(c.origin.clone(), size, merkle::root(&leaves)).unwrap();
-    c.root_hash = keyledger_domain::RootHash(merkle::root(&leaves));
-    c.note = keyledger_audit::AuditSigner::generate("keyledger.localhost")
-        .unwrap()
-        .sign_checkpoint(&checkpoint);
-    new
+    let signer = keyledger_audit::AuditSigner::generate("keyledger.localhost").unwrap();
+    let checkpoint = signer
+        .sign_log(log, size, merkle::root(&leaves), chrono::Utc::now())
+        .unwrap();
+    NewEvent {
+        event: Event::AuditCheckpointSigned(checkpoint),
+        metadata: metadata(),
+    }
 }
 
 fn uuid_like() -> String {

@@ -12,8 +12,8 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 
 use chrono::Utc;
-use keyledger_audit::{AuditSigner, Checkpoint, global_origin, org_origin};
-use keyledger_domain::{Actor, AuditCheckpointSigned, AuditLog, Event, GlobalPosition, OrgId, RootHash};
+use keyledger_audit::{AuditSigner, global_origin, org_origin};
+use keyledger_domain::{Actor, AuditLog, Event, GlobalPosition, OrgId};
 use keyledger_domain::{StreamId, StreamVersion};
 use keyledger_postgres::testing::TestDatabase;
 use keyledger_postgres::{PgProjections, PostgresStore};
@@ -291,21 +291,12 @@ enum Param {
 
 fn signed(signer: &AuditSigner, log: AuditLog, events: &[StoredEvent]) -> NewEvent {
     let leaves: Vec<_> = events.iter().map(merkle::event_leaf_hash).collect();
-    let origin = match log {
-        AuditLog::Global => global_origin(ORIGIN),
-        AuditLog::Org(org) => org_origin(ORIGIN, org),
-    };
     let size = u64::try_from(leaves.len()).unwrap();
-    let checkpoint = Checkpoint::new(origin.clone(), size, merkle::root(&leaves)).unwrap();
+    let checkpoint = signer
+        .sign_log(log, size, merkle::root(&leaves), Utc::now())
+        .unwrap();
     NewEvent {
-        event: Event::AuditCheckpointSigned(AuditCheckpointSigned {
-            log,
-            origin,
-            tree_size: size,
-            root_hash: RootHash(*checkpoint.root()),
-            note: signer.sign_checkpoint(&checkpoint),
-            signed_at: Utc::now(),
-        }),
+        event: Event::AuditCheckpointSigned(checkpoint),
         metadata: EventMetadata {
             occurred_at: Utc::now(),
             actor: EnvelopeActor::from_actor(&Actor::system(), None),
