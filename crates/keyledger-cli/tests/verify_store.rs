@@ -474,88 +474,37 @@ async fn swapped_positions(f: Fixture) {
     );
 }
 
-mod sqlite {
-    use super::*;
-
-    #[tokio::test]
-    async fn an_intact_store_holds_its_checkpoints() {
-        intact(Fixture::sqlite().await).await;
-    }
-
-    #[tokio::test]
-    async fn another_verifier_key_fails_naming_the_checkpoint() {
-        another_key(Fixture::sqlite().await).await;
-    }
-
-    #[tokio::test]
-    async fn a_deleted_tail_fails_naming_the_organization() {
-        deleted_tail(Fixture::sqlite().await).await;
-    }
-
-    #[tokio::test]
-    async fn a_deleted_stream_fails_naming_the_organization() {
-        deleted_stream(Fixture::sqlite().await).await;
-    }
-
-    #[tokio::test]
-    async fn a_rewritten_history_with_recomputed_hashes_fails_naming_the_organization() {
-        rewritten_history(Fixture::sqlite().await).await;
-    }
-
-    #[tokio::test]
-    async fn swapped_positions_fail_naming_the_organization() {
-        swapped_positions(Fixture::sqlite().await).await;
-    }
+/// One test per backend for each `name => scenario`: `sqlite::name`, and `postgres::name` in
+/// its own database (skipped when PostgreSQL is not available and not required).
+macro_rules! on_both_backends {
+    ($($name:ident => $scenario:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$scenario(super::Fixture::sqlite().await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(f) = super::Fixture::postgres("kl_verify_store").await else {
+                        return;
+                    };
+                    super::$scenario(f).await;
+                }
+            )*
+        }
+    };
 }
 
-mod postgres {
-    use super::*;
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn an_intact_store_holds_its_checkpoints() {
-        let Some(f) = Fixture::postgres("kl_vs_intact").await else {
-            return;
-        };
-        intact(f).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn another_verifier_key_fails_naming_the_checkpoint() {
-        let Some(f) = Fixture::postgres("kl_vs_key").await else {
-            return;
-        };
-        another_key(f).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_deleted_tail_fails_naming_the_organization() {
-        let Some(f) = Fixture::postgres("kl_vs_tail").await else {
-            return;
-        };
-        deleted_tail(f).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_deleted_stream_fails_naming_the_organization() {
-        let Some(f) = Fixture::postgres("kl_vs_stream").await else {
-            return;
-        };
-        deleted_stream(f).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_rewritten_history_with_recomputed_hashes_fails_naming_the_organization() {
-        let Some(f) = Fixture::postgres("kl_vs_rewrite").await else {
-            return;
-        };
-        rewritten_history(f).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn swapped_positions_fail_naming_the_organization() {
-        let Some(f) = Fixture::postgres("kl_vs_swap").await else {
-            return;
-        };
-        swapped_positions(f).await;
-    }
-}
+on_both_backends!(
+    an_intact_store_holds_its_checkpoints => intact,
+    another_verifier_key_fails_naming_the_checkpoint => another_key,
+    a_deleted_tail_fails_naming_the_organization => deleted_tail,
+    a_deleted_stream_fails_naming_the_organization => deleted_stream,
+    a_rewritten_history_with_recomputed_hashes_fails_naming_the_organization => rewritten_history,
+    swapped_positions_fail_naming_the_organization => swapped_positions,
+);
