@@ -39,6 +39,26 @@ impl HealthStatus {
     }
 }
 
+impl HealthStatus {
+    /// The revoked class: the vault refuses this key to keyledger (the customer disabled or
+    /// deleted it, or took keyledger's access away). No DEK under it is released, and clients
+    /// evict what they cached (CONTRACT.md "Data keys for platform services"). A transient
+    /// failure (`vault_unreachable`) and an expired key (which still unwraps) are not revoked.
+    pub fn is_revoked(&self) -> bool {
+        match self {
+            HealthStatus::KeyDisabled
+            | HealthStatus::KeyNotFound
+            | HealthStatus::PermissionDenied
+            | HealthStatus::CredentialsInvalid
+            | HealthStatus::CredentialsExpired => true,
+            HealthStatus::Healthy
+            | HealthStatus::KeyExpired
+            | HealthStatus::KeyNearExpiry
+            | HealthStatus::VaultUnreachable => false,
+        }
+    }
+}
+
 impl fmt::Display for HealthStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
