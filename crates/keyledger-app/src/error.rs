@@ -48,6 +48,10 @@ pub enum AppError {
         error: KeyAccessError,
         retry_after: Duration,
     },
+    /// The customer's vault refused to unwrap a DEK for a release (409 `key_unavailable`,
+    /// with the reason): the key is disabled, deleted, or keyledger's access was taken away.
+    #[error("the customer's key refused the release: {}", error.reason)]
+    KeyUnavailable { error: KeyAccessError },
     /// `If-Match` named another version (412 `version_mismatch`). Reload and decide again.
     #[error("the organization is at version {actual}, not {expected}")]
     VersionMismatch {

@@ -9,6 +9,9 @@
 //! 5. append with the expected version and the command id (the store seals protected fields
 //!    with the internal key ring).
 //!
+//! A platform service's request for a DEK goes load → `keyledger_domain::plan_release` →
+//! unwrap → record in the organization's release stream → answer ([`App::release`]).
+//!
 //! On a concurrency conflict it reloads and retries up to a bound, re-running key tests only
 //! when the key-relevant state changed. A refused command or a failed key test appends
 //! nothing. The returned view is folded from the events, never read from a projection.
@@ -18,6 +21,7 @@ pub mod checkpointer;
 pub mod clock;
 pub mod error;
 pub mod health;
+pub mod release;
 pub mod request;
 mod service;
 mod work;
@@ -26,5 +30,6 @@ pub use checkpointer::{Checkpointer, Round, SignedCheckpoint};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{AppError, KeyRole};
 pub use health::{HealthConfig, HealthMonitor, ProbeResult};
+pub use release::{ReleaseRequest, Released};
 pub use request::{CommandRequest, Outcome, TestReport};
 pub use service::{App, AppConfig};

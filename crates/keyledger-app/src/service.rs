@@ -17,6 +17,7 @@ use keyledger_store::{AppendResult, EventStore, NewEvent, StoreError};
 use crate::checkpoint::AuditHead;
 use crate::clock::Clock;
 use crate::error::AppError;
+use crate::release::{Flights, ReleaseLog};
 use crate::request::{CommandRequest, Outcome, TestReport};
 use crate::work::KeyWorker;
 
@@ -70,6 +71,10 @@ pub struct App {
     cache: Mutex<HashMap<OrgId, Loaded>>,
     /// Where stream `audit` ends, as last seen ([`App::record_checkpoint`]).
     audit_head: AuditHead,
+    /// Vault unwraps of releases under way ([`App::release`]).
+    flights: Flights,
+    /// Releases waiting for their record ([`App::release`]).
+    release_log: ReleaseLog,
 }
 
 impl std::fmt::Debug for App {
@@ -120,6 +125,8 @@ impl App {
             config,
             cache: Mutex::new(HashMap::new()),
             audit_head: AuditHead::default(),
+            flights: Flights::default(),
+            release_log: ReleaseLog::default(),
         }
     }
 
@@ -129,6 +136,18 @@ impl App {
 
     pub(crate) fn audit_head(&self) -> &AuditHead {
         &self.audit_head
+    }
+
+    pub(crate) fn keys(&self) -> &dyn KeyAccess {
+        self.keys.as_ref()
+    }
+
+    pub(crate) fn flights(&self) -> &Flights {
+        &self.flights
+    }
+
+    pub(crate) fn release_log(&self) -> &ReleaseLog {
+        &self.release_log
     }
 
     pub fn store(&self) -> &Arc<dyn EventStore> {

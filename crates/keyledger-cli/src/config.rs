@@ -120,6 +120,21 @@ pub(crate) struct KeysConfig {
     pub vault: VaultKind,
     #[serde(default)]
     pub azure: AzureConfig,
+    /// How long a platform service may cache a released customer-managed DEK: seconds
+    /// (`3600`) or a duration (`"1h"`).
+    #[serde(default = "default_external_cache_ttl", with = "seconds_or_duration")]
+    pub external_cache_ttl: Duration,
+    /// The same for a provider-managed DEK.
+    #[serde(default = "default_internal_cache_ttl", with = "seconds_or_duration")]
+    pub internal_cache_ttl: Duration,
+}
+
+fn default_external_cache_ttl() -> Duration {
+    Duration::from_secs(3600)
+}
+
+fn default_internal_cache_ttl() -> Duration {
+    Duration::from_secs(900)
 }
 
 impl Default for KeysConfig {
@@ -128,6 +143,40 @@ impl Default for KeysConfig {
             internal_key_file: PathBuf::from("keyledger-data/internal-keys.json"),
             vault: VaultKind::Azure,
             azure: AzureConfig::default(),
+            external_cache_ttl: default_external_cache_ttl(),
+            internal_cache_ttl: default_internal_cache_ttl(),
+        }
+    }
+}
+
+/// A duration written as whole seconds (the contract's `3600`) or as a humantime text
+/// (`"1h"`, like every other duration in the file).
+mod seconds_or_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Seconds(u64),
+        Text(String),
+    }
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_secs())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        match Written::deserialize(d)? {
+            Written::Seconds(secs) => Ok(Duration::from_secs(secs)),
+            Written::Text(text) => match text.parse::<u64>() {
+                // From an environment variable, a number arrives as text.
+                Ok(secs) => Ok(Duration::from_secs(secs)),
+                Err(_) => {
+                    humantime_serde::re::humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+                }
+            },
         }
     }
 }
@@ -490,6 +539,29 @@ tenants = ["*"]
             assert_eq!(c.server.listen.port(), 0);
             assert_eq!(c.store.max_connections, 16);
             assert_eq!(c.store.acquire_timeout, Duration::from_secs(5));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn release_cache_ttls_default_to_the_seed_and_take_seconds_or_durations() {
+        Jail::expect_with(|jail| {
+            let (c, _) = load_in(
+                jail,
+                "[keys]\ninternal_key_file = \"k.json\"\nvault = \"simulated\"\n",
+            )
+            .unwrap();
+            assert_eq!(c.keys.external_cache_ttl, Duration::from_secs(3600));
+            assert_eq!(c.keys.internal_cache_ttl, Duration::from_secs(900));
+            let toml = "[keys]\ninternal_key_file = \"k.json\"\nvault = \"simulated\"\nexternal_cache_ttl = 120\ninternal_cache_ttl = \"2m 30s\"\n";
+            let (c, _) = load_in(jail, toml).unwrap();
+            assert_eq!(c.keys.external_cache_ttl, Duration::from_secs(120));
+            assert_eq!(c.keys.internal_cache_ttl, Duration::from_secs(150));
+            jail.set_env("KEYLEDGER_KEYS__EXTERNAL_CACHE_TTL", "60");
+            let (c, _) = load_in(jail, toml).unwrap();
+            assert_eq!(c.keys.external_cache_ttl, Duration::from_secs(60));
+            let bad = "[keys]\ninternal_key_file = \"k.json\"\nvault = \"simulated\"\ninternal_cache_ttl = \"soon\"\n";
+            assert!(load_in(jail, bad).is_err());
             Ok(())
         });
     }

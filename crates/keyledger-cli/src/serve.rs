@@ -385,6 +385,8 @@ async fn serve(config: Config, origin: Origin) -> Result<(), Failure> {
             HostAllowList::new(config.keys.azure.allowed_vault_hosts.iter())
         },
         tls,
+        external_cache_ttl: config.keys.external_cache_ttl,
+        internal_cache_ttl: config.keys.internal_cache_ttl,
         ..ServerConfig::default()
     };
     let served = keyledger_server::run(listener, services, server_config, terminated).await;

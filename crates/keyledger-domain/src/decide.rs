@@ -49,6 +49,14 @@ pub enum DomainError {
     /// R7: rotating to the key version in use.
     #[error("the new key is the key already in use")]
     SameKey,
+    /// The organization has no DEK with this id.
+    #[error("the organization has no data key {dek_id}")]
+    DataKeyNotFound { dek_id: DekId },
+    /// The customer's key refuses keyledger: its recorded health is of the revoked class
+    /// ([`HealthStatus::is_revoked`]). No DEK under it is released until a probe records a
+    /// recovery.
+    #[error("the customer-managed key is unavailable: {reason}")]
+    KeyUnavailable { reason: HealthStatus },
     /// The command is malformed for the rules (a 400 naming the field).
     #[error("{field}: {message}")]
     InvalidRequest { field: &'static str, message: String },
@@ -77,6 +85,8 @@ impl DomainError {
             DomainError::PlanNotEligible { .. } => "plan_not_eligible",
             DomainError::DataLost => "data_lost",
             DomainError::SameKey => "same_key",
+            DomainError::DataKeyNotFound { .. } => "data_key_not_found",
+            DomainError::KeyUnavailable { .. } => "key_unavailable",
             DomainError::InvalidRequest { .. } => "invalid_request",
             DomainError::EvidenceMismatch(_) | DomainError::NotOpen(_) => "internal_error",
         }

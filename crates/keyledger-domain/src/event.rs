@@ -167,6 +167,18 @@ pub struct CustomerDataDeclaredLost {
     pub declared_at: DateTime<Utc>,
 }
 
+/// A DEK was released to a platform service (CONTRACT.md "Data keys for platform services"):
+/// which DEK, under which key. Who and when are the envelope's actor and time. Stream
+/// `releases-<org>` (ADR 0030); no key material, wrapped or clear.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DataKeyReleased {
+    pub dek_id: DekId,
+    pub wrapped_by: WrappedBy,
+    /// The caller asked for the active DEK (`true`) or named this one (`false`).
+    pub active: bool,
+}
+
 macro_rules! events {
     ($($name:ident),* $(,)?) => {
         /// Every event type, version 1.
@@ -234,6 +246,7 @@ events!(
     KeyHealthChanged,
     CustomerDataDeclaredLost,
     AuditCheckpointSigned,
+    DataKeyReleased,
 );
 
 /// The schema version every event type is written with today.
@@ -310,6 +323,7 @@ impl Event {
     pub fn stream_kind(&self) -> StreamKind {
         match self {
             Event::AuditCheckpointSigned(_) => StreamKind::Audit,
+            Event::DataKeyReleased(_) => StreamKind::Releases,
             _ => StreamKind::Organization,
         }
     }
@@ -464,8 +478,9 @@ mod tests {
     }
 
     #[test]
-    fn catalogue_has_fifteen_types() {
-        assert_eq!(EVENT_TYPES.len(), 15);
+    fn catalogue_has_sixteen_types() {
+        assert_eq!(EVENT_TYPES.len(), 16);
+        assert!(EVENT_TYPES.contains(&"DataKeyReleased"));
     }
 
     #[test]

@@ -18,8 +18,8 @@ pub enum IdError {
     /// The nil UUID is never a valid identifier.
     #[error("{what} must not be the nil UUID")]
     NilUuid { what: &'static str },
-    /// A stream id must read `org-<uuid>` or `audit`.
-    #[error("stream id must look like org-<uuid> or be audit")]
+    /// A stream id must read `org-<uuid>`, `releases-<uuid>` or `audit`.
+    #[error("stream id must look like org-<uuid> or releases-<uuid>, or be audit")]
     BadStreamId,
     /// An audit log is `global` or an organization id.
     #[error("audit log must be global or an organization id")]
@@ -141,9 +141,14 @@ pub enum StreamKind {
     /// `audit`: the engine's own records about the log (signed checkpoints). No organization
     /// owns it; only the global feed and `keyledger verify` read it.
     Audit,
+    /// `releases-<uuid>`: the record of one organization's data-key releases (ADR 0030). The
+    /// organization owns it, but it is not part of its state: only the tenant audit and the
+    /// feeds read it.
+    Releases,
 }
 
-/// One stream: `org-<uuid>` for an organization, or `audit`. The text form is what the
+/// One stream: `org-<uuid>` for an organization, `releases-<uuid>` for its data-key releases,
+/// or `audit`. The text form is what the
 /// stores keep in `stream_id`; an organization's text form is unchanged since the first
 /// release, so old data and golden files still parse.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -152,6 +157,8 @@ pub enum StreamId {
     Org(OrgId),
     /// The stream of signed audit checkpoints: `audit`.
     Audit,
+    /// The record of an organization's data-key releases: `releases-<uuid>` (ADR 0030).
+    Releases(OrgId),
 }
 
 /// The text form of [`StreamId::Audit`].
@@ -162,19 +169,34 @@ impl StreamId {
         Self::Org(org)
     }
 
-    /// The organization that owns this stream; `None` for a stream no organization owns.
-    /// Organization folds and org-scoped reads skip those.
+    /// The organization whose state this stream is: `Some` for `org-<uuid>` only.
+    /// Organization folds, their Merkle logs and org-scoped reads skip every other stream.
     pub fn org_id(&self) -> Option<OrgId> {
         match self {
             StreamId::Org(org) => Some(*org),
+            StreamId::Audit | StreamId::Releases(_) => None,
+        }
+    }
+
+    /// The organization this stream is about, state or not: its own stream and its release
+    /// record. `None` for `audit`. The tenant audit follows this.
+    pub fn owner(&self) -> Option<OrgId> {
+        match self {
+            StreamId::Org(org) | StreamId::Releases(org) => Some(*org),
             StreamId::Audit => None,
         }
+    }
+
+    /// The stream of `org`'s data-key releases.
+    pub fn releases_of(org: OrgId) -> Self {
+        Self::Releases(org)
     }
 
     pub fn kind(&self) -> StreamKind {
         match self {
             StreamId::Org(_) => StreamKind::Organization,
             StreamId::Audit => StreamKind::Audit,
+            StreamId::Releases(_) => StreamKind::Releases,
         }
     }
 }
@@ -184,6 +206,9 @@ impl FromStr for StreamId {
     fn from_str(s: &str) -> Result<Self, IdError> {
         if s == AUDIT_STREAM {
             return Ok(StreamId::Audit);
+        }
+        if let Some(rest) = s.strip_prefix("releases-") {
+            return rest.parse().map(Self::Releases).map_err(|_| IdError::BadStreamId);
         }
         let rest = s.strip_prefix("org-").ok_or(IdError::BadStreamId)?;
         rest.parse().map(Self::Org).map_err(|_| IdError::BadStreamId)
@@ -195,6 +220,7 @@ impl fmt::Display for StreamId {
         match self {
             StreamId::Org(org) => write!(f, "org-{org}"),
             StreamId::Audit => f.write_str(AUDIT_STREAM),
+            StreamId::Releases(org) => write!(f, "releases-{org}"),
         }
     }
 }
@@ -225,7 +251,7 @@ impl JsonSchema for StreamId {
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({
             "type": "string",
-            "pattern": "^(org-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|audit)$"
+            "pattern": "^((org|releases)-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|audit)$"
         })
     }
 }
@@ -471,6 +497,28 @@ mod tests {
         }
         assert_eq!(serde_json::to_string(&s).unwrap(), "\"audit\"");
         assert_eq!(serde_json::from_str::<StreamId>("\"audit\"").unwrap(), s);
+    }
+
+    #[test]
+    fn a_release_stream_round_trips_and_is_owned_but_not_the_organization_state() {
+        let org: OrgId = GOOD.parse().unwrap();
+        let s: StreamId = format!("releases-{GOOD}").parse().unwrap();
+        assert_eq!(s, StreamId::releases_of(org));
+        assert_eq!(s.to_string(), format!("releases-{GOOD}"));
+        assert_eq!((s.org_id(), s.owner()), (None, Some(org)));
+        assert_eq!(s.kind(), StreamKind::Releases);
+        assert_eq!(StreamId::for_org(org).owner(), Some(org));
+        assert_eq!(StreamId::Audit.owner(), None);
+        for bad in [
+            "releases-",
+            "releases-audit",
+            "release-x",
+            &format!("releases-{GOOD} "),
+        ] {
+            assert_eq!(bad.parse::<StreamId>(), Err(IdError::BadStreamId), "{bad:?}");
+        }
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<StreamId>(&json).unwrap(), s);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! - [`decide`] turns the command and that work's results ([`KeyResults`]) into events, or a
 //!   [`DomainError`];
 //! - [`evolve`] folds events into a [`State`];
+//! - [`plan_release`] checks a platform service's request for a DEK ([`Release`]);
 //! - key-test results enter commands as attested values ([`ValidatedKey`], [`UnwrapProof`],
 //!   [`WrappedDek`]) that only the key-access port can make.
 //!
@@ -21,6 +22,7 @@ pub mod health;
 pub mod ids;
 pub mod key_identifier;
 pub mod plan;
+pub mod release;
 pub mod schema;
 pub mod secret;
 pub mod state;
@@ -45,5 +47,6 @@ pub use ids::{
 };
 pub use key_identifier::{HostAllowList, KeyIdentifier, KeyIdentifierError};
 pub use plan::{Plan, PlanError, PlanKind};
+pub use release::{Release, ReleaseOf, Unwrap, plan_release};
 pub use secret::{AadScheme, Edek, Protected, ProtectedSlot, SealedBox};
 pub use state::{State, evolve};

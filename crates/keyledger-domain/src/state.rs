@@ -278,7 +278,7 @@ pub fn evolve(mut state: State, event: &Event) -> State {
             });
         }
         // Lives in stream `audit`, never in an organization's stream.
-        Event::AuditCheckpointSigned(_) => {}
+        Event::AuditCheckpointSigned(_) | Event::DataKeyReleased(_) => {}
     }
     state
 }

@@ -14,7 +14,7 @@ pub mod conformance;
 
 use std::collections::BTreeMap;
 
-use keyledger_domain::{Event, OrgId};
+use keyledger_domain::{Event, OrgId, StreamId};
 use keyledger_store::envelope::StoredEvent;
 use serde_json::Value;
 
@@ -98,6 +98,17 @@ impl Projection {
         }
     }
 
+    /// The organization whose document events of `stream` fold into, if any. The tenant
+    /// audit follows an organization's stream and its release record (ADR 0030); the other
+    /// documents are the organization's state, so its own stream only. Stream `audit` feeds
+    /// no document (ADR 0025).
+    pub fn doc_of(self, stream: StreamId) -> Option<OrgId> {
+        match self {
+            Projection::TenantAudit => stream.owner(),
+            _ => stream.org_id(),
+        }
+    }
+
     /// Reads a stored document of this projection.
     pub fn parse(self, org: OrgId, doc: &Value) -> Result<Doc, ProjectionError> {
         let bad = |source| ProjectionError::BadDocument {
@@ -130,9 +141,8 @@ impl Projection {
         stored: &StoredEvent,
         event: &Event,
     ) -> (Option<Doc>, Vec<AuditEntry>) {
-        let Some(org) = stored.stream_id.org_id() else {
-            // A stream no organization owns (`audit`, ADR 0025) changes no organization
-            // document and no tenant's audit.
+        let Some(org) = self.doc_of(stored.stream_id) else {
+            // A stream outside this projection's documents (ADR 0025, 0030).
             return (doc, Vec::new());
         };
         let version = stored.stream_version.0;
@@ -190,7 +200,7 @@ impl Projection {
         stored: &StoredEvent,
         event: &Event,
     ) -> Result<Applied, ProjectionError> {
-        let Some(org) = stored.stream_id.org_id() else {
+        let Some(org) = self.doc_of(stored.stream_id) else {
             return Ok(Applied {
                 doc: doc.cloned(),
                 audit: Vec::new(),
@@ -247,11 +257,10 @@ impl Projections {
             position: stored.global_position.0,
             source,
         })?;
-        let Some(org) = stored.stream_id.org_id() else {
-            self.position = stored.global_position.0;
-            return Ok(());
-        };
         for p in Projection::ALL {
+            let Some(org) = p.doc_of(stored.stream_id) else {
+                continue;
+            };
             let applied = p.apply(self.docs.get(&(p, org)), stored, &event)?;
             match applied.doc {
                 Some(d) => {

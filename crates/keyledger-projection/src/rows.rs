@@ -188,8 +188,8 @@ impl OrganizationView {
                 }
             }
             Event::CustomerDataDeclaredLost(_) => enc.data_lost = true,
-            // Stream `audit` only; never part of an organization's view.
-            Event::AuditCheckpointSigned(_) => {}
+            // Streams `audit` and `releases-<org>`; never part of an organization's view.
+            Event::AuditCheckpointSigned(_) | Event::DataKeyReleased(_) => {}
         }
         self.refresh_can_enable();
     }
@@ -380,6 +380,12 @@ pub fn audit_details(event: &Event) -> Option<Value> {
             "reason": e.reason,
             "ticket": e.ticket,
         }),
+        // Who is the row's actor, when its time; never key material.
+        Event::DataKeyReleased(e) => json!({
+            "dek_id": e.dek_id,
+            "wrapped_by": e.wrapped_by,
+            "active": e.active,
+        }),
         Event::OrganizationRegistered(_)
         | Event::TenantAdded(_)
         | Event::TenantRemoved(_)
@@ -405,7 +411,8 @@ impl AuditTenants {
         let Some(details) = audit_details(event) else {
             return Vec::new();
         };
-        let Some(org_id) = stored.stream_id.org_id() else {
+        // The organization's own stream, or its release record (ADR 0030).
+        let Some(org_id) = stored.stream_id.owner() else {
             return Vec::new();
         };
         self.tenants

@@ -240,11 +240,11 @@ impl Runner {
                 all.push((projection, self.fold_tree(passed, last.global_position.0).await?));
                 continue;
             }
-            // Streams no organization owns (ADR 0025) are not folded; the checkpoint still
-            // moves past them.
+            // Streams outside the projection's documents (ADR 0025, 0030) are not folded; the
+            // checkpoint still moves past them.
             let mine: Vec<&(&StoredEvent, keyledger_domain::Event)> = decoded
                 .iter()
-                .filter(|(e, _)| e.global_position.0 > after && e.stream_id.org_id().is_some())
+                .filter(|(e, _)| e.global_position.0 > after && projection.doc_of(e.stream_id).is_some())
                 .collect();
             let (mut changes, docs) = self.fold(projection, &mine, cache).await?;
             changes.checkpoint = last.global_position.0;
@@ -294,7 +294,10 @@ impl Runner {
         events: &[&(&StoredEvent, keyledger_domain::Event)],
         cache: &DocCache,
     ) -> Result<(Changes, HashMap<OrgId, Option<Doc>>), RunnerError> {
-        let orgs: BTreeSet<OrgId> = events.iter().filter_map(|(e, _)| e.stream_id.org_id()).collect();
+        let orgs: BTreeSet<OrgId> = events
+            .iter()
+            .filter_map(|(e, _)| projection.doc_of(e.stream_id))
+            .collect();
         // Documents stay typed for the whole batch: parsed once, serialized once.
         let mut docs: HashMap<OrgId, Option<Doc>> = HashMap::with_capacity(orgs.len());
         let mut missing = Vec::new();
@@ -314,7 +317,7 @@ impl Runner {
         }
         let mut audit = Vec::new();
         for (stored, event) in events {
-            let Some(org) = stored.stream_id.org_id() else {
+            let Some(org) = projection.doc_of(stored.stream_id) else {
                 continue;
             };
             let current = docs.remove(&org).flatten();

@@ -3,12 +3,15 @@
 //! a silently ignored value.
 
 use chrono::{DateTime, Utc};
-use keyledger_domain::{ApplicationId, DirectoryId, HealthStatus, OrgId, Plan, StreamVersion, Tenant};
+use keyledger_domain::{
+    ApplicationId, DekId, DirectoryId, HealthStatus, OrgId, Plan, StreamVersion, Tenant, WrappedBy,
+};
 use keyledger_projection::AuditEntry;
 use schemars::JsonSchema;
 use secrecy::SecretString;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
+use zeroize::Zeroizing;
 
 /// The largest global position or stream version a query names: the stores keep them as
 /// signed 64-bit integers, and the one after a cursor must still be countable (ADR 0016). A
@@ -172,6 +175,34 @@ pub struct KeyHealth {
     pub detail: Option<String>,
     /// When this instance last probed the key; `null` before the first probe.
     pub last_probe_at: Option<DateTime<Utc>>,
+}
+
+/// `POST …/data-keys/active/release` and `POST …/data-keys/{dek_id}/release`: a DEK in
+/// clear, for a platform service to cache at most `cache_ttl_seconds`.
+#[derive(Serialize, JsonSchema)]
+pub struct ReleasedKey {
+    pub dek_id: DekId,
+    /// The 32 key bytes, standard base64.
+    #[schemars(with = "String")]
+    #[serde(serialize_with = "zeroizing_str")]
+    pub key: Zeroizing<String>,
+    pub wrapped_by: WrappedBy,
+    /// `keys.external_cache_ttl` for a customer-managed DEK, `keys.internal_cache_ttl` for a
+    /// provider-managed one.
+    pub cache_ttl_seconds: u64,
+}
+
+fn zeroizing_str<S: serde::Serializer>(text: &Zeroizing<String>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(text)
+}
+
+impl std::fmt::Debug for ReleasedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReleasedKey")
+            .field("dek_id", &self.dek_id)
+            .field("wrapped_by", &self.wrapped_by)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `GET …/events?after_version=&limit=`.

@@ -54,7 +54,10 @@ impl CloudEvent {
 /// `keyledger/audit`.
 fn source_and_subject(stream: StreamId, event: &Event) -> (String, String) {
     match (stream, event) {
-        (StreamId::Org(org), _) => (format!("keyledger/organizations/{org}"), org.to_string()),
+        // An organization's release record is about the organization too (ADR 0030).
+        (StreamId::Org(org) | StreamId::Releases(org), _) => {
+            (format!("keyledger/organizations/{org}"), org.to_string())
+        }
         (StreamId::Audit, Event::AuditCheckpointSigned(e)) => ("keyledger/audit".into(), e.log.to_string()),
         // The store puts only checkpoints in `audit` (`StoreError::WrongStreamKind`).
         (StreamId::Audit, _) => ("keyledger/audit".into(), stream.to_string()),

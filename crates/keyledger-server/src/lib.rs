@@ -65,6 +65,12 @@ pub struct ServerConfig {
     /// With a TLS configuration the listener serves HTTPS only; its handshake must finish
     /// within `header_read_timeout`.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// How long a platform service may cache a released customer-managed DEK
+    /// (`keys.external_cache_ttl`).
+    pub external_cache_ttl: Duration,
+    /// How long a platform service may cache a released provider-managed DEK
+    /// (`keys.internal_cache_ttl`).
+    pub internal_cache_ttl: Duration,
 }
 
 impl Default for ServerConfig {
@@ -78,6 +84,8 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             max_streams: 1000,
             tls: None,
+            external_cache_ttl: Duration::from_secs(3600),
+            internal_cache_ttl: Duration::from_secs(900),
         }
     }
 }

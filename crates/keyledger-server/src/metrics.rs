@@ -40,6 +40,7 @@ pub struct Metrics {
     sse_events: Counter,
     replays: Counter,
     appended: Counter<u64, AtomicU64>,
+    released: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -59,6 +60,7 @@ impl Default for Metrics {
         let sse_events = Counter::default();
         let replays = Counter::default();
         let appended = Counter::default();
+        let released = Counter::default();
         registry.register(
             "http_requests",
             "HTTP requests by method, route and status",
@@ -85,6 +87,11 @@ impl Default for Metrics {
             "Events appended by commands over HTTP",
             appended.clone(),
         );
+        registry.register(
+            "data_keys_released",
+            "DEKs released to platform services (each one recorded)",
+            released.clone(),
+        );
         Self {
             registry,
             requests,
@@ -93,6 +100,7 @@ impl Default for Metrics {
             sse_events,
             replays,
             appended,
+            released,
         }
     }
 }
@@ -121,6 +129,10 @@ impl Metrics {
     pub fn appended(&self, events: usize) {
         self.appended
             .inc_by(u64::try_from(events).expect("usize fits in u64"));
+    }
+
+    pub fn released(&self) {
+        self.released.inc();
     }
 
     pub fn sse_event(&self) {

@@ -41,6 +41,8 @@ pub enum Kind {
     Count,
     /// A page size: [`api::MIN_LIMIT`] to [`api::MAX_LIMIT`].
     Limit,
+    /// A DEK id: 1 to `u32::MAX`.
+    DekId,
     Boolean,
     String,
     /// RFC 3339.
@@ -82,6 +84,18 @@ const LIMIT: Param = query(
 
 const ORG: Param = path("org", "The organization id (UUID).");
 const TENANT: Param = path("tenant", "The tenant id (UUID).");
+const DEK_ID: Param = Param {
+    kind: Kind::DekId,
+    ..path("dek_id", "The DEK id (1, 2, …), as the ciphertext names it.")
+};
+const RELEASE_ERRORS: &[&str] = &[
+    "invalid_request",
+    "organization_not_found",
+    "data_key_not_found",
+    "key_unavailable",
+    "data_lost",
+    "key_vault_unavailable",
+];
 
 /// What a successful call returns.
 #[derive(Debug, Clone, Copy)]
@@ -369,6 +383,28 @@ pub const ROUTES: &[RouteDoc] = &[
         command: false,
     },
     RouteDoc {
+        method: "post",
+        path: "/v1/organizations/{org}/data-keys/active/release",
+        summary: "Release the active DEK, for encrypting new data. Customer-managed: unwrapped in the customer's vault now, so the customer can refuse. Every release is recorded (tenant audit `DataKeyReleased`).",
+        roles: &["platform"],
+        params: &[ORG],
+        body: None,
+        success: Success::Json(200, schema::<api::ReleasedKey>),
+        errors: RELEASE_ERRORS,
+        command: false,
+    },
+    RouteDoc {
+        method: "post",
+        path: "/v1/organizations/{org}/data-keys/{dek_id}/release",
+        summary: "Release a DEK by id, for reading data encrypted with it. Same rules and record as the active release.",
+        roles: &["platform"],
+        params: &[ORG, DEK_ID],
+        body: None,
+        success: Success::Json(200, schema::<api::ReleasedKey>),
+        errors: RELEASE_ERRORS,
+        command: false,
+    },
+    RouteDoc {
         method: "get",
         path: "/v1/organizations/{org}/events",
         summary: "The organization's events as public envelopes.",
@@ -593,7 +629,7 @@ pub fn status_of(code: &str) -> u16 {
         "invalid_request" => 400,
         "unauthenticated" => 401,
         "forbidden" => 403,
-        "organization_not_found" | "tenant_not_found" | "not_found" => 404,
+        "organization_not_found" | "tenant_not_found" | "data_key_not_found" | "not_found" => 404,
         "version_mismatch" => 412,
         "payload_too_large" => 413,
         "key_validation_failed" => 422,
@@ -610,6 +646,7 @@ fn parameter(p: &Param) -> Value {
         Kind::Position => json!({"type": "integer", "minimum": 0, "maximum": api::MAX_POSITION}),
         Kind::Count => json!({"type": "integer", "minimum": 1, "maximum": api::MAX_POSITION}),
         Kind::Limit => json!({"type": "integer", "minimum": api::MIN_LIMIT, "maximum": api::MAX_LIMIT}),
+        Kind::DekId => json!({"type": "integer", "minimum": 1, "maximum": u32::MAX}),
         Kind::Boolean => json!({"type": "boolean"}),
         Kind::String => json!({"type": "string"}),
         Kind::DateTime => json!({"type": "string", "format": "date-time"}),

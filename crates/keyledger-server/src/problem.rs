@@ -159,6 +159,14 @@ fn domain(e: &DomainError) -> Problem {
         DomainError::PlanNotEligible { .. } => (StatusCode::CONFLICT, "Plan not eligible"),
         DomainError::DataLost => (StatusCode::CONFLICT, "Customer data declared lost"),
         DomainError::SameKey => (StatusCode::CONFLICT, "Same key"),
+        DomainError::DataKeyNotFound { .. } => (StatusCode::NOT_FOUND, "Data key not found"),
+        DomainError::KeyUnavailable { reason } => {
+            let mut p = Problem::new(StatusCode::CONFLICT, e.code(), "Key unavailable").with_detail(format!(
+                "{e}; no data key under it is released until a probe records a recovery"
+            ));
+            p.reason = Some(reason.as_str());
+            return p;
+        }
         // A new domain error must get its status here; until then it is a server bug.
         _ => {
             tracing::error!(error = %e, "domain error without an HTTP mapping");
@@ -206,6 +214,14 @@ impl From<&AppError> for Problem {
                 )
                 .with_detail(format!("{}; retry later", error.reason))
                 .with_retry_after(*retry_after);
+                p.reason = Some(error.reason.code());
+                p
+            }
+            AppError::KeyUnavailable { error } => {
+                let mut p =
+                    Problem::new(StatusCode::CONFLICT, "key_unavailable", "Key unavailable").with_detail(
+                        format!("the customer's key vault refused the unwrap: {}", error.reason),
+                    );
                 p.reason = Some(error.reason.code());
                 p
             }

@@ -777,6 +777,18 @@ fn route_matrix(org: &str, conn: &Value) -> Vec<(&'static str, String, Option<Va
         ),
         ("GET", org_path(org, "/events"), None, vec![Platform, Auditor]),
         (
+            "POST",
+            org_path(org, "/data-keys/active/release"),
+            None,
+            vec![Platform],
+        ),
+        (
+            "POST",
+            org_path(org, "/data-keys/1/release"),
+            None,
+            vec![Platform],
+        ),
+        (
             "GET",
             format!("/v1/tenants/{TENANT_A}/audit"),
             None,

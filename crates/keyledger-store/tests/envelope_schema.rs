@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+use keyledger_domain::event::DataKeyReleased;
 use keyledger_domain::testing::*;
 use keyledger_domain::*;
 use keyledger_store::{EnvelopeActor, GENESIS_HASH, StoredEvent};
@@ -139,11 +140,56 @@ fn golden_checkpoint(after: &StoredEvent) -> StoredEvent {
     stored
 }
 
-/// Every golden envelope: the organization's stream, then stream `audit`.
+/// A platform service's release of the organization's active DEK after the checkpoint:
+/// stream `releases-<org>`, version 1 (ADR 0030).
+fn golden_release(after: &StoredEvent, wrapped_by: WrappedBy) -> StoredEvent {
+    let event = Event::DataKeyReleased(DataKeyReleased {
+        dek_id: DekId(3),
+        wrapped_by,
+        active: true,
+    });
+    let position = after.global_position.0 + 1;
+    let platform = Actor::new(
+        ActorKind::Service,
+        "reports",
+        [Role::Platform],
+        Scope::everything(),
+    );
+    let mut stored = StoredEvent {
+        event_id: format!("01900000-0000-7000-9000-{position:012x}")
+            .parse()
+            .unwrap(),
+        stream_id: StreamId::releases_of(org_id()),
+        stream_version: StreamVersion(1),
+        global_position: GlobalPosition(position),
+        event_type: event.event_type().into(),
+        schema_version: event.schema_version(),
+        occurred_at: at_minutes(61),
+        actor: EnvelopeActor::from_actor(&platform, Some("10.0.0.7".into())),
+        command_id: None,
+        correlation_id: None,
+        causation_id: None,
+        payload: event.payload_json().unwrap(),
+        prev_hash: GENESIS_HASH.to_owned(),
+        hash: String::new(),
+    };
+    stored.hash = hex::encode(Sha256::digest(stored.canonical_bytes()));
+    stored
+}
+
+/// Every golden envelope: the organization's stream, then stream `audit`, then the
+/// organization's release stream.
 fn golden_log() -> Vec<StoredEvent> {
     let mut log = golden_envelopes();
     let checkpoint = golden_checkpoint(log.last().expect("a history"));
+    let release = golden_release(
+        &checkpoint,
+        WrappedBy::Customer {
+            key_identifier: key_b(),
+        },
+    );
     log.push(checkpoint);
+    log.push(release);
     log
 }
 
@@ -197,8 +243,8 @@ fn golden_events_cover_every_type_and_validate_against_their_schemas() {
             .map(StreamId::kind)
             .collect::<std::collections::BTreeSet<_>>()
             .len(),
-        2,
-        "golden events cover both kinds of stream"
+        3,
+        "golden events cover every kind of stream"
     );
 }
 
@@ -212,9 +258,9 @@ fn the_organization_lines_are_unchanged_by_stream_kinds() {
         .map(|e| serde_json::to_string(e).unwrap() + "\n")
         .collect();
     assert!(text.starts_with(&org_lines));
-    let last: StoredEvent = serde_json::from_str(text.lines().last().unwrap()).unwrap();
-    assert_eq!(last.stream_id, StreamId::Audit);
-    let Event::AuditCheckpointSigned(cp) = last.decode().unwrap() else {
+    let stored: Vec<StoredEvent> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let checkpoint = stored.iter().find(|e| e.stream_id == StreamId::Audit).unwrap();
+    let Event::AuditCheckpointSigned(cp) = checkpoint.decode().unwrap() else {
         panic!("the last golden event is a checkpoint")
     };
     assert_eq!(cp.log, AuditLog::Org(org_id()));

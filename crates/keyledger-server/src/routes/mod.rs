@@ -3,6 +3,7 @@
 mod audit;
 mod audit_log;
 mod customer_key;
+mod data_keys;
 mod events;
 mod ops;
 mod organizations;
@@ -68,8 +69,19 @@ pub(crate) fn build(state: Shared) -> Router {
             state.clone(),
             crate::idempotency::layer,
         ));
+    // Outside the idempotency layer: see `data_keys`.
+    let releases = Router::new()
+        .route(
+            &format!("{org}/data-keys/active/release"),
+            post(data_keys::release_active),
+        )
+        .route(
+            &format!("{org}/data-keys/{{dek_id}}/release"),
+            post(data_keys::release_by_id),
+        );
     Router::new()
         .merge(v1)
+        .merge(releases)
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
