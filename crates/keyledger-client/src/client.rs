@@ -134,7 +134,11 @@ impl ClientBuilder {
         if !self.ca_certs.is_empty() {
             let mut certs = Vec::new();
             for pem in &self.ca_certs {
-                certs.push(reqwest::Certificate::from_pem(pem).map_err(|_| BuildError::CaCert)?);
+                let bundle = reqwest::Certificate::from_pem_bundle(pem).map_err(|_| BuildError::CaCert)?;
+                if bundle.is_empty() {
+                    return Err(BuildError::CaCert);
+                }
+                certs.extend(bundle);
             }
             http = http.tls_certs_merge(certs);
         }

@@ -35,6 +35,18 @@ pub trait PositionStore: Send + Sync + std::fmt::Debug + 'static {
     fn save(&self, checkpoint: &Checkpoint) -> io::Result<()>;
 }
 
+/// A shared store (a test keeps a handle to look at what was saved, or hands it to the next
+/// client).
+impl<T: PositionStore + ?Sized> PositionStore for std::sync::Arc<T> {
+    fn load(&self) -> io::Result<Option<Checkpoint>> {
+        (**self).load()
+    }
+
+    fn save(&self, checkpoint: &Checkpoint) -> io::Result<()> {
+        (**self).save(checkpoint)
+    }
+}
+
 /// A checkpoint in a JSON file, replaced atomically: written to a temporary file in the same
 /// directory, synced, then renamed over the old one.
 #[derive(Debug, Clone)]
