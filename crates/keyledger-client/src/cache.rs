@@ -110,6 +110,8 @@ impl DekCache {
         let before = inner.entries.len();
         inner.entries.retain(|(o, _), _| *o != org);
         inner.learned_active.remove(&org);
+        // A release started before the eviction is not joined by callers after it.
+        inner.inflight.retain(|(o, _), _| *o != org);
         *inner.generations.entry(org).or_insert(0) += 1;
         before - inner.entries.len()
     }

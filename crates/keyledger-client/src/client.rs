@@ -546,10 +546,16 @@ fn refusal(
 /// A transport error, without its URL (which names the organization but nothing secret; kept
 /// out anyway so messages stay short and uniform).
 pub(crate) fn http_error(e: reqwest::Error) -> ClientError {
-    ClientError::Http {
-        status: e.status().map(|s| s.as_u16()),
-        message: e.without_url().to_string(),
+    let status = e.status().map(|s| s.as_u16());
+    let e = e.without_url();
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
     }
+    ClientError::Http { status, message }
 }
 
 trait ClassifyName {

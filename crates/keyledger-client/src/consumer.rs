@@ -69,9 +69,12 @@ impl Client {
         let config = &self.inner.config;
         let mut failures: u32 = 0;
         loop {
-            let (ended, progressed) = self.connect_once().await;
-            self.save_checkpoint();
-            if progressed {
+            let started = tokio::time::Instant::now();
+            let (ended, folded_any) = self.connect_once().await;
+            self.save_checkpoint().await;
+            // A connection that delivered events, or stayed up a while, resets the backoff; one
+            // that a server accepts and closes at once does not (no busy loop).
+            if folded_any || started.elapsed() >= config.max_backoff {
                 failures = 0;
             }
             let wait = match &ended {
@@ -95,7 +98,7 @@ impl Client {
         }
     }
 
-    /// One connection: returns how it ended and whether it made progress (answered 200).
+    /// One connection: returns how it ended and whether it folded any message.
     async fn connect_once(&self) -> (Ended, bool) {
         let inner = &self.inner;
         let after = self.position();
@@ -134,23 +137,25 @@ impl Client {
         }
         let events =
             with_idle_timeout(Box::pin(response.bytes_stream()), inner.config.idle_timeout).eventsource();
-        (self.follow(events).await, true)
+        self.follow(events).await
     }
 
     /// Folds the events of one connection; saves the checkpoint whenever the stream pauses.
-    async fn follow<S>(&self, events: S) -> Ended
+    /// Returns how it ended and whether any message was folded.
+    async fn follow<S>(&self, events: S) -> (Ended, bool)
     where
         S: Stream<Item = Result<SseEvent, eventsource_stream::EventStreamError<Chunk>>>,
     {
         let mut events = std::pin::pin!(events);
         let delay = self.inner.config.checkpoint_delay;
         let mut dirty = false;
+        let mut folded_any = false;
         loop {
             let next = if dirty {
                 match tokio::time::timeout(delay, events.next()).await {
                     Ok(next) => next,
                     Err(_) => {
-                        self.save_checkpoint();
+                        self.save_checkpoint().await;
                         dirty = false;
                         continue;
                     }
@@ -158,24 +163,23 @@ impl Client {
             } else {
                 events.next().await
             };
-            let event = match next {
-                None => return Ended::Closed,
-                Some(Ok(event)) => event,
-                Some(Err(eventsource_stream::EventStreamError::Transport(e))) => {
-                    return match e {
-                        Chunk::Idle => Ended::Idle,
-                        Chunk::Http(e) => Ended::Failed(http_error(e)),
-                    };
+            let ended = match next {
+                None => Ended::Closed,
+                Some(Ok(event)) => match self.fold_message(&event) {
+                    Ok(folded) => {
+                        dirty |= folded;
+                        folded_any |= folded;
+                        continue;
+                    }
+                    Err(e) => Ended::Failed(e),
+                },
+                Some(Err(eventsource_stream::EventStreamError::Transport(Chunk::Idle))) => Ended::Idle,
+                Some(Err(eventsource_stream::EventStreamError::Transport(Chunk::Http(e)))) => {
+                    Ended::Failed(http_error(e))
                 }
-                Some(Err(e)) => {
-                    return Ended::Failed(ClientError::Protocol(format!("event stream: {e}")));
-                }
+                Some(Err(e)) => Ended::Failed(ClientError::Protocol(format!("event stream: {e}"))),
             };
-            match self.fold_message(&event) {
-                Ok(true) => dirty = true,
-                Ok(false) => {}
-                Err(e) => return Ended::Failed(e),
-            }
+            return (ended, folded_any);
         }
     }
 
@@ -211,14 +215,19 @@ impl Client {
         }
     }
 
-    /// Saves the checkpoint; a failure is logged and retried at the next pause.
-    pub(crate) fn save_checkpoint(&self) {
+    /// Saves the checkpoint (off the async threads: a file store syncs); a failure is logged
+    /// and retried at the next pause.
+    pub(crate) async fn save_checkpoint(&self) {
         let checkpoint = self.checkpoint();
-        if checkpoint.position == 0 {
+        let position = checkpoint.position;
+        if position == 0 {
             return;
         }
-        if let Err(e) = self.inner.store.save(&checkpoint) {
-            tracing::warn!(error = %e, position = checkpoint.position, "could not save the stream checkpoint");
+        let store = self.inner.store.clone();
+        match tokio::task::spawn_blocking(move || store.save(&checkpoint)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, position, "could not save the stream checkpoint"),
+            Err(e) => tracing::warn!(error = %e, position, "the checkpoint save did not finish"),
         }
     }
 }

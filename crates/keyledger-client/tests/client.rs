@@ -419,6 +419,22 @@ async fn heartbeats_keep_a_quiet_stream_open_and_silence_reopens_it() {
 }
 
 #[tokio::test]
+async fn a_stream_closed_at_once_is_retried_with_backoff_not_in_a_busy_loop() {
+    let fake = Fake::new();
+    *fake.close_after.lock().unwrap() = Some(0);
+    let base = common::serve(fake.clone()).await;
+    let client = client(&base);
+    let _consumer = client.spawn_consumer();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let connections = fake.connections.load(Ordering::SeqCst);
+    // 10 ms doubling to 200 ms, jittered: about ten attempts in a second.
+    assert!((3..30).contains(&connections), "{connections} connections");
+    *fake.close_after.lock().unwrap() = None;
+    let p = fake.append_all(org(), &testing::cmk_org().events());
+    caught_up(&client, p).await;
+}
+
+#[tokio::test]
 async fn a_refused_stream_is_retried_no_sooner_than_retry_after() {
     let fake = Fake::new();
     *fake.stream_refusal.lock().unwrap() = Some(Refusal {

@@ -265,6 +265,9 @@ async fn stream(
         let mut sent = 0usize;
         let mut appended = fake.subscribe();
         let period = *fake.heartbeat.lock().unwrap();
+        if *fake.close_after.lock().unwrap() == Some(0) {
+            return;
+        }
         loop {
             for (position, stored) in fake.events_after(cursor) {
                 let message = format!(
