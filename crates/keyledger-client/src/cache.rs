@@ -42,6 +42,9 @@ pub(crate) struct Fetched {
     pub(crate) evicted_meanwhile: bool,
 }
 
+/// No key is kept longer than this, whatever a release says.
+const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
 type Flight = Shared<BoxFuture<'static, Result<Released, ClientError>>>;
 
 #[derive(Debug)]
@@ -171,7 +174,13 @@ impl DekCache {
         }
         inner.tick += 1;
         let tick = inner.tick;
-        let expires_at = Instant::now() + released.ttl;
+        let now = Instant::now();
+        let Some(expires_at) = now.checked_add(released.ttl.min(MAX_TTL)) else {
+            return Ok(Fetched {
+                key: released.key,
+                evicted_meanwhile: false,
+            });
+        };
         inner.entries.insert(
             (org, id),
             Entry {
@@ -180,7 +189,7 @@ impl DekCache {
                 last_used: tick,
             },
         );
-        inner.bound(self.max_entries, Instant::now());
+        inner.bound(self.max_entries, now);
         Ok(Fetched {
             key: released.key,
             evicted_meanwhile: false,

@@ -114,8 +114,9 @@ impl ClientBuilder {
 
     /// Reconnect backoff: from `min`, doubling up to `max`, with jitter.
     pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
-        self.config.min_backoff = min;
-        self.config.max_backoff = max.max(min);
+        // A zero delay would retry a refusing server in a busy loop.
+        self.config.min_backoff = min.max(Duration::from_millis(1));
+        self.config.max_backoff = max.max(self.config.min_backoff);
         self
     }
 
@@ -571,5 +572,109 @@ impl ClassifyName for serde_json::Error {
             serde_json::error::Category::Data => "unexpected fields or types",
             serde_json::error::Category::Eof => "truncated JSON",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::position::MemoryPositionStore;
+    use keyledger_domain::testing;
+    use keyledger_domain::{Event, HealthStatus};
+
+    fn cloud_event(event: &Event) -> CloudEvent {
+        serde_json::from_value(serde_json::json!({
+            "source": format!("keyledger/organizations/{}", testing::org_id()),
+            "type": format!("keyledger.{}.v1", event.event_type()),
+            "data": event.public_payload(),
+        }))
+        .unwrap()
+    }
+
+    /// A client whose keyledger is not there: any release call fails with `Http`.
+    fn offline() -> Client {
+        Client::builder("http://127.0.0.1:9", "token")
+            .position_store(MemoryPositionStore::new())
+            .build()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_revoked_org_fails_fast_and_a_lost_dek_fails_without_a_release_call() {
+        let client = offline();
+        let events = testing::cmk_org()
+            .health(HealthStatus::PermissionDenied)
+            .health(HealthStatus::KeyNotFound)
+            .declare_lost()
+            .events();
+        for (i, e) in events.iter().enumerate() {
+            client.apply(u64::try_from(i).unwrap() + 1, &cloud_event(e));
+        }
+        let org = testing::org_id();
+        let revoked = ClientError::KeyRevoked {
+            org,
+            status: HealthStatus::KeyNotFound,
+        };
+        assert_eq!(client.encrypt(org, b"x", b"c").await.unwrap_err(), revoked);
+        let key = DataKey::new(DekId(2), &[1; 32]).unwrap();
+        let sealed = envelope::seal(org, &key, b"x", b"c").unwrap();
+        assert_eq!(client.decrypt(org, &sealed, b"c").await.unwrap_err(), revoked);
+        assert_eq!(client.releases(), 0);
+
+        // Out of the revoked class: DEK 2 is lost, still no call.
+        let healthy = testing::cmk_org()
+            .health(HealthStatus::KeyNotFound)
+            .health(HealthStatus::Healthy)
+            .events();
+        client.apply(100, &cloud_event(&healthy[healthy.len() - 1]));
+        assert_eq!(
+            client.decrypt(org, &sealed, b"c").await.unwrap_err(),
+            ClientError::DataLost {
+                org,
+                dek_id: Some(DekId(2))
+            }
+        );
+        assert_eq!(client.releases(), 0);
+        // DEK 1 (provider-wrapped, not lost) is asked for.
+        let key = DataKey::new(DekId(1), &[1; 32]).unwrap();
+        let sealed = envelope::seal(org, &key, b"x", b"c").unwrap();
+        assert!(matches!(
+            client.decrypt(org, &sealed, b"c").await.unwrap_err(),
+            ClientError::Http { status: None, .. }
+        ));
+        assert_eq!(client.releases(), 1);
+    }
+
+    #[tokio::test]
+    async fn positions_apply_once_in_order() {
+        let client = offline();
+        let events = testing::cmk_org().events();
+        let mut changes = client.subscribe();
+        client.apply(2, &cloud_event(&events[0]));
+        client.apply(2, &cloud_event(&events[0]));
+        client.apply(1, &cloud_event(&events[0]));
+        assert_eq!(client.position(), 2);
+        assert_eq!(changes.try_recv().unwrap().position, 2);
+        assert!(
+            changes.try_recv().is_err(),
+            "a position at or below the last is skipped"
+        );
+    }
+
+    #[test]
+    fn a_base_url_with_credentials_or_another_scheme_is_refused() {
+        for bad in ["ftp://k.example", "https://user:pw@k.example", "not a url"] {
+            assert!(matches!(
+                Client::builder(bad, "t")
+                    .position_store(MemoryPositionStore::new())
+                    .build(),
+                Err(BuildError::BaseUrl(_))
+            ));
+        }
+        let c = Client::builder("https://k.example/prefix", "t")
+            .position_store(MemoryPositionStore::new())
+            .build()
+            .unwrap();
+        assert_eq!(c.inner.base.as_str(), "https://k.example/prefix/");
     }
 }

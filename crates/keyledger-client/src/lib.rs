@@ -34,7 +34,12 @@
 //! ```
 //!
 //! The token must have the role `platform`. The client needs no other configuration;
-//! [`ClientBuilder`] tunes the cache bound, the backoff and the timeouts.
+//! [`ClientBuilder`] tunes the cache bound, the backoff and the timeouts. The example
+//! `examples/invoice_service.rs` is a whole service
+//! (`cargo run -p keyledger-client --example invoice_service`).
+//!
+//! Tests and processes that run several clients give each a [`MemoryPositionStore`] (or a
+//! file of its own): the default file is one per working directory.
 //!
 //! # Ciphertext format
 //!
