@@ -209,6 +209,8 @@ pub struct DirectoryChange {
     pub eviction: Option<Eviction>,
     /// How many cached DEKs went.
     pub evicted_keys: usize,
+    /// When the directory applied it (and evicted): for eviction-latency measurements.
+    pub applied_at: std::time::Instant,
 }
 
 #[derive(Debug, Default)]
@@ -381,6 +383,7 @@ impl Client {
                 org,
                 eviction,
                 evicted_keys,
+                applied_at: std::time::Instant::now(),
             });
         }
         self.inner.applied.send_replace(position);

@@ -401,17 +401,17 @@ async fn heartbeats_keep_a_quiet_stream_open_and_silence_reopens_it() {
     let client = Client::builder(&base, TOKEN)
         .position_store(MemoryPositionStore::new())
         .backoff(Duration::from_millis(10), Duration::from_millis(50))
-        .idle_timeout(Duration::from_millis(400))
+        .idle_timeout(Duration::from_millis(1000))
         .build()
         .unwrap();
     let _consumer = client.spawn_consumer();
     caught_up(&client, p).await;
     // Heartbeats every 50 ms: one connection for well past the idle timeout.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(fake.connections.load(Ordering::SeqCst), 1);
 
     fake.silent.store(true, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(3000)).await;
     let connections = fake.connections.load(Ordering::SeqCst);
     assert!(connections >= 2, "a silent stream is reopened: {connections}");
     let ids = fake.last_event_ids.lock().unwrap().clone();
