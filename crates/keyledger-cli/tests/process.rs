@@ -3,11 +3,14 @@
 //! HTTP, checks the audit and the stream, stops the server with SIGTERM (exit 0), runs
 //! `keyledger verify` (exit 0), and searches every output for the client secrets.
 
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::io::Read;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::{Emulator, Killed, first_line, keyledger};
 use serde_json::{Value, json};
 
 const APP: &str = "5d7c0000-aaaa-4bbb-8ccc-0000000000e2";
@@ -22,38 +25,6 @@ const ADMIN: &str = "process-admin-token-000001";
 const AUDITOR: &str = "process-auditor-token-00001";
 const PLATFORM: &str = "process-platform-token-0001";
 const BILLING: &str = "process-billing-token-00001";
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn keyledger() -> &'static str {
-    env!("CARGO_BIN_EXE_keyledger")
-}
-
-/// The emulator binary, built next to `keyledger` by `cargo test --workspace`.
-fn emulator_binary() -> PathBuf {
-    let path = Path::new(keyledger()).with_file_name("akv-emulator");
-    assert!(
-        path.exists(),
-        "{} is missing: build it with `cargo build -p akv-emulator` (cargo test --workspace does)",
-        path.display()
-    );
-    path
-}
-
-fn first_line(child: &mut Child) -> String {
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    line.trim_end().to_owned()
-}
 
 fn terminate(child: &mut Child) -> std::process::ExitStatus {
     let status = Command::new("sh")
@@ -125,47 +96,34 @@ async fn the_seed_flow_runs_request_by_request_on_postgres() {
 /// for secrets with the rest).
 async fn seed_flow(dir: &Path, store: &str, sqlite_file: Option<&Path>) {
     // The emulator.
-    let mut emulator = Command::new(emulator_binary())
-        .args(["--listen", "127.0.0.1:0", "--state-dir"])
-        .arg(dir.join("emulator"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let startup: Value = serde_json::from_str(&first_line(&mut emulator)).unwrap();
-    let _emulator = Killed(emulator);
-    let vault = startup["vault_url"].as_str().unwrap().to_owned();
-    let ca_cert = startup["ca_cert"].as_str().unwrap().to_owned();
-    let ca = reqwest::Certificate::from_pem(&std::fs::read(&ca_cert).unwrap()).unwrap();
-    let control = reqwest::Client::builder().tls_certs_merge([ca]).build().unwrap();
-    let post = |path: &str, body: Value| {
-        let req = control
-            .post(format!("{vault}/_emulator/{path}"))
-            .header("content-type", "application/json")
-            .body(body.to_string());
-        async move { req.send().await.unwrap() }
-    };
-    let r = post(
-        "apps",
-        json!({"tenant_id": TENANT, "client_id": APP, "client_secret": SECRET_1,
+    let emulator = Emulator::start(&dir.join("emulator"));
+    let vault = emulator.vault.clone();
+    let ca_cert = emulator.ca_cert.clone();
+    let r = emulator
+        .control(
+            "POST",
+            "apps",
+            json!({"tenant_id": TENANT, "client_id": APP, "client_secret": SECRET_1,
                "key_permissions": ["get", "wrapKey", "unwrapKey"]}),
-    )
-    .await;
-    assert_eq!(r.status(), 201);
+        )
+        .await;
+    assert_eq!(r, 201);
     for name in ["cmk", "cmk-2"] {
         assert_eq!(
-            post("keys", json!({"name": name, "kty": "RSA", "size": 2048}))
-                .await
-                .status(),
+            emulator
+                .control("POST", "keys", json!({"name": name, "kty": "RSA", "size": 2048}))
+                .await,
             201
         );
     }
-    let disabled = post(
-        "keys",
-        json!({"name": "cmk-off", "kty": "RSA", "size": 2048, "enabled": false}),
-    )
-    .await;
-    assert_eq!(disabled.status(), 201);
+    let disabled = emulator
+        .control(
+            "POST",
+            "keys",
+            json!({"name": "cmk-off", "kty": "RSA", "size": 2048, "enabled": false}),
+        )
+        .await;
+    assert_eq!(disabled, 201);
 
     // The server, configured by file.
     let config = dir.join("keyledger.toml");
@@ -181,7 +139,7 @@ async fn seed_flow(dir: &Path, store: &str, sqlite_file: Option<&Path>) {
              [health]\nprobe_interval = \"1h\"\ntransient_grace = \"15m\"\n\n\
              [audit]\nsigning_key_file = \"{}\"\n\n{}{}{}{}",
             dir.join("data/internal-keys.json").display(),
-            startup["authority_host"].as_str().unwrap(),
+            emulator.authority_host,
             // The emulator's host with its port: an entry without one allows only port 443.
             vault.trim_start_matches("https://"),
             dir.join("data/audit-signing-key").display(),
@@ -247,14 +205,14 @@ async fn seed_flow(dir: &Path, store: &str, sqlite_file: Option<&Path>) {
         .await;
     assert_eq!(v["encryption"]["mode"], "customer_managed");
     // Edit the secret after the app registration got a new one.
-    let patch = control
-        .patch(format!("{vault}/_emulator/apps/{APP}"))
-        .header("content-type", "application/json")
-        .body(json!({"client_secret": SECRET_2}).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert!(patch.status().is_success());
+    let patch = emulator
+        .control(
+            "PATCH",
+            &format!("apps/{APP}"),
+            json!({"client_secret": SECRET_2}),
+        )
+        .await;
+    assert!((200..300).contains(&patch), "{patch}");
     c.ok(
         "PATCH",
         &org("/customer-managed-key"),

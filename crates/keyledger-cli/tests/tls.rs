@@ -8,33 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Serving, serve_command};
+use common::{Serving, certificates, serve_command};
 
 const PLATFORM: &str = "tls-configured-platform-token-5e2a";
-
-/// A CA, and a server certificate for 127.0.0.1 and localhost signed by it, as PEM files in
-/// `dir`: (CA certificate, server chain, server key).
-fn certificates(dir: &Path) -> (Vec<u8>, PathBuf, PathBuf) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "keyledger test CA");
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
-    leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    let leaf = leaf.signed_by(&key, &issuer).unwrap();
-    let (chain, key_file) = (dir.join("server-chain.pem"), dir.join("server-key.pem"));
-    std::fs::write(&chain, format!("{}{}", leaf.pem(), ca_cert.pem())).unwrap();
-    std::fs::write(&key_file, key.serialize_pem()).unwrap();
-    (ca_cert.pem().into_bytes(), chain, key_file)
-}
 
 /// A configuration with `server_extra` lines in `[server]` (listening on `listen`).
 fn config(dir: &Path, listen: &str, server_extra: &str) -> PathBuf {

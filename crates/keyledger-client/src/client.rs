@@ -399,19 +399,23 @@ impl Client {
         }
     }
 
-    /// Fails fast from the directory: revoked, or a lost DEK.
+    /// Fails fast from the directory: a lost DEK (final, so it comes first), or a revoked key.
     fn check(&self, org: OrgId, keys: Option<&OrgKeys>, slot: Slot) -> Result<(), ClientError> {
         let Some(keys) = keys else { return Ok(()) };
-        if let Some(status) = keys.revoked_status() {
-            return Err(ClientError::KeyRevoked { org, status });
-        }
-        if let Slot::Dek(id) = slot
+        let dek = match slot {
+            Slot::Dek(id) => Some(id),
+            Slot::Active => keys.active_dek,
+        };
+        if let Some(id) = dek
             && keys.lost_dek_ids.contains(&id)
         {
             return Err(ClientError::DataLost {
                 org,
                 dek_id: Some(id),
             });
+        }
+        if let Some(status) = keys.revoked_status() {
+            return Err(ClientError::KeyRevoked { org, status });
         }
         Ok(())
     }
@@ -608,6 +612,10 @@ mod tests {
         let events = testing::cmk_org()
             .health(HealthStatus::PermissionDenied)
             .health(HealthStatus::KeyNotFound)
+            .events();
+        let lost = testing::cmk_org()
+            .health(HealthStatus::PermissionDenied)
+            .health(HealthStatus::KeyNotFound)
             .declare_lost()
             .events();
         for (i, e) in events.iter().enumerate() {
@@ -622,6 +630,14 @@ mod tests {
         let key = DataKey::new(DekId(2), &[1; 32]).unwrap();
         let sealed = envelope::seal(org, &key, b"x", b"c").unwrap();
         assert_eq!(client.decrypt(org, &sealed, b"c").await.unwrap_err(), revoked);
+        // Declared lost: the loss is final and says more than the revocation.
+        client.apply(50, &cloud_event(lost.last().unwrap()));
+        let dek_lost = ClientError::DataLost {
+            org,
+            dek_id: Some(DekId(2)),
+        };
+        assert_eq!(client.encrypt(org, b"x", b"c").await.unwrap_err(), dek_lost);
+        assert_eq!(client.decrypt(org, &sealed, b"c").await.unwrap_err(), dek_lost);
         assert_eq!(client.releases(), 0);
 
         // Out of the revoked class: DEK 2 is lost, still no call.

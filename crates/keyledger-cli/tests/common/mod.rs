@@ -111,3 +111,102 @@ impl Serving {
         self.child.wait().unwrap();
     }
 }
+
+/// A child process killed when dropped.
+pub(crate) struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The first line a child prints on stdout.
+pub(crate) fn first_line(child: &mut Child) -> String {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    line.trim_end().to_owned()
+}
+
+/// The `akv-emulator` binary as a process (HTTPS with its own CA), and a client of its
+/// control API.
+pub(crate) struct Emulator {
+    pub vault: String,
+    pub authority_host: String,
+    pub ca_cert: String,
+    pub control: reqwest::Client,
+    _child: Killed,
+}
+
+impl Emulator {
+    /// Starts the emulator with its state in `dir`.
+    pub(crate) fn start(dir: &Path) -> Self {
+        let binary = Path::new(keyledger()).with_file_name("akv-emulator");
+        assert!(
+            binary.exists(),
+            "{} is missing: build it with `cargo build -p akv-emulator` (cargo test --workspace does)",
+            binary.display()
+        );
+        let mut child = Command::new(binary)
+            .args(["--listen", "127.0.0.1:0", "--state-dir"])
+            .arg(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let startup: serde_json::Value = serde_json::from_str(&first_line(&mut child)).unwrap();
+        let field = |name: &str| startup[name].as_str().unwrap().to_owned();
+        let ca_cert = field("ca_cert");
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(&ca_cert).unwrap()).unwrap();
+        Self {
+            vault: field("vault_url"),
+            authority_host: field("authority_host"),
+            ca_cert,
+            control: reqwest::Client::builder().tls_certs_merge([ca]).build().unwrap(),
+            _child: Killed(child),
+        }
+    }
+
+    /// `method /_emulator/{path}` with a JSON body; the status.
+    pub(crate) async fn control(&self, method: &str, path: &str, body: serde_json::Value) -> u16 {
+        self.control
+            .request(
+                method.parse().unwrap(),
+                format!("{}/_emulator/{path}", self.vault),
+            )
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+}
+
+/// A CA, and a server certificate for 127.0.0.1 and localhost signed by it, as PEM files in
+/// `dir`: (CA certificate, server chain, server key).
+pub(crate) fn certificates(dir: &Path) -> (Vec<u8>, PathBuf, PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "keyledger test CA");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let leaf = leaf.signed_by(&key, &issuer).unwrap();
+    let (chain, key_file) = (dir.join("server-chain.pem"), dir.join("server-key.pem"));
+    std::fs::write(&chain, format!("{}{}", leaf.pem(), ca_cert.pem())).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    (ca_cert.pem().into_bytes(), chain, key_file)
+}
