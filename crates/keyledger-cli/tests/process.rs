@@ -1,7 +1,8 @@
 //! The shipped binaries as processes: `akv-emulator` (HTTPS, self-signed CA) and `keyledger
 //! serve --config FILE` pointed at it through the official Azure SDK. Runs the seed flow over
 //! HTTP, checks the audit and the stream, stops the server with SIGTERM (exit 0), runs
-//! `keyledger verify` (exit 0), and searches every output for the client secrets.
+//! `keyledger verify` (exit 0), and searches every output for the client secrets and for the
+//! data keys released to a platform service.
 
 mod common;
 
@@ -10,6 +11,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use common::{Emulator, Killed, first_line, keyledger};
 use serde_json::{Value, json};
 
@@ -321,6 +324,24 @@ async fn seed_flow(dir: &Path, store: &str, sqlite_file: Option<&Path>) {
             "CustomerManagedKeyEnabled",
         ]
     );
+    // A platform service takes the active DEK twice (unwrapped in the emulator each time);
+    // the keys must appear in no other output. Their answers stay out of the transcript.
+    let mut released: Vec<Vec<u8>> = Vec::new();
+    for _ in 0..2 {
+        let r = c
+            .http
+            .post(format!("{}{}", c.base, org("/data-keys/active/release")))
+            .bearer_auth(PLATFORM)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let body: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        let key = STANDARD.decode(body["key"].as_str().unwrap()).unwrap();
+        assert_eq!(key.len(), 32);
+        released.push(key);
+    }
+    c.call("GET", "/metrics", PLATFORM, None).await;
     let mut stream = c
         .http
         .get(format!("{}/v1/events/stream?after=0", c.base))
@@ -330,7 +351,9 @@ async fn seed_flow(dir: &Path, store: &str, sqlite_file: Option<&Path>) {
         .unwrap();
     let mut sse = String::new();
     let events = usize::try_from(version).unwrap();
-    while sse.matches("\nid: ").count() + usize::from(sse.starts_with("id: ")) < events {
+    while sse.matches("\nid: ").count() + usize::from(sse.starts_with("id: ")) < events
+        || sse.matches("event: DataKeyReleased").count() < released.len()
+    {
         match tokio::time::timeout(Duration::from_secs(10), stream.chunk()).await {
             Ok(Ok(Some(chunk))) => sse.push_str(std::str::from_utf8(&chunk).unwrap()),
             other => panic!("stream ended early: {other:?}\n{sse}"),
@@ -387,6 +410,16 @@ async fn seed_flow(dir: &Path, store: &str, sqlite_file: Option<&Path>) {
     for (what, bytes) in &files {
         for secret in [SECRET_1, SECRET_2] {
             assert!(!contains(bytes, secret), "{secret} in clear in {what}");
+        }
+        for key in &released {
+            let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+            for form in [STANDARD.encode(key), hex] {
+                assert!(!contains(bytes, &form), "a released key in {what}");
+            }
+            assert!(
+                !bytes.windows(key.len()).any(|w| w == key.as_slice()),
+                "a released key's bytes in {what}"
+            );
         }
     }
 }
