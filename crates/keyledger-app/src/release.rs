@@ -69,11 +69,12 @@ impl App {
                     dek_id: release.dek_id,
                     key: connection.key_identifier.to_string(),
                 };
-                let keys = self.keys();
-                self.flights()
-                    .join(flight, keys.unwrap(connection, &release.edek))
-                    .await
-                    .map_err(AppError::from_release)?
+                let unwrap = self.keys().unwrap(connection, &release.edek);
+                let unwrapped = match self.config().release_single_flight {
+                    true => self.flights().join(flight, unwrap).await,
+                    false => unwrap.await,
+                };
+                unwrapped.map_err(AppError::from_release)?
             }
         };
         let event = Event::DataKeyReleased(DataKeyReleased {

@@ -28,6 +28,10 @@ pub struct AppConfig {
     pub max_conflict_retries: u32,
     /// Organizations kept in the state cache before it is emptied.
     pub cache_capacity: usize,
+    /// Concurrent releases of one customer-managed DEK share one vault unwrap
+    /// (`keys.release_single_flight`). Off, each release calls the vault itself: only for
+    /// measuring what single flight saves.
+    pub release_single_flight: bool,
 }
 
 impl Default for AppConfig {
@@ -35,6 +39,7 @@ impl Default for AppConfig {
         Self {
             max_conflict_retries: 8,
             cache_capacity: 100_000,
+            release_single_flight: true,
         }
     }
 }

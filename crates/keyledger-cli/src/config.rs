@@ -127,6 +127,14 @@ pub(crate) struct KeysConfig {
     /// The same for a provider-managed DEK.
     #[serde(default = "default_internal_cache_ttl", with = "seconds_or_duration")]
     pub internal_cache_ttl: Duration,
+    /// Concurrent releases of one customer-managed DEK share one vault call. Turn off only
+    /// to measure what that saves.
+    #[serde(default = "single_flight_on")]
+    pub release_single_flight: bool,
+}
+
+fn single_flight_on() -> bool {
+    true
 }
 
 fn default_external_cache_ttl() -> Duration {
@@ -145,6 +153,7 @@ impl Default for KeysConfig {
             azure: AzureConfig::default(),
             external_cache_ttl: default_external_cache_ttl(),
             internal_cache_ttl: default_internal_cache_ttl(),
+            release_single_flight: true,
         }
     }
 }

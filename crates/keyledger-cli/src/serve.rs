@@ -293,7 +293,7 @@ async fn serve(config: Config, origin: Origin) -> Result<(), Failure> {
         }
     };
 
-    let services = Services::new(
+    let services = Services::with_app_config(
         store.clone(),
         opened.sink.clone(),
         keys,
@@ -304,6 +304,10 @@ async fn serve(config: Config, origin: Origin) -> Result<(), Failure> {
         },
         audit_signer,
         Tokens::new(&grants),
+        keyledger_app::AppConfig {
+            release_single_flight: config.keys.release_single_flight,
+            ..keyledger_app::AppConfig::default()
+        },
     );
     let monitor = services.monitor.clone();
     let checkpoint_interval = config.audit.checkpoint_interval;

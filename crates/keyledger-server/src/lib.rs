@@ -115,11 +115,25 @@ impl Services {
         audit_signer: AuditSigner,
         tokens: Tokens,
     ) -> Self {
+        let app_config = keyledger_app::AppConfig::default();
+        Self::with_app_config(store, projections, keys, health, audit_signer, tokens, app_config)
+    }
+
+    /// [`Services::new`] with the application's tunables.
+    pub fn with_app_config(
+        store: Arc<dyn EventStore>,
+        projections: Arc<dyn ProjectionSink>,
+        keys: Arc<dyn keyledger_keys::KeyAccess>,
+        health: keyledger_app::HealthConfig,
+        audit_signer: AuditSigner,
+        tokens: Tokens,
+        app_config: keyledger_app::AppConfig,
+    ) -> Self {
         let app = Arc::new(App::new(
             store.clone(),
             keys.clone(),
             Arc::new(keyledger_app::SystemClock),
-            keyledger_app::AppConfig::default(),
+            app_config,
         ));
         let monitor = Arc::new(HealthMonitor::new(app.clone(), keys, health));
         let checkpointer = Arc::new(Checkpointer::new(app.clone(), projections.clone(), audit_signer));
