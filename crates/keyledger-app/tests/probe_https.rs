@@ -1,5 +1,5 @@
-//! The key-health probe through the official SDK adapter against the AKV emulator over real
-//! HTTPS (the emulator is started in process on 127.0.0.1:0).
+//! The key-health probe and DEK releases through the official SDK adapter against the AKV
+//! emulator over real HTTPS (the emulator is started in process on 127.0.0.1:0).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,6 +45,10 @@ impl Drop for Setup {
 }
 
 async fn enabled(test: &str) -> Setup {
+    enabled_with(test, AppConfig::default()).await
+}
+
+async fn enabled_with(test: &str, app_config: AppConfig) -> Setup {
     let dir = std::env::temp_dir().join(format!("keyledger-app-probe-{}-{test}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let emu = akv_emulator::start(([127, 0, 0, 1], 0).into(), &dir)
@@ -75,7 +79,7 @@ async fn enabled(test: &str) -> Setup {
     }));
     let store = Arc::new(InMemoryStore::new(Arc::new(KeyRing::generate())));
     let clock = Arc::new(ManualClock::new(Utc::now()));
-    let app = Arc::new(App::new(store, keys.clone(), clock, AppConfig::default()));
+    let app = Arc::new(App::new(store, keys.clone(), clock, app_config));
     app.handle(request(
         platform(),
         Intent::Register {
@@ -156,4 +160,55 @@ async fn the_scheduled_monitor_sees_an_expired_secret_despite_a_cached_token() {
     let _ = stop_tx.send(());
     task.await.unwrap();
     assert_eq!(seen, Some(HealthStatus::CredentialsExpired));
+}
+
+/// `n` concurrent releases of the active DEK (a customer-managed one) while every vault
+/// request takes 100 ms; the vault requests they made.
+async fn concurrent_releases(setup: &Setup, n: usize) -> u64 {
+    let release = || {
+        setup.app.release(ReleaseRequest {
+            org_id: testing::org_id(),
+            actor: platform(),
+            of: ReleaseOf::Active,
+            source_ip: None,
+            correlation_id: None,
+        })
+    };
+    // A first release: the adapter's access token is cached from then on.
+    let first = release().await.unwrap();
+    setup.emu.vault.set_faults(keyledger_vault_sim::Faults {
+        latency_ms: Some(100),
+        ..Default::default()
+    });
+    let before = setup.emu.vault.request_count();
+    let all = futures::future::join_all((0..n).map(|_| release())).await;
+    let made = setup.emu.vault.request_count() - before;
+    setup.emu.vault.set_faults(keyledger_vault_sim::Faults::default());
+    for released in all {
+        let released = released.unwrap();
+        assert_eq!((released.dek_id, &released.key), (first.dek_id, &first.key));
+    }
+    made
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_releases_of_one_dek_share_one_vault_unwrap() {
+    let setup = enabled("single-flight").await;
+    let made = concurrent_releases(&setup, 16).await;
+    assert!(made <= 2, "16 concurrent releases made {made} vault requests");
+    // Later releases ask the vault again: the customer can refuse any of them.
+    let before = setup.emu.vault.request_count();
+    concurrent_releases(&setup, 1).await;
+    assert!(setup.emu.vault.request_count() > before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_single_flight_every_release_asks_the_vault() {
+    let config = AppConfig {
+        release_single_flight: false,
+        ..AppConfig::default()
+    };
+    let setup = enabled_with("no-single-flight", config).await;
+    let made = concurrent_releases(&setup, 16).await;
+    assert!(made >= 16, "16 concurrent releases made {made} vault requests");
 }
