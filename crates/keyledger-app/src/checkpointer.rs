@@ -3,8 +3,11 @@
 //!
 //! - [`Checkpointer::round`], every `audit.checkpoint_interval`: for each organization log
 //!   that grew past its latest checkpoint, a checkpoint of it, and then one of the global
-//!   log. The global log is signed only in a round where an organization log grew: it also
-//!   holds the checkpoint events themselves, so "it grew" alone would sign forever.
+//!   log. The global log also holds the checkpoint events themselves, so "it grew" alone
+//!   would sign forever: it is signed in a round where an organization log grew, or where it
+//!   grew by more than the checkpoint events this checkpointer appended since it last signed
+//!   it (events of streams no organization log holds: an organization's release record,
+//!   ADR 0030). After a start, the first round signs it if it grew at all.
 //! - [`Checkpointer::current`], for a reader: the latest checkpoint of one log, signed first
 //!   when the log grew since.
 //!
@@ -40,7 +43,8 @@ pub struct SignedCheckpoint {
 pub struct Round {
     /// The organization logs checkpointed, with their new sizes.
     pub organizations: Vec<SignedCheckpoint>,
-    /// The global log's checkpoint, when an organization log grew.
+    /// The global log's checkpoint, when an organization log grew or the global log grew
+    /// by more than checkpoints.
     pub global: Option<SignedCheckpoint>,
 }
 
@@ -59,6 +63,9 @@ struct Known {
     /// The last version of stream `audit` read.
     read_to: StreamVersion,
     latest: HashMap<AuditLog, SignedCheckpoint>,
+    /// The size the global log reaches once the checkpoints of this checkpointer's last
+    /// signing round are folded, if nothing else is appended; `None` until a round signed.
+    global_quiet_at: Option<u64>,
 }
 
 impl Checkpointer {
@@ -113,9 +120,16 @@ impl Checkpointer {
             }
         }
         let global_size = sizes.get(&AuditLog::Global).copied().unwrap_or(0);
-        let global_unsigned = global_size > 0 && !known.latest.contains_key(&AuditLog::Global);
-        if !round.organizations.is_empty() || global_unsigned {
+        let global_grew = match (known.global_quiet_at, known.latest.get(&AuditLog::Global)) {
+            (_, None) => global_size > 0,
+            (Some(quiet), Some(_)) => global_size > quiet,
+            (None, Some(latest)) => global_size > latest.tree_size,
+        };
+        if !round.organizations.is_empty() || global_grew {
             round.global = Some(self.sign(&mut known, AuditLog::Global, global_size).await?);
+            // This round's own checkpoint events, after the size it measured.
+            let own = u64::try_from(round.organizations.len()).unwrap_or(u64::MAX - 1) + 1;
+            known.global_quiet_at = Some(global_size.saturating_add(own));
         }
         Ok(round)
     }

@@ -220,6 +220,33 @@ async fn a_round_signs_the_logs_that_grew_and_the_global_log_only_with_them() {
     assert_eq!(signed, [(log_b, 5)]);
     assert_eq!(round.global.map(|g| g.tree_size), Some(11));
 
+    // Events that no organization log holds (an organization's release record) grow only
+    // the global log: it is signed at the next round, and a quiet round after signs nothing.
+    runner.catch_up().await.unwrap();
+    assert_eq!(checkpointer.round().await.unwrap(), Round::default());
+    let releases = StreamId::releases_of(a.org_id().unwrap());
+    let release = keyledger_store::NewEvent {
+        event: Event::DataKeyReleased(keyledger_domain::event::DataKeyReleased {
+            dek_id: DekId::FIRST,
+            wrapped_by: WrappedBy::Provider {
+                internal_key_id: "ik-1".into(),
+            },
+            active: true,
+        }),
+        metadata: keyledger_store::conformance::tenant_added("x").metadata,
+    };
+    store
+        .append(releases, StreamVersion::NONE, vec![release], None)
+        .await
+        .unwrap();
+    runner.catch_up().await.unwrap();
+    let global_before = sink.tree_size(AuditLog::Global).await.unwrap();
+    let round = checkpointer.round().await.unwrap();
+    assert!(round.organizations.is_empty());
+    assert_eq!(round.global.map(|g| g.tree_size), Some(global_before));
+    runner.catch_up().await.unwrap();
+    assert_eq!(checkpointer.round().await.unwrap(), Round::default());
+
     // A reader's `current` is the latest, and signs only when the log grew.
     let latest = checkpointer.current(log_a).await.unwrap().unwrap();
     assert_eq!(latest.tree_size, 3);
