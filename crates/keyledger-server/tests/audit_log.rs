@@ -218,19 +218,28 @@ async fn checkpoints_proofs_and_bundles_verify_with_independent_implementations(
         assert_eq!(g.origin, format!("{AUDIT_ORIGIN}/global"));
         assert!(g.size >= v1, "the global log holds the organization's events");
     }
-    // The checkpoints are in the event feed, for every stream consumer.
-    let feed = s
-        .call("GET", "/v1/events?limit=1000", PLATFORM, None)
-        .await
-        .expect(200)
-        .json();
-    let signed: Vec<_> = feed["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["type"] == "keyledger.AuditCheckpointSigned.v1")
-        .map(|e| e["data"]["note"].as_str().unwrap_or_default().to_owned())
-        .collect();
+    // The checkpoints are in the event feed, for every stream consumer (on PostgreSQL the
+    // feed shows an append once older transactions have ended: wait for it, bounded).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let signed = loop {
+        let feed = s
+            .call("GET", "/v1/events?limit=1000", PLATFORM, None)
+            .await
+            .expect(200)
+            .json();
+        let signed: Vec<_> = feed["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "keyledger.AuditCheckpointSigned.v1")
+            .map(|e| e["data"]["note"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        let both = signed.contains(&note1) && signed.contains(&note2);
+        if both || std::time::Instant::now() > deadline {
+            break signed;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     assert!(signed.contains(&note1) && signed.contains(&note2), "{signed:?}");
 
     // No response carried the client secret.
