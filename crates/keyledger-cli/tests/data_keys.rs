@@ -10,7 +10,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Emulator, Serving, certificates};
+use common::{Api, Emulator, Serving, certificates};
 use keyledger_client::{Client, ClientError, MemoryPositionStore, envelope};
 use keyledger_domain::{HealthStatus, OrgId};
 use serde_json::{Value, json};
@@ -28,7 +28,7 @@ struct World {
     _server: Serving,
     base: String,
     ca: Vec<u8>,
-    http: reqwest::Client,
+    api: Api,
     _dir: tempfile::TempDir,
 }
 
@@ -55,31 +55,19 @@ impl World {
         Self {
             emulator,
             base: server.base.clone(),
+            api: Api::new(http, server.base.clone()),
             _server: server,
             ca,
-            http,
             _dir: dir,
         }
     }
 
     async fn call(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self
-            .http
-            .request(method.parse().unwrap(), format!("{}{path}", self.base))
-            .bearer_auth(token);
-        if let Some(b) = body {
-            req = req.header("content-type", "application/json").body(b.to_string());
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        self.api.call(method, path, token, body).await
     }
 
     async fn ok(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> Value {
-        let (status, v) = self.call(method, path, token, body).await;
-        assert!((200..300).contains(&status), "{method} {path}: {status} {v}");
-        v
+        self.api.ok(method, path, token, body).await
     }
 
     /// A registered enterprise organization with its customer key `key` on; its view.

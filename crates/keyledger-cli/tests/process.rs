@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use common::{Emulator, Killed, first_line, keyledger};
+use common::{Api, Emulator, Killed, first_line, keyledger};
 use serde_json::{Value, json};
 
 const APP: &str = "5d7c0000-aaaa-4bbb-8ccc-0000000000e2";
@@ -36,41 +36,6 @@ fn terminate(child: &mut Child) -> std::process::ExitStatus {
         .unwrap();
     assert!(status.success());
     child.wait().unwrap()
-}
-
-struct Client {
-    http: reqwest::Client,
-    base: String,
-    transcript: Vec<String>,
-}
-
-impl Client {
-    async fn call(&mut self, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self
-            .http
-            .request(method.parse().unwrap(), format!("{}{path}", self.base))
-            .bearer_auth(token);
-        if let Some(b) = body {
-            req = req.header("content-type", "application/json").body(b.to_string());
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        self.transcript.push(text.clone());
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    async fn ok(&mut self, method: &str, path: &str, token: &str, body: Option<Value>) -> Value {
-        let (status, v) = self.call(method, path, token, body).await;
-        assert!((200..300).contains(&status), "{method} {path}: {status} {v}");
-        v
-    }
-
-    async fn refused(&mut self, method: &str, path: &str, token: &str, body: Option<Value>) -> Value {
-        let (status, v) = self.call(method, path, token, body).await;
-        assert!(status >= 400, "{method} {path}: {status} {v}");
-        v
-    }
 }
 
 fn contains(haystack: &[u8], needle: &str) -> bool {
@@ -169,11 +134,7 @@ async fn seed_flow(dir: &Path, store: &str, sqlite_file: Option<&Path>) {
         .unwrap_or_else(|| panic!("first stdout line: {listening:?}"))
         .to_owned();
     let mut server = Killed(server);
-    let mut c = Client {
-        http: reqwest::Client::new(),
-        base,
-        transcript: Vec::new(),
-    };
+    let c = Api::new(reqwest::Client::new(), base);
     let org = |rest: &str| format!("/v1/organizations/{ORG}{rest}");
     let conn = |key: &str, secret: &str| {
         json!({"directory_id": TENANT, "application_id": APP, "client_secret": secret,
@@ -394,7 +355,7 @@ async fn seed_flow(dir: &Path, store: &str, sqlite_file: Option<&Path>) {
         "the log is empty"
     );
     let mut files: Vec<(String, Vec<u8>)> = vec![
-        ("responses".into(), c.transcript.join("\n").into_bytes()),
+        ("responses".into(), c.transcript().join("\n").into_bytes()),
         ("SSE stream".into(), sse.into_bytes()),
         ("server stderr".into(), stderr),
         ("events export".into(), export.stdout),

@@ -210,3 +210,77 @@ pub(crate) fn certificates(dir: &Path) -> (Vec<u8>, PathBuf, PathBuf) {
     std::fs::write(&key_file, key.serialize_pem()).unwrap();
     (ca_cert.pem().into_bytes(), chain, key_file)
 }
+
+/// A client of keyledger's HTTP API that keeps every response body (for secret sweeps).
+pub(crate) struct Api {
+    pub http: reqwest::Client,
+    pub base: String,
+    transcript: std::sync::Mutex<Vec<String>>,
+}
+
+impl Api {
+    pub(crate) fn new(http: reqwest::Client, base: String) -> Self {
+        Self {
+            http,
+            base,
+            transcript: Default::default(),
+        }
+    }
+
+    /// Every response body so far.
+    pub(crate) fn transcript(&self) -> Vec<String> {
+        self.transcript.lock().unwrap().clone()
+    }
+
+    /// `method path` with the bearer `token` and a JSON body: the status and the JSON answer
+    /// (`null` when it is not JSON).
+    pub(crate) async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut req = self
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", self.base))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b.to_string());
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        self.transcript.lock().unwrap().push(text.clone());
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// [`Api::call`] that must succeed (2xx).
+    pub(crate) async fn ok(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<serde_json::Value>,
+    ) -> serde_json::Value {
+        let (status, v) = self.call(method, path, token, body).await;
+        assert!((200..300).contains(&status), "{method} {path}: {status} {v}");
+        v
+    }
+
+    /// [`Api::call`] that must be refused (4xx or 5xx).
+    pub(crate) async fn refused(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<serde_json::Value>,
+    ) -> serde_json::Value {
+        let (status, v) = self.call(method, path, token, body).await;
+        assert!(status >= 400, "{method} {path}: {status} {v}");
+        v
+    }
+}
