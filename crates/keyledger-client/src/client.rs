@@ -304,7 +304,7 @@ impl Client {
         self.check(org, keys.as_ref(), slot)?;
         let fetched = self.key(org, slot, generation).await?;
         let key = self.recheck(org, fetched)?;
-        Ok(envelope::open(org, &key, ciphertext, context)?)
+        Ok(Zeroizing::new(envelope::open(org, &key, ciphertext, context)?))
     }
 
     /// What the directory knows about `org` (`None` before any of its events).
