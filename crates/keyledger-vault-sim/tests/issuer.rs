@@ -1,7 +1,8 @@
 //! The simulated Entra ID as an issuer of keyledger access tokens: `POST /_emulator/apps` with
 //! roles and reach, the client-credentials grant for `api://keyledger/.default`, the JWKS, and
 //! the signing-key roll. The tokens are checked with `jsonwebtoken` on aws-lc-rs, an
-//! implementation the issuer (which signs with the `rsa` crate) does not use.
+//! implementation the issuer (which signs with the `rsa` crate) does not use, and their
+//! signature once more with the `openssl` command, which keyledger does not use either.
 
 use axum::body::Body;
 use axum::http::{Method, Request, header};
@@ -226,4 +227,71 @@ async fn the_jwks_of_another_tenant_is_not_served() {
         )
         .await;
     assert_eq!((status, body["error"].as_str()), (400, Some("invalid_tenant")));
+}
+
+/// OpenSSL, which neither the issuer (the `rsa` crate) nor keyledger (jsonwebtoken on
+/// aws-lc-rs) uses, verifies the token's RS256 signature against the JWKS key. Skipped with a
+/// note where the `openssl` command is missing, unless `CI=true`.
+#[tokio::test]
+async fn openssl_verifies_the_signature_against_the_jwks_key() {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use rsa::pkcs8::EncodePublicKey as _;
+    if std::process::Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_err()
+    {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "openssl is required in CI"
+        );
+        eprintln!("skipped: no openssl command");
+        return;
+    }
+    let sim = Sim::new();
+    sim.add_app(json!({"roles": ["auditor"]})).await;
+    let (_, body) = sim.token("api://keyledger/.default").await;
+    let token = body["access_token"].as_str().unwrap();
+    let (message, signature) = token.rsplit_once('.').unwrap();
+    let kid = jsonwebtoken::decode_header(token).unwrap().kid.unwrap();
+    let jwk = sim.jwks().await.find(&kid).unwrap().clone();
+    let jsonwebtoken::jwk::AlgorithmParameters::RSA(rsa_params) = &jwk.algorithm else {
+        panic!("not an RSA JWK");
+    };
+    let public = rsa::RsaPublicKey::new(
+        rsa::BigUint::from_bytes_be(&B64.decode(&rsa_params.n).unwrap()),
+        rsa::BigUint::from_bytes_be(&B64.decode(&rsa_params.e).unwrap()),
+    )
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("vault-sim-openssl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pem = dir.join("public.pem");
+    std::fs::write(
+        &pem,
+        public.to_public_key_pem(rsa::pkcs8::LineEnding::LF).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(dir.join("signature"), B64.decode(signature).unwrap()).unwrap();
+    let verify = |data: &[u8]| {
+        std::fs::write(dir.join("message"), data).unwrap();
+        let out = std::process::Command::new("openssl")
+            .args(["dgst", "-sha256", "-verify"])
+            .arg(&pem)
+            .arg("-signature")
+            .arg(dir.join("signature"))
+            .arg(dir.join("message"))
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, out) = verify(message.as_bytes());
+    assert!(ok && out.contains("Verified OK"), "{out}");
+    let (ok, _) = verify(format!("{message}x").as_bytes());
+    assert!(!ok);
+    let _ = std::fs::remove_dir_all(&dir);
 }
