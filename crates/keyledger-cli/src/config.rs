@@ -262,6 +262,42 @@ impl Default for AuditConfig {
 pub(crate) struct AuthConfig {
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
+    /// Entra ID issuers whose RS256 access tokens are accepted next to the static tokens.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entra: Vec<EntraConfig>,
+}
+
+/// One `[[auth.entra]]` entry (CONTRACT.md "Console and sign-in").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EntraConfig {
+    /// `https://login.microsoftonline.com/<tid>/v2.0`: the exact `iss`; `tid` must match.
+    pub issuer: String,
+    /// The exact `aud`, e.g. `api://keyledger`.
+    pub audience: String,
+    /// `https://login.microsoftonline.com/<tid>/discovery/v2.0/keys`.
+    pub jwks_uri: String,
+    #[serde(default = "roles_claim")]
+    pub roles_claim: String,
+    #[serde(default = "organizations_claim")]
+    pub organizations_claim: String,
+    #[serde(default = "tenants_claim")]
+    pub tenants_claim: String,
+    /// An extra trust root (PEM) for `jwks_uri` (private CA, emulator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<PathBuf>,
+}
+
+fn roles_claim() -> String {
+    "roles".into()
+}
+
+fn organizations_claim() -> String {
+    "keyledger_orgs".into()
+}
+
+fn tenants_claim() -> String {
+    "keyledger_tenants".into()
 }
 
 /// One bearer token and what it may do.
@@ -480,6 +516,40 @@ fn check(c: &Config) -> Result<(), ConfigError> {
                 ));
             }
         }
+    }
+    for (i, e) in c.auth.entra.iter().enumerate() {
+        let key = |f: &str| format!("auth.entra[{i}].{f}");
+        let https_with_path = |v: &str| {
+            v.strip_prefix("https://")
+                .and_then(|rest| rest.split_once('/'))
+                .is_some_and(|(host, path)| !host.is_empty() && !path.is_empty())
+        };
+        if !https_with_path(&e.issuer) || e.issuer.split('/').nth(3).is_none_or(str::is_empty) {
+            return Err(rule(
+                &key("issuer"),
+                "must be https://<host>/<tenant id>/v2.0 (the tokens' exact iss)",
+            ));
+        }
+        if e.audience.trim().is_empty() {
+            return Err(rule(&key("audience"), "must not be empty"));
+        }
+        if !https_with_path(&e.jwks_uri) {
+            return Err(rule(&key("jwks_uri"), "must be an https:// URL"));
+        }
+        for (field, claim) in [
+            ("roles_claim", &e.roles_claim),
+            ("organizations_claim", &e.organizations_claim),
+            ("tenants_claim", &e.tenants_claim),
+        ] {
+            if claim.trim().is_empty() {
+                return Err(rule(&key(field), "must name a claim"));
+            }
+        }
+    }
+    let mut issuers: Vec<&str> = c.auth.entra.iter().map(|e| e.issuer.as_str()).collect();
+    issuers.sort_unstable();
+    if issuers.windows(2).any(|w| w[0] == w[1]) {
+        return Err(rule("auth.entra", "two entries have the same issuer"));
     }
     let mut tokens: Vec<&str> = c.auth.tokens.iter().map(|t| t.token.as_str()).collect();
     tokens.sort_unstable();
@@ -773,6 +843,22 @@ tenants = ["*"]
                     "[[auth.tokens]]\ntoken = \"0123456789abcdef0\"\nsubject = \"x\"\nroles = [\"auditor\"]\ntenants = [\"t1\"]\n",
                     "auth.tokens[0].tenants",
                 ),
+                (
+                    "[[auth.entra]]\nissuer = \"https://login.microsoftonline.com\"\naudience = \"api://keyledger\"\njwks_uri = \"https://login.microsoftonline.com/t/discovery/v2.0/keys\"\n",
+                    "auth.entra[0].issuer",
+                ),
+                (
+                    "[[auth.entra]]\nissuer = \"https://login.microsoftonline.com/t/v2.0\"\naudience = \"api://keyledger\"\njwks_uri = \"http://login.microsoftonline.com/t/discovery/v2.0/keys\"\n",
+                    "auth.entra[0].jwks_uri",
+                ),
+                (
+                    "[[auth.entra]]\nissuer = \"https://login.microsoftonline.com/t/v2.0\"\naudience = \" \"\njwks_uri = \"https://login.microsoftonline.com/t/discovery/v2.0/keys\"\n",
+                    "auth.entra[0].audience",
+                ),
+                (
+                    "[[auth.entra]]\nissuer = \"https://login.microsoftonline.com/t/v2.0\"\naudience = \"api://keyledger\"\njwks_uri = \"https://login.microsoftonline.com/t/discovery/v2.0/keys\"\nroles_claim = \"\"\n",
+                    "auth.entra[0].roles_claim",
+                ),
                 ("[server]\ntls_cert = \"cert.pem\"\n", "server.tls_key"),
                 ("[server]\ntls_key = \"key.pem\"\n", "server.tls_cert"),
             ];
@@ -780,6 +866,48 @@ tenants = ["*"]
                 let err = load_in(jail, toml).unwrap_err().to_string();
                 assert!(err.starts_with(key), "{toml}: {err}");
             }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn entra_entries_take_the_contracts_keys_and_default_the_claim_names() {
+        Jail::expect_with(|jail| {
+            let (c, _) = load_in(
+                jail,
+                r#"
+[[auth.entra]]
+issuer = "https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/v2.0"
+audience = "api://keyledger"
+jwks_uri = "https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/discovery/v2.0/keys"
+roles_claim = "roles"
+organizations_claim = "keyledger_orgs"
+tenants_claim = "keyledger_tenants"
+ca_cert = "/path/to/extra-root.pem"
+
+[[auth.entra]]
+issuer = "https://login.example/other/v2.0"
+audience = "api://keyledger"
+jwks_uri = "https://login.example/other/discovery/v2.0/keys"
+"#,
+            )
+            .unwrap();
+            assert!(c.auth.tokens.is_empty());
+            assert_eq!(c.auth.entra.len(), 2);
+            assert_eq!(
+                c.auth.entra[0].ca_cert,
+                Some(PathBuf::from("/path/to/extra-root.pem"))
+            );
+            let second = &c.auth.entra[1];
+            assert_eq!(
+                (
+                    second.roles_claim.as_str(),
+                    second.organizations_claim.as_str(),
+                    second.tenants_claim.as_str()
+                ),
+                ("roles", "keyledger_orgs", "keyledger_tenants")
+            );
+            assert_eq!(second.ca_cert, None);
             Ok(())
         });
     }

@@ -14,7 +14,7 @@ use keyledger_domain::{HostAllowList, OrgId, Role, TenantId};
 use keyledger_keys::{KeyAccess, RetryPolicy};
 use keyledger_server::background;
 use keyledger_server::dev::{DemoVault, demo_tokens, role_name};
-use keyledger_server::{ServerConfig, Services, TokenGrant, Tokens};
+use keyledger_server::{EntraConfig, EntraIssuer, ServerConfig, Services, TokenGrant, Tokens};
 use keyledger_store::KeyRing;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -90,10 +90,10 @@ fn grants(config: &Config) -> Result<Vec<TokenGrant>, Failure> {
             Some(values.iter().filter_map(|v| v.parse().ok()).collect())
         }
     }
-    if config.auth.tokens.is_empty() {
+    if config.auth.tokens.is_empty() && config.auth.entra.is_empty() {
         return Err(Failure::msg(
             "invalid configuration",
-            "auth.tokens: at least one token is needed, or nobody can call the API",
+            "auth.tokens: at least one token (or an [[auth.entra]] issuer) is needed, or nobody can call the API",
         ));
     }
     Ok(config
@@ -108,6 +108,36 @@ fn grants(config: &Config) -> Result<Vec<TokenGrant>, Failure> {
             tenants: ids::<TenantId>(&t.tenants),
         })
         .collect())
+}
+
+/// The `[[auth.entra]]` issuers; a `ca_cert` that cannot be read or parsed stops the start.
+fn entra_issuers(config: &Config) -> Result<Vec<EntraIssuer>, Failure> {
+    config
+        .auth
+        .entra
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let key = |f: &str| format!("auth.entra[{i}].{f}");
+            let ca_cert_pem = match &e.ca_cert {
+                None => None,
+                Some(path) => Some(std::fs::read(path).map_err(|err| {
+                    Failure::new(
+                        format!("{}: cannot read {}", key("ca_cert"), path.display()),
+                        &err,
+                    )
+                })?),
+            };
+            EntraIssuer::new(EntraConfig {
+                roles_claim: e.roles_claim.clone(),
+                organizations_claim: e.organizations_claim.clone(),
+                tenants_claim: e.tenants_claim.clone(),
+                ca_cert_pem,
+                ..EntraConfig::new(&e.issuer, &e.audience, &e.jwks_uri)
+            })
+            .map_err(|err| Failure::new(format!("auth.entra[{i}]"), &err))
+        })
+        .collect()
 }
 
 fn azure_key_access(config: &Config) -> Result<Arc<dyn KeyAccess>, Failure> {
@@ -253,6 +283,7 @@ async fn serve(config: Config, origin: Origin) -> Result<(), Failure> {
         None => azure_key_access(&config)?,
     };
     let grants = if dev { demo_tokens() } else { grants(&config)? };
+    let entra = if dev { Vec::new() } else { entra_issuers(&config)? };
     // Read before anything is opened: a bad certificate or key stops the start early.
     let tls = tls_config(&config.server)?;
 
@@ -303,7 +334,7 @@ async fn serve(config: Config, origin: Origin) -> Result<(), Failure> {
             ..HealthConfig::default()
         },
         audit_signer,
-        Tokens::new(&grants),
+        Tokens::new(&grants).with_entra(entra),
         keyledger_app::AppConfig {
             release_single_flight: config.keys.release_single_flight,
             ..keyledger_app::AppConfig::default()

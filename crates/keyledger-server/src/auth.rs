@@ -1,4 +1,6 @@
-//! Bearer-token authentication: each configured token names a subject, roles and a scope.
+//! Bearer-token authentication: each configured static token names a subject, roles and a
+//! scope; Entra ID access tokens of the `[[auth.entra]]` issuers carry theirs in claims
+//! ([`crate::entra`]).
 
 use std::collections::BTreeSet;
 
@@ -6,6 +8,7 @@ use keyledger_domain::{Actor, ActorKind, OrgId, Reach, Role, Scope, TenantId};
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::entra::{EntraIssuer, EntraIssuers};
 use crate::problem::Problem;
 
 /// A request without a valid bearer token (401 `unauthenticated`).
@@ -40,11 +43,13 @@ impl std::fmt::Debug for TokenGrant {
     }
 }
 
-/// The tokens the server accepts. Tokens are kept as SHA-256 digests and compared in constant
-/// time, so a lookup leaks neither a token nor how much of one matched.
+/// The tokens the server accepts. Static tokens are kept as SHA-256 digests and compared in
+/// constant time, so a lookup leaks neither a token nor how much of one matched. A token that
+/// is none of them is tried as an Entra ID access token when issuers are configured.
 #[derive(Debug, Default)]
 pub struct Tokens {
     entries: Vec<([u8; 32], Actor)>,
+    entra: EntraIssuers,
 }
 
 fn digest(token: &str) -> [u8; 32] {
@@ -85,18 +90,36 @@ impl Tokens {
                 (digest(&g.token), actor)
             })
             .collect();
-        Self { entries }
+        Self {
+            entries,
+            entra: EntraIssuers::default(),
+        }
+    }
+
+    /// Also accepts the Entra ID access tokens of `issuers`.
+    pub fn with_entra(mut self, issuers: Vec<EntraIssuer>) -> Self {
+        self.entra = EntraIssuers::new(issuers);
+        self
     }
 
     /// The actor of an `Authorization` header value, or 401 `unauthenticated`. The scheme
-    /// name is case-insensitive (RFC 9110 §11.1).
-    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Actor, Unauthenticated> {
-        let token = authorization
-            .and_then(|h| h.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("Bearer"))
-            .map(|(_, token)| token.trim())
-            .filter(|t| !t.is_empty())
-            .ok_or(Unauthenticated)?;
+    /// name is case-insensitive (RFC 9110 §11.1). A refused Entra ID token is logged at debug
+    /// level with the reason, never with the token.
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Actor, Unauthenticated> {
+        let token = bearer(authorization)?;
+        if let Some(actor) = self.static_actor(token) {
+            return Ok(actor);
+        }
+        if self.entra.is_empty() {
+            return Err(Unauthenticated);
+        }
+        self.entra.authenticate(token).await.map_err(|refusal| {
+            tracing::debug!(?refusal, "bearer token refused");
+            Unauthenticated
+        })
+    }
+
+    fn static_actor(&self, token: &str) -> Option<Actor> {
         let d = digest(token);
         let mut found = None;
         for (candidate, actor) in &self.entries {
@@ -105,8 +128,18 @@ impl Tokens {
                 found = Some(actor);
             }
         }
-        found.cloned().ok_or(Unauthenticated)
+        found.cloned()
     }
+}
+
+/// The token of a `Bearer` authorization.
+fn bearer(authorization: Option<&str>) -> Result<&str, Unauthenticated> {
+    authorization
+        .and_then(|h| h.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("Bearer"))
+        .map(|(_, token)| token.trim())
+        .filter(|t| !t.is_empty())
+        .ok_or(Unauthenticated)
 }
 
 #[cfg(test)]
@@ -134,10 +167,11 @@ mod tests {
         ])
     }
 
-    #[test]
-    fn a_known_token_is_its_actor() {
+    #[tokio::test]
+    async fn a_known_token_is_its_actor() {
         let a = tokens()
             .authenticate(Some("Bearer admin-token-0123456789"))
+            .await
             .unwrap();
         assert_eq!(a.id, "alice@example.com");
         assert_eq!(a.kind, ActorKind::User);
@@ -145,23 +179,25 @@ mod tests {
         assert!(!a.reaches_org("01900000-0000-7000-8000-0000000000bb".parse().unwrap()));
         let b = tokens()
             .authenticate(Some("Bearer billing-token-0123456789"))
+            .await
             .unwrap();
         assert_eq!(b.kind, ActorKind::Service);
         assert!(b.has_role(Role::Billing));
     }
 
-    #[test]
-    fn the_bearer_scheme_is_case_insensitive() {
+    #[tokio::test]
+    async fn the_bearer_scheme_is_case_insensitive() {
         for h in ["bearer", "BEARER", "bEaReR"] {
             let a = tokens()
                 .authenticate(Some(&format!("{h} billing-token-0123456789")))
+                .await
                 .unwrap();
             assert_eq!(a.id, "billing", "{h}");
         }
     }
 
-    #[test]
-    fn missing_malformed_or_unknown_tokens_are_401() {
+    #[tokio::test]
+    async fn missing_malformed_or_unknown_tokens_are_401() {
         for h in [
             None,
             Some(""),
@@ -171,7 +207,7 @@ mod tests {
             Some("Bearerbilling-token-0123456789"),
             Some("Bear billing-token-0123456789"),
         ] {
-            let p = Problem::from(tokens().authenticate(h).unwrap_err());
+            let p = Problem::from(tokens().authenticate(h).await.unwrap_err());
             assert_eq!((p.status, p.code), (401, "unauthenticated"), "{h:?}");
         }
     }

@@ -16,15 +16,23 @@ use crate::problem::{FieldError, Problem};
 /// The authenticated actor of a `/v1` request.
 pub(crate) struct Caller(pub Actor);
 
+/// The actor a middleware (the idempotency layer) already authenticated, so that an Entra ID
+/// token is verified once per request. Only the server puts it in a request's extensions.
+#[derive(Clone)]
+pub(crate) struct Authenticated(pub Actor);
+
 impl FromRequestParts<Shared> for Caller {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, Problem> {
+        if let Some(Authenticated(actor)) = parts.extensions.get::<Authenticated>() {
+            return Ok(Caller(actor.clone()));
+        }
         let header = parts
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        Ok(Caller(state.services.tokens.authenticate(header)?))
+        Ok(Caller(state.services.tokens.authenticate(header).await?))
     }
 }
 

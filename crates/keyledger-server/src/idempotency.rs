@@ -24,6 +24,7 @@ use keyledger_domain::CommandId;
 use sha2::{Digest as _, Sha256};
 
 use crate::Shared;
+use crate::extract::Authenticated;
 use crate::problem::{FieldError, Problem};
 
 /// How long a response is replayed.
@@ -124,10 +125,12 @@ pub(crate) async fn layer(State(state): State<Shared>, request: Request, next: N
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let Ok(actor) = state.services.tokens.authenticate(authorization) else {
+    let Ok(actor) = state.services.tokens.authenticate(authorization).await else {
         return next.run(request).await;
     };
     let (mut parts, body) = request.into_parts();
+    // The handler's `Caller` takes this actor rather than verifying the token again.
+    parts.extensions.insert(Authenticated(actor.clone()));
     let body = match to_bytes(body, state.config.max_body_bytes).await {
         Ok(b) => b,
         Err(_) => return Problem::payload_too_large(state.config.max_body_bytes).into_response(),

@@ -5,7 +5,7 @@
 //!   draining in-flight requests and ending open streams, within the connection limits of
 //!   [`ServerConfig`] (ADR 0016);
 //! - [`problem`]: every failure as `application/problem+json` with a CONTRACT.md code;
-//! - [`auth`]: bearer tokens → actors with roles and scopes;
+//! - [`auth`]: bearer tokens → actors with roles and scopes; [`entra`]: Entra ID access tokens;
 //! - [`idempotency`]: `Idempotency-Key` replays;
 //! - [`openapi`]: the route table and `schemas/openapi.json`.
 
@@ -17,6 +17,7 @@ pub mod auth;
 pub mod background;
 pub mod cloudevent;
 pub mod dev;
+pub mod entra;
 mod extract;
 pub mod idempotency;
 pub mod metrics;
@@ -42,6 +43,7 @@ use tokio::sync::{Semaphore, watch};
 use tower::ServiceExt as _;
 
 pub use auth::{TokenGrant, Tokens, Unauthenticated};
+pub use entra::{EntraConfig, EntraIssuer, EntraSetupError};
 pub use problem::{FieldError, Problem};
 
 /// Limits and timings of the HTTP layer.

@@ -882,7 +882,11 @@ pub fn document() -> Value {
         "paths": paths,
         "components": {
             "schemas": schemas,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {"bearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "A static token of [[auth.tokens]], or an Entra ID access token (RS256 JWT) of an [[auth.entra]] issuer: scope api://keyledger/.default, roles and reach from its configured claims.",
+            }},
         },
     });
     refuse_nil_uuids(&mut doc);

@@ -47,6 +47,7 @@ pub fn control_router(vault: Arc<Vault>) -> Router {
         .route("/_emulator/deletedkeys/{name}", delete(ctl_purge))
         .route("/_emulator/deletedkeys/{name}/recover", post(ctl_recover))
         .route("/_emulator/faults", put(ctl_set_faults).delete(ctl_clear_faults))
+        .route("/_emulator/signing-keys/roll", post(ctl_roll_signing_key))
         .with_state(vault)
 }
 
@@ -184,6 +185,20 @@ fn handle(vault: &Vault, method: &Method, uri: &Uri, headers: &HeaderMap, body: 
             return StatusCode::METHOD_NOT_ALLOWED.into_response();
         }
         return token(vault, tenant, body);
+    }
+
+    // Entra ID: GET /{tenant}/discovery/v2.0/keys, the keys keyledger tokens are signed with.
+    if let [tenant, "discovery", "v2.0", "keys"] = segments.as_slice() {
+        if method != Method::GET {
+            return StatusCode::METHOD_NOT_ALLOWED.into_response();
+        }
+        if *tenant != vault.config().tenant_id {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": "invalid_tenant", "error_description": format!("AADSTS90002: Tenant '{tenant}' not found.")}),
+            );
+        }
+        return json_response(StatusCode::OK, &vault.jwks());
     }
 
     let query: HashMap<String, String> = uri
@@ -428,9 +443,9 @@ async fn ctl_create_app(State(vault): State<Arc<Vault>>, body: Bytes) -> Respons
                 Err(problem) => ctl_bad_request(&problem),
             }
         }
-        Err(_) => {
-            ctl_bad_request("expected {tenant_id, client_id, client_secret, expires_at?, key_permissions}")
-        }
+        Err(_) => ctl_bad_request(
+            "expected {tenant_id, client_id, client_secret, expires_at?, key_permissions, roles?, organizations?, tenants?}",
+        ),
     }
 }
 
@@ -575,6 +590,23 @@ async fn ctl_set_faults(State(vault): State<Arc<Vault>>, body: Bytes) -> Respons
         _ => ctl_bad_request(
             "expected {status?: 429|500|503, rate?: 0..1, latency_ms?, unreachable?, redirect_to?: \"https://…\"}",
         ),
+    }
+}
+
+/// A new signing key for keyledger tokens; the JWKS keeps the previous one (see
+/// [`crate::model`]'s issuer).
+async fn ctl_roll_signing_key(State(vault): State<Arc<Vault>>) -> Response {
+    // Key generation is CPU-bound.
+    match tokio::task::spawn_blocking(move || {
+        let previous = vault.signing_kid();
+        (vault.roll_signing_key(), previous)
+    })
+    .await
+    {
+        Ok((kid, previous)) => {
+            json_response(StatusCode::OK, &json!({ "kid": kid, "previous_kid": previous }))
+        }
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
 }
 

@@ -7,7 +7,8 @@
 //! [`Clock`], and state snapshots. EC P-256 keys exist for create/get/update only (the recorded
 //! SDK sessions use one); they refuse cryptographic operations.
 //! [`http::router`] serves it as the Key Vault REST API (with the 401 challenge flow) and the
-//! token endpoint; [`http::control_router`] serves the emulator's control API.
+//! token endpoint, which also issues RS256 keyledger access tokens (`scope=api://keyledger/.default`)
+//! and serves their JWKS; [`http::control_router`] serves the emulator's control API.
 
 pub mod clock;
 pub mod http;
@@ -16,6 +17,7 @@ pub mod model;
 pub use clock::Clock;
 pub use http::{control_router, router, router_with_control};
 pub use model::{
-    AkvError, AppPatch, AppRegistration, CryptoOp, DEFAULT_RSA_KEY_OPS, DemoConnection, EntraError, Faults,
-    KEY_PERMISSIONS, KeyPatch, NewKey, Vault, VaultConfig,
+    AkvError, AppClaims, AppPatch, AppRegistration, CryptoOp, DEFAULT_RSA_KEY_OPS, DemoConnection,
+    EntraError, Faults, KEY_PERMISSIONS, KEYLEDGER_AUDIENCE, KEYLEDGER_SCOPE, KeyPatch, NewKey, Vault,
+    VaultConfig,
 };

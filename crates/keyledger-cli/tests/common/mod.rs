@@ -137,6 +137,8 @@ pub(crate) struct Emulator {
     pub vault: String,
     pub authority_host: String,
     pub ca_cert: String,
+    /// The directory the vault belongs to (and the issuer's tenant).
+    pub tenant_id: String,
     pub control: reqwest::Client,
     _child: Killed,
 }
@@ -165,6 +167,7 @@ impl Emulator {
             vault: field("vault_url"),
             authority_host: field("authority_host"),
             ca_cert,
+            tenant_id: field("tenant_id"),
             control: reqwest::Client::builder().tls_certs_merge([ca]).build().unwrap(),
             _child: Killed(child),
         }

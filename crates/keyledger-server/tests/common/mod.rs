@@ -164,13 +164,23 @@ pub(crate) fn services(
     sink: Arc<dyn ProjectionSink>,
     demo: &DemoVault,
 ) -> Services {
+    services_with(store, sink, demo, tokens())
+}
+
+/// [`services`] accepting `tokens`.
+pub(crate) fn services_with(
+    store: Arc<dyn EventStore>,
+    sink: Arc<dyn ProjectionSink>,
+    demo: &DemoVault,
+    tokens: Tokens,
+) -> Services {
     Services::new(
         store,
         sink,
         demo.key_access(),
         HealthConfig::default(),
         audit_signer(),
-        tokens(),
+        tokens,
     )
 }
 
@@ -194,6 +204,16 @@ impl Server {
     }
 
     pub(crate) async fn start_with(backend: Backend, config: ServerConfig) -> Option<Self> {
+        Self::start_with_tokens(backend, config, tokens()).await
+    }
+
+    /// [`Server::start_with`] accepting `tokens` (the static ones of [`tokens`], say, plus
+    /// Entra ID issuers).
+    pub(crate) async fn start_with_tokens(
+        backend: Backend,
+        config: ServerConfig,
+        tokens: Tokens,
+    ) -> Option<Self> {
         let dir = tempfile::tempdir().unwrap();
         let ring = Arc::new(KeyRing::generate());
         let mut db = None;
@@ -219,7 +239,7 @@ impl Server {
             }
         };
         let demo = DemoVault::new();
-        let services = services(store.clone(), sink.clone(), &demo);
+        let services = services_with(store.clone(), sink.clone(), &demo, tokens);
         let (stop, stopped) = watch::channel(false);
         let mut tasks =
             keyledger_server::background::projection_runners(store.clone(), sink.clone(), stopped.clone());

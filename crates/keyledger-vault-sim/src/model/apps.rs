@@ -5,11 +5,12 @@ use std::fmt;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
+use super::issuer::KEYLEDGER_SCOPE;
 use super::{AkvError, Vault, random_hex};
 use crate::model::keys::NewKey;
 
@@ -64,6 +65,21 @@ pub struct AppRegistration {
     pub expires_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub key_permissions: BTreeSet<String>,
+    /// What the app's keyledger access tokens carry (`scope=api://keyledger/.default`).
+    #[serde(flatten)]
+    pub claims: AppClaims,
+}
+
+/// The claims of an app's keyledger access tokens: its app roles and its reach. `None` leaves
+/// the claim out of the token (keyledger then grants no reach).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppClaims {
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organizations: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenants: Option<Vec<String>>,
 }
 
 #[derive(Clone)]
@@ -88,7 +104,14 @@ impl AppRegistration {
             client_secret: ClientSecret(Zeroizing::new(client_secret.into())),
             expires_at: None,
             key_permissions: key_permissions.iter().map(|p| (*p).to_owned()).collect(),
+            claims: AppClaims::default(),
         }
+    }
+
+    /// The roles and reach its keyledger access tokens carry.
+    pub fn with_claims(mut self, claims: AppClaims) -> Self {
+        self.claims = claims;
+        self
     }
 
     pub fn with_expiry(mut self, expires_at: DateTime<Utc>) -> Self {
@@ -105,6 +128,7 @@ impl fmt::Debug for AppRegistration {
             .field("client_secret", &"<hidden>")
             .field("expires_at", &self.expires_at)
             .field("key_permissions", &self.key_permissions)
+            .field("claims", &self.claims)
             .finish()
     }
 }
@@ -331,6 +355,13 @@ impl Vault {
                 7000222,
                 format!("The provided client secret keys for app '{client_id}' are expired."),
             ));
+        }
+        if scope == Some(KEYLEDGER_SCOPE) {
+            let claims = app.claims.clone();
+            let client_id = client_id.to_owned();
+            // Signing (and making the first signing key) happens outside the vault's lock.
+            drop(s);
+            return Ok(self.keyledger_token(tenant_id, &client_id, &claims));
         }
         let expected_scope = format!("{}/.default", self.config.resource.trim_end_matches('/'));
         if scope.map(|s| s.trim_end_matches('/')) != Some(expected_scope.as_str()) {

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
-use super::apps::{AppRegistration, ClientSecret};
+use super::apps::{AppClaims, AppRegistration, ClientSecret};
 use super::deleted::{DeletedEntry, deleted_conflict};
 use super::keys::{KeyEntry, KeyMaterial, KeyVersion, name_id, validate_name};
 use super::{AkvError, Vault};
@@ -86,6 +86,7 @@ impl Vault {
                     client_secret: a.client_secret.0.to_string(),
                     expires_at: a.expires_at,
                     key_permissions: a.key_permissions.clone(),
+                    claims: a.claims.clone(),
                 })
                 .collect(),
         };
@@ -141,6 +142,7 @@ impl Vault {
                         client_secret: ClientSecret(Zeroizing::new(a.client_secret)),
                         expires_at: a.expires_at,
                         key_permissions: a.key_permissions,
+                        claims: a.claims,
                     },
                 )
             })
@@ -238,6 +240,9 @@ struct AppState {
     client_secret: String,
     expires_at: Option<DateTime<Utc>>,
     key_permissions: BTreeSet<String>,
+    /// Absent in state files written before the emulator issued keyledger tokens.
+    #[serde(default)]
+    claims: AppClaims,
 }
 
 #[derive(Serialize, Deserialize)]

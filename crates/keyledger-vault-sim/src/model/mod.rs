@@ -5,7 +5,8 @@
 //! [`Vault`] and its shared state live here; each concern keeps its types and its `impl Vault`
 //! block in its own module: `keys` (keys, versions, bundles), `crypto`
 //! (wrap/unwrap/encrypt/decrypt), `deleted` (soft delete, recover, purge), `backup` (backup,
-//! restore, state file), `apps` (app registrations, tokens, access policy) and `faults`.
+//! restore, state file), `apps` (app registrations, tokens, access policy), `issuer` (keyledger access tokens and
+//! their JWKS) and `faults`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -23,11 +24,13 @@ mod backup;
 mod crypto;
 mod deleted;
 mod faults;
+mod issuer;
 mod keys;
 
-pub use apps::{AppPatch, AppRegistration, Caller, DemoConnection, EntraError, KEY_PERMISSIONS};
+pub use apps::{AppClaims, AppPatch, AppRegistration, Caller, DemoConnection, EntraError, KEY_PERMISSIONS};
 pub use crypto::CryptoOp;
 pub use faults::Faults;
+pub use issuer::{KEYLEDGER_AUDIENCE, KEYLEDGER_SCOPE};
 pub use keys::{DEFAULT_EC_KEY_OPS, DEFAULT_RSA_KEY_OPS, KeyPatch, NewKey};
 
 use apps::Token;
@@ -144,6 +147,7 @@ pub struct Vault {
     clock: Clock,
     state: Mutex<State>,
     requests: AtomicU64,
+    issuer: issuer::Issuer,
 }
 
 impl fmt::Debug for Vault {
@@ -162,6 +166,7 @@ impl Vault {
             clock,
             state: Mutex::default(),
             requests: AtomicU64::new(0),
+            issuer: issuer::Issuer::default(),
         })
     }
 
