@@ -72,9 +72,10 @@ fn status(i: u8) -> HealthStatus {
         CredentialsExpired,
         PermissionDenied,
         KeyDisabled,
+        KeyDeleted,
         KeyNotFound,
         VaultUnreachable,
-    ][i as usize % 9]
+    ][i as usize % 10]
 }
 
 fn customer(k: &KeyIdentifier) -> WrappedBy {
