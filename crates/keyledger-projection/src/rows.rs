@@ -410,7 +410,17 @@ pub fn audit_details(event: &Event) -> Option<Value> {
         }),
         Event::CustomerManagedKeyLocked(e) => json!({ "reason": e.reason }),
         Event::CustomerManagedKeyUnlocked(_) => json!({}),
-        Event::KeyHealthChanged(e) => json!({ "from": e.from, "to": e.to, "detail": e.detail }),
+        Event::KeyHealthChanged(e) => {
+            let mut details = json!({ "from": e.from, "to": e.to, "detail": e.detail });
+            // The countdown's fields only where the event has them: older rows stay as they were.
+            if let Some(until) = e.recoverable_until {
+                details["recoverable_until"] = json!(until);
+            }
+            if let Some(reminder) = e.purge_reminder {
+                details["purge_reminder"] = json!(reminder);
+            }
+            details
+        }
         Event::CustomerDataDeclaredLost(e) => json!({
             "key": e.key_identifier,
             "lost_dek_ids": e.lost_dek_ids,

@@ -247,6 +247,24 @@ fn a_deleted_key_shows_when_it_can_be_recovered_until_and_a_reminder_keeps_the_s
     let row: KeyHealthRow =
         serde_json::from_value(p.docs[&(Projection::KeyHealth, org_id())].clone()).unwrap();
     assert_eq!((row.recoverable_until, row.since), (Some(purge), since));
+    // The tenant audit shows the purge date and the reminder, and nothing new on older rows.
+    let health_rows: Vec<&serde_json::Value> = p
+        .audit
+        .iter()
+        .filter(|r| r.action == "KeyHealthChanged")
+        .map(|r| &r.details)
+        .collect();
+    let last = health_rows.last().unwrap();
+    assert_eq!(last["purge_reminder"], "within_7_days", "{last}");
+    assert_eq!(last["recoverable_until"], serde_json::json!(purge), "{last}");
+    let enabled = fold(cmk_org().health(HealthStatus::KeyDisabled).events());
+    let row = &enabled
+        .audit
+        .iter()
+        .rfind(|r| r.action == "KeyHealthChanged")
+        .unwrap()
+        .details;
+    assert!(row.get("recoverable_until").is_none(), "{row}");
     // The domain state agrees.
     let state = State::replay(&events);
     let domain = &state.org().unwrap().customer_key().unwrap().health;
