@@ -323,10 +323,10 @@ pub fn plan(state: &State, command: &Command) -> Result<KeyWork, DomainError> {
             }
             if key.health.status == HealthStatus::KeyDeleted {
                 // Still recoverable: nothing is lost while the vault can bring the key back.
-                let until = key
-                    .health
-                    .recoverable_until
-                    .map_or_else(|| "its scheduled purge".to_owned(), |t| t.to_rfc3339());
+                let until = key.health.recoverable_until.map_or_else(
+                    || "its scheduled purge".to_owned(),
+                    |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                );
                 return Err(DomainError::invalid(
                     "reason",
                     format!(
