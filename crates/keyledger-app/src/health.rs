@@ -106,12 +106,17 @@ impl HealthMonitor {
             .ok_or(DomainError::CmkNotEnabled)?
             .clone();
         let current = key.health.status;
-        let observed = self.observe(&state, now).await;
-        // Not found: soft-deleted (recoverable until its purge) or purged?
-        let deleted = match &observed {
-            Err(e) if e.reason == Reason::KeyNotFound => self.deleted_record(&key).await,
-            _ => None,
-        };
+        let mut observed = self.observe(&state, now).await;
+        // Not found: soft-deleted (recoverable until its purge) or purged? A transient failure
+        // of that read is a transient failure of the probe: a blip must not turn `key_deleted`
+        // into `key_not_found` and back (which would start the deletion's reminders anew).
+        let mut deleted = None;
+        if matches!(&observed, Err(e) if e.reason == Reason::KeyNotFound) {
+            match self.deleted_record(&key).await {
+                Ok(record) => deleted = record,
+                Err(e) => observed = Err(e),
+            }
+        }
         let (status, detail) = {
             let mut memory = self.memory.lock().unwrap_or_else(|p| p.into_inner());
             memory.last_probe_at.insert(org, now);
@@ -136,17 +141,20 @@ impl HealthMonitor {
                 }
             }
         };
-        let intent = match deleted {
-            Some(DeletedKeyRecord {
-                scheduled_purge_at: Some(recoverable_until),
-                ..
-            }) => keyledger_domain::Intent::RecordKeyDeleted {
+        let (status, detail, recoverable_until) = match deleted {
+            Some(record) => (
+                HealthStatus::KeyDeleted,
+                Some(HealthStatus::KeyDeleted.as_str().to_owned()),
+                record.scheduled_purge_at,
+            ),
+            // A transient failure kept a recorded `key_deleted`: keep its purge date with it.
+            None if status == HealthStatus::KeyDeleted => (status, detail, key.health.recoverable_until),
+            None => (status, detail, None),
+        };
+        let intent = match recoverable_until {
+            Some(recoverable_until) => keyledger_domain::Intent::RecordKeyDeleted {
                 recoverable_until,
-                detail: Some(HealthStatus::KeyDeleted.as_str().to_owned()),
-            },
-            Some(_) => keyledger_domain::Intent::RecordKeyHealth {
-                status: HealthStatus::KeyDeleted,
-                detail: Some(HealthStatus::KeyDeleted.as_str().to_owned()),
+                detail,
             },
             None => keyledger_domain::Intent::RecordKeyHealth { status, detail },
         };
@@ -176,13 +184,20 @@ impl HealthMonitor {
     /// The deleted-key record of the organization's key, when the vault has one. No record,
     /// or none readable (no `get` permission on deleted keys, a vault without soft delete, an
     /// adapter that cannot ask) leaves the probe at `key_not_found`, as before.
-    async fn deleted_record(&self, key: &keyledger_domain::state::CustomerKey) -> Option<DeletedKeyRecord> {
-        let connection = key.connection.to_connection()?;
+    /// A transient failure is returned as such.
+    async fn deleted_record(
+        &self,
+        key: &keyledger_domain::state::CustomerKey,
+    ) -> Result<Option<DeletedKeyRecord>, KeyAccessError> {
+        let Some(connection) = key.connection.to_connection() else {
+            return Ok(None);
+        };
         match self.keys.deleted_key(&connection).await {
-            Ok(record) => record,
+            Ok(record) => Ok(record),
+            Err(e) if e.is_transient() => Err(e),
             Err(e) => {
                 tracing::info!(error = %e, "the deleted-key record could not be read; the key shows as not found");
-                None
+                Ok(None)
             }
         }
     }

@@ -14,7 +14,7 @@ use keyledger_domain::testing::{self, admin, platform, tenant_a};
 use keyledger_domain::*;
 use keyledger_keys::{KeyAccess, RetryPolicy};
 use keyledger_store::{EventStore, InMemoryStore, KeyRing};
-use keyledger_vault_sim::{AppRegistration, NewKey};
+use keyledger_vault_sim::{AppRegistration, Faults, NewKey};
 use secrecy::SecretString;
 
 const CLIENT: &str = "5d7c0000-aaaa-4bbb-8ccc-0000000000c7";
@@ -300,4 +300,28 @@ async fn purge_reminders_at_7_days_and_1_day_are_recorded_once_each_across_a_res
         (probe.status, probe.recoverable_until),
         (HealthStatus::KeyNotFound, None)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vault_blip_keeps_key_deleted_and_its_purge_date() {
+    let s = enabled("blip").await;
+    let monitor = s.monitor();
+    let org = testing::org_id();
+    s.emu.vault.delete_key(&s.emu.vault_url, "cmk").unwrap();
+    let first = monitor.probe(org).await.unwrap();
+    assert_eq!(first.status, HealthStatus::KeyDeleted);
+    // Every vault call answers 503 for a while (within the grace period).
+    s.emu.vault.set_faults(Faults {
+        status: Some(503),
+        ..Faults::default()
+    });
+    let probe = monitor.probe(org).await.unwrap();
+    assert!(!probe.changed, "{probe:?}");
+    assert_eq!(
+        (probe.status, probe.recoverable_until),
+        (HealthStatus::KeyDeleted, first.recoverable_until)
+    );
+    s.emu.vault.set_faults(Faults::default());
+    assert!(!monitor.probe(org).await.unwrap().changed);
+    assert_eq!(s.health_changes().await.len(), 1);
 }
