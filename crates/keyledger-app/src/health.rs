@@ -1,5 +1,8 @@
 //! The key-health monitor (R10): probes each customer key, records `KeyHealthChanged` only on
-//! a change, holds transient failures for a grace period, and flags keys near expiry.
+//! a change, holds transient failures for a grace period, and flags keys near expiry. A key the
+//! vault no longer finds is looked up among the deleted keys: soft-deleted is `key_deleted`
+//! with its purge date, and every probe then lets the domain record the purge reminders (7
+//! days, 1 day) when they fall due.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -7,7 +10,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use keyledger_domain::{Actor, DomainError, GlobalPosition, HealthStatus, OrgId, Protected};
-use keyledger_keys::{Dek, KeyAccess, KeyAccessError, Reason};
+use keyledger_keys::{Dek, DeletedKeyRecord, KeyAccess, KeyAccessError, Reason};
 use keyledger_store::EventStore;
 
 use crate::error::AppError;
@@ -43,6 +46,8 @@ pub struct ProbeResult {
     pub status: HealthStatus,
     pub since: DateTime<Utc>,
     pub detail: Option<String>,
+    /// While `key_deleted`: when the vault purges the key.
+    pub recoverable_until: Option<DateTime<Utc>>,
     pub last_probe_at: DateTime<Utc>,
     /// Whether this probe recorded a `KeyHealthChanged`.
     pub changed: bool,
@@ -101,7 +106,17 @@ impl HealthMonitor {
             .ok_or(DomainError::CmkNotEnabled)?
             .clone();
         let current = key.health.status;
-        let observed = self.observe(&state, now).await;
+        let mut observed = self.observe(&state, now).await;
+        // Not found: soft-deleted (recoverable until its purge) or purged? A transient failure
+        // of that read is a transient failure of the probe: a blip must not turn `key_deleted`
+        // into `key_not_found` and back (which would start the deletion's reminders anew).
+        let mut deleted = None;
+        if matches!(&observed, Err(e) if e.reason == Reason::KeyNotFound) {
+            match self.deleted_record(&key).await {
+                Ok(record) => deleted = record,
+                Err(e) => observed = Err(e),
+            }
+        }
         let (status, detail) = {
             let mut memory = self.memory.lock().unwrap_or_else(|p| p.into_inner());
             memory.last_probe_at.insert(org, now);
@@ -126,6 +141,23 @@ impl HealthMonitor {
                 }
             }
         };
+        let (status, detail, recoverable_until) = match deleted {
+            Some(record) => (
+                HealthStatus::KeyDeleted,
+                Some(HealthStatus::KeyDeleted.as_str().to_owned()),
+                record.scheduled_purge_at,
+            ),
+            // A transient failure kept a recorded `key_deleted`: keep its purge date with it.
+            None if status == HealthStatus::KeyDeleted => (status, detail, key.health.recoverable_until),
+            None => (status, detail, None),
+        };
+        let intent = match recoverable_until {
+            Some(recoverable_until) => keyledger_domain::Intent::RecordKeyDeleted {
+                recoverable_until,
+                detail,
+            },
+            None => keyledger_domain::Intent::RecordKeyHealth { status, detail },
+        };
         let outcome = self
             .app
             .handle(CommandRequest {
@@ -135,7 +167,7 @@ impl HealthMonitor {
                 command_id: None,
                 correlation_id: None,
                 if_match: None,
-                intent: keyledger_domain::Intent::RecordKeyHealth { status, detail },
+                intent,
             })
             .await?;
         let health = outcome.view.encryption.health.ok_or(DomainError::CmkNotEnabled)?;
@@ -143,9 +175,31 @@ impl HealthMonitor {
             status: health.status,
             since: health.since,
             detail: health.detail,
+            recoverable_until: health.recoverable_until,
             last_probe_at: now,
             changed: outcome.appended > 0,
         })
+    }
+
+    /// The deleted-key record of the organization's key, when the vault has one. No record,
+    /// or none readable (no `get` permission on deleted keys, a vault without soft delete, an
+    /// adapter that cannot ask) leaves the probe at `key_not_found`, as before.
+    /// A transient failure is returned as such.
+    async fn deleted_record(
+        &self,
+        key: &keyledger_domain::state::CustomerKey,
+    ) -> Result<Option<DeletedKeyRecord>, KeyAccessError> {
+        let Some(connection) = key.connection.to_connection() else {
+            return Ok(None);
+        };
+        match self.keys.deleted_key(&connection).await {
+            Ok(record) => Ok(record),
+            Err(e) if e.is_transient() => Err(e),
+            Err(e) => {
+                tracing::info!(error = %e, "the deleted-key record could not be read; the key shows as not found");
+                Ok(None)
+            }
+        }
     }
 
     /// When the organization was last probed by this process.

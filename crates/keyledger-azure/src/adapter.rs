@@ -18,7 +18,8 @@ use azure_security_keyvault_keys::{KeyClient, KeyClientOptions};
 use chrono::{DateTime, Utc};
 use keyledger_domain::{Connection, Edek, HostAllowList, KeyIdentifier, WrappedBy, WrappedDek};
 use keyledger_keys::{
-    Dek, KeyAccess, KeyAccessError, KeyDescription, KeyOperation, Reason, RetryPolicy, Retrying,
+    Dek, DeletedKeyRecord, KeyAccess, KeyAccessError, KeyDescription, KeyOperation, Reason, RetryPolicy,
+    Retrying,
 };
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
@@ -425,6 +426,43 @@ impl KeyAccess for AzureKeyAccess {
             })?);
         self.returned_key(id, result.kid.as_deref())?;
         Ok(Dek::from_bytes(clear))
+    }
+
+    /// `KeyClient::get_deleted_key` (`GET deletedkeys/{name}`, which needs `keys/get`). A 404
+    /// means no record: purged, or not deleted.
+    async fn deleted_key(&self, connection: &Connection) -> Result<Option<DeletedKeyRecord>, KeyAccessError> {
+        let client = self.client(connection)?;
+        let id = &connection.key_identifier;
+        let deleted = match client.get_deleted_key(id.name(), None).await {
+            Ok(response) => response
+                .into_model()
+                .map_err(|e| map_error(KeyOperation::Get, &e))?,
+            Err(e) => {
+                let e = map_error(KeyOperation::Get, &e);
+                return match e.reason {
+                    Reason::KeyNotFound => Ok(None),
+                    _ => Err(e),
+                };
+            }
+        };
+        // The record names the key's latest version, not necessarily the pinned one: check the
+        // name only.
+        let kid = deleted.key.and_then(|k| k.kid);
+        let same_name = kid
+            .as_deref()
+            .and_then(|kid| KeyIdentifier::parse_shape(kid).ok())
+            .is_some_and(|k| k.name().eq_ignore_ascii_case(id.name()));
+        if !same_name {
+            return Err(KeyAccessError::with_detail(
+                Reason::VaultError,
+                "vault returned another deleted key",
+            ));
+        }
+        Ok(Some(DeletedKeyRecord {
+            recovery_id: deleted.recovery_id,
+            deleted_at: to_chrono(deleted.deleted_date),
+            scheduled_purge_at: to_chrono(deleted.scheduled_purge_date),
+        }))
     }
 
     /// `ClientSecretCredential` keeps its token until five minutes before it expires and offers

@@ -646,3 +646,59 @@ async fn dev_mode_demo_connection_passes_through_the_sdk() {
     let t = test_connection(&access, &connection, Utc::now()).await;
     assert!(t.is_ok(), "{:?}", t.outcome);
 }
+
+#[tokio::test]
+async fn a_soft_deleted_key_has_a_deleted_key_record_with_its_purge_date() {
+    let env = env();
+    let (pinned, _, _) = env.enabled_key().await;
+    assert_eq!(
+        env.access.deleted_key(&pinned).await.unwrap(),
+        None,
+        "not deleted"
+    );
+    env.vault.delete_key(BASE, "cmk").unwrap();
+    let retention = i64::from(env.vault.config().retention_days);
+    let record = env.access.deleted_key(&pinned).await.unwrap().unwrap();
+    assert_eq!(record.deleted_at, Some(t0()));
+    assert_eq!(
+        record.scheduled_purge_at,
+        Some(t0() + chrono::Duration::days(retention))
+    );
+    assert_eq!(
+        record.recovery_id.as_deref(),
+        Some(&*format!("{BASE}/deletedkeys/cmk"))
+    );
+    // Recovered: no record. Deleted and purged: none either.
+    env.vault.recover_key(BASE, "cmk").unwrap();
+    assert_eq!(env.access.deleted_key(&pinned).await.unwrap(), None);
+    env.vault.delete_key(BASE, "cmk").unwrap();
+    env.vault.purge_key("cmk").unwrap();
+    assert_eq!(env.access.deleted_key(&pinned).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_deleted_key_has_no_record_once_retention_ends() {
+    let env = env();
+    let (pinned, _, _) = env.enabled_key().await;
+    env.vault.delete_key(BASE, "cmk").unwrap();
+    let retention = i64::from(env.vault.config().retention_days);
+    env.clock
+        .advance(chrono::Duration::days(retention) - chrono::Duration::seconds(1));
+    assert!(env.access.deleted_key(&pinned).await.unwrap().is_some());
+    env.clock.advance(chrono::Duration::seconds(1));
+    assert_eq!(env.access.deleted_key(&pinned).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn reading_deleted_keys_needs_the_get_permission() {
+    let env = env_with(&["wrapKey", "unwrapKey"]);
+    let pinned = env.connection(SECRET);
+    env.vault.delete_key(BASE, "cmk").unwrap();
+    let e = env.access.deleted_key(&pinned).await.unwrap_err();
+    assert_eq!(
+        e.reason,
+        Reason::PermissionDenied {
+            operation: KeyOperation::Get
+        }
+    );
+}

@@ -348,6 +348,15 @@ async fn lost_tampered_and_foreign_ciphertexts_fail_with_typed_errors() {
 
     // The key is deleted, then the data declared lost: a typed error, never a plaintext.
     assert_eq!(world.emulator.control("DELETE", "keys/cmk", json!({})).await, 200);
+    // Soft-deleted it can still be recovered (key_deleted); purged, it cannot.
+    assert_eq!(world.probe(org).await, "key_deleted");
+    assert_eq!(
+        world
+            .emulator
+            .control("DELETE", "deletedkeys/cmk", json!({}))
+            .await,
+        204
+    );
     assert_eq!(world.probe(org).await, "key_not_found");
     world
         .ok(

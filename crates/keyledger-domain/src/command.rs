@@ -64,6 +64,13 @@ pub enum Intent {
         status: HealthStatus,
         detail: Option<String>,
     },
+    /// R10, from the health monitor (actor `system`): the key is soft-deleted and the vault
+    /// purges it at `recoverable_until`. Records `key_deleted`, a new purge date, or a purge
+    /// reminder when one is due ([`PurgeReminder`](crate::PurgeReminder)); nothing otherwise.
+    RecordKeyDeleted {
+        recoverable_until: DateTime<Utc>,
+        detail: Option<String>,
+    },
     /// R10: a person asks for a health probe now. Records nothing itself.
     ProbeKeyHealth,
 }

@@ -7,7 +7,7 @@ use crate::attest::{ValidatedKey, WrappedBy, WrappedDek};
 use crate::command::{Command, Edeks, Intent, KeyResults, KeyWork, RewrapEvidence};
 use crate::connection::{Connection, ConnectionField, ConnectionRecord};
 use crate::event::*;
-use crate::health::HealthStatus;
+use crate::health::{HealthStatus, PurgeReminder};
 use crate::ids::{DekId, OrgId, TenantId};
 use crate::key_identifier::KeyIdentifier;
 use crate::plan::Plan;
@@ -113,7 +113,7 @@ fn authorize(actor: &Actor, org: OrgId, intent: &Intent) -> Result<(), DomainErr
         | Intent::RotateCustomerManagedKey(_)
         | Intent::SwitchToProviderManagedKey { .. } => &[Role::OrgAdmin],
         Intent::DeclareDataLost { .. } | Intent::ProbeKeyHealth => &[Role::OrgAdmin, Role::Support],
-        Intent::RecordKeyHealth { .. } => &[Role::System],
+        Intent::RecordKeyHealth { .. } | Intent::RecordKeyDeleted { .. } => &[Role::System],
     };
     let role_ok = allowed.iter().any(|r| actor.has_role(*r));
     let system_ok = !allowed.contains(&Role::System) || actor.kind == ActorKind::System;
@@ -321,6 +321,20 @@ pub fn plan(state: &State, command: &Command) -> Result<KeyWork, DomainError> {
             if let Some(t) = ticket {
                 check_reason("ticket", t)?;
             }
+            if key.health.status == HealthStatus::KeyDeleted {
+                // Still recoverable: nothing is lost while the vault can bring the key back.
+                let until = key.health.recoverable_until.map_or_else(
+                    || "its scheduled purge".to_owned(),
+                    |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                );
+                return Err(DomainError::invalid(
+                    "reason",
+                    format!(
+                        "the key is soft-deleted and can be recovered in the vault until {until}; \
+                         data loss can only be declared while the key health is key_not_found"
+                    ),
+                ));
+            }
             if key.health.status != HealthStatus::KeyNotFound {
                 return Err(DomainError::invalid(
                     "reason",
@@ -329,7 +343,7 @@ pub fn plan(state: &State, command: &Command) -> Result<KeyWork, DomainError> {
             }
             Ok(KeyWork::None)
         }
-        Intent::RecordKeyHealth { .. } | Intent::ProbeKeyHealth => {
+        Intent::RecordKeyHealth { .. } | Intent::RecordKeyDeleted { .. } | Intent::ProbeKeyHealth => {
             org.customer_key().ok_or(DomainError::CmkNotEnabled)?;
             Ok(KeyWork::None)
         }
@@ -426,17 +440,15 @@ pub fn decide(state: &State, command: Command, done: KeyResults) -> Result<Vec<E
             declare_lost(org, reason, ticket, at)
         }
         (Intent::RecordKeyHealth { status, detail }, KeyResults::None) => {
-            let current = org.customer_key().ok_or(DomainError::CmkNotEnabled)?;
-            if current.health.status == status {
-                return Ok(vec![]);
-            }
-            Ok(vec![Event::KeyHealthChanged(KeyHealthChanged {
-                from: current.health.status,
-                to: status,
-                detail,
-                observed_at: at,
-            })])
+            record_health(org, status, detail, None, at)
         }
+        (
+            Intent::RecordKeyDeleted {
+                recoverable_until,
+                detail,
+            },
+            KeyResults::None,
+        ) => record_health(org, HealthStatus::KeyDeleted, detail, Some(recoverable_until), at),
         (Intent::Register { .. }, _) => Err(DomainError::AlreadyRegistered { what: "organization" }),
         (Intent::TestConnection(_) | Intent::ProbeKeyHealth, _) => {
             Err(DomainError::EvidenceMismatch("a test or probe records nothing"))
@@ -707,6 +719,52 @@ fn switch_to_provider(
         generated_at: at,
     }));
     Ok(events)
+}
+
+/// R10: a change of status is recorded, a repeat is not. A soft-deleted key (`key_deleted`)
+/// also records a new purge date (deleted again between two probes) and each purge reminder
+/// once, when the purge comes within 7 days and within 1 day ([`PurgeReminder`]); what was
+/// reminded is folded from the events ([`crate::state::KeyHealth::purge_reminder`]).
+fn record_health(
+    org: &Organization,
+    status: HealthStatus,
+    detail: Option<String>,
+    recoverable_until: Option<chrono::DateTime<chrono::Utc>>,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<Event>, DomainError> {
+    let current = &org.customer_key().ok_or(DomainError::CmkNotEnabled)?.health;
+    let recoverable_until = recoverable_until.filter(|_| status == HealthStatus::KeyDeleted);
+    let due = recoverable_until.and_then(|until| PurgeReminder::due(at, until));
+    let changed = |purge_reminder: Option<PurgeReminder>, detail: Option<String>| {
+        Ok(vec![Event::KeyHealthChanged(KeyHealthChanged {
+            from: current.status,
+            to: status,
+            detail,
+            recoverable_until,
+            purge_reminder,
+            observed_at: at,
+        })])
+    };
+    if current.status != status {
+        return changed(due, detail);
+    }
+    if status != HealthStatus::KeyDeleted {
+        return Ok(vec![]);
+    }
+    if current.recoverable_until != recoverable_until {
+        // Recovered and deleted again between two probes: another deletion, another date.
+        return changed(due, detail);
+    }
+    match (recoverable_until, due) {
+        (Some(until), Some(due)) if current.purge_reminder.is_none_or(|done| done < due) => {
+            let reminder = format!(
+                "purge reminder {due}: the vault purges the key at {}",
+                until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            );
+            changed(Some(due), Some(reminder))
+        }
+        _ => Ok(vec![]),
+    }
 }
 
 /// R11: only after the key is reported missing; irreversible.

@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::attest::{KeyProperties, WrappedBy};
 pub use crate::audit::AuditCheckpointSigned;
 use crate::connection::{ConnectionField, ConnectionRecord};
-use crate::health::HealthStatus;
+use crate::health::{HealthStatus, PurgeReminder};
 use crate::ids::{DekId, OrgId, StreamKind, TenantId};
 use crate::key_identifier::KeyIdentifier;
 use crate::plan::Plan;
@@ -152,6 +152,15 @@ pub struct KeyHealthChanged {
     pub to: HealthStatus,
     #[serde(default)]
     pub detail: Option<String>,
+    /// With `to: key_deleted`: when the vault purges the key (its deleted-key record's
+    /// `scheduledPurgeDate`). Absent when the record gives none, for other statuses, and in
+    /// payloads written before the field existed (ADR 0032).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recoverable_until: Option<DateTime<Utc>>,
+    /// The purge reminder this change records (R10): set on the first `key_deleted` observed
+    /// within a window, and on a `key_deleted` → `key_deleted` reminder. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purge_reminder: Option<PurgeReminder>,
     pub observed_at: DateTime<Utc>,
 }
 

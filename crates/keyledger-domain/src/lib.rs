@@ -40,7 +40,7 @@ pub use decide::{
     CrossRead, DomainError, Read, ReadScope, authorize_cross_read, authorize_read, decide, plan,
 };
 pub use event::{DecodeError, EVENT_TYPES, Event, ProtectedField, Tenant};
-pub use health::HealthStatus;
+pub use health::{HealthStatus, PurgeReminder};
 pub use ids::{
     ApplicationId, AuditLog, CommandId, CorrelationId, DekId, DirectoryId, EventId, GlobalPosition, IdError,
     OrgId, StreamId, StreamKind, StreamVersion, TenantId,

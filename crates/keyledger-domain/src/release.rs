@@ -200,6 +200,7 @@ mod tests {
     fn a_revoked_key_refuses_before_the_vault_is_asked() {
         let revoked = [
             HealthStatus::KeyDisabled,
+            HealthStatus::KeyDeleted,
             HealthStatus::KeyNotFound,
             HealthStatus::PermissionDenied,
             HealthStatus::CredentialsInvalid,

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use crate::attest::{KeyProperties, WrappedBy};
 use crate::connection::ConnectionRecord;
 use crate::event::{Event, Tenant};
-use crate::health::HealthStatus;
+use crate::health::{HealthStatus, PurgeReminder};
 use crate::ids::{DekId, OrgId, StreamVersion, TenantId};
 use crate::key_identifier::KeyIdentifier;
 use crate::plan::Plan;
@@ -71,6 +71,46 @@ pub struct KeyHealth {
     pub status: HealthStatus,
     pub since: DateTime<Utc>,
     pub detail: Option<String>,
+    /// While `key_deleted`: when the vault purges the key (`None` when it did not say).
+    pub recoverable_until: Option<DateTime<Utc>>,
+    /// While `key_deleted`: the most urgent purge reminder recorded for this deletion (R10),
+    /// folded from the events so a restart does not remind again.
+    pub purge_reminder: Option<PurgeReminder>,
+}
+
+impl KeyHealth {
+    /// Healthy since `at`: after an enable or rotation.
+    fn healthy(at: DateTime<Utc>) -> Self {
+        Self {
+            status: HealthStatus::Healthy,
+            since: at,
+            detail: None,
+            recoverable_until: None,
+            purge_reminder: None,
+        }
+    }
+
+    /// The health after `e`. A change that keeps the status and the purge date (a purge
+    /// reminder) keeps the since-time and raises the reminder; any other change starts anew.
+    pub fn after(&self, e: &crate::event::KeyHealthChanged) -> Self {
+        let same_deletion = e.to == HealthStatus::KeyDeleted
+            && self.status == HealthStatus::KeyDeleted
+            && self.recoverable_until == e.recoverable_until;
+        let (since, purge_reminder) = match same_deletion {
+            true => (self.since, self.purge_reminder.max(e.purge_reminder)),
+            false => (e.observed_at, e.purge_reminder),
+        };
+        Self {
+            status: e.to,
+            since,
+            detail: e.detail.clone(),
+            recoverable_until: match e.to {
+                HealthStatus::KeyDeleted => e.recoverable_until,
+                _ => None,
+            },
+            purge_reminder,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -197,11 +237,7 @@ pub fn evolve(mut state: State, event: &Event) -> State {
                 last_rotated_at: None,
                 locked: false,
                 data_lost: false,
-                health: KeyHealth {
-                    status: HealthStatus::Healthy,
-                    since: e.validated_at,
-                    detail: None,
-                },
+                health: KeyHealth::healthy(e.validated_at),
             });
         }
         Event::CustomerManagedKeyConnectionEdited(e) => {
@@ -221,11 +257,7 @@ pub fn evolve(mut state: State, event: &Event) -> State {
                 k.properties = e.key.clone();
                 k.last_rotated_at = Some(e.validated_at);
                 // The new key passed the live test just now.
-                k.health = KeyHealth {
-                    status: HealthStatus::Healthy,
-                    since: e.validated_at,
-                    detail: None,
-                };
+                k.health = KeyHealth::healthy(e.validated_at);
             }
         }
         Event::SwitchedToProviderManagedKey(e) => {
@@ -255,11 +287,7 @@ pub fn evolve(mut state: State, event: &Event) -> State {
         }
         Event::KeyHealthChanged(e) => {
             if let KeyMode::CustomerManaged(k) = &mut org.mode {
-                k.health = KeyHealth {
-                    status: e.to,
-                    since: e.observed_at,
-                    detail: e.detail.clone(),
-                };
+                k.health = k.health.after(e);
             }
         }
         Event::CustomerDataDeclaredLost(e) => {

@@ -402,6 +402,10 @@ pub enum Scripted {
         status: HealthStatus,
         detail: Option<String>,
     },
+    RecordKeyDeleted {
+        recoverable_until: DateTime<Utc>,
+        detail: Option<String>,
+    },
 }
 
 impl Scripted {
@@ -469,6 +473,16 @@ impl Scripted {
             Scripted::RecordKeyHealth { status, detail } => {
                 (Intent::RecordKeyHealth { status, detail }, KeyResults::None)
             }
+            Scripted::RecordKeyDeleted {
+                recoverable_until,
+                detail,
+            } => (
+                Intent::RecordKeyDeleted {
+                    recoverable_until,
+                    detail,
+                },
+                KeyResults::None,
+            ),
         }
     }
 }
@@ -574,6 +588,12 @@ pub fn abandon_switch_kind() -> Scripted {
 pub fn health_kind(status: HealthStatus) -> Scripted {
     Scripted::RecordKeyHealth { status, detail: None }
 }
+pub fn deleted_kind(recoverable_until: DateTime<Utc>) -> Scripted {
+    Scripted::RecordKeyDeleted {
+        recoverable_until,
+        detail: None,
+    }
+}
 pub fn declare_lost_kind(ticket: Option<&str>) -> Scripted {
     Scripted::DeclareDataLost {
         reason: "key purged without backup".into(),
@@ -638,6 +658,10 @@ impl History {
     #[track_caller]
     pub fn health(self, status: HealthStatus) -> Self {
         self.run(system(), |_| health_kind(status))
+    }
+    /// The monitor found the key soft-deleted, purged at `recoverable_until`.
+    pub fn deleted(self, recoverable_until: DateTime<Utc>) -> Self {
+        self.run(system(), |_| deleted_kind(recoverable_until))
     }
     #[track_caller]
     pub fn declare_lost(self) -> Self {

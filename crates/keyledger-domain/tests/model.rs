@@ -21,6 +21,8 @@ enum Op {
     Switch,
     AbandonSwitch,
     Health(u8),
+    /// The key is soft-deleted, purged at [`purge_date`].
+    Deleted(u8),
     DeclareLost,
     AddTenant(u8),
     RemoveTenant(u8),
@@ -36,7 +38,8 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0u8..4).prop_map(Op::Rotate),
         2 => Just(Op::Switch),
         1 => Just(Op::AbandonSwitch),
-        3 => (0u8..9).prop_map(Op::Health),
+        3 => (0u8..10).prop_map(Op::Health),
+        2 => (0u8..6).prop_map(Op::Deleted),
         1 => Just(Op::DeclareLost),
         1 => (0u8..3).prop_map(Op::AddTenant),
         1 => (0u8..3).prop_map(Op::RemoveTenant),
@@ -74,12 +77,23 @@ fn status(i: u8) -> HealthStatus {
         KeyDisabled,
         KeyNotFound,
         VaultUnreachable,
-    ][i as usize % 9]
+        // Last, so the saved regression cases keep their statuses.
+        KeyDeleted,
+    ][i as usize % 10]
 }
 
 fn customer(k: &KeyIdentifier) -> WrappedBy {
     WrappedBy::Customer {
         key_identifier: k.clone(),
+    }
+}
+
+/// A purge date a day and `10 * i` minutes after `t0` (`i` < 5), so the steps (a minute each)
+/// cross the 1-day threshold; or 30 days after it.
+fn purge_date(i: u8) -> chrono::DateTime<chrono::Utc> {
+    match i {
+        0..5 => at_minutes(0) + chrono::Duration::days(1) + chrono::Duration::minutes(10 * i64::from(i)),
+        _ => at_minutes(0) + chrono::Duration::days(30),
     }
 }
 
@@ -128,6 +142,7 @@ fn command(state: &State, op: &Op, step: i64) -> ScriptedCommand {
         Op::Switch if has_cmk => (admin(), switch_kind(state)),
         Op::Switch | Op::AbandonSwitch => (admin(), abandon_switch_kind()),
         Op::Health(i) => (system(), health_kind(status(*i))),
+        Op::Deleted(i) => (system(), deleted_kind(purge_date(*i))),
         Op::DeclareLost => (admin(), declare_lost_kind(None)),
         Op::AddTenant(i) => (
             platform(),
@@ -228,6 +243,17 @@ proptest! {
                         "locked organization emitted {}",
                         e.event_type()
                     );
+                }
+            }
+            // Invariant: a purge reminder is recorded once per window and deletion.
+            let health = before.org().and_then(|o| o.customer_key()).map(|k| k.health.clone());
+            for e in &events {
+                if let (Event::KeyHealthChanged(c), Some(h)) = (e, &health)
+                    && c.from == HealthStatus::KeyDeleted
+                    && c.to == HealthStatus::KeyDeleted
+                    && c.recoverable_until == h.recoverable_until
+                {
+                    prop_assert!(c.purge_reminder > h.purge_reminder, "reminder repeated: {c:?} after {h:?}");
                 }
             }
             for e in events {

@@ -197,6 +197,10 @@ fn command_kind(state: &State, name: &str, args: &Value, at: DateTime<Utc>) -> t
             status: arg(args, "status"),
             detail: args.get("detail").and_then(Value::as_str).map(str::to_owned),
         },
+        "RecordKeyDeleted" => testing::Scripted::RecordKeyDeleted {
+            recoverable_until: arg(args, "recoverable_until"),
+            detail: args.get("detail").and_then(Value::as_str).map(str::to_owned),
+        },
         other => panic!("unknown command {other:?} in scenario"),
     }
 }

@@ -812,6 +812,7 @@ fn r10_every_status_of_the_troubleshooting_table_can_be_recorded() {
         CredentialsExpired,
         PermissionDenied,
         KeyDisabled,
+        KeyDeleted,
         KeyNotFound,
         VaultUnreachable,
     ] {
@@ -867,8 +868,209 @@ fn r10_expired_credentials_are_fixed_by_editing_the_connection() {
         .then_types(&["CustomerManagedKeyConnectionEdited"]);
 }
 
+/// The soft-deleted key's purge date in the countdown tests: 30 days after `t0`.
+fn purge_at() -> chrono::DateTime<chrono::Utc> {
+    at_minutes(0) + chrono::Duration::days(30)
+}
+
+/// Runs the monitor's `RecordKeyDeleted` at `at` on `state`, applying what it records.
+fn deleted_at(
+    state: State,
+    at: chrono::DateTime<chrono::Utc>,
+    until: chrono::DateTime<chrono::Utc>,
+) -> (State, Vec<Event>) {
+    let events = decide_scripted(&state, cmd_at(system(), deleted_kind(until), at)).unwrap();
+    let state = events.iter().fold(state, evolve);
+    (state, events)
+}
+
+fn health_of(state: &State) -> keyledger_domain::state::KeyHealth {
+    state.org().unwrap().customer_key().unwrap().health.clone()
+}
+
+fn changed(e: &Event) -> &keyledger_domain::event::KeyHealthChanged {
+    match e {
+        Event::KeyHealthChanged(h) => h,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn r10_a_soft_deleted_key_records_key_deleted_with_its_purge_date() {
+    given(cmk_org().events())
+        .when(cmd(system(), deleted_kind(purge_at())))
+        .then_types(&["KeyHealthChanged"])
+        .and_events(|e| {
+            let h = changed(&e[0]);
+            assert_eq!((h.from, h.to), (HealthStatus::Healthy, HealthStatus::KeyDeleted));
+            assert_eq!(h.recoverable_until, Some(purge_at()));
+            assert_eq!(h.purge_reminder, None);
+        })
+        .and_state(|s| {
+            let h = health_of(s);
+            assert_eq!(h.status, HealthStatus::KeyDeleted);
+            assert_eq!(h.recoverable_until, Some(purge_at()));
+            assert!(h.status.is_revoked());
+        });
+}
+
+#[test]
+fn r10_only_the_monitor_records_a_deletion() {
+    given(cmk_org().events())
+        .when(cmd(admin(), deleted_kind(purge_at())))
+        .then_err(DomainError::Forbidden);
+}
+
+#[test]
+fn r10_a_deleted_key_is_reminded_at_7_days_and_at_1_day_once_each() {
+    let deleted = cmk_org().deleted(purge_at());
+    let since = health_of(deleted.state()).since;
+    let mut state = deleted.state().clone();
+    let mut reminders = Vec::new();
+    // Probes every 6 hours from the deletion to past the purge date.
+    let mut at = since;
+    while at < purge_at() + chrono::Duration::hours(12) {
+        let (next, events) = deleted_at(state, at, purge_at());
+        state = next;
+        for e in &events {
+            let h = changed(e);
+            assert_eq!(
+                (h.from, h.to),
+                (HealthStatus::KeyDeleted, HealthStatus::KeyDeleted)
+            );
+            assert_eq!(h.recoverable_until, Some(purge_at()));
+            reminders.push((at, h.purge_reminder.unwrap(), h.detail.clone().unwrap()));
+        }
+        at += chrono::Duration::hours(6);
+    }
+    assert_eq!(reminders.len(), 2, "{reminders:?}");
+    let (at7, r7, d7) = &reminders[0];
+    assert_eq!(*r7, PurgeReminder::Within7Days);
+    assert!(purge_at() - *at7 <= chrono::Duration::days(7));
+    assert!(purge_at() - *at7 > chrono::Duration::days(7) - chrono::Duration::hours(6));
+    assert!(d7.contains("within_7_days"), "{d7}");
+    let (at1, r1, d1) = &reminders[1];
+    assert_eq!(*r1, PurgeReminder::Within1Day);
+    assert!(purge_at() - *at1 <= chrono::Duration::days(1));
+    assert!(d1.contains("within_1_day"), "{d1}");
+    // The deletion's since-time stays; the reminder is folded from the events.
+    let h = health_of(&state);
+    assert_eq!(h.since, since);
+    assert_eq!(h.purge_reminder, Some(PurgeReminder::Within1Day));
+}
+
+#[test]
+fn r10_a_reminder_is_not_repeated_after_a_replay() {
+    let purge = purge_at();
+    let h = cmk_org().deleted(purge);
+    let (state, events) = deleted_at(h.state().clone(), purge - chrono::Duration::days(6), purge);
+    assert_eq!(events.len(), 1);
+    // A restarted instance folds the same events and reminds no more.
+    let all: Vec<Event> = h.events().into_iter().chain(events).collect();
+    let replayed = State::replay(&all);
+    assert_eq!(replayed, state);
+    let (_, again) = deleted_at(replayed, purge - chrono::Duration::days(5), purge);
+    assert!(again.is_empty(), "{again:?}");
+}
+
+#[test]
+fn r10_a_deletion_first_seen_within_a_day_records_the_1_day_reminder_with_it() {
+    let purge = at_minutes(0) + chrono::Duration::hours(20);
+    let h = cmk_org();
+    let (state, events) = deleted_at(h.state().clone(), at_minutes(0), purge);
+    assert_eq!(events.len(), 1);
+    let e = changed(&events[0]);
+    assert_eq!((e.from, e.to), (HealthStatus::Healthy, HealthStatus::KeyDeleted));
+    assert_eq!(e.purge_reminder, Some(PurgeReminder::Within1Day));
+    let (_, again) = deleted_at(state, at_minutes(60), purge);
+    assert!(
+        again.is_empty(),
+        "the 7-day reminder is not recorded after the 1-day one: {again:?}"
+    );
+}
+
+#[test]
+fn r10_a_key_deleted_again_gets_its_new_purge_date_and_new_reminders() {
+    let first = purge_at();
+    let h = cmk_org().deleted(first);
+    let (state, _) = deleted_at(h.state().clone(), first - chrono::Duration::days(6), first);
+    assert_eq!(health_of(&state).purge_reminder, Some(PurgeReminder::Within7Days));
+    // Recovered and deleted again between two probes: a later purge date.
+    let second = first + chrono::Duration::days(20);
+    let at = first - chrono::Duration::days(5);
+    let (state, events) = deleted_at(state, at, second);
+    assert_eq!(events.len(), 1);
+    assert_eq!(changed(&events[0]).recoverable_until, Some(second));
+    let h = health_of(&state);
+    assert_eq!(
+        (h.recoverable_until, h.purge_reminder, h.since),
+        (Some(second), None, at)
+    );
+}
+
+#[test]
+fn r10_a_recovered_key_is_healthy_with_no_purge_date() {
+    given(cmk_org().deleted(purge_at()).events())
+        .when(cmd(system(), health_kind(HealthStatus::Healthy)))
+        .then_types(&["KeyHealthChanged"])
+        .and_events(|e| assert_eq!(changed(&e[0]).recoverable_until, None))
+        .and_state(|s| {
+            let h = health_of(s);
+            assert_eq!(h.status, HealthStatus::Healthy);
+            assert_eq!((h.recoverable_until, h.purge_reminder), (None, None));
+        });
+}
+
+#[test]
+fn r10_a_purged_key_is_key_not_found() {
+    given(cmk_org().deleted(purge_at()).events())
+        .when(cmd(system(), health_kind(HealthStatus::KeyNotFound)))
+        .then_types(&["KeyHealthChanged"])
+        .and_state(|s| {
+            let h = health_of(s);
+            assert_eq!(h.status, HealthStatus::KeyNotFound);
+            assert_eq!(h.recoverable_until, None);
+        });
+}
+
+#[test]
+fn r10_a_key_health_change_without_the_new_fields_still_decodes() {
+    let payload = serde_json::json!({
+        "from": "healthy",
+        "to": "key_not_found",
+        "detail": "key_not_found",
+        "observed_at": "2026-01-01T00:00:00Z",
+    });
+    let Event::KeyHealthChanged(e) = Event::decode("KeyHealthChanged", 1, payload.clone()).unwrap() else {
+        panic!("not a KeyHealthChanged");
+    };
+    assert_eq!((e.recoverable_until, e.purge_reminder), (None, None));
+    // And is written back the same: the new fields are left out when absent.
+    assert_eq!(Event::KeyHealthChanged(e).payload_json().unwrap(), payload);
+}
+
 // ------------------------------------------------------------------------------------------
 // R11 Data loss
+
+#[test]
+fn r11_data_loss_cannot_be_declared_while_the_key_is_recoverable() {
+    let refused = decide_scripted(
+        cmk_org().deleted(purge_at()).state(),
+        cmd(admin(), declare_lost_kind(None)),
+    )
+    .unwrap_err();
+    assert_eq!(refused.code(), "invalid_request");
+    assert!(refused.to_string().contains("recovered"), "{refused}");
+    // Once purged (key_not_found), it can.
+    given(
+        cmk_org()
+            .deleted(purge_at())
+            .health(HealthStatus::KeyNotFound)
+            .events(),
+    )
+    .when(cmd(admin(), declare_lost_kind(None)))
+    .then_types(&["CustomerDataDeclaredLost"]);
+}
 
 #[test]
 fn r11_data_loss_can_only_be_declared_when_the_key_is_not_found() {

@@ -11,7 +11,7 @@ pub mod reason;
 pub mod retry;
 pub mod validate;
 
-pub use port::{Dek, KeyAccess, KeyDescription};
+pub use port::{Dek, DeletedKeyRecord, KeyAccess, KeyDescription};
 pub use reason::{KeyAccessError, KeyOperation, Reason};
 pub use retry::{RetryPolicy, Retrying};
 pub use validate::{Check, CheckName, ConnectionTest, MIN_RSA_BITS, test_connection};

@@ -93,6 +93,19 @@ impl KeyDescription {
     }
 }
 
+/// What the vault says about a soft-deleted key: `GET deletedkeys/{name}`, its deleted-key
+/// record (only the dates: keyledger needs no key material from it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeletedKeyRecord {
+    /// The vault's `recoveryId`, the URL to recover the key with.
+    pub recovery_id: Option<String>,
+    /// When the key was deleted (`deletedDate`).
+    pub deleted_at: Option<DateTime<Utc>>,
+    /// When the vault purges it for good (`scheduledPurgeDate`): the key, and the data under
+    /// it, can be recovered until then.
+    pub scheduled_purge_at: Option<DateTime<Utc>>,
+}
+
 /// The key-access port. Every method talks to the vault named by the connection's key
 /// identifier with the connection's credentials.
 ///
@@ -112,6 +125,18 @@ pub trait KeyAccess: Send + Sync {
     /// when it has none).
     async fn unwrap(&self, connection: &Connection, edek: &Edek) -> Result<Dek, KeyAccessError>;
 
+    /// The deleted-key record of the connection's key (by name; a deleted key keeps every
+    /// version): `Ok(Some(_))` when the key is soft-deleted and recoverable, `Ok(None)` when the
+    /// vault has no such record (the key was purged, or never deleted) or the adapter cannot
+    /// read deleted keys. The default is the latter. A 403 is an error like any other: the
+    /// caller decides what it means.
+    async fn deleted_key(
+        &self,
+        _connection: &Connection,
+    ) -> Result<Option<DeletedKeyRecord>, KeyAccessError> {
+        Ok(None)
+    }
+
     /// Drops any access token cached for `connection`, so that the next call asks the token
     /// endpoint again. A health probe calls it first: a cached token must not hide an expired
     /// or deleted secret (CONTRACT.md "On-demand probe"). Adapters that cache no token do
@@ -130,6 +155,9 @@ impl<T: KeyAccess + ?Sized> KeyAccess for std::sync::Arc<T> {
     async fn unwrap(&self, connection: &Connection, edek: &Edek) -> Result<Dek, KeyAccessError> {
         (**self).unwrap(connection, edek).await
     }
+    async fn deleted_key(&self, connection: &Connection) -> Result<Option<DeletedKeyRecord>, KeyAccessError> {
+        (**self).deleted_key(connection).await
+    }
     fn forget_token(&self, connection: &Connection) {
         (**self).forget_token(connection)
     }
@@ -145,6 +173,9 @@ impl<T: KeyAccess + ?Sized> KeyAccess for &T {
     }
     async fn unwrap(&self, connection: &Connection, edek: &Edek) -> Result<Dek, KeyAccessError> {
         (**self).unwrap(connection, edek).await
+    }
+    async fn deleted_key(&self, connection: &Connection) -> Result<Option<DeletedKeyRecord>, KeyAccessError> {
+        (**self).deleted_key(connection).await
     }
     fn forget_token(&self, connection: &Connection) {
         (**self).forget_token(connection)

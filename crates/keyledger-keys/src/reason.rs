@@ -54,7 +54,8 @@ pub enum Reason {
     KeyExpired,
     /// `nbf` is in the future. Definitive until that time.
     KeyNotYetValid,
-    /// 404 KeyNotFound: soft-deleted (restorable during retention) or purged.
+    /// 404 KeyNotFound: soft-deleted (restorable during retention) or purged. The health probe
+    /// then reads the deleted-key record to tell the two apart (`key_deleted`).
     KeyNotFound,
     /// The identifier is not https, or its host is not on the allow list. Nothing was sent.
     KeyNotAllowed,

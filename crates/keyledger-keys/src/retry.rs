@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use keyledger_domain::{Connection, Edek, WrappedDek};
 use rand::Rng;
 
-use crate::port::{Dek, KeyAccess, KeyDescription};
+use crate::port::{Dek, DeletedKeyRecord, KeyAccess, KeyDescription};
 use crate::reason::{KeyAccessError, Reason};
 
 /// How often and how long to retry. Only transient reasons are retried.
@@ -113,6 +113,11 @@ impl<K: KeyAccess> KeyAccess for Retrying<K> {
     async fn unwrap(&self, connection: &Connection, edek: &Edek) -> Result<Dek, KeyAccessError> {
         self.policy
             .run("unwrap", || self.inner.unwrap(connection, edek))
+            .await
+    }
+    async fn deleted_key(&self, connection: &Connection) -> Result<Option<DeletedKeyRecord>, KeyAccessError> {
+        self.policy
+            .run("deleted_key", || self.inner.deleted_key(connection))
             .await
     }
     fn forget_token(&self, connection: &Connection) {

@@ -67,6 +67,38 @@ pub struct HealthView {
     pub status: HealthStatus,
     pub since: DateTime<Utc>,
     pub detail: Option<String>,
+    /// While `key_deleted`: when the vault purges the key; the key and the data under it can
+    /// be recovered until then. `null` otherwise (and in documents folded before it existed).
+    #[serde(default)]
+    pub recoverable_until: Option<DateTime<Utc>>,
+}
+
+impl HealthView {
+    fn healthy(at: DateTime<Utc>) -> Self {
+        Self {
+            status: HealthStatus::Healthy,
+            since: at,
+            detail: None,
+            recoverable_until: None,
+        }
+    }
+
+    /// The health after `e`, as the domain folds it: a purge reminder (same status, same
+    /// purge date) keeps the since-time.
+    fn after(previous: Option<&HealthView>, e: &keyledger_domain::event::KeyHealthChanged) -> Self {
+        let since = match previous {
+            Some(h) if e.from == e.to && h.status == e.to && h.recoverable_until == e.recoverable_until => {
+                h.since
+            }
+            _ => e.observed_at,
+        };
+        Self {
+            status: e.to,
+            since,
+            detail: e.detail.clone(),
+            recoverable_until: e.recoverable_until.filter(|_| e.to == HealthStatus::KeyDeleted),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -132,11 +164,7 @@ impl OrganizationView {
                 enc.mode = EncryptionMode::CustomerManaged;
                 enc.locked = false;
                 enc.customer_managed_key = Some(customer_key_view(&e.connection, e.validated_at));
-                enc.health = Some(HealthView {
-                    status: HealthStatus::Healthy,
-                    since: e.validated_at,
-                    detail: None,
-                });
+                enc.health = Some(HealthView::healthy(e.validated_at));
                 self.key_history.push(KeyHistoryView {
                     key_identifier: e.connection.key_identifier.clone(),
                     from: e.validated_at,
@@ -157,11 +185,7 @@ impl OrganizationView {
                     *k = customer_key_view(&e.connection, enabled_at);
                     k.last_rotated_at = Some(e.validated_at);
                 }
-                enc.health = Some(HealthView {
-                    status: HealthStatus::Healthy,
-                    since: e.validated_at,
-                    detail: None,
-                });
+                enc.health = Some(HealthView::healthy(e.validated_at));
                 close_history(&mut self.key_history, e.validated_at);
                 self.key_history.push(KeyHistoryView {
                     key_identifier: e.to_key.clone(),
@@ -180,11 +204,7 @@ impl OrganizationView {
             Event::DataKeysRewrapped(_) => {}
             Event::KeyHealthChanged(e) => {
                 if enc.mode == EncryptionMode::CustomerManaged {
-                    enc.health = Some(HealthView {
-                        status: e.to,
-                        since: e.observed_at,
-                        detail: e.detail.clone(),
-                    });
+                    enc.health = Some(HealthView::after(enc.health.as_ref(), e));
                 }
             }
             Event::CustomerDataDeclaredLost(_) => enc.data_lost = true,
@@ -234,6 +254,9 @@ pub struct KeyHealthRow {
     pub status: HealthStatus,
     pub since: DateTime<Utc>,
     pub detail: Option<String>,
+    /// See [`HealthView::recoverable_until`].
+    #[serde(default)]
+    pub recoverable_until: Option<DateTime<Utc>>,
 }
 
 impl KeyHealthRow {
@@ -245,6 +268,7 @@ impl KeyHealthRow {
                 status: HealthStatus::Healthy,
                 since: e.validated_at,
                 detail: None,
+                recoverable_until: None,
             }),
             Event::CustomerManagedKeyRotated(e) => Some(Self {
                 org_id,
@@ -252,12 +276,25 @@ impl KeyHealthRow {
                 status: HealthStatus::Healthy,
                 since: e.validated_at,
                 detail: None,
+                recoverable_until: None,
             }),
-            Event::KeyHealthChanged(e) => row.map(|r| Self {
-                status: e.to,
-                since: e.observed_at,
-                detail: e.detail.clone(),
-                ..r
+            Event::KeyHealthChanged(e) => row.map(|r| {
+                let health = HealthView::after(
+                    Some(&HealthView {
+                        status: r.status,
+                        since: r.since,
+                        detail: r.detail.clone(),
+                        recoverable_until: r.recoverable_until,
+                    }),
+                    e,
+                );
+                Self {
+                    status: health.status,
+                    since: health.since,
+                    detail: health.detail,
+                    recoverable_until: health.recoverable_until,
+                    ..r
+                }
             }),
             Event::SwitchedToProviderManagedKey(_) => None,
             _ => row,
@@ -373,7 +410,17 @@ pub fn audit_details(event: &Event) -> Option<Value> {
         }),
         Event::CustomerManagedKeyLocked(e) => json!({ "reason": e.reason }),
         Event::CustomerManagedKeyUnlocked(_) => json!({}),
-        Event::KeyHealthChanged(e) => json!({ "from": e.from, "to": e.to, "detail": e.detail }),
+        Event::KeyHealthChanged(e) => {
+            let mut details = json!({ "from": e.from, "to": e.to, "detail": e.detail });
+            // The countdown's fields only where the event has them: older rows stay as they were.
+            if let Some(until) = e.recoverable_until {
+                details["recoverable_until"] = json!(until);
+            }
+            if let Some(reminder) = e.purge_reminder {
+                details["purge_reminder"] = json!(reminder);
+            }
+            details
+        }
         Event::CustomerDataDeclaredLost(e) => json!({
             "key": e.key_identifier,
             "lost_dek_ids": e.lost_dek_ids,

@@ -213,3 +213,72 @@ fn a_checkpoint_in_stream_audit_folds_into_nothing() {
         assert_eq!((applied.doc, applied.audit.len()), (None, 0), "{p:?}");
     }
 }
+
+#[test]
+fn a_deleted_key_shows_when_it_can_be_recovered_until_and_a_reminder_keeps_the_since_time() {
+    let purge = at_minutes(0) + chrono::Duration::days(30);
+    let deleted = cmk_org().deleted(purge);
+    let since = deleted
+        .state()
+        .org()
+        .unwrap()
+        .customer_key()
+        .unwrap()
+        .health
+        .since;
+    let h = deleted.run(system(), |_| deleted_kind(purge));
+    // Minutes after t0 the purge is 30 days away: no reminder yet. A reminder, 6 days before:
+    let reminder = {
+        let state = h.state().clone();
+        decide_scripted(
+            &state,
+            cmd_at(system(), deleted_kind(purge), purge - chrono::Duration::days(6)),
+        )
+        .unwrap()
+    };
+    assert_eq!(reminder.len(), 1);
+    let events: Vec<Event> = h.events().into_iter().chain(reminder).collect();
+    let p = fold(events.clone());
+    let health = p.view(org_id()).unwrap().encryption.health.unwrap();
+    assert_eq!(health.status, HealthStatus::KeyDeleted);
+    assert_eq!(health.recoverable_until, Some(purge));
+    assert_eq!(health.since, since);
+    assert!(health.detail.unwrap().contains("within_7_days"));
+    let row: KeyHealthRow =
+        serde_json::from_value(p.docs[&(Projection::KeyHealth, org_id())].clone()).unwrap();
+    assert_eq!((row.recoverable_until, row.since), (Some(purge), since));
+    // The tenant audit shows the purge date and the reminder, and nothing new on older rows.
+    let health_rows: Vec<&serde_json::Value> = p
+        .audit
+        .iter()
+        .filter(|r| r.action == "KeyHealthChanged")
+        .map(|r| &r.details)
+        .collect();
+    let last = health_rows.last().unwrap();
+    assert_eq!(last["purge_reminder"], "within_7_days", "{last}");
+    assert_eq!(last["recoverable_until"], serde_json::json!(purge), "{last}");
+    let enabled = fold(cmk_org().health(HealthStatus::KeyDisabled).events());
+    let row = &enabled
+        .audit
+        .iter()
+        .rfind(|r| r.action == "KeyHealthChanged")
+        .unwrap()
+        .details;
+    assert!(row.get("recoverable_until").is_none(), "{row}");
+    // The domain state agrees.
+    let state = State::replay(&events);
+    let domain = &state.org().unwrap().customer_key().unwrap().health;
+    assert_eq!((domain.recoverable_until, domain.since), (Some(purge), since));
+    // Recovered: healthy, no date.
+    let recovered = cmk_org().deleted(purge).health(HealthStatus::Healthy);
+    let health = fold(recovered.events())
+        .view(org_id())
+        .unwrap()
+        .encryption
+        .health
+        .unwrap();
+    assert_eq!(
+        (health.status, health.recoverable_until),
+        (HealthStatus::Healthy, None)
+    );
+}

@@ -173,6 +173,9 @@ pub struct KeyHealth {
     pub status: HealthStatus,
     pub since: DateTime<Utc>,
     pub detail: Option<String>,
+    /// While the key is soft-deleted (`key_deleted`): when the vault purges it, the last moment
+    /// the key and the data under it can be recovered. `null` otherwise.
+    pub recoverable_until: Option<DateTime<Utc>>,
     /// When this instance last probed the key; `null` before the first probe.
     pub last_probe_at: Option<DateTime<Utc>>,
 }

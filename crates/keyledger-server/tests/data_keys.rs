@@ -305,6 +305,9 @@ async fn lost_and_unknown_deks_are_refused(s: &Server) {
         .vault
         .delete_key(keyledger_server::dev::DEMO_VAULT_URL, &name)
         .unwrap();
+    // Soft-deleted, it can still be recovered (key_deleted); purged, it cannot.
+    assert_eq!(probe(s, &org).await, "key_deleted");
+    s.demo.vault.purge_key(&name).unwrap();
     assert_eq!(probe(s, &org).await, "key_not_found");
     s.call(
         "POST",

@@ -543,3 +543,47 @@ async fn latency_is_added_to_every_request() {
         .await;
     assert!(started.elapsed() >= std::time::Duration::from_millis(120));
 }
+
+/// `GET deletedkeys/{name}` as in the AKV spec's GetDeletedKey example: the key bundle plus
+/// `recoveryId`, `deletedDate` and `scheduledPurgeDate` (Unix seconds); 404 `KeyNotFound` when
+/// the key is not deleted, or once purged.
+#[tokio::test]
+async fn a_deleted_key_record_has_the_spec_shape() {
+    let s = sim();
+    let t = s.token().await;
+    let path = "/deletedkeys/cmk?api-version=2025-07-01";
+    s.call(
+        Method::POST,
+        "/keys/cmk/create?api-version=2025-07-01",
+        Some(&t),
+        Some(json!({"kty":"RSA","key_size":2048})),
+    )
+    .await;
+    let (status, _, err) = s.call(Method::GET, path, Some(&t), None).await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (404, Some("KeyNotFound"))
+    );
+    let now = s.vault.clock().unix();
+    s.call(Method::DELETE, "/keys/cmk?api-version=2025-07-01", Some(&t), None)
+        .await;
+    let (status, _, record) = s.call(Method::GET, path, Some(&t), None).await;
+    assert_eq!(status, 200, "{record}");
+    assert_eq!(
+        record["recoveryId"],
+        "https://contoso.vault.azure.net/deletedkeys/cmk"
+    );
+    assert_eq!(record["deletedDate"], now);
+    let retention = i64::from(s.vault.config().retention_days);
+    assert_eq!(record["scheduledPurgeDate"], now + retention * 86_400);
+    assert!(
+        record["key"]["kid"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://contoso.vault.azure.net/keys/cmk/")
+    );
+    assert_eq!(record["attributes"]["recoveryLevel"], "Recoverable+Purgeable");
+    s.call(Method::DELETE, path, Some(&t), None).await;
+    let (status, _, _) = s.call(Method::GET, path, Some(&t), None).await;
+    assert_eq!(status, 404);
+}

@@ -185,6 +185,7 @@ pub(crate) async fn health(
         status: health.status,
         since: health.since,
         detail: health.detail,
+        recoverable_until: health.recoverable_until,
         last_probe_at: state.services.monitor.last_probe_at(org),
     }))
 }
@@ -205,6 +206,7 @@ pub(crate) async fn probe(
         status: result.status,
         since: result.since,
         detail: result.detail,
+        recoverable_until: result.recoverable_until,
         last_probe_at: Some(result.last_probe_at),
     }))
 }
