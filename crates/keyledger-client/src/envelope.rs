@@ -165,8 +165,9 @@ fn header(envelope: &[u8]) -> Result<(u8, u32), EnvelopeError> {
 
 /// The AAD prefix: label, organization, version, DEK id.
 const AAD_PREFIX_LEN: usize = AAD_LABEL.len() + 16 + 1 + 4;
-/// Contexts up to this long get their AAD built on the stack.
-const STACK_AAD: usize = 256;
+/// AADs up to this long (contexts up to 85 bytes: a table and row, a file name) are built
+/// on the stack; a small buffer, since it is zeroed first on every call.
+const STACK_AAD: usize = 128;
 
 /// Runs `f` on the AAD of an envelope ([`aad`]), built on the stack when the context is
 /// short (the common case), so sealing a small record allocates once.

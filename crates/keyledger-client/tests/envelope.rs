@@ -89,7 +89,7 @@ proptest! {
     #[test]
     fn rustcrypto_opens_ours_and_we_open_theirs(
         plaintext in proptest::collection::vec(any::<u8>(), 0..2048),
-        // Past 213 bytes the AAD is built on the heap rather than the stack: both paths.
+        // Past 85 bytes the AAD is built on the heap rather than the stack: both paths.
         context in proptest::collection::vec(any::<u8>(), 0..400),
         dek in 1u32..u32::MAX,
         nonce in any::<[u8; 12]>(),
