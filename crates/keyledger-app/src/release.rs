@@ -226,21 +226,29 @@ impl ReleaseLog {
             }
             queues.entry(org).or_default().clone()
         };
-        let (done, answer) = oneshot::channel();
+        let (done, mut answer) = oneshot::channel();
         queue
             .pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(Pending { event, done });
-        {
-            let mut version = queue.writer.lock().await;
-            let batch = std::mem::take(&mut *queue.pending.lock().unwrap_or_else(|p| p.into_inner()));
-            // Empty when an earlier writer took this release with its batch.
-            if !batch.is_empty() {
-                write(app, org, &mut version, batch).await;
+        // Either another writer's append answers this release, or this caller becomes the
+        // writer and appends everything queued. A release answered by another append does
+        // not wait for the writer lock (that would make it wait for the next append too).
+        let answered = tokio::select! {
+            biased;
+            answered = &mut answer => answered,
+            mut version = queue.writer.lock() => {
+                let batch = std::mem::take(&mut *queue.pending.lock().unwrap_or_else(|p| p.into_inner()));
+                // Empty when an earlier writer took this release with its batch (and answered it).
+                if !batch.is_empty() {
+                    write(app, org, &mut version, batch).await;
+                }
+                drop(version);
+                answer.await
             }
-        }
-        match answer.await {
+        };
+        match answered {
             Ok(Ok(())) => Ok(()),
             Ok(Err(Failed::Unavailable)) => Err(AppError::Store(StoreError::Unavailable(
                 "no connection to the event store in time to record the release".into(),
