@@ -178,10 +178,11 @@ pub(crate) fn clear_cookie(secure: bool) -> HeaderValue {
 /// (`scheme://host` of the request's `Host`). A client that sends neither (curl) is no
 /// browser a cross-site page could drive, and passes.
 pub(crate) fn same_origin(headers: &HeaderMap, tls: bool) -> bool {
-    if let Some(site) = headers.get("sec-fetch-site") {
-        if site.as_bytes() != b"same-origin" {
-            return false;
-        }
+    if headers
+        .get("sec-fetch-site")
+        .is_some_and(|site| site.as_bytes() != b"same-origin")
+    {
+        return false;
     }
     let Some(origin) = headers.get(header::ORIGIN) else {
         return true;
