@@ -233,7 +233,11 @@ async fn organization(State(state): State<Shared>, headers: HeaderMap, Path(org)
             let checkpointer = &state.services.checkpointer;
             match checkpointer.latest(AuditLog::Org(org)).await {
                 Ok(latest) => Some(pages::Verification {
-                    checkpoint: latest.map(|c| (c.tree_size, checkpoint_root(&c.note))),
+                    checkpoint: latest.map(|c| pages::Checkpoint {
+                        size: c.tree_size,
+                        root: checkpoint_root(&c.note),
+                        signed_at: c.signed_at,
+                    }),
                     verifier_key: checkpointer.verifier_key(),
                 }),
                 Err(e) => return error_page(Some(&session), &Problem::from(&e)),

@@ -11,10 +11,18 @@ use super::session::{CSRF_FIELD, Session};
 
 pub(super) const CROSS_SITE: &str = "Sign-in must come from the console's own page.";
 
+/// What the page shows of a signed checkpoint.
+pub(super) struct Checkpoint {
+    pub size: u64,
+    /// The root hash line of the note (base64).
+    pub root: String,
+    pub signed_at: chrono::DateTime<chrono::Utc>,
+}
+
 /// The audit-log verification status of an organization.
 pub(super) struct Verification {
-    /// The latest signed checkpoint: its tree size and root hash; `None` before the first.
-    pub checkpoint: Option<(u64, String)>,
+    /// The latest signed checkpoint; `None` before the first.
+    pub checkpoint: Option<Checkpoint>,
     /// The C2SP verifier key of the checkpoints.
     pub verifier_key: String,
 }
@@ -252,7 +260,10 @@ pub(super) fn organization(
                         dt { "Latest signed checkpoint" }
                         dd {
                             @match &v.checkpoint {
-                                Some((size, root)) => { "tree size " strong { (size) } ", root " code { (root) } }
+                                Some(c) => {
+                                    "tree size " strong { (c.size) } ", signed " (time(&c.signed_at))
+                                    br; "root " code.wrap { (c.root) }
+                                }
                                 None => { "none signed yet" }
                             }
                         }
