@@ -172,6 +172,10 @@ async fn sign_in(State(state): State<Shared>, headers: HeaderMap, body: axum::bo
             pages::sign_in(Some("That token was not accepted.")),
         );
     };
+    // A sign-in over a live session replaces it: the old id stops working.
+    if let Some(old) = state.sessions.find(&headers) {
+        state.sessions.end(&old);
+    }
     let id = state.sessions.start(actor);
     let mut response = see_other("/console");
     response
@@ -192,8 +196,14 @@ async fn sign_out(State(state): State<Shared>, headers: HeaderMap, body: axum::b
             .as_ref()
             .is_some_and(|s| s.csrf_matches(submitted.as_deref()));
     let Some(session) = session.filter(|_| allowed) else {
-        let refused = Problem::forbidden();
-        return error_page(None, &refused);
+        return html(
+            StatusCode::FORBIDDEN,
+            pages::error(
+                None,
+                "Forbidden",
+                "This form did not come from the console's own page, or its session has ended; nothing was changed.",
+            ),
+        );
     };
     state.sessions.end(&session);
     let mut response = see_other("/console");
