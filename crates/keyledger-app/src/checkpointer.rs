@@ -36,6 +36,8 @@ pub struct SignedCheckpoint {
     pub tree_size: u64,
     /// The signed note, as served (`text/plain`).
     pub note: String,
+    /// When it was signed (the console shows it).
+    pub signed_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// What one [`Checkpointer::round`] signed.
@@ -167,12 +169,14 @@ impl Checkpointer {
             .sign_log(log, size, root, self.app.clock().now())
             .map_err(|_| AppError::Internal("a checkpoint origin is not a note origin"))?;
         let note = checkpoint.note.clone();
+        let signed_at = checkpoint.signed_at;
         let recorded = self.app.record_checkpoint(checkpoint).await?;
         tracing::debug!(%log, size, repeat = recorded.repeat, "audit checkpoint recorded");
         let signed = SignedCheckpoint {
             log,
             tree_size: size,
             note,
+            signed_at,
         };
         // `read_to` stays: events another instance appended before this one are read at the
         // next catch-up (a repeat's note is the same anyway: the signature is deterministic).
@@ -195,6 +199,7 @@ impl Checkpointer {
                         log: c.log,
                         tree_size: c.tree_size,
                         note: c.note,
+                        signed_at: c.signed_at,
                     },
                 );
             }

@@ -318,6 +318,9 @@ impl ProjectionSink for CrashingSink {
     async fn tenant_known(&self, tenant: TenantId) -> Result<bool, SinkError> {
         self.inner.tenant_known(tenant).await
     }
+    async fn organizations(&self, p: Projection, limit: u32) -> Result<Vec<OrgId>, SinkError> {
+        self.inner.organizations(p, limit).await
+    }
     async fn tree_heads(
         &self,
         logs: &[keyledger_store::merkle::AuditLog],

@@ -139,6 +139,18 @@ impl ProjectionSink for PgProjections {
         Ok(found)
     }
 
+    async fn organizations(&self, projection: Projection, limit: u32) -> Result<Vec<OrgId>, SinkError> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT org_id FROM projection_documents WHERE projection = $1 ORDER BY org_id LIMIT $2",
+        )
+        .bind(projection.name())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        ids.iter().map(|id| id.parse().map_err(sink_err)).collect()
+    }
+
     async fn checkpoint(&self, projection: Projection) -> Result<u64, SinkError> {
         let row = sqlx::query("SELECT position FROM projection_checkpoints WHERE projection = $1")
             .bind(projection.name())

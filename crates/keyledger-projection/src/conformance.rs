@@ -78,6 +78,26 @@ pub async fn commits_rows_and_checkpoint_together(store: Arc<dyn EventStore>, si
         .await
         .unwrap();
     let view: crate::OrganizationView = serde_json::from_value(docs[&testing::org_id()].clone()).unwrap();
+    // The organizations with a document: the one folded; none past a limit of 0, none in the
+    // audit tree (it keeps no documents).
+    assert_eq!(
+        sink.organizations(Projection::OrganizationEncryption, 10)
+            .await
+            .unwrap(),
+        [testing::org_id()]
+    );
+    assert!(
+        sink.organizations(Projection::OrganizationEncryption, 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        sink.organizations(Projection::AuditTree, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(view.key_history.len(), 2);
     // A document deleted by the fold is gone (key health ends with the switch).
     assert!(

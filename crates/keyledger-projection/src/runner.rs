@@ -91,6 +91,9 @@ pub trait ProjectionSink: AuditTrees + Send + Sync {
     async fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, SinkError>;
     /// Whether the tenant has audit rows or belongs to an organization now.
     async fn tenant_known(&self, tenant: TenantId) -> Result<bool, SinkError>;
+    /// The organizations that have a document in `projection`, in id order, at most `limit`
+    /// (the console lists them; the caller filters them by the domain's read rules).
+    async fn organizations(&self, projection: Projection, limit: u32) -> Result<Vec<OrgId>, SinkError>;
 }
 
 /// A page of the tenant audit: rows of `tenant` with a position above `after`, at most
@@ -539,6 +542,18 @@ impl ProjectionSink for MemorySink {
                     .is_ok_and(|t| t.tenants.contains(&tenant))
         });
         Ok(current || rows.audit.iter().any(|a| a.tenant_id == tenant))
+    }
+
+    async fn organizations(&self, projection: Projection, limit: u32) -> Result<Vec<OrgId>, SinkError> {
+        let rows = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        // `docs` is a BTreeMap keyed by (projection, org): its order is id order.
+        Ok(rows
+            .docs
+            .keys()
+            .filter(|(p, _)| *p == projection)
+            .map(|(_, org)| *org)
+            .take(usize::try_from(limit).unwrap_or(usize::MAX))
+            .collect())
     }
 
     async fn reset(&self, projection: Projection) -> Result<(), SinkError> {

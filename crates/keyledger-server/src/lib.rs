@@ -16,6 +16,7 @@ pub mod api;
 pub mod auth;
 pub mod background;
 pub mod cloudevent;
+mod console;
 pub mod dev;
 pub mod entra;
 mod extract;
@@ -168,6 +169,8 @@ pub(crate) struct Context {
     pub streams: Arc<Semaphore>,
     /// SSE messages rendered once for every open stream.
     pub rendered: cloudevent::Rendered,
+    /// The console's signed-in sessions.
+    pub sessions: console::session::Sessions,
 }
 
 pub(crate) type Shared = Arc<Context>;
@@ -183,6 +186,7 @@ pub fn router(services: Services, config: ServerConfig, shutdown: watch::Receive
         shutdown,
         streams,
         rendered: cloudevent::Rendered::default(),
+        sessions: console::session::Sessions::default(),
     });
     routes::build(state)
 }

@@ -170,6 +170,18 @@ impl ProjectionSink for SqliteProjections {
         Ok(found.is_some())
     }
 
+    async fn organizations(&self, projection: Projection, limit: u32) -> Result<Vec<OrgId>, SinkError> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT org_id FROM projection_documents WHERE projection = ? ORDER BY org_id LIMIT ?",
+        )
+        .bind(projection.name())
+        .bind(i64::from(limit))
+        .fetch_all(&self.file.read)
+        .await
+        .map_err(sink_err)?;
+        ids.iter().map(|id| id.parse().map_err(sink_err)).collect()
+    }
+
     async fn checkpoint(&self, projection: Projection) -> Result<u64, SinkError> {
         let row = sqlx::query("SELECT position FROM projection_checkpoints WHERE projection = ?")
             .bind(projection.name())

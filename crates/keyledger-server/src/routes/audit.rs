@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use keyledger_domain::{CrossRead, Reach, TenantId, authorize_cross_read};
+use keyledger_domain::{Actor, CrossRead, Reach, TenantId, authorize_cross_read};
 use keyledger_projection::AuditQuery;
 
 use crate::Shared;
@@ -31,7 +31,19 @@ pub(crate) async fn tenant_audit(
     Query(q): Query<AuditQueryParams>,
 ) -> Result<Json<AuditPage>, Problem> {
     let tenant: TenantId = path_id("tenant", &tenant)?;
-    authorize_cross_read(&actor, CrossRead::TenantAudit(tenant)).map_err(|_| Problem::forbidden())?;
+    audit_page(&state, &actor, tenant, &q).await.map(Json)
+}
+
+/// One page of `tenant`'s audit as `actor` may see it (403 out of scope, 404 for an unknown
+/// tenant, 400 for a bad cursor): the API's `GET /v1/tenants/{tenant}/audit` and the console's
+/// audit page and CSV both read through here.
+pub(crate) async fn audit_page(
+    state: &Shared,
+    actor: &Actor,
+    tenant: TenantId,
+    q: &AuditQueryParams,
+) -> Result<AuditPage, Problem> {
+    authorize_cross_read(actor, CrossRead::TenantAudit(tenant)).map_err(|_| Problem::forbidden())?;
     let after = match q.after.as_deref() {
         None | Some("") => 0,
         Some(raw) => raw
@@ -52,7 +64,7 @@ pub(crate) async fn tenant_audit(
             tenant,
             after,
             limit,
-            action: q.action,
+            action: q.action.clone(),
             since: q.since,
             until: q.until,
         })
@@ -76,5 +88,5 @@ pub(crate) async fn tenant_audit(
         (Reach::Only(_), Reach::All) => Vec::new(),
         (Reach::All, _) | (Reach::Only(_), Reach::Only(_)) => rows,
     };
-    Ok(Json(AuditPage { entries, next }))
+    Ok(AuditPage { entries, next })
 }

@@ -1,6 +1,6 @@
 //! The route table and the middleware around it.
 
-mod audit;
+pub(crate) mod audit;
 mod audit_log;
 mod customer_key;
 mod data_keys;
@@ -82,6 +82,8 @@ pub(crate) fn build(state: Shared) -> Router {
     Router::new()
         .merge(v1)
         .merge(releases)
+        // The console: HTML pages outside `/v1`, the idempotency layer and the OpenAPI document.
+        .merge(crate::console::routes())
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
