@@ -352,7 +352,48 @@ async fn pages_show_keys_history_and_audit_and_no_secret(server: &Server) {
     }
 }
 
+/// The customer soft-deletes the key: the organization page shows how long it can be
+/// recovered (the vault's scheduled purge date).
+async fn a_deleted_key_shows_its_recoverability_countdown(server: &Server) {
+    let org = seeded(server).await;
+    let name = server.demo.key_identifiers[1]
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    server
+        .demo
+        .vault
+        .delete_key(keyledger_server::dev::DEMO_VAULT_URL, &name)
+        .unwrap();
+    let health = server
+        .call(
+            "POST",
+            &format!("/v1/organizations/{org}/key-health/probe"),
+            ADMIN,
+            None,
+        )
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(health["status"], "key_deleted", "{health}");
+    let until = health["recoverable_until"].as_str().unwrap().to_owned();
+    let cookie = sign_in(server, AUDITOR).await;
+    let page = get(server, &format!("/console/organizations/{org}"), &cookie).await;
+    assert_eq!(page.status, 200);
+    assert!(page.text.contains("id=\"countdown\""), "{}", page.text);
+    assert!(page.text.contains("can be recovered until"));
+    // The date shown is the vault's purge date, to the second.
+    let shown = chrono::DateTime::parse_from_rfc3339(&until)
+        .unwrap()
+        .format("%Y-%m-%d %H:%M:%S UTC")
+        .to_string();
+    assert!(page.text.contains(&shown), "{shown} not on the page");
+    assert!(page.text.contains("days") && page.text.contains("left"));
+}
+
 on_every_backend!(
+    a_deleted_key_shows_its_recoverability_countdown,
     the_session_cookie_is_http_only_strict_and_holds_no_token,
     a_wrong_token_or_a_cross_site_sign_in_starts_no_session,
     sign_out_needs_the_csrf_token_and_a_same_origin_post,

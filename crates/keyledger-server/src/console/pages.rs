@@ -31,6 +31,20 @@ fn time(t: &chrono::DateTime<chrono::Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
+/// What is left until `until`, in days and hours: "6 days 23 hours left", or "past".
+fn time_left(until: &chrono::DateTime<chrono::Utc>, now: chrono::DateTime<chrono::Utc>) -> String {
+    let left = *until - now;
+    if left <= chrono::Duration::zero() {
+        return "past".into();
+    }
+    let (days, hours) = (left.num_days(), left.num_hours() % 24);
+    match days {
+        0 => format!("{hours} hours left"),
+        1 => format!("1 day {hours} hours left"),
+        n => format!("{n} days {hours} hours left"),
+    }
+}
+
 fn role_name(role: Role) -> String {
     serde_json::to_value(role)
         .ok()
@@ -191,6 +205,12 @@ pub(super) fn organization(
             @match &enc.health {
                 Some(h) => {
                     p #health { strong { (h.status.as_str()) } " since " (time(&h.since)) }
+                    @if let Some(until) = &h.recoverable_until {
+                        p #countdown .alert {
+                            "The key is deleted in the customer's vault. It, and the data under it, can be recovered until "
+                            strong { (time(until)) } " (" (time_left(until, chrono::Utc::now())) "); then the vault purges it."
+                        }
+                    }
                     @if let Some(d) = &h.detail { p { (d) } }
                 }
                 None => { p #health { "Not monitored while the provider-managed key is in use." } }
@@ -336,4 +356,19 @@ pub(super) fn tenant_audit(
             }
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_countdown_says_days_and_hours_left() {
+        let now = chrono::Utc::now();
+        let at = |h: i64| now + chrono::Duration::hours(h);
+        assert_eq!(time_left(&at(7 * 24 + 5), now), "7 days 5 hours left");
+        assert_eq!(time_left(&at(24 + 1), now), "1 day 1 hours left");
+        assert_eq!(time_left(&at(3), now), "3 hours left");
+        assert_eq!(time_left(&at(-1), now), "past");
+    }
 }
