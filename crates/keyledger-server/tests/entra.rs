@@ -585,3 +585,52 @@ async fn a_storm_of_unknown_kids_makes_one_jwks_fetch_per_window() {
     assert_eq!(issuer.jwks_requests(), 1);
     Arc::into_inner(s).unwrap().shutdown().await;
 }
+
+/// The console's sign-in form takes an Entra ID access token as it takes a static one: the
+/// session carries the token's roles and scope; a forged token starts no session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entra_token_signs_in_to_the_console_with_its_scope() {
+    let issuer = Issuer::start().await;
+    let s = server_with_tenant_a(&issuer, Duration::from_secs(30)).await;
+    issuer
+        .add_app("app-console-auditor", &["auditor"], None, Some(&[TENANT_A]))
+        .await;
+    let token = issuer.token("app-console-auditor").await;
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let sign_in = |token: String| {
+        browser
+            .post(s.url("/console/sign-in"))
+            .header("origin", s.base.clone())
+            .header("sec-fetch-site", "same-origin")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(serde_urlencoded::to_string([("token", token)]).unwrap())
+            .send()
+    };
+    let signed_in = sign_in(token.clone()).await.unwrap();
+    assert_eq!(signed_in.status(), 303);
+    let cookie = signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let page = |path: String| browser.get(s.url(&path)).header("cookie", cookie.clone()).send();
+    let own = page(format!("/console/tenants/{TENANT_A}/audit")).await.unwrap();
+    assert_eq!(own.status(), 200);
+    let html = own.text().await.unwrap();
+    assert!(!html.contains(&token), "the token is on a page");
+    let other = page(format!("/console/tenants/{TENANT_B}/audit")).await.unwrap();
+    assert_eq!(other.status(), 403);
+    // A changed payload fails its signature: no session.
+    let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+    let mut claims: Value = serde_json::from_slice(&B64.decode(&parts[1]).unwrap()).unwrap();
+    claims["keyledger_tenants"] = json!(["*"]);
+    parts[1] = B64.encode(claims.to_string());
+    let forged = sign_in(parts.join(".")).await.unwrap();
+    assert_ne!(forged.status(), 303);
+    assert!(forged.headers().get("set-cookie").is_none());
+}
