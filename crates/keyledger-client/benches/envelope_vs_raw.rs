@@ -35,25 +35,36 @@ const ROUND: Duration = Duration::from_millis(700);
 /// Runs `f` for at least `ROUND`, `ROUNDS` times, checking the clock every `batch` calls; the
 /// best rate in MiB/s for `size`-byte messages.
 fn rate(size: usize, mut f: impl FnMut()) -> f64 {
-    // Fewer clock reads for small messages: about 64 KiB of data between two reads.
-    let batch = (64 * 1024 / size).max(1);
-    let mut best = 0f64;
-    for _ in 0..ROUNDS {
-        let start = Instant::now();
-        let mut calls = 0usize;
-        while start.elapsed() < ROUND {
-            for _ in 0..batch {
-                f();
-            }
-            calls += batch;
-        }
-        let mib = to_f64(calls) * to_f64(size) / (1024.0 * 1024.0);
-        best = best.max(mib / start.elapsed().as_secs_f64());
-    }
-    best
+    (0..ROUNDS).map(|_| one_round(size, &mut f)).fold(0f64, f64::max)
 }
 
 /// Counts of calls and bytes far below 2^52: exact as f64.
+/// [`rate`] of `ours` and `theirs` with their rounds interleaved (one of each in turn), so a
+/// machine that speeds up or slows down during the run moves both alike.
+fn paired(size: usize, mut ours: impl FnMut(), mut theirs: impl FnMut()) -> (f64, f64) {
+    let (mut best_ours, mut best_theirs) = (0f64, 0f64);
+    for _ in 0..ROUNDS {
+        best_ours = best_ours.max(one_round(size, &mut ours));
+        best_theirs = best_theirs.max(one_round(size, &mut theirs));
+    }
+    (best_ours, best_theirs)
+}
+
+/// One round of `f` of `ROUND`: MiB/s. Fewer clock reads for small messages: about 64 KiB
+/// of data between two reads.
+fn one_round(size: usize, f: &mut impl FnMut()) -> f64 {
+    let batch = (64 * 1024 / size).max(1);
+    let start = Instant::now();
+    let mut calls = 0usize;
+    while start.elapsed() < ROUND {
+        for _ in 0..batch {
+            f();
+        }
+        calls += batch;
+    }
+    to_f64(calls) * to_f64(size) / (1024.0 * 1024.0) / start.elapsed().as_secs_f64()
+}
+
 #[allow(clippy::cast_precision_loss)]
 fn to_f64(n: usize) -> f64 {
     n as f64
@@ -92,12 +103,15 @@ fn main() {
         .expect("bare seal");
         let mut buffer = Vec::with_capacity(size + envelope::TAG_LEN);
 
-        let seal_envelope = rate(size, || {
-            std::hint::black_box(envelope::seal(org, &ours, &plaintext, context).expect("seal"));
-        });
-        let seal_raw = rate(size, || {
-            std::hint::black_box(raw_seal(&raw, &aad, &plaintext));
-        });
+        let (seal_envelope, seal_raw) = paired(
+            size,
+            || {
+                std::hint::black_box(envelope::seal(org, &ours, &plaintext, context).expect("seal"));
+            },
+            || {
+                std::hint::black_box(raw_seal(&raw, &aad, &plaintext));
+            },
+        );
         let seal_bare = rate(size, || {
             buffer.clear();
             buffer.extend_from_slice(&plaintext);
@@ -109,12 +123,15 @@ fn main() {
             .expect("bare seal");
             std::hint::black_box(&buffer);
         });
-        let open_envelope = rate(size, || {
-            std::hint::black_box(envelope::open(org, &ours, &sealed, context).expect("open"));
-        });
-        let open_raw = rate(size, || {
-            std::hint::black_box(raw_open(&raw, &aad, &raw_sealed));
-        });
+        let (open_envelope, open_raw) = paired(
+            size,
+            || {
+                std::hint::black_box(envelope::open(org, &ours, &sealed, context).expect("open"));
+            },
+            || {
+                std::hint::black_box(raw_open(&raw, &aad, &raw_sealed));
+            },
+        );
         let open_bare = rate(size, || {
             buffer.clear();
             buffer.extend_from_slice(&bare_sealed);
