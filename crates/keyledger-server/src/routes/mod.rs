@@ -90,6 +90,10 @@ pub(crate) fn build(state: Shared) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(refuse_unknown_methods))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            read_oversized_bodies,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), timeout))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
@@ -98,6 +102,33 @@ pub(crate) fn build(state: Shared) -> Router {
         }))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// The most of an oversized body that is read (and dropped) so its client gets the 413.
+const OVERSIZED_READ: usize = 1024 * 1024;
+
+/// A body whose `Content-Length` is over `max_body_bytes` (and at most [`OVERSIZED_READ`]) is
+/// read to its end before the request goes on, with only its first `max_body_bytes + 1` bytes
+/// kept, so the handler still answers 413 (after authentication, as before). Answering while
+/// the client is still sending makes the server close a connection with unread data, and the
+/// client may then see a reset instead of the 413.
+async fn read_oversized_bodies(State(state): State<Shared>, request: Request, next: Next) -> Response {
+    let limit = state.config.max_body_bytes;
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if !declared.is_some_and(|n| n > limit && n <= OVERSIZED_READ) {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let kept = match axum::body::to_bytes(body, OVERSIZED_READ).await {
+        Ok(bytes) => bytes.slice(..bytes.len().min(limit.saturating_add(1))),
+        Err(_) => axum::body::Bytes::new(),
+    };
+    next.run(Request::from_parts(parts, axum::body::Body::from(kept)))
+        .await
 }
 
 async fn not_found() -> Problem {
