@@ -4,51 +4,17 @@
 //! `key_not_found`; the purge reminders at 7 days and 1 day are recorded once each, also
 //! across a restart.
 
+mod emulated;
+
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use emulated::{Enabled as Setup, request};
 use keyledger_app::*;
-use keyledger_azure::{AzureConfig, AzureKeyAccess};
-use keyledger_domain::testing::{self, admin, platform, tenant_a};
+use keyledger_domain::testing::{self, admin, platform};
 use keyledger_domain::*;
-use keyledger_keys::{KeyAccess, RetryPolicy};
-use keyledger_store::{EventStore, InMemoryStore, KeyRing};
-use keyledger_vault_sim::{AppRegistration, Faults, NewKey};
-use secrecy::SecretString;
-
-const CLIENT: &str = "5d7c0000-aaaa-4bbb-8ccc-0000000000c7";
-const SECRET: &str = "countdown-over-https-secret";
-
-fn request(actor: Actor, intent: Intent) -> CommandRequest {
-    CommandRequest {
-        org_id: testing::org_id(),
-        actor,
-        source_ip: None,
-        command_id: None,
-        correlation_id: None,
-        if_match: None,
-        intent,
-    }
-}
-
-/// An emulator with the app and key `cmk`, an app over it (in-memory store) whose organization
-/// enabled that key through the SDK adapter, and one clock for both: the vault's and the app's
-/// are set together.
-struct Setup {
-    emu: akv_emulator::Emulator,
-    app: Arc<App>,
-    keys: Arc<dyn KeyAccess>,
-    store: Arc<InMemoryStore>,
-    clock: Arc<ManualClock>,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+use keyledger_store::EventStore;
+use keyledger_vault_sim::Faults;
 
 impl Setup {
     fn now(&self) -> DateTime<Utc> {
@@ -77,73 +43,11 @@ impl Setup {
     }
 }
 
+/// The emulated setup with the vault's clock and the app's set together, at whole seconds
+/// (the vault reports times in Unix seconds).
 async fn enabled(test: &str) -> Setup {
-    let dir = std::env::temp_dir().join(format!("keyledger-app-countdown-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let emu = akv_emulator::start(([127, 0, 0, 1], 0).into(), &dir)
-        .await
-        .unwrap();
-    // Whole seconds: the vault reports times in Unix seconds.
     let start = DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap();
-    emu.vault.clock().set(start);
-    emu.vault.register_app(AppRegistration::new(
-        &emu.tenant_id,
-        CLIENT,
-        SECRET,
-        &["get", "wrapKey", "unwrapKey"],
-    ));
-    emu.vault
-        .create_key(&emu.vault_url, NewKey::rsa("cmk", 2048))
-        .unwrap();
-    let allow = HostAllowList::new([emu.vault_url.trim_start_matches("https://")]);
-    let config = AzureConfig {
-        authority_host: emu.authority_host.clone(),
-        allowed_vault_hosts: allow.clone(),
-        ca_cert_pem: Some(std::fs::read(&emu.ca_cert).unwrap()),
-        request_timeout: Duration::from_secs(10),
-        verify_challenge_resource: true,
-    };
-    let keys: Arc<dyn KeyAccess> = Arc::new(AzureKeyAccess::new(config).unwrap().retrying(RetryPolicy {
-        max_attempts: 2,
-        base_delay: Duration::from_millis(5),
-        max_delay: Duration::from_millis(20),
-        request_timeout: Duration::from_secs(10),
-    }));
-    let store = Arc::new(InMemoryStore::new(Arc::new(KeyRing::generate())));
-    let clock = Arc::new(ManualClock::new(start));
-    let app = Arc::new(App::new(
-        store.clone(),
-        keys.clone(),
-        clock.clone(),
-        AppConfig::default(),
-    ));
-    app.handle(request(
-        platform(),
-        Intent::Register {
-            name: "Contoso".into(),
-            plan: Plan::enterprise("standard"),
-            tenants: vec![tenant_a()],
-        },
-    ))
-    .await
-    .unwrap();
-    let connection = Connection {
-        directory_id: emu.tenant_id.parse().unwrap(),
-        application_id: CLIENT.parse().unwrap(),
-        client_secret: SecretString::from(SECRET),
-        key_identifier: KeyIdentifier::parse(&format!("{}/keys/cmk", emu.vault_url), &allow).unwrap(),
-    };
-    app.handle(request(admin(), Intent::EnableCustomerManagedKey(connection)))
-        .await
-        .unwrap();
-    Setup {
-        emu,
-        app,
-        keys,
-        store,
-        clock,
-        dir,
-    }
+    emulated::enabled(&format!("countdown-{test}"), Some(start), AppConfig::default()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

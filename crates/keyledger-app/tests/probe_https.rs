@@ -1,105 +1,24 @@
 //! The key-health probe and DEK releases through the official SDK adapter against the AKV
 //! emulator over real HTTPS (the emulator is started in process on 127.0.0.1:0).
 
+mod emulated;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use emulated::{CLIENT, Enabled as Setup};
 use keyledger_app::*;
-use keyledger_azure::{AzureConfig, AzureKeyAccess};
-use keyledger_domain::testing::{self, admin, platform, tenant_a};
+use keyledger_domain::testing::{self, platform};
 use keyledger_domain::*;
-use keyledger_keys::{KeyAccess, RetryPolicy};
-use keyledger_store::{InMemoryStore, KeyRing};
-use keyledger_vault_sim::{AppPatch, AppRegistration, NewKey};
-use secrecy::SecretString;
-
-const CLIENT: &str = "5d7c0000-aaaa-4bbb-8ccc-0000000000a3";
-const SECRET: &str = "probe-over-https-secret";
-
-fn request(actor: Actor, intent: Intent) -> CommandRequest {
-    CommandRequest {
-        org_id: testing::org_id(),
-        actor,
-        source_ip: None,
-        command_id: None,
-        correlation_id: None,
-        if_match: None,
-        intent,
-    }
-}
-
-/// An emulator with the app and key `cmk`, and an app over it (in-memory store) whose
-/// organization has enabled that key through the SDK adapter.
-struct Setup {
-    emu: akv_emulator::Emulator,
-    app: Arc<App>,
-    keys: Arc<dyn KeyAccess>,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+use keyledger_vault_sim::AppPatch;
 
 async fn enabled(test: &str) -> Setup {
     enabled_with(test, AppConfig::default()).await
 }
 
 async fn enabled_with(test: &str, app_config: AppConfig) -> Setup {
-    let dir = std::env::temp_dir().join(format!("keyledger-app-probe-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let emu = akv_emulator::start(([127, 0, 0, 1], 0).into(), &dir)
-        .await
-        .unwrap();
-    emu.vault.register_app(AppRegistration::new(
-        &emu.tenant_id,
-        CLIENT,
-        SECRET,
-        &["get", "wrapKey", "unwrapKey"],
-    ));
-    emu.vault
-        .create_key(&emu.vault_url, NewKey::rsa("cmk", 2048))
-        .unwrap();
-    let allow = HostAllowList::new([emu.vault_url.trim_start_matches("https://")]);
-    let config = AzureConfig {
-        authority_host: emu.authority_host.clone(),
-        allowed_vault_hosts: allow.clone(),
-        ca_cert_pem: Some(std::fs::read(&emu.ca_cert).unwrap()),
-        request_timeout: Duration::from_secs(10),
-        verify_challenge_resource: true,
-    };
-    let keys: Arc<dyn KeyAccess> = Arc::new(AzureKeyAccess::new(config).unwrap().retrying(RetryPolicy {
-        max_attempts: 2,
-        base_delay: Duration::from_millis(5),
-        max_delay: Duration::from_millis(20),
-        request_timeout: Duration::from_secs(10),
-    }));
-    let store = Arc::new(InMemoryStore::new(Arc::new(KeyRing::generate())));
-    let clock = Arc::new(ManualClock::new(Utc::now()));
-    let app = Arc::new(App::new(store, keys.clone(), clock, app_config));
-    app.handle(request(
-        platform(),
-        Intent::Register {
-            name: "Contoso".into(),
-            plan: Plan::enterprise("standard"),
-            tenants: vec![tenant_a()],
-        },
-    ))
-    .await
-    .unwrap();
-    let connection = Connection {
-        directory_id: emu.tenant_id.parse().unwrap(),
-        application_id: CLIENT.parse().unwrap(),
-        client_secret: SecretString::from(SECRET),
-        key_identifier: KeyIdentifier::parse(&format!("{}/keys/cmk", emu.vault_url), &allow).unwrap(),
-    };
-    app.handle(request(admin(), Intent::EnableCustomerManagedKey(connection)))
-        .await
-        .unwrap();
-    Setup { emu, app, keys, dir }
+    emulated::enabled(&format!("probe-{test}"), None, app_config).await
 }
 
 /// The client secret expires. The adapter still holds an access token valid for an hour,
