@@ -340,6 +340,22 @@ impl AuditFilters {
     }
 }
 
+/// The session of a tenant page's request and the tenant it names; otherwise the answer:
+/// to the sign-in page without a session, 404 for a tenant id that does not parse.
+fn signed_in_tenant(
+    state: &Shared,
+    headers: &HeaderMap,
+    tenant: &str,
+) -> Result<(Session, TenantId), Response> {
+    let Some(session) = state.sessions.find(headers) else {
+        return Err(see_other("/console"));
+    };
+    match tenant.parse::<TenantId>() {
+        Ok(tenant) => Ok((session, tenant)),
+        Err(_) => Err(error_page(Some(&session), &Problem::tenant_not_found())),
+    }
+}
+
 /// `GET /console/tenants/{tenant}/audit?action=&since=&until=&after=&limit=`.
 async fn tenant_audit(
     State(state): State<Shared>,
@@ -347,11 +363,9 @@ async fn tenant_audit(
     Path(tenant): Path<String>,
     Query(filters): Query<AuditFilters>,
 ) -> Response {
-    let Some(session) = state.sessions.find(&headers) else {
-        return see_other("/console");
-    };
-    let Ok(tenant) = tenant.parse::<TenantId>() else {
-        return error_page(Some(&session), &Problem::tenant_not_found());
+    let (session, tenant) = match signed_in_tenant(&state, &headers, &tenant) {
+        Ok(found) => found,
+        Err(response) => return response,
     };
     let page = match filters.query(PAGE_ROWS) {
         Ok(q) => audit_page(&state, &session.actor, tenant, &q).await,
@@ -374,11 +388,9 @@ async fn tenant_audit_csv(
     Path(tenant): Path<String>,
     Query(filters): Query<AuditFilters>,
 ) -> Response {
-    let Some(session) = state.sessions.find(&headers) else {
-        return see_other("/console");
-    };
-    let Ok(tenant) = tenant.parse::<TenantId>() else {
-        return error_page(Some(&session), &Problem::tenant_not_found());
+    let (session, tenant) = match signed_in_tenant(&state, &headers, &tenant) {
+        Ok(found) => found,
+        Err(response) => return response,
     };
     let mut q = match filters.query(MAX_LIMIT) {
         Ok(q) => q,
