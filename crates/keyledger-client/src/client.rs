@@ -510,12 +510,7 @@ async fn release(inner: Arc<Inner>, org: OrgId, slot: Slot) -> Result<Released, 
             ttl,
         });
     }
-    let retry_after = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+    let retry_after = retry_after(&response);
     let problem: Problem = response
         .bytes()
         .await
@@ -580,6 +575,16 @@ impl ClassifyName for serde_json::Error {
             serde_json::error::Category::Eof => "truncated JSON",
         }
     }
+}
+
+/// A response's `Retry-After` in seconds, if it has one.
+pub(crate) fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+    response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
 }
 
 #[cfg(test)]

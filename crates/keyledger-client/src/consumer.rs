@@ -121,12 +121,7 @@ impl Client {
             Ok(Ok(r)) => r,
         };
         if !response.status().is_success() {
-            let retry_after = response
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
+            let retry_after = crate::client::retry_after(&response);
             return (
                 Ended::Refused {
                     status: response.status().as_u16(),
