@@ -355,32 +355,47 @@ fn named_key(namespace: &[u8], name: &str) -> i64 {
     h.cast_signed()
 }
 
+/// A session that holds an advisory lock, with what names it in `pg_stat_activity`.
+struct LockSession {
+    connection: PgConnection,
+    pid: i32,
+    started_us: i64,
+}
+
 /// Takes the session-level advisory lock `key` on a new connection, once; `None` when another
-/// session holds it.
-async fn lock_session(url: &str, key: i64) -> Result<Option<PgConnection>, SinkError> {
+/// session holds it. The lock and the session's pid and start time come from one statement, so
+/// once `pg_locks` shows the lock granted, its holder already knows who it is: a session killed
+/// from then on is a lost lease, never a failed acquisition.
+async fn lock_session(url: &str, key: i64) -> Result<Option<LockSession>, SinkError> {
     let mut connection = PgConnection::connect(url).await.map_err(sink_err)?;
-    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(key)
-        .fetch_one(&mut connection)
-        .await
-        .map_err(sink_err)?;
-    Ok(got.then_some(connection))
+    let (got, pid, started_us): (bool, i32, i64) = sqlx::query_as(
+        "SELECT pg_try_advisory_lock($1), pid, \
+                (extract(epoch FROM backend_start) * 1000000)::bigint \
+         FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+    )
+    .bind(key)
+    .fetch_one(&mut connection)
+    .await
+    .map_err(sink_err)?;
+    Ok(got.then_some(LockSession {
+        connection,
+        pid,
+        started_us,
+    }))
 }
 
 impl Lease {
     /// Tries to take the lease once; `None` when another instance holds it.
     pub async fn try_acquire(url: &str, projection: Projection) -> Result<Option<Lease>, SinkError> {
         let key = lease_key(projection);
-        let Some(mut connection) = lock_session(url, key).await? else {
+        let Some(LockSession {
+            connection,
+            pid,
+            started_us,
+        }) = lock_session(url, key).await?
+        else {
             return Ok(None);
         };
-        let (pid, started_us): (i32, i64) = sqlx::query_as(
-            "SELECT pid, (extract(epoch FROM backend_start) * 1000000)::bigint \
-             FROM pg_stat_activity WHERE pid = pg_backend_pid()",
-        )
-        .fetch_one(&mut connection)
-        .await
-        .map_err(sink_err)?;
         Ok(Some(Lease {
             connection,
             key,
@@ -492,7 +507,7 @@ where
         tokio::select! {
             () = &mut shutdown => return Ok(()),
             locked = lock_session(url, key) => match locked? {
-                Some(connection) => break connection,
+                Some(session) => break session.connection,
                 None => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
             },
         }

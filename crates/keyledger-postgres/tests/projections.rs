@@ -164,13 +164,14 @@ async fn a_leader_that_lost_its_lease_stops() {
         }
     });
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    // The lease is taken once its session has also read its own pid and start time (the last
-    // statement of `Lease::try_acquire`); a session killed before that fails the acquisition,
-    // which is not what this test is about.
+    // The lease is taken once the statement that locks is done and its session idle again: that
+    // statement also read the session's pid and start time, and its answer was sent before the
+    // session went idle. (A session killed while that statement runs fails the acquisition,
+    // which is not what this test is about; it flaked when the pid came from a second statement.)
     let holder = loop {
         if let Some(pid) = lease_holders(store.pool(), p).await.first() {
             let acquired: bool = sqlx::query_scalar(
-                "SELECT coalesce(bool_or(state = 'idle' AND query LIKE '%backend_start%'), false) \
+                "SELECT coalesce(bool_or(state = 'idle' AND query LIKE '%pg_try_advisory_lock%'), false) \
                  FROM pg_stat_activity WHERE pid = $1",
             )
             .bind(*pid)
