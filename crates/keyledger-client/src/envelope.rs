@@ -99,32 +99,46 @@ pub fn dek_of(envelope: &[u8]) -> Result<DekId, EnvelopeError> {
     Ok(DekId(dek))
 }
 
+// `seal` and `open` are `#[inline]`, and build the AAD first: both measured (a 64-byte
+// record, `benches/envelope_vs_raw.rs`). An AAD written just before the cipher reads it
+// stalls the cipher's wide loads on the narrow stores that built it (+7 ns of ~130 ns per
+// seal); a returned `Result<Vec<u8>, _>` that is not inlined stalls the caller the same way
+// (+8 ns).
+
 /// Seals `plaintext` for organization `org` under `key`, bound to `context`.
+#[inline]
 pub fn seal(org: OrgId, key: &DataKey, plaintext: &[u8], context: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
+    let mut aad = AadBuffer::new();
+    let aad = aad.build(org, key.id.0, context);
     // A random 96-bit nonce per envelope, from the thread's CSPRNG (ChaCha12, reseeded from
     // the OS): as safe as the OS source for nonces and about 25 times cheaper per call.
     let mut nonce = [0u8; NONCE_LEN];
     rand::thread_rng().fill_bytes(&mut nonce);
-    let mut out = Vec::with_capacity(OVERHEAD + plaintext.len());
-    out.push(VERSION);
-    out.extend_from_slice(&key.id.0.to_be_bytes());
-    out.extend_from_slice(&nonce);
-    out.extend_from_slice(plaintext);
-    let tag = with_aad(org, key.id.0, context, |aad| {
-        key.key.seal_in_place_separate_tag(
+    let mut out = zeroed(OVERHEAD + plaintext.len());
+    let (header, body) = out.split_at_mut(HEADER_LEN);
+    header[0] = VERSION;
+    header[1..5].copy_from_slice(&key.id.0.to_be_bytes());
+    header[5..].copy_from_slice(&nonce);
+    let (ciphertext, tag) = body.split_at_mut(plaintext.len());
+    // Encrypted straight from the caller's buffer into the envelope: no copy of the
+    // plaintext first, and the tag written in its place.
+    key.key
+        .seal_out_of_place_scatter(
             Nonce::assume_unique_for_key(nonce),
             Aad::from(aad),
-            &mut out[HEADER_LEN..],
+            plaintext,
+            ciphertext,
+            &[],
+            tag,
         )
-    })
-    .map_err(|_| EnvelopeError::Cipher)?;
-    out.extend_from_slice(tag.as_ref());
+        .map_err(|_| EnvelopeError::Cipher)?;
     Ok(out)
 }
 
 /// Opens an envelope sealed for `org` under `key` with `context`. The plaintext is the
 /// caller's data: [`crate::Client::decrypt`] hands it over in a buffer wiped on drop; here
 /// the caller chooses (a wipe costs about as much as the decryption itself).
+#[inline]
 pub fn open(org: OrgId, key: &DataKey, envelope: &[u8], context: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
     let dek = dek_of(envelope)?;
     if dek != key.id {
@@ -133,14 +147,15 @@ pub fn open(org: OrgId, key: &DataKey, envelope: &[u8], context: &[u8]) -> Resul
             given: key.id.0,
         });
     }
+    let mut aad = AadBuffer::new();
+    let aad = aad.build(org, dek.0, context);
     let mut nonce = [0u8; NONCE_LEN];
     nonce.copy_from_slice(&envelope[5..HEADER_LEN]);
     let mut buffer = envelope[HEADER_LEN..].to_vec();
-    let opened = with_aad(org, dek.0, context, |aad| {
-        key.key
-            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut buffer)
-            .map(|plaintext| plaintext.len())
-    });
+    let opened = key
+        .key
+        .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut buffer)
+        .map(|plaintext| plaintext.len());
     match opened {
         Ok(plaintext_len) => {
             buffer.truncate(plaintext_len);
@@ -152,6 +167,15 @@ pub fn open(org: OrgId, key: &DataKey, envelope: &[u8], context: &[u8]) -> Resul
             Err(EnvelopeError::Rejected)
         }
     }
+}
+
+/// `len` zero bytes in a new buffer, allocated with `malloc` and then filled: `vec![0; len]`
+/// asks for `calloc`, which glibc serves without its per-thread cache, about 15 ns slower
+/// for the small records most envelopes hold.
+fn zeroed(len: usize) -> Vec<u8> {
+    let mut buffer = Vec::with_capacity(len);
+    buffer.resize(len, 0);
+    buffer
 }
 
 fn header(envelope: &[u8]) -> Result<(u8, u32), EnvelopeError> {
@@ -169,22 +193,37 @@ const AAD_PREFIX_LEN: usize = AAD_LABEL.len() + 16 + 1 + 4;
 /// on the stack; a small buffer, since it is zeroed first on every call.
 const STACK_AAD: usize = 128;
 
-/// Runs `f` on the AAD of an envelope ([`aad`]), built on the stack when the context is
-/// short (the common case), so sealing a small record allocates once.
-fn with_aad<R>(org: OrgId, dek: u32, context: &[u8], f: impl FnOnce(&[u8]) -> R) -> R {
-    let len = AAD_PREFIX_LEN + context.len();
-    if len > STACK_AAD {
-        return f(&aad(org, dek, context));
+/// Where an envelope's AAD ([`aad`]) is built: on the stack when the context is short (the
+/// common case), so sealing a small record allocates only its output.
+struct AadBuffer {
+    stack: [u8; STACK_AAD],
+    heap: Vec<u8>,
+}
+
+impl AadBuffer {
+    fn new() -> Self {
+        Self {
+            stack: [0; STACK_AAD],
+            heap: Vec::new(),
+        }
     }
-    let mut buffer = [0u8; STACK_AAD];
-    buffer[..AAD_LABEL.len()].copy_from_slice(AAD_LABEL);
-    let mut at = AAD_LABEL.len();
-    buffer[at..at + 16].copy_from_slice(org.as_uuid().as_bytes());
-    at += 16;
-    buffer[at] = VERSION;
-    buffer[at + 1..at + 5].copy_from_slice(&dek.to_be_bytes());
-    buffer[AAD_PREFIX_LEN..len].copy_from_slice(context);
-    f(&buffer[..len])
+
+    fn build(&mut self, org: OrgId, dek: u32, context: &[u8]) -> &[u8] {
+        let len = AAD_PREFIX_LEN + context.len();
+        if len > STACK_AAD {
+            self.heap = aad(org, dek, context);
+            return &self.heap;
+        }
+        let buffer = &mut self.stack;
+        buffer[..AAD_LABEL.len()].copy_from_slice(AAD_LABEL);
+        let mut at = AAD_LABEL.len();
+        buffer[at..at + 16].copy_from_slice(org.as_uuid().as_bytes());
+        at += 16;
+        buffer[at] = VERSION;
+        buffer[at + 1..at + 5].copy_from_slice(&dek.to_be_bytes());
+        buffer[AAD_PREFIX_LEN..len].copy_from_slice(context);
+        &buffer[..len]
+    }
 }
 
 /// The additional authenticated data of a version-1 envelope (see the module docs).
