@@ -140,6 +140,9 @@ pub fn seal(org: OrgId, key: &DataKey, plaintext: &[u8], context: &[u8]) -> Resu
 /// the caller chooses (a wipe costs about as much as the decryption itself).
 #[inline]
 pub fn open(org: OrgId, key: &DataKey, envelope: &[u8], context: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
+    // The AAD names `key`'s DEK: an envelope naming another is refused before it is used.
+    let mut aad = AadBuffer::new();
+    let aad = aad.build(org, key.id.0, context);
     let dek = dek_of(envelope)?;
     if dek != key.id {
         return Err(EnvelopeError::OtherDek {
@@ -147,8 +150,6 @@ pub fn open(org: OrgId, key: &DataKey, envelope: &[u8], context: &[u8]) -> Resul
             given: key.id.0,
         });
     }
-    let mut aad = AadBuffer::new();
-    let aad = aad.build(org, dek.0, context);
     let mut nonce = [0u8; NONCE_LEN];
     nonce.copy_from_slice(&envelope[5..HEADER_LEN]);
     let mut buffer = envelope[HEADER_LEN..].to_vec();
