@@ -21,8 +21,8 @@ use crate::report::{Failure, Outcome};
 use crate::store_url::StoreUrl;
 
 /// mimalloc rather than glibc's allocator (ADR 0035): the service allocates and frees many
-/// short-lived buffers per request on many threads, and glibc spent about a tenth of `serve`'s
-/// CPU consolidating its free lists under the plan-change load.
+/// short-lived buffers per request on many threads, and glibc's allocator took about a tenth
+/// of `serve`'s CPU under the plan-change load.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
