@@ -146,6 +146,7 @@ pub struct Runner {
     sink: Arc<dyn ProjectionSink>,
     projections: Vec<Projection>,
     batch: usize,
+    linger: std::time::Duration,
 }
 
 impl std::fmt::Debug for Runner {
@@ -192,11 +193,24 @@ impl Runner {
             sink,
             projections,
             batch: 1000,
+            linger: Self::LINGER,
         }
     }
 
+    /// While events keep coming, a live runner commits at most once per this long: what
+    /// arrives in between goes into the same commit. A commit writes the pages it touches
+    /// whatever the number of events, so under load fewer, larger commits write far less
+    /// (issue 12). An event after a quiet spell is committed at once.
+    pub const LINGER: std::time::Duration = std::time::Duration::from_millis(50);
+
     pub fn with_batch(mut self, batch: usize) -> Self {
         self.batch = batch.max(1);
+        self
+    }
+
+    /// The live runner's [`Runner::LINGER`] (zero: commit each chunk as it comes).
+    pub fn with_linger(mut self, linger: std::time::Duration) -> Self {
+        self.linger = linger;
         self
     }
 
@@ -421,7 +435,8 @@ impl Runner {
         }
     }
 
-    /// Follows the store live until `shutdown` resolves or an error occurs.
+    /// Follows the store live until `shutdown` resolves or an error occurs. Events that arrive
+    /// within [`Runner::LINGER`] of the last commit wait for the next one (up to a batch).
     pub async fn run(
         &self,
         shutdown: impl std::future::Future<Output = ()> + Send,
@@ -432,16 +447,34 @@ impl Runner {
             .store
             .subscribe(GlobalPosition(Self::resume_after(&checkpoints)))
             .ready_chunks(self.batch);
+        let mut last_commit = tokio::time::Instant::now() - self.linger;
         tokio::pin!(shutdown);
         loop {
-            tokio::select! {
+            let mut events: Vec<StoredEvent> = tokio::select! {
                 () = &mut shutdown => return Ok(()),
-                next = stream.next() => {
-                    let Some(chunk) = next else { return Ok(()) };
-                    let events: Vec<StoredEvent> = chunk.into_iter().collect::<Result<_, _>>()?;
-                    self.apply_batch(&events, &mut checkpoints, &mut cache).await?;
+                next = stream.next() => match next {
+                    Some(chunk) => chunk.into_iter().collect::<Result<_, _>>()?,
+                    None => return Ok(()),
+                },
+            };
+            let until = tokio::time::sleep_until(last_commit + self.linger);
+            tokio::pin!(until);
+            while events.len() < self.batch {
+                tokio::select! {
+                    biased;
+                    next = stream.next() => match next {
+                        Some(chunk) => {
+                            for e in chunk {
+                                events.push(e?);
+                            }
+                        }
+                        None => break,
+                    },
+                    () = &mut until => break,
                 }
             }
+            self.apply_batch(&events, &mut checkpoints, &mut cache).await?;
+            last_commit = tokio::time::Instant::now();
         }
     }
 }
@@ -450,6 +483,8 @@ impl Runner {
 #[derive(Debug, Default)]
 pub struct MemorySink {
     inner: Mutex<MemoryRows>,
+    /// Successful commits, for tests of how a runner batches.
+    commits: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -461,6 +496,11 @@ pub struct MemoryRows {
 }
 
 impl MemorySink {
+    /// How many commits succeeded (one per projection per batch).
+    pub fn commits(&self) -> usize {
+        self.commits.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn rows(&self) -> MemoryRows {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -518,6 +558,7 @@ impl ProjectionSink for MemorySink {
         }
         rows.audit.extend(changes.audit);
         rows.checkpoints.insert(projection, changes.checkpoint);
+        self.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 

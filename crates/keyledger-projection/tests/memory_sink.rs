@@ -72,6 +72,76 @@ async fn a_runner_moves_past_the_audit_stream() {
     assert_eq!(docs[&org]["version"], 1);
 }
 
+/// A live runner commits an event after a quiet spell at once, and gathers the events that
+/// arrive within its linger of the last commit into one commit (issue 12).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_runner_gathers_what_arrives_within_its_linger() {
+    use std::time::{Duration, Instant};
+
+    use keyledger_domain::StreamVersion;
+    use keyledger_projection::{Projection, Runner};
+    use keyledger_store::conformance::{new_stream, tenant_added};
+
+    const LINGER: Duration = Duration::from_secs(2);
+    let store: Arc<dyn EventStore> = Arc::new(InMemoryStore::new(Arc::new(KeyRing::generate())));
+    let sink = Arc::new(MemorySink::default());
+    let runner = Runner::new(store.clone(), sink.clone(), Projection::AuditTree).with_linger(LINGER);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(async move {
+        runner
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    let append = || async {
+        store
+            .append(new_stream(), StreamVersion::NONE, vec![tenant_added("t")], None)
+            .await
+            .unwrap()
+            .last_position
+            .0
+    };
+    // How long until the projection's checkpoint reaches `position`.
+    let committed = |position: u64| {
+        let sink = sink.clone();
+        async move {
+            let start = Instant::now();
+            while sink.checkpoint(Projection::AuditTree).await.unwrap() < position {
+                assert!(start.elapsed() < Duration::from_secs(30), "never committed");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            start.elapsed()
+        }
+    };
+    let first = append().await;
+    assert!(
+        committed(first).await < LINGER,
+        "the first event waited for the linger"
+    );
+    assert_eq!(sink.commits(), 1);
+    // Two events apart in time, both within the linger of the first commit: one commit.
+    append().await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let third = append().await;
+    committed(third).await;
+    assert_eq!(
+        sink.commits(),
+        2,
+        "the events within the linger were committed apart"
+    );
+    // After a quiet spell longer than the linger, an event is committed at once again.
+    tokio::time::sleep(LINGER + Duration::from_millis(100)).await;
+    let fourth = append().await;
+    assert!(
+        committed(fourth).await < LINGER,
+        "an event after a quiet spell waited"
+    );
+    assert_eq!(sink.commits(), 3);
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+}
+
 mod audit_tree {
     use std::sync::Arc;
 
