@@ -8,13 +8,13 @@ use keyledger_store::StoredEvent;
 use keyledger_store::row::{EnvelopeColumns, to_i64};
 use keyledger_store::subscribe::CommitSignal;
 use keyledger_store::{AppendResult, KeyRing, NewEvent, StoreError, StreamHead};
-use sqlx::sqlite::SqlitePool;
-use sqlx::{Sqlite, Transaction};
+use sqlx::Sqlite;
+use sqlx::sqlite::{SqliteConnection, SqlitePool};
 use tokio::sync::oneshot;
 
 use crate::backend;
 use crate::head_cache::HeadCache;
-use crate::sql::{command_result, last_position, stream_head};
+use crate::sql::{command_result, stream_head};
 use crate::writer::WriteRequest;
 
 pub(crate) async fn commit_group(
@@ -24,23 +24,24 @@ pub(crate) async fn commit_group(
     batch: &mut Vec<WriteRequest>,
     cache: &mut HeadCache,
 ) {
-    // IMMEDIATE takes the write lock up front, so the head reads and the inserts see one state
-    // even when another process writes the same file.
-    let begun = match pool.begin_with("BEGIN IMMEDIATE").await {
-        Ok(mut tx) => cache.check(&mut tx).await.map(|()| tx),
-        Err(e) => Err(e),
-    };
-    let mut tx = match begun {
-        Ok(tx) => tx,
+    let mut conn = match pool.acquire().await {
+        Ok(conn) => conn,
         Err(e) => return fail_group(cache, batch.drain(..).map(|r| r.reply), &e),
     };
+    // The transaction is begun and ended by hand: `BEGIN IMMEDIATE` goes in one round trip to
+    // the driver's thread with the first read, and `COMMIT` in one with the inserts, so a
+    // group takes two round trips instead of five (issue 12). Every failure rolls back.
+    let last = match cache.begin(&mut conn).await {
+        Ok(last) => last,
+        Err(e) => {
+            rollback(&mut conn).await;
+            return fail_group(cache, batch.drain(..).map(|r| r.reply), &e);
+        }
+    };
+    let tx = &mut *conn;
     // Every append is checked and prepared first, its events numbered from the next free
-    // position; then the whole group's rows go in with a few multi-row inserts (one round trip
-    // to the driver's thread per statement, not per event).
-    let mut next = match last_position(&mut *tx).await {
-        Ok(last) => last + 1,
-        Err(e) => return fail_group(cache, batch.drain(..).map(|r| r.reply), &e),
-    };
+    // position; then the whole group's rows go in with one round trip to the driver's thread.
+    let mut next = last + 1;
     let mut outcomes = Vec::with_capacity(batch.len());
     // Heads written in this group: what a later append to the same stream builds on.
     let mut written: HashMap<StreamId, StreamHead> = HashMap::new();
@@ -70,55 +71,42 @@ pub(crate) async fn commit_group(
                 .filter(|h| h.version == expected)
                 .cloned(),
         };
-        let outcome = match check_and_prepare(
-            &mut tx,
-            &ring,
-            stream,
-            expected,
-            events,
-            command_id.as_ref(),
-            known,
-        )
-        .await
-        {
-            Ok(Prepared::Repeat(previous)) => Ok(previous),
-            Err(refused) => Err(refused),
-            Ok(Prepared::Events(mut prepared)) => {
-                for e in &mut prepared {
-                    e.global_position = GlobalPosition(next);
-                    next += 1;
+        let outcome =
+            match check_and_prepare(tx, &ring, stream, expected, events, command_id.as_ref(), known).await {
+                Ok(Prepared::Repeat(previous)) => Ok(previous),
+                Err(refused) => Err(refused),
+                Ok(Prepared::Events(mut prepared)) => {
+                    for e in &mut prepared {
+                        e.global_position = GlobalPosition(next);
+                        next += 1;
+                    }
+                    // Invariant: prepare_append refuses an empty batch, so both ends exist.
+                    let (first, last) = (&prepared[0], &prepared[prepared.len() - 1]);
+                    let result = AppendResult {
+                        stream,
+                        first_version: first.stream_version,
+                        last_version: last.stream_version,
+                        first_position: first.global_position,
+                        last_position: last.global_position,
+                        repeat: false,
+                    };
+                    written.insert(
+                        stream,
+                        StreamHead {
+                            version: last.stream_version,
+                            hash: last.hash.clone(),
+                        },
+                    );
+                    if let Some(c) = command_id {
+                        commands.insert(c, result);
+                    }
+                    rows.extend(prepared);
+                    Ok(result)
                 }
-                // Invariant: prepare_append refuses an empty batch, so both ends exist.
-                let (first, last) = (&prepared[0], &prepared[prepared.len() - 1]);
-                let result = AppendResult {
-                    stream,
-                    first_version: first.stream_version,
-                    last_version: last.stream_version,
-                    first_position: first.global_position,
-                    last_position: last.global_position,
-                    repeat: false,
-                };
-                written.insert(
-                    stream,
-                    StreamHead {
-                        version: last.stream_version,
-                        hash: last.hash.clone(),
-                    },
-                );
-                if let Some(c) = command_id {
-                    commands.insert(c, result);
-                }
-                rows.extend(prepared);
-                Ok(result)
-            }
-        };
+            };
         outcomes.push((reply, outcome));
     }
-    if let Err(e) = insert_rows(&mut tx, &rows, &commands).await {
-        // Dropping the transaction rolls the whole group back.
-        return fail_group(cache, outcomes.into_iter().map(|(reply, _)| reply), &e);
-    }
-    match tx.commit().await {
+    match insert_and_commit(tx, &rows, &commands).await {
         Ok(()) => {
             cache.extend(written);
             written_up_to.fetch_max(next - 1, Ordering::Relaxed);
@@ -128,13 +116,21 @@ pub(crate) async fn commit_group(
             }
         }
         Err(e) => {
-            cache.clear();
+            // An insert or the commit failed: nothing of the group is stored.
+            rollback(tx).await;
             let text = e.to_string();
+            cache.clear();
             for (reply, result) in outcomes {
                 let _ = reply.send(result.and(Err(StoreError::backend(text.clone()))));
             }
         }
     }
+}
+
+/// Ends a failed group's transaction. There may be none left to end (`BEGIN` itself failed, or
+/// SQLite rolled back on its own), so the answer is ignored.
+async fn rollback(conn: &mut SqliteConnection) {
+    let _ = sqlx::raw_sql("ROLLBACK").execute(conn).await;
 }
 
 /// Fails every append of a group that cannot commit; the next group starts from a clean cache.
@@ -157,23 +153,25 @@ fn fail_group(
 /// Events per multi-row insert (14 values each, well under SQLite's 32,766 variables).
 const ROWS_PER_INSERT: usize = 500;
 
-/// Inserts a group's numbered events and its command ids.
-async fn insert_rows(
-    tx: &mut Transaction<'static, Sqlite>,
+/// Inserts a group's numbered events and its command ids, and commits: the statements go to
+/// the driver's thread as one query (each statement binds its own share of the values).
+async fn insert_and_commit(
+    conn: &mut SqliteConnection,
     events: &[StoredEvent],
     commands: &HashMap<CommandId, AppendResult>,
 ) -> Result<(), StoreError> {
+    let mut query = sqlx::QueryBuilder::<Sqlite>::new("");
     for chunk in events.chunks(ROWS_PER_INSERT) {
         let rows = chunk
             .iter()
             .map(|e| Ok((to_i64(e.global_position.0)?, EnvelopeColumns::from_event(e)?)))
             .collect::<Result<Vec<_>, StoreError>>()?;
-        let mut insert = sqlx::QueryBuilder::<Sqlite>::new(
+        query.push(
             "INSERT INTO events (position, event_id, stream_id, stream_version, event_type, \
              schema_version, occurred_at, actor, command_id, correlation_id, causation_id, payload, \
              prev_hash, hash) ",
         );
-        insert.push_values(rows, |mut b, (position, c)| {
+        query.push_values(rows, |mut b, (position, c)| {
             b.push_bind(position)
                 .push_bind(c.event_id)
                 .push_bind(c.stream_id)
@@ -189,7 +187,7 @@ async fn insert_rows(
                 .push_bind(c.prev_hash)
                 .push_bind(c.hash);
         });
-        insert.build().execute(&mut **tx).await.map_err(backend)?;
+        query.push("; ");
     }
     let commands: Vec<_> = commands.iter().collect();
     for chunk in commands.chunks(ROWS_PER_INSERT) {
@@ -208,11 +206,11 @@ async fn insert_rows(
                 ))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        let mut insert = sqlx::QueryBuilder::<Sqlite>::new(
+        query.push(
             "INSERT INTO commands (command_id, stream_id, first_version, last_version, \
              first_position, last_position) ",
         );
-        insert.push_values(rows, |mut b, (command, stream, [fv, lv, fp, lp])| {
+        query.push_values(rows, |mut b, (command, stream, [fv, lv, fp, lp])| {
             b.push_bind(command)
                 .push_bind(stream)
                 .push_bind(fv)
@@ -220,8 +218,10 @@ async fn insert_rows(
                 .push_bind(fp)
                 .push_bind(lp);
         });
-        insert.build().execute(&mut **tx).await.map_err(backend)?;
+        query.push("; ");
     }
+    query.push("COMMIT");
+    query.build().execute(&mut *conn).await.map_err(backend)?;
     Ok(())
 }
 
@@ -233,7 +233,7 @@ enum Prepared {
 
 /// Reads only: the command id's earlier result, or the stream head and the prepared events.
 async fn check_and_prepare(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut SqliteConnection,
     ring: &KeyRing,
     stream: StreamId,
     expected: StreamVersion,

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use keyledger_domain::StreamId;
 use keyledger_store::StreamHead;
-use sqlx::{Sqlite, Transaction};
+use sqlx::sqlite::SqliteConnection;
 
 /// The heads of streams the writer task appended to, so that an append to a known stream skips
 /// the head query (one round trip to the driver's thread of two). It is emptied whenever
@@ -27,16 +27,22 @@ impl HeadCache {
         self.data_version = None;
     }
 
-    /// Empties the cache unless the database is as this connection last left it.
-    pub(crate) async fn check(&mut self, tx: &mut Transaction<'static, Sqlite>) -> Result<(), sqlx::Error> {
-        let version: i64 = sqlx::query_scalar("PRAGMA data_version")
-            .fetch_one(&mut **tx)
-            .await?;
+    /// Begins the group's transaction (`BEGIN IMMEDIATE` takes the write lock up front, so the
+    /// head reads and the inserts see one state even when another process writes the file),
+    /// empties the cache unless the database is as this connection last left it, and returns
+    /// the log's last position (0 when empty): one round trip to the driver's thread.
+    pub(crate) async fn begin(&mut self, conn: &mut SqliteConnection) -> Result<u64, sqlx::Error> {
+        let (version, last): (i64, i64) = sqlx::query_as(
+            "BEGIN IMMEDIATE; \
+             SELECT data_version, (SELECT coalesce(max(position), 0) FROM events) FROM pragma_data_version",
+        )
+        .fetch_one(&mut *conn)
+        .await?;
         if self.data_version != Some(version) {
             self.heads.clear();
             self.data_version = Some(version);
         }
-        Ok(())
+        Ok(u64::try_from(last).unwrap_or_default())
     }
 
     /// Keeps the heads a committed group wrote.

@@ -49,6 +49,8 @@ impl ProjectionFile {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
+            // A commit's statement journal stays in memory (see the log's options).
+            .pragma("temp_store", "memory")
             .busy_timeout(options.busy_timeout);
         let write = SqlitePoolOptions::new()
             .max_connections(1)

@@ -4,8 +4,8 @@ use keyledger_domain::{CommandId, GlobalPosition, StreamId, StreamVersion};
 use keyledger_store::StoredEvent;
 use keyledger_store::row::EnvelopeColumns;
 use keyledger_store::{AppendResult, StoreError, StreamHead};
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row as _, Sqlite, Transaction};
+use sqlx::Row as _;
+use sqlx::sqlite::{SqliteConnection, SqliteRow};
 
 use crate::backend;
 
@@ -19,7 +19,7 @@ pub(crate) async fn last_position<'e>(db: impl sqlx::SqliteExecutor<'e>) -> Resu
 }
 
 pub(crate) async fn command_result(
-    tx: &mut Transaction<'static, Sqlite>,
+    conn: &mut SqliteConnection,
     command_id: &CommandId,
 ) -> Result<Option<AppendResult>, StoreError> {
     let row = sqlx::query(
@@ -27,7 +27,7 @@ pub(crate) async fn command_result(
              FROM commands WHERE command_id = ?",
     )
     .bind(command_id.as_str())
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *conn)
     .await
     .map_err(backend)?;
     row.map(|r| command_row(&r)).transpose()
@@ -35,7 +35,7 @@ pub(crate) async fn command_result(
 
 /// The last version and hash of `stream`; `None` when it has no event.
 pub(crate) async fn stream_head(
-    tx: &mut Transaction<'static, Sqlite>,
+    conn: &mut SqliteConnection,
     stream: StreamId,
 ) -> Result<Option<StreamHead>, StoreError> {
     sqlx::query(
@@ -43,7 +43,7 @@ pub(crate) async fn stream_head(
              ORDER BY stream_version DESC LIMIT 1",
     )
     .bind(stream.to_string())
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *conn)
     .await
     .map_err(backend)?
     .map(|r| -> Result<StreamHead, StoreError> {

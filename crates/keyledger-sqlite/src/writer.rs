@@ -1,5 +1,6 @@
 //! The writer task: it owns the one write connection and takes the appends and imports queued
-//! for it, appends in groups ([`crate::group`]), an import batch alone ([`crate::import`]).
+//! for it, appends in groups ([`crate::group`]), an import batch alone ([`crate::import`]). It
+//! runs on a thread of its own (ADR 0036).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -108,3 +108,51 @@ async fn a_writer_notices_appends_by_another_connection() {
         .collect();
     assert_eq!(names, ["a", "b", "c"]);
 }
+
+/// A group whose insert fails stores nothing of any of its appends, answers each with an error,
+/// and leaves the writer's connection out of any transaction: the next group commits. The
+/// failure is a trigger another connection adds, refusing one stream's events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_group_stores_nothing_and_the_next_one_commits() {
+    use sqlx::Connection as _;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.db");
+    let store = Arc::new(
+        SqliteStore::open(&path, Arc::new(KeyRing::generate()))
+            .await
+            .unwrap(),
+    );
+    let (refused, other) = (new_stream(), new_stream());
+    let mut admin = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    sqlx::raw_sql(&format!(
+        "CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.stream_id = '{refused}' \
+         BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    // Both appends wait together, so they are one group (or two; either way the refused one
+    // fails, and a group holding it stores nothing).
+    let (a, b) = tokio::join!(
+        store.append(refused, StreamVersion::NONE, vec![tenant_added("no")], None),
+        store.append(other, StreamVersion::NONE, vec![tenant_added("maybe")], None),
+    );
+    assert!(a.is_err(), "{a:?}");
+    let stored = store.read_all(GlobalPosition::START, 100).await.unwrap();
+    assert!(stored.iter().all(|e| e.stream_id != refused));
+    assert_eq!(stored.len(), usize::from(b.is_ok()));
+    sqlx::raw_sql("DROP TRIGGER refuse")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    admin.close().await.unwrap();
+    store
+        .append(refused, StreamVersion::NONE, vec![tenant_added("yes")], None)
+        .await
+        .expect("the group after a failed one commits");
+    let report = store.verify(VerifyScope::All).await.unwrap();
+    assert_eq!(report.first_break, None);
+}
