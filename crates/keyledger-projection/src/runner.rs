@@ -447,7 +447,8 @@ impl Runner {
             .store
             .subscribe(GlobalPosition(Self::resume_after(&checkpoints)))
             .ready_chunks(self.batch);
-        let mut last_commit = tokio::time::Instant::now() - self.linger;
+        // None: no commit yet, so the first events go at once.
+        let mut last_commit: Option<tokio::time::Instant> = None;
         tokio::pin!(shutdown);
         loop {
             let mut events: Vec<StoredEvent> = tokio::select! {
@@ -457,7 +458,11 @@ impl Runner {
                     None => return Ok(()),
                 },
             };
-            let until = tokio::time::sleep_until(last_commit + self.linger);
+            let until = tokio::time::sleep_until(
+                last_commit
+                    .and_then(|at| at.checked_add(self.linger))
+                    .unwrap_or_else(tokio::time::Instant::now),
+            );
             tokio::pin!(until);
             while events.len() < self.batch {
                 tokio::select! {
@@ -474,7 +479,7 @@ impl Runner {
                 }
             }
             self.apply_batch(&events, &mut checkpoints, &mut cache).await?;
-            last_commit = tokio::time::Instant::now();
+            last_commit = Some(tokio::time::Instant::now());
         }
     }
 }
