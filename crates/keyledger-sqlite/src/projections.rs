@@ -51,6 +51,13 @@ impl ProjectionFile {
             .synchronous(SqliteSynchronous::Normal)
             // A commit's statement journal stays in memory (see the log's options).
             .pragma("temp_store", "memory")
+            // A commit touches pages all over the audit tree (every organization's log), more
+            // than SQLite's default 2 MiB cache holds, and a checkpoint every 1,000 pages
+            // copies the same hot pages again and again. Up to 64 MiB of cache and a
+            // checkpoint every 10,000 pages cut the file's reads ninefold and its writes by
+            // about 40% under load (ADR 0036).
+            .pragma("cache_size", "-65536")
+            .pragma("wal_autocheckpoint", "10000")
             .busy_timeout(options.busy_timeout);
         let write = SqlitePoolOptions::new()
             .max_connections(1)
@@ -65,7 +72,8 @@ impl ProjectionFile {
         let read = SqlitePoolOptions::new()
             .max_connections(options.read_connections.clamp(1, 4))
             .acquire_timeout(Duration::from_secs(60))
-            .connect_with(connect.read_only(true))
+            // Readers keep SQLite's default cache; the large one is for the writer's commits.
+            .connect_with(connect.read_only(true).pragma("cache_size", "-2000"))
             .await
             .map_err(backend)?;
         let file = Self { write, read };
