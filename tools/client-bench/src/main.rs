@@ -39,6 +39,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bench_figures::{Summary, ms, round2, summarize};
 use clap::Parser;
 use keyledger_client::{Client, MemoryPositionStore};
 use keyledger_domain::OrgId;
@@ -481,37 +482,6 @@ impl Api {
 
 // ---------------------------------------------------------------------------------------------
 // Figures
-
-#[derive(Debug, Default, Clone, Copy)]
-struct Summary {
-    n: usize,
-    p50: Duration,
-    p99: Duration,
-    max: Duration,
-}
-
-fn summarize(mut v: Vec<Duration>) -> Summary {
-    v.sort_unstable();
-    // The sample at `percent` of the way through the sorted list (nearest rank, rounded).
-    let pct = |percent: usize| {
-        let i = (v.len().saturating_sub(1) * percent + 50) / 100;
-        v.get(i).copied().unwrap_or_default()
-    };
-    Summary {
-        n: v.len(),
-        p50: pct(50),
-        p99: pct(99),
-        max: v.last().copied().unwrap_or_default(),
-    }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn round2(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
-}
 
 /// Counts of operations far below 2^52: exact as f64.
 #[allow(clippy::cast_precision_loss)]

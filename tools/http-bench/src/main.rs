@@ -38,6 +38,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bench_figures::{Summary, ms, round2, summarize};
 use clap::Parser;
 use serde::Deserialize;
 use serde_json::json;
@@ -543,40 +544,9 @@ struct CloudEventData {
 // ---------------------------------------------------------------------------------------------
 // Figures
 
-#[derive(Debug, Clone, Copy, Default)]
-struct Summary {
-    n: usize,
-    p50: Duration,
-    p99: Duration,
-    max: Duration,
-}
-
 /// A count of things this tool holds in memory, as a `usize`.
 fn in_memory(count: u64) -> usize {
     usize::try_from(count).expect("a count of events held in memory fits in usize")
-}
-
-fn summarize(mut v: Vec<Duration>) -> Summary {
-    v.sort_unstable();
-    // The sample at `percent` of the way through the sorted list (nearest rank, rounded).
-    let pct = |percent: usize| {
-        let i = (v.len().saturating_sub(1) * percent + 50) / 100;
-        v.get(i).copied().unwrap_or_default()
-    };
-    Summary {
-        n: v.len(),
-        p50: pct(50),
-        p99: pct(99),
-        max: v.last().copied().unwrap_or_default(),
-    }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn round2(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
 }
 
 #[derive(Debug, Default)]
