@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use crate::backend;
 use crate::head_cache::HeadCache;
-use crate::sql::{command_result, stream_head};
+use crate::sql::{begin_group, command_result, stream_head};
 use crate::writer::WriteRequest;
 
 pub(crate) async fn commit_group(
@@ -31,8 +31,11 @@ pub(crate) async fn commit_group(
     // The transaction is begun and ended by hand: `BEGIN IMMEDIATE` goes in one round trip to
     // the driver's thread with the first read, and `COMMIT` in one with the inserts, so a
     // group takes two round trips instead of five (issue 12). Every failure rolls back.
-    let last = match cache.begin(&mut conn).await {
-        Ok(last) => last,
+    let last = match begin_group(&mut conn).await {
+        Ok((data_version, last)) => {
+            cache.check(data_version);
+            last
+        }
         Err(e) => {
             rollback(&mut conn).await;
             return fail_group(cache, batch.drain(..).map(|r| r.reply), &e);

@@ -147,7 +147,7 @@ impl SqliteStore {
             .busy_timeout(options.busy_timeout)
             // A multi-row insert inside a transaction keeps a statement journal; past 64 KiB
             // SQLite spills it to a temporary file, written and read on every group commit.
-            // In memory it costs the same RAM and no system calls (issue 12).
+            // In memory it takes memory the size of the journal and no system calls (issue 12).
             .pragma("temp_store", "memory")
             .foreign_keys(true);
         // One connection for the life of the store: the writer's head cache relies on its

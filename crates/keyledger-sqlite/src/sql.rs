@@ -18,6 +18,21 @@ pub(crate) async fn last_position<'e>(db: impl sqlx::SqliteExecutor<'e>) -> Resu
     Ok(non_negative(last))
 }
 
+/// Begins a group's transaction and reads what the group needs first, in one round trip to the
+/// driver's thread: `BEGIN IMMEDIATE` takes the write lock up front (so the head reads and the
+/// inserts see one state even when another process writes the file), then this connection's
+/// `data_version` and the last position (as [`last_position`]). Should the read fail after
+/// `BEGIN`, the caller rolls back.
+pub(crate) async fn begin_group(conn: &mut SqliteConnection) -> Result<(i64, u64), sqlx::Error> {
+    let (data_version, last): (i64, i64) = sqlx::query_as(
+        "BEGIN IMMEDIATE; \
+         SELECT data_version, (SELECT coalesce(max(position), 0) FROM events) FROM pragma_data_version",
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok((data_version, non_negative(last)))
+}
+
 pub(crate) async fn command_result(
     conn: &mut SqliteConnection,
     command_id: &CommandId,
