@@ -1,4 +1,5 @@
-//! Group commit: every append waiting for the writer task goes into one transaction.
+//! Group commit: every append waiting for the writer thread goes into one transaction, on the
+//! writer thread's own connection (ADR 0037).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,42 +9,36 @@ use keyledger_store::StoredEvent;
 use keyledger_store::row::{EnvelopeColumns, to_i64};
 use keyledger_store::subscribe::CommitSignal;
 use keyledger_store::{AppendResult, KeyRing, NewEvent, StoreError, StreamHead};
-use sqlx::Sqlite;
-use sqlx::sqlite::{SqliteConnection, SqlitePool};
+use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tokio::sync::oneshot;
 
-use crate::backend;
 use crate::head_cache::HeadCache;
 use crate::sql::{begin_group, command_result, stream_head};
 use crate::writer::WriteRequest;
 
-pub(crate) async fn commit_group(
-    pool: &SqlitePool,
+pub(crate) fn commit_group(
+    conn: &mut Connection,
     signal: &CommitSignal,
     written_up_to: &AtomicU64,
     batch: &mut Vec<WriteRequest>,
     cache: &mut HeadCache,
 ) {
-    let mut conn = match pool.acquire().await {
-        Ok(conn) => conn,
+    // `BEGIN IMMEDIATE` takes the write lock up front, so the head reads and the inserts see
+    // one state even when another process writes the file. A transaction not committed rolls
+    // back when dropped, so every failure below leaves nothing behind.
+    let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
         Err(e) => return fail_group(cache, batch.drain(..).map(|r| r.reply), &e),
     };
-    // The transaction is begun and ended by hand: `BEGIN IMMEDIATE` goes in one round trip to
-    // the driver's thread with the first read, and `COMMIT` in one with the inserts, so a
-    // group takes two round trips instead of five (issue 12). Every failure rolls back.
-    let last = match begin_group(&mut conn).await {
+    let last = match begin_group(&tx) {
         Ok((data_version, last)) => {
             cache.check(data_version);
             last
         }
-        Err(e) => {
-            rollback(&mut conn).await;
-            return fail_group(cache, batch.drain(..).map(|r| r.reply), &e);
-        }
+        Err(e) => return fail_group(cache, batch.drain(..).map(|r| r.reply), &e),
     };
-    let tx = &mut *conn;
     // Every append is checked and prepared first, its events numbered from the next free
-    // position; then the whole group's rows go in with one round trip to the driver's thread.
+    // position; then the whole group's rows go in.
     let mut next = last + 1;
     let mut outcomes = Vec::with_capacity(batch.len());
     // Heads written in this group: what a later append to the same stream builds on.
@@ -75,7 +70,7 @@ pub(crate) async fn commit_group(
                 .cloned(),
         };
         let outcome =
-            match check_and_prepare(tx, &ring, stream, expected, events, command_id.as_ref(), known).await {
+            match check_and_prepare(&tx, &ring, stream, expected, events, command_id.as_ref(), known) {
                 Ok(Prepared::Repeat(previous)) => Ok(previous),
                 Err(refused) => Err(refused),
                 Ok(Prepared::Events(mut prepared)) => {
@@ -109,7 +104,7 @@ pub(crate) async fn commit_group(
             };
         outcomes.push((reply, outcome));
     }
-    match insert_and_commit(tx, &rows, &commands).await {
+    match insert_and_commit(tx, &rows, &commands) {
         Ok(()) => {
             cache.extend(written);
             written_up_to.fetch_max(next - 1, Ordering::Relaxed);
@@ -120,7 +115,6 @@ pub(crate) async fn commit_group(
         }
         Err(e) => {
             // An insert or the commit failed: nothing of the group is stored.
-            rollback(tx).await;
             let text = e.to_string();
             cache.clear();
             for (reply, result) in outcomes {
@@ -128,12 +122,6 @@ pub(crate) async fn commit_group(
             }
         }
     }
-}
-
-/// Ends a failed group's transaction. There may be none left to end (`BEGIN` itself failed, or
-/// SQLite rolled back on its own), so the answer is ignored.
-async fn rollback(conn: &mut SqliteConnection) {
-    let _ = sqlx::raw_sql("ROLLBACK").execute(conn).await;
 }
 
 /// Fails every append of a group that cannot commit; the next group starts from a clean cache.
@@ -153,79 +141,63 @@ fn fail_group(
     }
 }
 
-/// Events per multi-row insert (14 values each, well under SQLite's 32,766 variables).
-const ROWS_PER_INSERT: usize = 500;
-
-/// Inserts a group's numbered events and its command ids, and commits: the statements go to
-/// the driver's thread as one query (each statement binds its own share of the values).
-async fn insert_and_commit(
-    conn: &mut SqliteConnection,
+/// Inserts a group's numbered events and its command ids, and commits. Statements are prepared
+/// once per connection (SQLite's statement cache) and run on this thread, one row each.
+fn insert_and_commit(
+    tx: Transaction<'_>,
     events: &[StoredEvent],
     commands: &HashMap<CommandId, AppendResult>,
 ) -> Result<(), StoreError> {
-    let mut query = sqlx::QueryBuilder::<Sqlite>::new("");
-    for chunk in events.chunks(ROWS_PER_INSERT) {
-        let rows = chunk
-            .iter()
-            .map(|e| Ok((to_i64(e.global_position.0)?, EnvelopeColumns::from_event(e)?)))
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        query.push(
-            "INSERT INTO events (position, event_id, stream_id, stream_version, event_type, \
-             schema_version, occurred_at, actor, command_id, correlation_id, causation_id, payload, \
-             prev_hash, hash) ",
-        );
-        query.push_values(rows, |mut b, (position, c)| {
-            b.push_bind(position)
-                .push_bind(c.event_id)
-                .push_bind(c.stream_id)
-                .push_bind(c.stream_version)
-                .push_bind(c.event_type)
-                .push_bind(c.schema_version)
-                .push_bind(c.occurred_at)
-                .push_bind(c.actor)
-                .push_bind(c.command_id)
-                .push_bind(c.correlation_id)
-                .push_bind(c.causation_id)
-                .push_bind(c.payload)
-                .push_bind(c.prev_hash)
-                .push_bind(c.hash);
-        });
-        query.push("; ");
-    }
-    let commands: Vec<_> = commands.iter().collect();
-    for chunk in commands.chunks(ROWS_PER_INSERT) {
-        let rows = chunk
-            .iter()
-            .map(|(c, r)| {
-                Ok((
-                    c.as_str().to_owned(),
+    let backend = StoreError::backend;
+    {
+        let mut insert = tx
+            .prepare_cached(
+                "INSERT INTO events (position, event_id, stream_id, stream_version, event_type, \
+                 schema_version, occurred_at, actor, command_id, correlation_id, causation_id, payload, \
+                 prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            )
+            .map_err(backend)?;
+        for e in events {
+            let c = EnvelopeColumns::from_event(e)?;
+            insert
+                .execute(rusqlite::params![
+                    to_i64(e.global_position.0)?,
+                    c.event_id,
+                    c.stream_id,
+                    c.stream_version,
+                    c.event_type,
+                    c.schema_version,
+                    c.occurred_at,
+                    c.actor,
+                    c.command_id,
+                    c.correlation_id,
+                    c.causation_id,
+                    c.payload,
+                    c.prev_hash,
+                    c.hash,
+                ])
+                .map_err(backend)?;
+        }
+        let mut record = tx
+            .prepare_cached(
+                "INSERT INTO commands (command_id, stream_id, first_version, last_version, \
+                 first_position, last_position) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .map_err(backend)?;
+        for (c, r) in commands {
+            record
+                .execute(rusqlite::params![
+                    c.as_str(),
                     r.stream.to_string(),
-                    [
-                        to_i64(r.first_version.0)?,
-                        to_i64(r.last_version.0)?,
-                        to_i64(r.first_position.0)?,
-                        to_i64(r.last_position.0)?,
-                    ],
-                ))
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        query.push(
-            "INSERT INTO commands (command_id, stream_id, first_version, last_version, \
-             first_position, last_position) ",
-        );
-        query.push_values(rows, |mut b, (command, stream, [fv, lv, fp, lp])| {
-            b.push_bind(command)
-                .push_bind(stream)
-                .push_bind(fv)
-                .push_bind(lv)
-                .push_bind(fp)
-                .push_bind(lp);
-        });
-        query.push("; ");
+                    to_i64(r.first_version.0)?,
+                    to_i64(r.last_version.0)?,
+                    to_i64(r.first_position.0)?,
+                    to_i64(r.last_position.0)?,
+                ])
+                .map_err(backend)?;
+        }
     }
-    query.push("COMMIT");
-    query.build().execute(&mut *conn).await.map_err(backend)?;
-    Ok(())
+    tx.commit().map_err(backend)
 }
 
 enum Prepared {
@@ -235,8 +207,8 @@ enum Prepared {
 }
 
 /// Reads only: the command id's earlier result, or the stream head and the prepared events.
-async fn check_and_prepare(
-    tx: &mut SqliteConnection,
+fn check_and_prepare(
+    tx: &Connection,
     ring: &KeyRing,
     stream: StreamId,
     expected: StreamVersion,
@@ -245,13 +217,13 @@ async fn check_and_prepare(
     known: Option<StreamHead>,
 ) -> Result<Prepared, StoreError> {
     if let Some(c) = command_id
-        && let Some(previous) = command_result(tx, c).await?
+        && let Some(previous) = command_result(tx, c)?
     {
         return previous.for_repeat(c, stream).map(Prepared::Repeat);
     }
     let head = match known {
         Some(head) => head,
-        None => stream_head(tx, stream).await?.unwrap_or_else(StreamHead::empty),
+        None => stream_head(tx, stream)?.unwrap_or_else(StreamHead::empty),
     };
     keyledger_store::prepare_append(ring, stream, expected, &head, events, command_id).map(Prepared::Events)
 }

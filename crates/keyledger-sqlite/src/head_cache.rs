@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use keyledger_domain::StreamId;
 use keyledger_store::StreamHead;
 
-/// The heads of streams the writer task appended to, so that an append to a known stream skips
-/// the head query (a round trip to the driver's thread inside the group). It is emptied whenever
+/// The heads of streams the writer thread appended to, so that an append to a known stream skips
+/// the head query. It is emptied whenever
 /// another connection may have written (`PRAGMA data_version` changed, checked at the start of
 /// each group under the write lock), after an import and after a failed group. Should it still
 /// be stale, the `(stream_id, stream_version)` unique constraint refuses the insert and the

@@ -1,4 +1,5 @@
-//! Import: a batch of stored envelopes committed as they are, in a transaction of its own.
+//! Import: a batch of stored envelopes committed as they are, in a transaction of its own, on
+//! the writer thread's connection.
 
 use std::collections::HashMap;
 
@@ -7,24 +8,24 @@ use keyledger_store::StoredEvent;
 use keyledger_store::import::{check_import, imported_commands};
 use keyledger_store::row::{EnvelopeColumns, to_i64};
 use keyledger_store::{ImportBatch, StoreError};
-use sqlx::sqlite::SqlitePool;
-use sqlx::{Sqlite, Transaction};
+use rusqlite::{Connection, TransactionBehavior};
 
-use crate::backend;
 use crate::sql::{non_negative, stream_head};
 
 /// One import batch in its own transaction: the emptiness check of a first batch, the stream
 /// heads, the checks of [`keyledger_store::import`], then the rows and the command ids.
-pub(crate) async fn import_batch(
-    pool: &SqlitePool,
+pub(crate) fn import_batch(
+    conn: &mut Connection,
     mut events: Vec<StoredEvent>,
     batch: ImportBatch,
 ) -> Result<usize, StoreError> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(backend)?;
+    let backend = StoreError::backend;
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(backend)?;
     if batch == ImportBatch::First {
-        let any: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM events)")
-            .fetch_one(&mut *tx)
-            .await
+        let any: bool = tx
+            .query_row("SELECT EXISTS (SELECT 1 FROM events)", [], |r| r.get(0))
             .map_err(backend)?;
         if any {
             return Err(StoreError::ImportTargetNotEmpty);
@@ -33,66 +34,69 @@ pub(crate) async fn import_batch(
     let mut heads = HashMap::new();
     for e in &events {
         if !heads.contains_key(&e.stream_id)
-            && let Some(head) = stream_head(&mut tx, e.stream_id).await?
+            && let Some(head) = stream_head(&tx, e.stream_id)?
         {
             heads.insert(e.stream_id, head);
         }
     }
     check_import(heads, &events)?;
-    for e in &mut events {
-        e.global_position = insert_event(&mut tx, e).await?;
-    }
-    for (c, r) in imported_commands(&events) {
+    {
+        let mut insert = tx
+            .prepare_cached(
+                "INSERT INTO events (event_id, stream_id, stream_version, event_type, schema_version, \
+                 occurred_at, actor, command_id, correlation_id, causation_id, payload, prev_hash, hash) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) RETURNING position",
+            )
+            .map_err(backend)?;
+        for e in &mut events {
+            let c = EnvelopeColumns::from_event(e)?;
+            let position: i64 = insert
+                .query_row(
+                    rusqlite::params![
+                        c.event_id,
+                        c.stream_id,
+                        c.stream_version,
+                        c.event_type,
+                        c.schema_version,
+                        c.occurred_at,
+                        c.actor,
+                        c.command_id,
+                        c.correlation_id,
+                        c.causation_id,
+                        c.payload,
+                        c.prev_hash,
+                        c.hash,
+                    ],
+                    |r| r.get(0),
+                )
+                .map_err(backend)?;
+            e.global_position = GlobalPosition(non_negative(position));
+        }
         // A known command id is extended only when this batch continues its append (see
         // `keyledger_store::import::imported_commands`).
-        sqlx::query(
-            "INSERT INTO commands (command_id, stream_id, first_version, last_version, \
-                 first_position, last_position) VALUES (?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (command_id) DO UPDATE SET last_version = excluded.last_version, \
+        let mut record = tx
+            .prepare_cached(
+                "INSERT INTO commands (command_id, stream_id, first_version, last_version, \
+                 first_position, last_position) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                 ON CONFLICT (command_id) DO UPDATE SET last_version = excluded.last_version, \
                  last_position = excluded.last_position \
-             WHERE commands.stream_id = excluded.stream_id \
-               AND commands.last_version + 1 = excluded.first_version",
-        )
-        .bind(c.as_str())
-        .bind(r.stream.to_string())
-        .bind(to_i64(r.first_version.0)?)
-        .bind(to_i64(r.last_version.0)?)
-        .bind(to_i64(r.first_position.0)?)
-        .bind(to_i64(r.last_position.0)?)
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
+                 WHERE commands.stream_id = excluded.stream_id \
+                 AND commands.last_version + 1 = excluded.first_version",
+            )
+            .map_err(backend)?;
+        for (c, r) in imported_commands(&events) {
+            record
+                .execute(rusqlite::params![
+                    c.as_str(),
+                    r.stream.to_string(),
+                    to_i64(r.first_version.0)?,
+                    to_i64(r.last_version.0)?,
+                    to_i64(r.first_position.0)?,
+                    to_i64(r.last_position.0)?,
+                ])
+                .map_err(backend)?;
+        }
     }
-    tx.commit().await.map_err(backend)?;
+    tx.commit().map_err(backend)?;
     Ok(events.len())
-}
-
-/// Inserts one envelope as it is; returns the position it got.
-async fn insert_event(
-    tx: &mut Transaction<'static, Sqlite>,
-    e: &StoredEvent,
-) -> Result<GlobalPosition, StoreError> {
-    let c = EnvelopeColumns::from_event(e)?;
-    let position: i64 = sqlx::query_scalar(
-        "INSERT INTO events (event_id, stream_id, stream_version, event_type, schema_version, \
-             occurred_at, actor, command_id, correlation_id, causation_id, payload, prev_hash, hash) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING position",
-    )
-    .bind(c.event_id)
-    .bind(c.stream_id)
-    .bind(c.stream_version)
-    .bind(c.event_type)
-    .bind(c.schema_version)
-    .bind(c.occurred_at)
-    .bind(c.actor)
-    .bind(c.command_id)
-    .bind(c.correlation_id)
-    .bind(c.causation_id)
-    .bind(c.payload)
-    .bind(c.prev_hash)
-    .bind(c.hash)
-    .fetch_one(&mut **tx)
-    .await
-    .map_err(backend)?;
-    Ok(GlobalPosition(non_negative(position)))
 }

@@ -1,14 +1,16 @@
 //! The SQLite event store: one file in WAL mode, the embedded default backend (DESIGN.md §5).
 //!
-//! - One writer connection, owned by a writer task: appends are serialized, so the rowid
-//!   global position is commit order and catch-up readers never skip an event.
-//! - Group commit: the writer task takes every append waiting in its queue (up to
-//!   [`MAX_GROUP`]) into one transaction, so one fsync serves many appends. Each append is
-//!   checked on its own (command id, expected version) against the database and the appends
-//!   before it in the group, so a refused append does not affect the others; then the group's
-//!   events go in with a few multi-row inserts. A write that fails rolls the whole group back
-//!   and every append in it gets a backend error (safe to retry with the same command id).
-//! - A pool of read connections: WAL lets them read while the writer commits.
+//! - One writer connection, owned by a writer thread that calls SQLite itself (rusqlite, ADR
+//!   0037): appends are serialized, so the rowid global position is commit order and catch-up
+//!   readers never skip an event.
+//! - Group commit: the writer takes every append waiting in its queue (up to [`MAX_GROUP`])
+//!   into one transaction, so one fsync serves many appends. Each append is checked on its own
+//!   (command id, expected version) against the database and the appends before it in the
+//!   group, so a refused append does not affect the others; then the group's events go in
+//!   through prepared statements. A write that fails rolls the whole group back and every
+//!   append in it gets a backend error (safe to retry with the same command id).
+//! - Through sqlx: the migrations, a pool of read connections (WAL lets them read while the
+//!   writer commits) and a maintenance connection ([`SqliteStore::write_pool`]).
 //! - An append reads only the stream's head (last version and hash) through the
 //!   `(stream_id, stream_version)` index, or not at all when the writer knows it; it never
 //!   loads the stream.
@@ -145,13 +147,10 @@ impl SqliteStore {
                 Durability::Normal => SqliteSynchronous::Normal,
             })
             .busy_timeout(options.busy_timeout)
-            // A multi-row insert inside a transaction keeps a statement journal; past 64 KiB
-            // SQLite spills it to a temporary file, written and read on every group commit.
-            // In memory it takes memory the size of the journal and no system calls (issue 12).
             .pragma("temp_store", "memory")
             .foreign_keys(true);
-        // One connection for the life of the store: the writer's head cache relies on its
-        // `PRAGMA data_version`, which only compares within one connection.
+        // The migrations' and maintenance connection. Appends do not use it: the writer thread
+        // has its own (below), and sees this one's writes as another connection's.
         let write = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
@@ -176,20 +175,30 @@ impl SqliteStore {
         let signal = CommitSignal::default();
         let written_up_to = Arc::new(AtomicU64::new(log_end));
         let (writer, requests) = mpsc::channel(1024);
-        // The writer task has a thread and a runtime of its own. Its group commits are the
-        // store's one serial path, and each takes a few round trips to the driver's thread;
-        // on a shared runtime, every one of those wake-ups waits behind whatever else is
-        // queued there (under HTTP load, the requests), which made a commit take twice as
-        // long (issue 12).
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(StoreError::backend)?;
-        let (pool, commits, written) = (write.clone(), signal.clone(), written_up_to.clone());
+        // The writer has a thread of its own and calls SQLite there through a connection of its
+        // own: a group commit is the store's one serial path, and through the pool each of its
+        // statements was a hand-over to the driver's thread and back, which under HTTP load
+        // waited for a core each time (issue 12, ADR 0037).
+        let (opened, ready) = oneshot::channel();
+        let (commits, written) = (signal.clone(), written_up_to.clone());
+        let (file, durability, busy_timeout) = (path.to_owned(), options.durability, options.busy_timeout);
         std::thread::Builder::new()
             .name("keyledger-sqlite-writer".into())
-            .spawn(move || runtime.block_on(writer_loop(pool, commits, written, requests)))
+            .spawn(
+                move || match writer::open_connection(&file, durability, busy_timeout) {
+                    Ok(conn) => {
+                        let _ = opened.send(Ok(()));
+                        writer_loop(conn, commits, written, requests);
+                    }
+                    Err(e) => {
+                        let _ = opened.send(Err(e));
+                    }
+                },
+            )
             .map_err(StoreError::backend)?;
+        ready
+            .await
+            .map_err(|_| StoreError::backend("the SQLite writer thread stopped while opening"))??;
         Ok(Self {
             write,
             projections,
@@ -213,15 +222,20 @@ impl SqliteStore {
     }
 
     /// The writer pool (one connection), for backend-specific maintenance and tests. Appends
-    /// go through the writer task, which caches stream heads: after changing a stream's rows
+    /// go through the writer thread, which caches stream heads: after changing a stream's rows
     /// through this pool, an append to it may fail once (the unique version catches it, and the
     /// cache is emptied).
     pub fn write_pool(&self) -> &SqlitePool {
         &self.write
     }
 
-    /// Closes the pools of both files (checkpointing their WALs).
+    /// Stops the writer and closes the pools of both files (checkpointing their WALs). Appends
+    /// after it fail.
     pub async fn close(&self) {
+        let (done, closed) = oneshot::channel();
+        if self.writer.send(Request::Close(done)).await.is_ok() {
+            let _ = closed.await;
+        }
         self.read.close().await;
         self.write.close().await;
         self.projections.close().await;
@@ -246,7 +260,7 @@ impl EventStore for SqliteStore {
             command_id,
             reply,
         });
-        let stopped = || StoreError::backend("the SQLite writer task has stopped");
+        let stopped = || StoreError::backend("the SQLite writer has stopped");
         self.writer.send(request).await.map_err(|_| stopped())?;
         result.await.map_err(|_| stopped())?
     }
@@ -273,7 +287,7 @@ impl EventStore for SqliteStore {
 
     async fn import(&self, events: Vec<StoredEvent>, batch: ImportBatch) -> Result<usize, StoreError> {
         let (reply, result) = oneshot::channel();
-        let stopped = || StoreError::backend("the SQLite writer task has stopped");
+        let stopped = || StoreError::backend("the SQLite writer has stopped");
         self.writer
             .send(Request::Import(ImportRequest { events, batch, reply }))
             .await

@@ -4,8 +4,9 @@ use keyledger_domain::{CommandId, GlobalPosition, StreamId, StreamVersion};
 use keyledger_store::StoredEvent;
 use keyledger_store::row::EnvelopeColumns;
 use keyledger_store::{AppendResult, StoreError, StreamHead};
+use rusqlite::{Connection, OptionalExtension as _};
 use sqlx::Row as _;
-use sqlx::sqlite::{SqliteConnection, SqliteRow};
+use sqlx::sqlite::SqliteRow;
 
 use crate::backend;
 
@@ -18,75 +19,80 @@ pub(crate) async fn last_position<'e>(db: impl sqlx::SqliteExecutor<'e>) -> Resu
     Ok(non_negative(last))
 }
 
-/// Begins a group's transaction and reads what the group needs first, in one round trip to the
-/// driver's thread: `BEGIN IMMEDIATE` takes the write lock up front (so the head reads and the
-/// inserts see one state even when another process writes the file), then this connection's
-/// `data_version` and the last position (as [`last_position`]). Should the read fail after
-/// `BEGIN`, the caller rolls back.
-pub(crate) async fn begin_group(conn: &mut SqliteConnection) -> Result<(i64, u64), sqlx::Error> {
-    let (data_version, last): (i64, i64) = sqlx::query_as(
-        "BEGIN IMMEDIATE; \
-         SELECT data_version, (SELECT coalesce(max(position), 0) FROM events) FROM pragma_data_version",
-    )
-    .fetch_one(conn)
-    .await?;
+/// The last position in the log, read on the writer thread's connection.
+pub(crate) fn last_position_on(conn: &Connection) -> Result<u64, StoreError> {
+    let last: i64 = conn
+        .query_row("SELECT coalesce(max(position), 0) FROM events", [], |r| r.get(0))
+        .map_err(StoreError::backend)?;
+    Ok(non_negative(last))
+}
+
+/// What a group needs first, read inside its transaction: this connection's `data_version`
+/// and the last position (as [`last_position`]).
+pub(crate) fn begin_group(conn: &Connection) -> Result<(i64, u64), rusqlite::Error> {
+    let (data_version, last): (i64, i64) = conn
+        .prepare_cached(
+            "SELECT data_version, (SELECT coalesce(max(position), 0) FROM events) FROM pragma_data_version",
+        )?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok((data_version, non_negative(last)))
 }
 
-pub(crate) async fn command_result(
-    conn: &mut SqliteConnection,
+/// The result recorded for `command_id`, if any.
+pub(crate) fn command_result(
+    conn: &Connection,
     command_id: &CommandId,
 ) -> Result<Option<AppendResult>, StoreError> {
-    let row = sqlx::query(
-        "SELECT stream_id, first_version, last_version, first_position, last_position \
-             FROM commands WHERE command_id = ?",
-    )
-    .bind(command_id.as_str())
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(backend)?;
-    row.map(|r| command_row(&r)).transpose()
-}
-
-/// The last version and hash of `stream`; `None` when it has no event.
-pub(crate) async fn stream_head(
-    conn: &mut SqliteConnection,
-    stream: StreamId,
-) -> Result<Option<StreamHead>, StoreError> {
-    sqlx::query(
-        "SELECT stream_version, hash FROM events WHERE stream_id = ? \
-             ORDER BY stream_version DESC LIMIT 1",
-    )
-    .bind(stream.to_string())
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(backend)?
-    .map(|r| -> Result<StreamHead, StoreError> {
-        Ok(StreamHead {
-            version: StreamVersion(non_negative(r.try_get("stream_version").map_err(backend)?)),
-            hash: r.try_get("hash").map_err(backend)?,
+    let row = conn
+        .prepare_cached(
+            "SELECT stream_id, first_version, last_version, first_position, last_position \
+             FROM commands WHERE command_id = ?1",
+        )
+        .and_then(|mut q| {
+            q.query_row([command_id.as_str()], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    [r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?],
+                ))
+            })
+            .optional()
+        })
+        .map_err(StoreError::backend)?;
+    row.map(|(stream, [fv, lv, fp, lp]): (String, [i64; 4])| {
+        Ok(AppendResult {
+            stream: stream
+                .parse()
+                .map_err(|e| StoreError::backend(format!("commands.stream_id: {e}")))?,
+            first_version: StreamVersion(non_negative(fv)),
+            last_version: StreamVersion(non_negative(lv)),
+            first_position: GlobalPosition(non_negative(fp)),
+            last_position: GlobalPosition(non_negative(lp)),
+            repeat: false,
         })
     })
     .transpose()
 }
 
-pub(crate) fn non_negative(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or_default()
+/// The last version and hash of `stream`; `None` when it has no event.
+pub(crate) fn stream_head(conn: &Connection, stream: StreamId) -> Result<Option<StreamHead>, StoreError> {
+    conn.prepare_cached(
+        "SELECT stream_version, hash FROM events WHERE stream_id = ?1 \
+         ORDER BY stream_version DESC LIMIT 1",
+    )
+    .and_then(|mut q| {
+        q.query_row([stream.to_string()], |r| {
+            Ok(StreamHead {
+                version: StreamVersion(non_negative(r.get(0)?)),
+                hash: r.get(1)?,
+            })
+        })
+        .optional()
+    })
+    .map_err(StoreError::backend)
 }
 
-pub(crate) fn command_row(r: &SqliteRow) -> Result<AppendResult, StoreError> {
-    let stream: String = r.try_get("stream_id").map_err(backend)?;
-    let get = |c: &str| -> Result<u64, StoreError> { Ok(non_negative(r.try_get(c).map_err(backend)?)) };
-    Ok(AppendResult {
-        stream: stream
-            .parse()
-            .map_err(|e| StoreError::backend(format!("commands.stream_id: {e}")))?,
-        first_version: StreamVersion(get("first_version")?),
-        last_version: StreamVersion(get("last_version")?),
-        first_position: GlobalPosition(get("first_position")?),
-        last_position: GlobalPosition(get("last_position")?),
-        repeat: false,
-    })
+pub(crate) fn non_negative(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or_default()
 }
 
 pub(crate) const SELECT_EVENTS: &str = "SELECT position, event_id, stream_id, stream_version, event_type, schema_version, \

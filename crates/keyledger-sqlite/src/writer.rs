@@ -1,36 +1,43 @@
-//! The writer task: it owns the one write connection and takes the appends and imports queued
-//! for it, appends in groups ([`crate::group`]), an import batch alone ([`crate::import`]). It
-//! runs on a thread of its own (ADR 0036).
+//! The writer: a thread that owns the one write connection and takes the appends and imports
+//! queued for it, appends in groups ([`crate::group`]), an import batch alone
+//! ([`crate::import`]). It calls SQLite itself, so a group commit waits for no other thread
+//! (ADR 0037).
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use keyledger_domain::{CommandId, StreamId, StreamVersion};
 use keyledger_store::StoredEvent;
 use keyledger_store::subscribe::CommitSignal;
 use keyledger_store::{AppendResult, ImportBatch, KeyRing, NewEvent, StoreError};
-use sqlx::sqlite::SqlitePool;
+use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::Durability;
 use crate::group::commit_group;
 use crate::head_cache::HeadCache;
 use crate::import::import_batch;
-use crate::sql::last_position;
+use crate::sql::last_position_on;
 
-/// Work for the writer task.
+/// Work for the writer thread.
 pub(crate) enum Request {
     Append(WriteRequest),
     Import(ImportRequest),
+    /// Commit what came before, close the connection (checkpointing the WAL when it is the
+    /// file's last), then answer; later requests find the writer stopped.
+    Close(oneshot::Sender<()>),
 }
 
-/// One import batch waiting for the writer task; it commits in a transaction of its own.
+/// One import batch waiting for the writer thread; it commits in a transaction of its own.
 pub(crate) struct ImportRequest {
     pub(crate) events: Vec<StoredEvent>,
     pub(crate) batch: ImportBatch,
     pub(crate) reply: oneshot::Sender<Result<usize, StoreError>>,
 }
 
-/// One append waiting for the writer task.
+/// One append waiting for the writer thread.
 pub(crate) struct WriteRequest {
     pub(crate) ring: Arc<KeyRing>,
     pub(crate) stream: StreamId,
@@ -40,13 +47,35 @@ pub(crate) struct WriteRequest {
     pub(crate) reply: oneshot::Sender<Result<AppendResult, StoreError>>,
 }
 
+/// The writer's connection: WAL (set by the migrations' connection already), the store's
+/// durability, statement journals in memory (a group's inserts keep one; past 64 KiB SQLite
+/// would spill it to a temporary file on every commit), foreign keys on.
+pub(crate) fn open_connection(
+    path: &Path,
+    durability: Durability,
+    busy_timeout: Duration,
+) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(StoreError::backend)?;
+    conn.busy_timeout(busy_timeout).map_err(StoreError::backend)?;
+    let synchronous = match durability {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; \
+         PRAGMA temp_store = MEMORY; PRAGMA foreign_keys = ON;"
+    ))
+    .map_err(StoreError::backend)?;
+    Ok(conn)
+}
+
 /// The most appends committed in one transaction.
 pub const MAX_GROUP: usize = 256;
 
-/// Owns the write side: takes every waiting append into one transaction (group commit). An
-/// import batch commits alone, in queue order.
-pub(crate) async fn writer_loop(
-    pool: SqlitePool,
+/// Owns the write side on its thread: takes every waiting append into one transaction (group
+/// commit). An import batch commits alone, in queue order. Returns when every sender is gone.
+pub(crate) fn writer_loop(
+    mut conn: Connection,
     signal: CommitSignal,
     written_up_to: Arc<AtomicU64>,
     mut requests: mpsc::Receiver<Request>,
@@ -54,28 +83,47 @@ pub(crate) async fn writer_loop(
     let mut waiting = Vec::with_capacity(MAX_GROUP);
     let mut group = Vec::with_capacity(MAX_GROUP);
     let mut heads = HeadCache::default();
-    while requests.recv_many(&mut waiting, MAX_GROUP).await > 0 {
+    let mut closed = None;
+    while closed.is_none()
+        && let Some(first) = requests.blocking_recv()
+    {
+        waiting.push(first);
+        while waiting.len() < MAX_GROUP
+            && let Ok(more) = requests.try_recv()
+        {
+            waiting.push(more);
+        }
         for request in waiting.drain(..) {
             match request {
                 Request::Append(a) => group.push(a),
                 Request::Import(i) => {
                     if !group.is_empty() {
-                        commit_group(&pool, &signal, &written_up_to, &mut group, &mut heads).await;
+                        commit_group(&mut conn, &signal, &written_up_to, &mut group, &mut heads);
                     }
                     heads.clear();
-                    let result = import_batch(&pool, i.events, i.batch).await;
+                    let result = import_batch(&mut conn, i.events, i.batch);
                     if matches!(result, Ok(n) if n > 0) {
-                        if let Ok(last) = last_position(&pool).await {
+                        if let Ok(last) = last_position_on(&conn) {
                             written_up_to.fetch_max(last, Ordering::Relaxed);
                         }
                         signal.notify();
                     }
                     let _ = i.reply.send(result);
                 }
+                Request::Close(done) => {
+                    closed = Some(done);
+                    break;
+                }
             }
         }
         if !group.is_empty() {
-            commit_group(&pool, &signal, &written_up_to, &mut group, &mut heads).await;
+            commit_group(&mut conn, &signal, &written_up_to, &mut group, &mut heads);
         }
+    }
+    // Requests queued behind a close are dropped unanswered: their callers see the writer
+    // stopped.
+    drop(conn);
+    if let Some(done) = closed {
+        let _ = done.send(());
     }
 }

@@ -156,3 +156,33 @@ async fn a_failed_group_stores_nothing_and_the_next_one_commits() {
     let report = store.verify(VerifyScope::All).await.unwrap();
     assert_eq!(report.first_break, None);
 }
+
+/// `close` stops the writer once what came before it is committed: the WAL is folded into the
+/// database file and removed (the writer's connection was the last one open), and a later
+/// append gets an error rather than writing behind the closed pools.
+#[tokio::test]
+async fn close_commits_checkpoints_and_refuses_later_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.db");
+    let ring = Arc::new(KeyRing::generate());
+    let store = SqliteStore::open(&path, ring.clone()).await.unwrap();
+    let stream = new_stream();
+    store
+        .append(stream, StreamVersion::NONE, vec![tenant_added("a")], None)
+        .await
+        .unwrap();
+    let wal = dir.path().join("k.db-wal");
+    assert!(wal.exists(), "an open store writes through its WAL");
+    store.close().await;
+    assert!(!wal.exists(), "the WAL is checkpointed and removed at close");
+    let late = store
+        .append(stream, StreamVersion(1), vec![tenant_added("b")], None)
+        .await;
+    assert!(late.is_err(), "an append after close is refused: {late:?}");
+    drop(store);
+    let reopened = SqliteStore::open(&path, ring).await.unwrap();
+    assert_eq!(
+        reopened.read_all(GlobalPosition::START, 10).await.unwrap().len(),
+        1
+    );
+}
