@@ -48,8 +48,7 @@ pub(crate) struct WriteRequest {
 }
 
 /// The writer's connection: WAL (set by the migrations' connection already), the store's
-/// durability, statement journals in memory (a group's inserts keep one; past 64 KiB SQLite
-/// would spill it to a temporary file on every commit), foreign keys on.
+/// durability, temporary storage in memory (ADR 0036), foreign keys on.
 pub(crate) fn open_connection(
     path: &Path,
     durability: Durability,
