@@ -9,11 +9,13 @@ use keyledger_store::StoredEvent;
 use keyledger_store::row::{EnvelopeColumns, to_i64};
 use keyledger_store::subscribe::CommitSignal;
 use keyledger_store::{AppendResult, KeyRing, NewEvent, StoreError, StreamHead};
-use rusqlite::{Connection, Transaction, TransactionBehavior};
+use rusqlite::{Connection, ToSql, Transaction, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use crate::head_cache::HeadCache;
-use crate::sql::{begin_group, command_result, stream_head};
+use crate::sql::{
+    INSERT_NUMBERED, begin_group, command_result, command_values, envelope_params, stream_head,
+};
 use crate::writer::WriteRequest;
 
 pub(crate) fn commit_group(
@@ -150,33 +152,13 @@ fn insert_and_commit(
 ) -> Result<(), StoreError> {
     let backend = StoreError::backend;
     {
-        let mut insert = tx
-            .prepare_cached(
-                "INSERT INTO events (position, event_id, stream_id, stream_version, event_type, \
-                 schema_version, occurred_at, actor, command_id, correlation_id, causation_id, payload, \
-                 prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-            )
-            .map_err(backend)?;
+        let mut insert = tx.prepare_cached(INSERT_NUMBERED).map_err(backend)?;
         for e in events {
             let c = EnvelopeColumns::from_event(e)?;
-            insert
-                .execute(rusqlite::params![
-                    to_i64(e.global_position.0)?,
-                    c.event_id,
-                    c.stream_id,
-                    c.stream_version,
-                    c.event_type,
-                    c.schema_version,
-                    c.occurred_at,
-                    c.actor,
-                    c.command_id,
-                    c.correlation_id,
-                    c.causation_id,
-                    c.payload,
-                    c.prev_hash,
-                    c.hash,
-                ])
-                .map_err(backend)?;
+            let position = to_i64(e.global_position.0)?;
+            let mut params: Vec<&dyn ToSql> = envelope_params(&c).to_vec();
+            params.push(&position);
+            insert.execute(&*params).map_err(backend)?;
         }
         let mut record = tx
             .prepare_cached(
@@ -185,15 +167,9 @@ fn insert_and_commit(
             )
             .map_err(backend)?;
         for (c, r) in commands {
+            let (command, stream, [fv, lv, fp, lp]) = command_values(c, r)?;
             record
-                .execute(rusqlite::params![
-                    c.as_str(),
-                    r.stream.to_string(),
-                    to_i64(r.first_version.0)?,
-                    to_i64(r.last_version.0)?,
-                    to_i64(r.first_position.0)?,
-                    to_i64(r.last_position.0)?,
-                ])
+                .execute(rusqlite::params![command, stream, fv, lv, fp, lp])
                 .map_err(backend)?;
         }
     }

@@ -6,11 +6,11 @@ use std::collections::HashMap;
 use keyledger_domain::GlobalPosition;
 use keyledger_store::StoredEvent;
 use keyledger_store::import::{check_import, imported_commands};
-use keyledger_store::row::{EnvelopeColumns, to_i64};
+use keyledger_store::row::EnvelopeColumns;
 use keyledger_store::{ImportBatch, StoreError};
 use rusqlite::{Connection, TransactionBehavior};
 
-use crate::sql::{non_negative, stream_head};
+use crate::sql::{INSERT_IMPORTED, command_values, envelope_params, non_negative, stream_head};
 
 /// One import batch in its own transaction: the emptiness check of a first batch, the stream
 /// heads, the checks of [`keyledger_store::import`], then the rows and the command ids.
@@ -41,34 +41,11 @@ pub(crate) fn import_batch(
     }
     check_import(heads, &events)?;
     {
-        let mut insert = tx
-            .prepare_cached(
-                "INSERT INTO events (event_id, stream_id, stream_version, event_type, schema_version, \
-                 occurred_at, actor, command_id, correlation_id, causation_id, payload, prev_hash, hash) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) RETURNING position",
-            )
-            .map_err(backend)?;
+        let mut insert = tx.prepare_cached(INSERT_IMPORTED).map_err(backend)?;
         for e in &mut events {
             let c = EnvelopeColumns::from_event(e)?;
             let position: i64 = insert
-                .query_row(
-                    rusqlite::params![
-                        c.event_id,
-                        c.stream_id,
-                        c.stream_version,
-                        c.event_type,
-                        c.schema_version,
-                        c.occurred_at,
-                        c.actor,
-                        c.command_id,
-                        c.correlation_id,
-                        c.causation_id,
-                        c.payload,
-                        c.prev_hash,
-                        c.hash,
-                    ],
-                    |r| r.get(0),
-                )
+                .query_row(envelope_params(&c).as_slice(), |r| r.get(0))
                 .map_err(backend)?;
             e.global_position = GlobalPosition(non_negative(position));
         }
@@ -85,15 +62,9 @@ pub(crate) fn import_batch(
             )
             .map_err(backend)?;
         for (c, r) in imported_commands(&events) {
+            let (command, stream, [fv, lv, fp, lp]) = command_values(&c, &r)?;
             record
-                .execute(rusqlite::params![
-                    c.as_str(),
-                    r.stream.to_string(),
-                    to_i64(r.first_version.0)?,
-                    to_i64(r.last_version.0)?,
-                    to_i64(r.first_position.0)?,
-                    to_i64(r.last_position.0)?,
-                ])
+                .execute(rusqlite::params![command, stream, fv, lv, fp, lp])
                 .map_err(backend)?;
         }
     }

@@ -3,8 +3,9 @@
 use keyledger_domain::{CommandId, GlobalPosition, StreamId, StreamVersion};
 use keyledger_store::StoredEvent;
 use keyledger_store::row::EnvelopeColumns;
+use keyledger_store::row::to_i64;
 use keyledger_store::{AppendResult, StoreError, StreamHead};
-use rusqlite::{Connection, OptionalExtension as _};
+use rusqlite::{Connection, OptionalExtension as _, ToSql};
 use sqlx::Row as _;
 use sqlx::sqlite::SqliteRow;
 
@@ -89,6 +90,65 @@ pub(crate) fn stream_head(conn: &Connection, stream: StreamId) -> Result<Option<
         .optional()
     })
     .map_err(StoreError::backend)
+}
+
+/// The envelope's columns other than `position`: the order of [`envelope_params`].
+macro_rules! envelope_columns {
+    () => {
+        "event_id, stream_id, stream_version, event_type, schema_version, occurred_at, actor, \
+         command_id, correlation_id, causation_id, payload, prev_hash, hash"
+    };
+}
+
+/// Inserts an event the writer numbered: [`envelope_params`], then the position (?14).
+pub(crate) const INSERT_NUMBERED: &str = concat!(
+    "INSERT INTO events (",
+    envelope_columns!(),
+    ", position) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+);
+
+/// Inserts an imported event: [`envelope_params`]; SQLite gives the position.
+pub(crate) const INSERT_IMPORTED: &str = concat!(
+    "INSERT INTO events (",
+    envelope_columns!(),
+    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) RETURNING position"
+);
+
+/// The envelope's columns as statement parameters, in the order of `envelope_columns!`.
+pub(crate) fn envelope_params(c: &EnvelopeColumns) -> [&dyn ToSql; 13] {
+    [
+        &c.event_id,
+        &c.stream_id,
+        &c.stream_version,
+        &c.event_type,
+        &c.schema_version,
+        &c.occurred_at,
+        &c.actor,
+        &c.command_id,
+        &c.correlation_id,
+        &c.causation_id,
+        &c.payload,
+        &c.prev_hash,
+        &c.hash,
+    ]
+}
+
+/// The `commands` row of a command id's append: command id, stream, first and last version,
+/// first and last position (the parameters ?1 to ?6 of an insert into `commands`).
+pub(crate) fn command_values(
+    c: &CommandId,
+    r: &AppendResult,
+) -> Result<(String, String, [i64; 4]), StoreError> {
+    Ok((
+        c.as_str().to_owned(),
+        r.stream.to_string(),
+        [
+            to_i64(r.first_version.0)?,
+            to_i64(r.last_version.0)?,
+            to_i64(r.first_position.0)?,
+            to_i64(r.last_position.0)?,
+        ],
+    ))
 }
 
 pub(crate) fn non_negative(v: i64) -> u64 {
