@@ -21,6 +21,7 @@ on_every_backend!(
     oversized_bodies_are_413,
     bad_input_is_refused_and_appends_nothing,
     sse_resumes_with_last_event_id_without_gap_or_duplicate,
+    a_stream_far_behind_gets_every_event_once_in_order_as_the_pages_show_it,
     operations_endpoints,
     out_of_range_positions_and_versions_are_400,
     an_out_of_range_last_event_id_is_a_400_not_a_dead_stream,
@@ -1186,6 +1187,62 @@ fn ADMIN_OR_ROLE(method: &str, path: &str) -> &'static str {
     } else {
         let _ = method;
         ADMIN
+    }
+}
+
+/// A consumer far behind is sent the log in large chunks, several rendered at once on their own
+/// tasks: the stream still carries every event once, in commit order, each the same CloudEvent
+/// as the pages of `GET /v1/events` show.
+async fn a_stream_far_behind_gets_every_event_once_in_order_as_the_pages_show_it(s: &Server) {
+    let org = new_org();
+    s.register(&org).await;
+    // Enough for several chunks of 256 events in flight at once.
+    for tier in ["premium", "standard"].into_iter().cycle().take(800) {
+        s.call(
+            "PUT",
+            &org_path(&org, "/plan"),
+            BILLING,
+            Some(json!({"plan": {"kind": "enterprise", "tier": tier}, "reason": "r"})),
+        )
+        .await
+        .expect(200);
+    }
+    let positions = s.all_published().await;
+    assert!(positions.len() > 800);
+    let mut pages = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = s
+            .call(
+                "GET",
+                &format!("/v1/events?after={after}&limit=500"),
+                PLATFORM,
+                None,
+            )
+            .await
+            .json();
+        let events = page["events"].as_array().unwrap().clone();
+        if events.is_empty() {
+            break;
+        }
+        after = page["next_after"].as_u64().unwrap();
+        pages.extend(events);
+    }
+    let (streamed, _) = sse_events(
+        s,
+        "/v1/events/stream?after=0",
+        None,
+        positions.len(),
+        Duration::from_secs(60),
+    )
+    .await;
+    let ids: Vec<u64> = streamed.iter().map(|e| e.0).collect();
+    assert_eq!(ids, positions, "every event once, in commit order");
+    assert_eq!(pages.len(), streamed.len());
+    for ((id, event_type, data), page) in streamed.iter().zip(&pages) {
+        assert_eq!(data, page, "the CloudEvent of position {id}");
+        let prefix = format!("keyledger.{event_type}.v");
+        assert!(page["type"].as_str().unwrap().starts_with(&prefix), "{page}");
     }
 }
 

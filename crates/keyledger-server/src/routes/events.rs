@@ -8,6 +8,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures::future::{self, BoxFuture, FutureExt as _};
 use futures::{StreamExt as _, stream};
 use keyledger_domain::{CrossRead, GlobalPosition, authorize_cross_read};
 
@@ -90,6 +91,14 @@ fn start(headers: &HeaderMap, q: &EventsQuery) -> Result<u64, Problem> {
 /// behind gets large writes and a live one gets each event as it commits.
 const EVENTS_PER_WRITE: usize = 256;
 
+/// A chunk of at least this many events (a consumer catching up) is rendered on a task of its
+/// own, and [`RENDERED_AHEAD`] of them at once, so that rendering uses every core; a live
+/// consumer's few events are rendered in place.
+const RENDER_APART_FROM: usize = 32;
+
+/// Chunks rendered ahead of the one being written.
+const RENDERED_AHEAD: usize = 2;
+
 /// The SSE comment heartbeat.
 const HEARTBEAT: &[u8] = b": heartbeat\n\n";
 
@@ -114,11 +123,14 @@ pub(crate) async fn stream(
     let stopping = async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     };
+    let rendering = state.clone();
     let events = state
         .services
         .store
         .subscribe(GlobalPosition(after))
         .ready_chunks(EVENTS_PER_WRITE)
+        .map(move |chunk| render(rendering.clone(), chunk))
+        .buffered(RENDERED_AHEAD)
         .take_until(stopping)
         .boxed();
     let period = state.config.heartbeat;
@@ -128,8 +140,8 @@ pub(crate) async fn stream(
     let body = stream::unfold(Some((events, heartbeat, state, open)), |st| async move {
         let (mut events, mut heartbeat, state, open) = st?;
         tokio::select! {
-            chunk = events.next() => {
-                let (bytes, more) = sse_messages(&state, chunk?);
+            rendered = events.next() => {
+                let (bytes, more) = rendered?;
                 let next = more.then_some((events, heartbeat, state, open));
                 Some((Ok::<_, Infallible>(Bytes::from(bytes)), next))
             }
@@ -148,12 +160,30 @@ pub(crate) async fn stream(
         .into_response())
 }
 
+type Chunk = Vec<Result<keyledger_store::StoredEvent, keyledger_store::StoreError>>;
+
+/// A chunk's SSE messages, and whether the stream goes on.
+type Messages = (Vec<u8>, bool);
+
+/// [`sse_messages`] of a chunk: in place for a few events, on a task of its own for many (a
+/// task that fails ends the stream like an error).
+fn render(state: Shared, chunk: Chunk) -> BoxFuture<'static, Messages> {
+    if chunk.len() < RENDER_APART_FROM {
+        return future::ready(sse_messages(&state, chunk)).boxed();
+    }
+    let task = tokio::spawn(async move { sse_messages(&state, chunk) });
+    async move {
+        task.await.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "rendering SSE messages failed");
+            (Vec::new(), false)
+        })
+    }
+    .boxed()
+}
+
 /// The SSE messages of a chunk of the subscription, and whether the stream goes on: it ends at
 /// a store failure or at an event this build cannot publish, after the messages before it.
-fn sse_messages(
-    state: &Shared,
-    chunk: Vec<Result<keyledger_store::StoredEvent, keyledger_store::StoreError>>,
-) -> (Vec<u8>, bool) {
+fn sse_messages(state: &Shared, chunk: Chunk) -> Messages {
     let mut out = Vec::with_capacity(chunk.len() * 512);
     for item in chunk {
         let stored = match item {
