@@ -96,7 +96,7 @@ const EVENTS_PER_WRITE: usize = 256;
 /// consumer's few events are rendered in place.
 const RENDER_APART_FROM: usize = 32;
 
-/// Chunks rendered ahead of the one being written.
+/// Chunks being rendered at once (the one to write next among them).
 const RENDERED_AHEAD: usize = 2;
 
 /// The SSE comment heartbeat.
