@@ -1,9 +1,9 @@
-//! The queries the writer and the readers share, and the mapping of rows to values.
+//! The log's queries: the writer's (rusqlite, on the writer thread's connection), the
+//! readers' mapping of rows to values (sqlx), and the last position, which both read.
 
 use keyledger_domain::{CommandId, GlobalPosition, StreamId, StreamVersion};
 use keyledger_store::StoredEvent;
-use keyledger_store::row::EnvelopeColumns;
-use keyledger_store::row::to_i64;
+use keyledger_store::row::{EnvelopeColumns, to_i64};
 use keyledger_store::{AppendResult, StoreError, StreamHead};
 use rusqlite::{Connection, OptionalExtension as _, ToSql};
 use sqlx::Row as _;
