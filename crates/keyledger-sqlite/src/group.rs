@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use crate::head_cache::HeadCache;
 use crate::sql::{
-    INSERT_NUMBERED, begin_group, command_result, command_values, envelope_params, stream_head,
+    INSERT_NUMBERED, command_result, command_values, envelope_params, group_start, stream_head,
 };
 use crate::writer::WriteRequest;
 
@@ -32,7 +32,7 @@ pub(crate) fn commit_group(
         Ok(tx) => tx,
         Err(e) => return fail_group(cache, batch.drain(..).map(|r| r.reply), &e),
     };
-    let last = match begin_group(&tx) {
+    let last = match group_start(&tx) {
         Ok((data_version, last)) => {
             cache.check(data_version);
             last
@@ -156,9 +156,10 @@ fn insert_and_commit(
         for e in events {
             let c = EnvelopeColumns::from_event(e)?;
             let position = to_i64(e.global_position.0)?;
-            let mut params: Vec<&dyn ToSql> = envelope_params(&c).to_vec();
-            params.push(&position);
-            insert.execute(&*params).map_err(backend)?;
+            let params = envelope_params(&c).into_iter().chain([&position as &dyn ToSql]);
+            insert
+                .execute(rusqlite::params_from_iter(params))
+                .map_err(backend)?;
         }
         let mut record = tx
             .prepare_cached(

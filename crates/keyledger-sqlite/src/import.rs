@@ -14,11 +14,12 @@ use crate::sql::{INSERT_IMPORTED, command_values, envelope_params, non_negative,
 
 /// One import batch in its own transaction: the emptiness check of a first batch, the stream
 /// heads, the checks of [`keyledger_store::import`], then the rows and the command ids.
+/// Returns how many events it stored and the position the last one got.
 pub(crate) fn import_batch(
     conn: &mut Connection,
     mut events: Vec<StoredEvent>,
     batch: ImportBatch,
-) -> Result<usize, StoreError> {
+) -> Result<(usize, Option<GlobalPosition>), StoreError> {
     let backend = StoreError::backend;
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -69,5 +70,5 @@ pub(crate) fn import_batch(
         }
     }
     tx.commit().map_err(backend)?;
-    Ok(events.len())
+    Ok((events.len(), events.last().map(|e| e.global_position)))
 }

@@ -20,17 +20,9 @@ pub(crate) async fn last_position<'e>(db: impl sqlx::SqliteExecutor<'e>) -> Resu
     Ok(non_negative(last))
 }
 
-/// The last position in the log, read on the writer thread's connection.
-pub(crate) fn last_position_on(conn: &Connection) -> Result<u64, StoreError> {
-    let last: i64 = conn
-        .query_row("SELECT coalesce(max(position), 0) FROM events", [], |r| r.get(0))
-        .map_err(StoreError::backend)?;
-    Ok(non_negative(last))
-}
-
 /// What a group needs first, read inside its transaction: this connection's `data_version`
 /// and the last position (as [`last_position`]).
-pub(crate) fn begin_group(conn: &Connection) -> Result<(i64, u64), rusqlite::Error> {
+pub(crate) fn group_start(conn: &Connection) -> Result<(i64, u64), rusqlite::Error> {
     let (data_version, last): (i64, i64) = conn
         .prepare_cached(
             "SELECT data_version, (SELECT coalesce(max(position), 0) FROM events) FROM pragma_data_version",

@@ -19,7 +19,6 @@ use crate::Durability;
 use crate::group::commit_group;
 use crate::head_cache::HeadCache;
 use crate::import::import_batch;
-use crate::sql::last_position_on;
 
 /// Work for the writer thread.
 pub(crate) enum Request {
@@ -101,13 +100,11 @@ pub(crate) fn writer_loop(
                     }
                     heads.clear();
                     let result = import_batch(&mut conn, i.events, i.batch);
-                    if matches!(result, Ok(n) if n > 0) {
-                        if let Ok(last) = last_position_on(&conn) {
-                            written_up_to.fetch_max(last, Ordering::Relaxed);
-                        }
+                    if let Ok((_, Some(last))) = result {
+                        written_up_to.fetch_max(last.0, Ordering::Relaxed);
                         signal.notify();
                     }
-                    let _ = i.reply.send(result);
+                    let _ = i.reply.send(result.map(|(stored, _)| stored));
                 }
                 Request::Close(done) => {
                     closed = Some(done);
