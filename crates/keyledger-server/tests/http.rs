@@ -71,6 +71,29 @@ async fn sse_events(
     (events, raw)
 }
 
+/// Every CloudEvent `GET /v1/events` shows, page after page from the start.
+async fn event_pages(s: &Server) -> Vec<Value> {
+    let mut all = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = s
+            .call(
+                "GET",
+                &format!("/v1/events?after={after}&limit=1000"),
+                PLATFORM,
+                None,
+            )
+            .await
+            .json();
+        let events = page["events"].as_array().unwrap();
+        if events.is_empty() {
+            return all;
+        }
+        all.extend(events.iter().cloned());
+        after = page["next_after"].as_u64().unwrap();
+    }
+}
+
 fn parse_sse(raw: &str) -> Vec<(u64, String, Value)> {
     raw.split("\n\n")
         .filter_map(|block| {
@@ -460,30 +483,11 @@ async fn seed_flow_through_every_route(s: &Server) {
     )
     .await;
     let ids: Vec<u64> = events.iter().map(|e| e.0).collect();
-    let expected: Vec<u64> = {
-        let mut all = Vec::new();
-        let mut after = 0;
-        loop {
-            let p = s
-                .call(
-                    "GET",
-                    &format!("/v1/events?after={after}&limit=1000"),
-                    PLATFORM,
-                    None,
-                )
-                .await
-                .json();
-            let evs = p["events"].as_array().unwrap().clone();
-            if evs.is_empty() {
-                break all;
-            }
-            all.extend(
-                evs.iter()
-                    .map(|e| e["sequence"].as_str().unwrap().parse::<u64>().unwrap()),
-            );
-            after = p["next_after"].as_u64().unwrap();
-        }
-    };
+    let expected: Vec<u64> = event_pages(s)
+        .await
+        .iter()
+        .map(|e| e["sequence"].as_str().unwrap().parse::<u64>().unwrap())
+        .collect();
     assert_eq!(ids, expected);
     for (id, event, data) in &events {
         assert_eq!(data["sequence"], id.to_string());
@@ -1209,25 +1213,7 @@ async fn a_stream_far_behind_gets_every_event_once_in_order_as_the_pages_show_it
     }
     let positions = s.all_published().await;
     assert!(positions.len() > 800);
-    let mut pages = Vec::new();
-    let mut after = 0;
-    loop {
-        let page = s
-            .call(
-                "GET",
-                &format!("/v1/events?after={after}&limit=500"),
-                PLATFORM,
-                None,
-            )
-            .await
-            .json();
-        let events = page["events"].as_array().unwrap().clone();
-        if events.is_empty() {
-            break;
-        }
-        after = page["next_after"].as_u64().unwrap();
-        pages.extend(events);
-    }
+    let pages = event_pages(s).await;
     let (streamed, _) = sse_events(
         s,
         "/v1/events/stream?after=0",
