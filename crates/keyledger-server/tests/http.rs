@@ -71,6 +71,18 @@ async fn sse_events(
     (events, raw)
 }
 
+/// One plan change of `org` to the enterprise `tier`, by billing.
+async fn change_tier(s: &Server, org: &str, tier: &str) {
+    s.call(
+        "PUT",
+        &org_path(org, "/plan"),
+        BILLING,
+        Some(json!({"plan": {"kind": "enterprise", "tier": tier}, "reason": "r"})),
+    )
+    .await
+    .expect(200);
+}
+
 /// Every CloudEvent `GET /v1/events` shows, page after page from the start.
 async fn event_pages(s: &Server) -> Vec<Value> {
     let mut all = Vec::new();
@@ -1202,14 +1214,7 @@ async fn a_stream_far_behind_gets_every_event_once_in_order_as_the_pages_show_it
     s.register(&org).await;
     // Enough for several chunks of 256 events in flight at once.
     for tier in ["premium", "standard"].into_iter().cycle().take(800) {
-        s.call(
-            "PUT",
-            &org_path(&org, "/plan"),
-            BILLING,
-            Some(json!({"plan": {"kind": "enterprise", "tier": tier}, "reason": "r"})),
-        )
-        .await
-        .expect(200);
+        change_tier(s, &org, tier).await;
     }
     let positions = s.all_published().await;
     assert!(positions.len() > 800);
@@ -1237,15 +1242,7 @@ async fn sse_resumes_with_last_event_id_without_gap_or_duplicate(s: &Server) {
     s.register(&org).await;
     let mut plans = ["premium", "standard"].into_iter().cycle();
     for _ in 0..10 {
-        let tier = plans.next().unwrap();
-        s.call(
-            "PUT",
-            &org_path(&org, "/plan"),
-            BILLING,
-            Some(json!({"plan": {"kind": "enterprise", "tier": tier}, "reason": "r"})),
-        )
-        .await
-        .expect(200);
+        change_tier(s, &org, plans.next().unwrap()).await;
     }
     let head = s.event_count().await;
     // Read part, disconnect, resume from the last id while more events are appended.
@@ -1253,15 +1250,7 @@ async fn sse_resumes_with_last_event_id_without_gap_or_duplicate(s: &Server) {
     let last = first.last().unwrap().0;
     let writer = async {
         for _ in 0..10 {
-            let tier = plans.next().unwrap();
-            s.call(
-                "PUT",
-                &org_path(&org, "/plan"),
-                BILLING,
-                Some(json!({"plan": {"kind": "enterprise", "tier": tier}, "reason": "r"})),
-            )
-            .await
-            .expect(200);
+            change_tier(s, &org, plans.next().unwrap()).await;
         }
     };
     let want = head + 10 - first.len();
