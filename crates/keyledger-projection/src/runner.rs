@@ -23,7 +23,7 @@ use crate::{AuditEntry, Doc, Projection, ProjectionError};
 /// Everything one batch changed in one projection, written atomically with its checkpoint.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Changes {
-    /// Per organization: the new document, or `None` to delete it.
+    /// Per organization whose document changed: the new document, or `None` to delete it.
     pub docs: BTreeMap<OrgId, Option<Value>>,
     pub audit: Vec<AuditEntry>,
     /// New audit-tree nodes and frontiers ([`Projection::AuditTree`] only).
@@ -326,10 +326,18 @@ impl Runner {
                 None => missing.push(org),
             }
         }
+        // What is stored for the organizations not in the cache, to tell which documents the
+        // batch changed (the cache holds the others').
+        let mut stored_docs: HashMap<OrgId, Option<Doc>> = HashMap::new();
         if !missing.is_empty() {
             let loaded: HashMap<OrgId, Value> = self.sink.load(projection, &missing).await?;
-            for (org, value) in &loaded {
-                docs.insert(*org, Some(projection.parse(*org, value)?));
+            for org in missing {
+                let doc = loaded
+                    .get(&org)
+                    .map(|value| projection.parse(org, value))
+                    .transpose()?;
+                docs.insert(org, doc.clone());
+                stored_docs.insert(org, doc);
             }
         }
         let mut audit = Vec::new();
@@ -342,10 +350,19 @@ impl Runner {
             docs.insert(org, next);
             audit.extend(rows);
         }
+        // Only the documents the batch changed are written: most events change one of an
+        // organization's documents (a plan change only its view), not all four.
+        let stored = |org: &OrgId| {
+            cache
+                .docs
+                .get(&(projection, *org))
+                .or_else(|| stored_docs.get(org))
+        };
         // The caller sets the checkpoint: the batch's last event, of whatever stream.
         let changes = Changes {
             docs: docs
                 .iter()
+                .filter(|(org, d)| stored(org) != Some(*d))
                 .map(|(org, d)| (*org, d.as_ref().map(Doc::to_value)))
                 .collect(),
             audit,
@@ -490,6 +507,8 @@ pub struct MemorySink {
     inner: Mutex<MemoryRows>,
     /// Successful commits, for tests of how a runner batches.
     commits: std::sync::atomic::AtomicUsize,
+    /// Documents written or deleted by successful commits, for tests of what a runner writes.
+    docs_written: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -504,6 +523,11 @@ impl MemorySink {
     /// How many commits succeeded (one per projection per batch).
     pub fn commits(&self) -> usize {
         self.commits.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many documents successful commits wrote or deleted.
+    pub fn docs_written(&self) -> usize {
+        self.docs_written.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn rows(&self) -> MemoryRows {
@@ -551,6 +575,8 @@ impl ProjectionSink for MemorySink {
             .check(&changes.tree)
             .map_err(|e| SinkError::Backend(e.into()))?;
         rows.tree.apply(changes.tree);
+        self.docs_written
+            .fetch_add(changes.docs.len(), std::sync::atomic::Ordering::Relaxed);
         for (org, doc) in changes.docs {
             match doc {
                 Some(d) => {

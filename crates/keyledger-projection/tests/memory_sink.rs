@@ -72,6 +72,60 @@ async fn a_runner_moves_past_the_audit_stream() {
     assert_eq!(docs[&org]["version"], 1);
 }
 
+/// A commit writes only the documents its events changed: a plan change rewrites the
+/// organization's view, not its other projections' documents (issue 12).
+#[tokio::test]
+async fn a_commit_writes_only_the_documents_that_changed() {
+    use keyledger_domain::event::{OrganizationRegistered, PlanChanged, Tenant};
+    use keyledger_domain::{Event, OrgId, Plan, StreamId, StreamVersion, TenantId};
+    use keyledger_projection::{Projection, Runner};
+    use keyledger_store::NewEvent;
+    use keyledger_store::conformance::metadata;
+
+    let store: Arc<dyn EventStore> = Arc::new(InMemoryStore::new(Arc::new(KeyRing::generate())));
+    let sink = Arc::new(MemorySink::default());
+    let org = OrgId::new_v7();
+    let event = |event| NewEvent {
+        event,
+        metadata: metadata(),
+    };
+    let registered = event(Event::OrganizationRegistered(OrganizationRegistered {
+        org_id: org,
+        name: "Contoso".into(),
+        plan: Plan::free(),
+        tenants: vec![Tenant {
+            tenant_id: TenantId::new_v7(),
+            name: "Default".into(),
+        }],
+        registered_at: chrono::Utc::now(),
+    }));
+    let stream = StreamId::for_org(org);
+    store
+        .append(stream, StreamVersion::NONE, vec![registered], None)
+        .await
+        .unwrap();
+    let runner = Runner::over(store.clone(), sink.clone(), Projection::ALL.to_vec());
+    runner.catch_up().await.unwrap();
+    let view = |sink: &MemorySink| sink.rows().docs[&(Projection::OrganizationEncryption, org)].clone();
+    let (written, before) = (sink.docs_written(), view(&sink));
+    let changed = event(Event::PlanChanged(PlanChanged {
+        from: Plan::free(),
+        to: Plan::pro(),
+        reason: "upgrade".into(),
+    }));
+    store
+        .append(stream, StreamVersion(1), vec![changed], None)
+        .await
+        .unwrap();
+    runner.catch_up().await.unwrap();
+    assert_ne!(view(&sink), before, "the view did not take the plan change");
+    assert_eq!(
+        sink.docs_written() - written,
+        1,
+        "a plan change wrote documents it did not change"
+    );
+}
+
 /// A live runner commits an event after a quiet spell at once, and gathers the events that
 /// arrive within its linger of the last commit into one commit (issue 12).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
