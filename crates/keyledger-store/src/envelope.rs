@@ -8,7 +8,7 @@ use std::io::Write as _;
 use chrono::{DateTime, SecondsFormat, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use keyledger_domain::actor::{Actor, ActorKind, Role};
 use keyledger_domain::event::{DecodeError, Event};
@@ -125,8 +125,23 @@ pub fn truncate_to_micros(t: DateTime<Utc>) -> DateTime<Utc> {
 
 /// Writes `v` as canonical JSON: sorted keys, no whitespace.
 pub fn write_canonical(v: &Value, out: &mut Vec<u8>) {
+    write_canonical_with(v, out, &|_, _| false);
+}
+
+/// Writes a replacement for an object and says so, or writes nothing and returns `false`.
+pub type ReplaceObject<'a> = &'a dyn Fn(&Map<String, Value>, &mut Vec<u8>) -> bool;
+
+/// Writes one JSON value.
+pub type WriteValue<'a> = &'a dyn Fn(&mut Vec<u8>);
+
+/// [`write_canonical`], except that `replace` is offered every object first: when it returns
+/// `true` it has written that object's replacement itself, and the walk goes on after it.
+pub fn write_canonical_with(v: &Value, out: &mut Vec<u8>, replace: ReplaceObject<'_>) {
     match v {
         Value::Object(map) => {
+            if replace(map, out) {
+                return;
+            }
             let mut keys: Vec<&String> = map.keys().collect();
             keys.sort();
             out.push(b'{');
@@ -136,7 +151,7 @@ pub fn write_canonical(v: &Value, out: &mut Vec<u8>) {
                 }
                 write_string(k, out);
                 out.push(b':');
-                write_canonical(&map[k], out);
+                write_canonical_with(&map[k], out, replace);
             }
             out.push(b'}');
         }
@@ -146,7 +161,7 @@ pub fn write_canonical(v: &Value, out: &mut Vec<u8>) {
                 if i > 0 {
                     out.push(b',');
                 }
-                write_canonical(item, out);
+                write_canonical_with(item, out, replace);
             }
             out.push(b']');
         }
@@ -159,7 +174,32 @@ pub fn write_canonical(v: &Value, out: &mut Vec<u8>) {
     }
 }
 
-fn write_string(s: &str, out: &mut Vec<u8>) {
+/// Writes the members of a canonical JSON object, given in key order: `{"k1":v1,"k2":v2}`.
+/// Each value is written by its function.
+pub fn write_canonical_members(members: &[(&str, WriteValue<'_>)], out: &mut Vec<u8>) {
+    debug_assert!(
+        members.windows(2).all(|w| w[0].0 < w[1].0),
+        "members out of key order"
+    );
+    out.push(b'{');
+    for (i, (key, value)) in members.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_string(key, out);
+        out.push(b':');
+        value(out);
+    }
+    out.push(b'}');
+}
+
+/// Writes a serializable value (an id, a number, a string) as canonical JSON.
+pub fn write_canonical_value(v: &impl Serialize, out: &mut Vec<u8>) {
+    // Envelope fields are plain data: serializing them cannot fail.
+    write_canonical(&serde_json::to_value(v).unwrap_or(Value::Null), out);
+}
+
+pub fn write_string(s: &str, out: &mut Vec<u8>) {
     // serde_json's string escaping is fixed (RFC 8259 minimal escapes), so reuse it.
     match serde_json::to_writer(&mut *out, s) {
         Ok(()) => {}
