@@ -81,28 +81,19 @@ impl StoredEvent {
     /// whitespace, and times as RFC 3339 UTC with microseconds. Independent of serde_json's
     /// map ordering features.
     pub fn canonical_bytes(&self) -> Vec<u8> {
-        let actor = serde_json::json!({
-            "kind": self.actor.kind,
-            "id": self.actor.id,
-            "roles": self.actor.roles,
-            "source_ip": self.actor.source_ip,
-        });
-        let doc = serde_json::json!({
-            "event_id": self.event_id,
-            "stream_id": self.stream_id,
-            "stream_version": self.stream_version,
-            "event_type": self.event_type,
-            "schema_version": self.schema_version,
-            "occurred_at": canonical_time(self.occurred_at),
-            "actor": actor,
-            "command_id": self.command_id,
-            "correlation_id": self.correlation_id,
-            "causation_id": self.causation_id,
-            "payload": self.payload,
-            "prev_hash": self.prev_hash,
-        });
-        let mut out = Vec::with_capacity(512);
-        write_canonical(&doc, &mut out);
+        let mut out = Vec::with_capacity(768);
+        write_envelope(
+            self,
+            &[
+                ("payload", &|out: &mut Vec<u8>| {
+                    write_canonical(&self.payload, out)
+                }),
+                ("prev_hash", &|out: &mut Vec<u8>| {
+                    write_string(&self.prev_hash, out)
+                }),
+            ],
+            &mut out,
+        );
         out
     }
 
@@ -193,17 +184,157 @@ pub fn write_canonical_members(members: &[(&str, WriteValue<'_>)], out: &mut Vec
     out.push(b'}');
 }
 
+/// Writes `event`'s envelope as one canonical JSON object: who, what and when (actor, ids,
+/// type, versions, time), and the members of `more` (the payload in some form, and whatever
+/// else the form holds). The chain's [`StoredEvent::canonical_bytes`] and the audit log's leaf
+/// input are the two forms.
+pub fn write_envelope(event: &StoredEvent, more: &[(&str, WriteValue<'_>)], out: &mut Vec<u8>) {
+    let actor = &event.actor;
+    let write_actor = |out: &mut Vec<u8>| {
+        write_canonical_members(
+            &[
+                ("id", &|out: &mut Vec<u8>| write_string(&actor.id, out)),
+                ("kind", &|out: &mut Vec<u8>| {
+                    write_canonical_value(&actor.kind, out)
+                }),
+                ("roles", &|out: &mut Vec<u8>| {
+                    write_canonical_value(&actor.roles, out)
+                }),
+                ("source_ip", &|out: &mut Vec<u8>| {
+                    write_canonical_value(&actor.source_ip, out);
+                }),
+            ],
+            out,
+        );
+    };
+    let identity: [(&str, WriteValue<'_>); 10] = [
+        ("actor", &write_actor),
+        ("causation_id", &|out: &mut Vec<u8>| {
+            write_canonical_value(&event.causation_id, out);
+        }),
+        ("command_id", &|out: &mut Vec<u8>| {
+            write_canonical_value(&event.command_id, out);
+        }),
+        ("correlation_id", &|out: &mut Vec<u8>| {
+            write_canonical_value(&event.correlation_id, out);
+        }),
+        ("event_id", &|out: &mut Vec<u8>| {
+            write_canonical_value(&event.event_id, out)
+        }),
+        ("event_type", &|out: &mut Vec<u8>| {
+            write_string(&event.event_type, out)
+        }),
+        ("occurred_at", &|out: &mut Vec<u8>| {
+            write_string(&canonical_time(event.occurred_at), out);
+        }),
+        ("schema_version", &|out: &mut Vec<u8>| {
+            write_canonical_value(&event.schema_version, out);
+        }),
+        ("stream_id", &|out: &mut Vec<u8>| {
+            write_canonical_value(&event.stream_id, out)
+        }),
+        ("stream_version", &|out: &mut Vec<u8>| {
+            write_canonical_value(&event.stream_version, out);
+        }),
+    ];
+    let mut members = Vec::with_capacity(identity.len() + more.len());
+    members.extend_from_slice(&identity);
+    members.extend_from_slice(more);
+    members.sort_unstable_by_key(|(key, _)| *key);
+    write_canonical_members(&members, out);
+}
+
 /// Writes a serializable value (an id, a number, a string) as canonical JSON.
 pub fn write_canonical_value(v: &impl Serialize, out: &mut Vec<u8>) {
     // Envelope fields are plain data: serializing them cannot fail.
     write_canonical(&serde_json::to_value(v).unwrap_or(Value::Null), out);
 }
 
+/// Writes `s` as a JSON string.
 pub fn write_string(s: &str, out: &mut Vec<u8>) {
     // serde_json's string escaping is fixed (RFC 8259 minimal escapes), so reuse it.
     match serde_json::to_writer(&mut *out, s) {
         Ok(()) => {}
         Err(_) => unreachable!("writing a string to a Vec cannot fail"),
+    }
+}
+
+/// Stored events of any shape, for property tests of the canonical forms.
+#[cfg(test)]
+pub(crate) mod arbitrary {
+    use std::collections::BTreeSet;
+
+    use keyledger_domain::actor::{ActorKind, Role};
+    use keyledger_domain::{
+        CommandId, CorrelationId, EventId, GlobalPosition, OrgId, StreamId, StreamVersion,
+    };
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::{EnvelopeActor, StoredEvent};
+
+    /// JSON of any shape, with sealed values `{"sealed": {...}}` among it, and objects
+    /// that only look sealed (another key beside it, or a sealed value that is no object).
+    pub(crate) fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            (-1e9f64..1e9).prop_map(Value::from),
+            any::<String>().prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 48, 5, |inner| {
+            let object = |inner| {
+                prop::collection::btree_map(any::<String>(), inner, 0..5)
+                    .prop_map(|m| Value::Object(m.into_iter().collect()))
+            };
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                object(inner.clone()),
+                object(inner.clone()).prop_map(|sealed| json!({"sealed": sealed})),
+                (object(inner.clone()), inner.clone())
+                    .prop_map(|(sealed, other)| json!({"sealed": sealed, "other": other})),
+                inner.prop_map(|v| json!({"sealed": v})),
+            ]
+        })
+    }
+
+    pub(crate) fn any_event() -> impl Strategy<Value = StoredEvent> {
+        (
+            (any::<String>(), any::<Option<String>>(), any::<Option<String>>()),
+            (any::<bool>(), any::<String>(), 1u64..u64::MAX / 2, any::<u32>()),
+            (any::<String>(), any_json()),
+        )
+            .prop_map(
+                |(
+                    (id, source_ip, causation),
+                    (with_ids, event_type, version, schema),
+                    (prev_hash, payload),
+                )| {
+                    StoredEvent {
+                        event_id: EventId::new_v7(),
+                        stream_id: StreamId::for_org(OrgId::new_v7()),
+                        stream_version: StreamVersion(version),
+                        global_position: GlobalPosition(version),
+                        event_type,
+                        schema_version: schema,
+                        occurred_at: chrono::Utc::now(),
+                        actor: EnvelopeActor {
+                            kind: ActorKind::User,
+                            id,
+                            roles: BTreeSet::from([Role::OrgAdmin, Role::Auditor]),
+                            source_ip,
+                        },
+                        command_id: with_ids.then(|| CommandId::parse("cmd-1").unwrap()),
+                        correlation_id: with_ids.then(CorrelationId::new_v7),
+                        causation_id: causation,
+                        payload,
+                        prev_hash,
+                        hash: "11".repeat(32),
+                    }
+                },
+            )
     }
 }
 
@@ -220,6 +351,40 @@ mod tests {
             String::from_utf8(out).unwrap(),
             r#"{"a":{"c":"x\"y","d":[true,null]},"b":1}"#
         );
+    }
+
+    /// The canonical bytes as they were first written: a JSON document of the envelope, then
+    /// its canonical form. The chain's hashes of stored events depend on these exact bytes.
+    fn canonical_bytes_of_the_document(e: &StoredEvent) -> Vec<u8> {
+        let doc = json!({
+            "event_id": e.event_id,
+            "stream_id": e.stream_id,
+            "stream_version": e.stream_version,
+            "event_type": e.event_type,
+            "schema_version": e.schema_version,
+            "occurred_at": canonical_time(e.occurred_at),
+            "actor": {
+                "kind": e.actor.kind,
+                "id": e.actor.id,
+                "roles": e.actor.roles,
+                "source_ip": e.actor.source_ip,
+            },
+            "command_id": e.command_id,
+            "correlation_id": e.correlation_id,
+            "causation_id": e.causation_id,
+            "payload": e.payload,
+            "prev_hash": e.prev_hash,
+        });
+        let mut out = Vec::new();
+        write_canonical(&doc, &mut out);
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn canonical_bytes_equal_those_of_the_envelope_document(e in super::arbitrary::any_event()) {
+            proptest::prop_assert_eq!(e.canonical_bytes(), canonical_bytes_of_the_document(&e));
+        }
     }
 
     #[test]

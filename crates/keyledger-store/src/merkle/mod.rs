@@ -31,8 +31,8 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::envelope::{
-    StoredEvent, canonical_time, write_canonical, write_canonical_members, write_canonical_value,
-    write_canonical_with, write_string,
+    StoredEvent, canonical_time, write_canonical, write_canonical_members, write_canonical_with,
+    write_envelope, write_string,
 };
 
 pub use fold::{Frontier, NodeAddr, TreeChanges, TreeNode, fold_events, logs_fed_by};
@@ -133,59 +133,15 @@ pub fn event_leaf_hash(event: &StoredEvent) -> Hash {
     leaf_hash(&event_leaf_input(event))
 }
 
-/// `leaf_input(&leaf_document(event))`, written field by field in key order.
+/// `leaf_input(&leaf_document(event))`, written member by member.
 fn event_leaf_input(event: &StoredEvent) -> Vec<u8> {
-    let actor = &event.actor;
     let mut out = Vec::with_capacity(768);
-    write_canonical_members(
+    write_envelope(
+        event,
         &[
-            ("actor", &|out: &mut Vec<u8>| {
-                write_canonical_members(
-                    &[
-                        ("id", &|out: &mut Vec<u8>| write_string(&actor.id, out)),
-                        ("kind", &|out: &mut Vec<u8>| {
-                            write_canonical_value(&actor.kind, out)
-                        }),
-                        ("roles", &|out: &mut Vec<u8>| {
-                            write_canonical_value(&actor.roles, out)
-                        }),
-                        ("source_ip", &|out: &mut Vec<u8>| {
-                            write_canonical_value(&actor.source_ip, out)
-                        }),
-                    ],
-                    out,
-                );
-            }),
-            ("causation_id", &|out: &mut Vec<u8>| {
-                write_canonical_value(&event.causation_id, out)
-            }),
-            ("command_id", &|out: &mut Vec<u8>| {
-                write_canonical_value(&event.command_id, out)
-            }),
-            ("correlation_id", &|out: &mut Vec<u8>| {
-                write_canonical_value(&event.correlation_id, out)
-            }),
-            ("event_id", &|out: &mut Vec<u8>| {
-                write_canonical_value(&event.event_id, out)
-            }),
-            ("event_type", &|out: &mut Vec<u8>| {
-                write_string(&event.event_type, out)
-            }),
             ("leaf", &|out: &mut Vec<u8>| write_string(LEAF_FORMAT, out)),
-            ("occurred_at", &|out: &mut Vec<u8>| {
-                write_string(&canonical_time(event.occurred_at), out)
-            }),
             ("payload", &|out: &mut Vec<u8>| {
-                write_canonical_with(&event.payload, out, &write_sealed_digest)
-            }),
-            ("schema_version", &|out: &mut Vec<u8>| {
-                write_canonical_value(&event.schema_version, out)
-            }),
-            ("stream_id", &|out: &mut Vec<u8>| {
-                write_canonical_value(&event.stream_id, out)
-            }),
-            ("stream_version", &|out: &mut Vec<u8>| {
-                write_canonical_value(&event.stream_version, out)
+                write_canonical_with(&event.payload, out, &write_sealed_digest);
             }),
         ],
         &mut out,
@@ -283,77 +239,10 @@ mod tests {
     }
 
     mod leaf_input_written_directly {
-        use std::collections::BTreeSet;
-
-        use keyledger_domain::actor::{ActorKind, Role};
-        use keyledger_domain::{
-            CommandId, CorrelationId, EventId, GlobalPosition, OrgId, StreamId, StreamVersion,
-        };
         use proptest::prelude::*;
-        use serde_json::{Value, json};
 
         use super::super::{event_leaf_input, leaf_document, leaf_input};
-        use crate::envelope::{EnvelopeActor, StoredEvent};
-
-        /// JSON of any shape, with sealed values `{"sealed": {...}}` among it, and objects
-        /// that only look sealed (another key beside it, or a sealed value that is no object).
-        fn any_json() -> impl Strategy<Value = Value> {
-            let leaf = prop_oneof![
-                Just(Value::Null),
-                any::<bool>().prop_map(Value::Bool),
-                any::<i64>().prop_map(Value::from),
-                any::<u64>().prop_map(Value::from),
-                (-1e9f64..1e9).prop_map(Value::from),
-                any::<String>().prop_map(Value::String),
-            ];
-            leaf.prop_recursive(4, 48, 5, |inner| {
-                let object = |inner| {
-                    prop::collection::btree_map(any::<String>(), inner, 0..5)
-                        .prop_map(|m| Value::Object(m.into_iter().collect()))
-                };
-                prop_oneof![
-                    prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
-                    object(inner.clone()),
-                    object(inner.clone()).prop_map(|sealed| json!({"sealed": sealed})),
-                    (object(inner.clone()), inner.clone())
-                        .prop_map(|(sealed, other)| json!({"sealed": sealed, "other": other})),
-                    inner.prop_map(|v| json!({"sealed": v})),
-                ]
-            })
-        }
-
-        fn any_event() -> impl Strategy<Value = StoredEvent> {
-            (
-                (any::<String>(), any::<Option<String>>(), any::<Option<String>>()),
-                (any::<bool>(), any::<String>(), 1u64..u64::MAX / 2, any::<u32>()),
-                any_json(),
-            )
-                .prop_map(
-                    |((id, source_ip, causation), (with_ids, event_type, version, schema), payload)| {
-                        StoredEvent {
-                            event_id: EventId::new_v7(),
-                            stream_id: StreamId::for_org(OrgId::new_v7()),
-                            stream_version: StreamVersion(version),
-                            global_position: GlobalPosition(version),
-                            event_type,
-                            schema_version: schema,
-                            occurred_at: chrono::Utc::now(),
-                            actor: EnvelopeActor {
-                                kind: ActorKind::User,
-                                id,
-                                roles: BTreeSet::from([Role::OrgAdmin, Role::Auditor]),
-                                source_ip,
-                            },
-                            command_id: with_ids.then(|| CommandId::parse("cmd-1").unwrap()),
-                            correlation_id: with_ids.then(CorrelationId::new_v7),
-                            causation_id: causation,
-                            payload,
-                            prev_hash: "00".repeat(32),
-                            hash: "11".repeat(32),
-                        }
-                    },
-                )
-        }
+        use crate::envelope::arbitrary::any_event;
 
         proptest! {
             /// The bytes the fold hashes are the bytes of the leaf document that bundles show.
