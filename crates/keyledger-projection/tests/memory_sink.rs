@@ -15,18 +15,13 @@ async fn memory() -> Option<(Arc<dyn EventStore>, Arc<dyn ProjectionSink>, ())> 
 
 keyledger_projection::sink_conformance!(memory);
 
-/// A runner folds past checkpoints of stream `audit` (ADR 0025): its checkpoint reaches the
-/// last event, and the organization's document is there and unaffected.
-#[tokio::test]
-async fn a_runner_moves_past_the_audit_stream() {
+/// Registers a new organization (free plan, one tenant) in `store`: its stream's version 1.
+async fn registered_org(store: &dyn EventStore) -> keyledger_domain::OrgId {
     use keyledger_domain::event::{OrganizationRegistered, Tenant};
-    use keyledger_domain::{AuditLog, Event, OrgId, Plan, StreamId, StreamVersion, TenantId};
-    use keyledger_projection::{Projection, Runner};
+    use keyledger_domain::{Event, OrgId, Plan, StreamId, StreamVersion, TenantId};
     use keyledger_store::NewEvent;
-    use keyledger_store::conformance::{checkpoint_signed, metadata};
+    use keyledger_store::conformance::metadata;
 
-    let store: Arc<dyn EventStore> = Arc::new(InMemoryStore::new(Arc::new(KeyRing::generate())));
-    let sink = Arc::new(MemorySink::default());
     let org = OrgId::new_v7();
     let registered = NewEvent {
         event: Event::OrganizationRegistered(OrganizationRegistered {
@@ -50,6 +45,20 @@ async fn a_runner_moves_past_the_audit_stream() {
         )
         .await
         .unwrap();
+    org
+}
+
+/// A runner folds past checkpoints of stream `audit` (ADR 0025): its checkpoint reaches the
+/// last event, and the organization's document is there and unaffected.
+#[tokio::test]
+async fn a_runner_moves_past_the_audit_stream() {
+    use keyledger_domain::{AuditLog, StreamId, StreamVersion};
+    use keyledger_projection::{Projection, Runner};
+    use keyledger_store::conformance::checkpoint_signed;
+
+    let store: Arc<dyn EventStore> = Arc::new(InMemoryStore::new(Arc::new(KeyRing::generate())));
+    let sink = Arc::new(MemorySink::default());
+    let org = registered_org(&*store).await;
     let last = store
         .append(
             StreamId::Audit,
@@ -76,45 +85,29 @@ async fn a_runner_moves_past_the_audit_stream() {
 /// organization's view, not its other projections' documents (issue 12).
 #[tokio::test]
 async fn a_commit_writes_only_the_documents_that_changed() {
-    use keyledger_domain::event::{OrganizationRegistered, PlanChanged, Tenant};
-    use keyledger_domain::{Event, OrgId, Plan, StreamId, StreamVersion, TenantId};
+    use keyledger_domain::event::PlanChanged;
+    use keyledger_domain::{Event, Plan, StreamId, StreamVersion};
     use keyledger_projection::{Projection, Runner};
     use keyledger_store::NewEvent;
     use keyledger_store::conformance::metadata;
 
     let store: Arc<dyn EventStore> = Arc::new(InMemoryStore::new(Arc::new(KeyRing::generate())));
     let sink = Arc::new(MemorySink::default());
-    let org = OrgId::new_v7();
-    let event = |event| NewEvent {
-        event,
-        metadata: metadata(),
-    };
-    let registered = event(Event::OrganizationRegistered(OrganizationRegistered {
-        org_id: org,
-        name: "Contoso".into(),
-        plan: Plan::free(),
-        tenants: vec![Tenant {
-            tenant_id: TenantId::new_v7(),
-            name: "Default".into(),
-        }],
-        registered_at: chrono::Utc::now(),
-    }));
-    let stream = StreamId::for_org(org);
-    store
-        .append(stream, StreamVersion::NONE, vec![registered], None)
-        .await
-        .unwrap();
+    let org = registered_org(&*store).await;
     let runner = Runner::over(store.clone(), sink.clone(), Projection::ALL.to_vec());
     runner.catch_up().await.unwrap();
     let view = |sink: &MemorySink| sink.rows().docs[&(Projection::OrganizationEncryption, org)].clone();
     let (written, before) = (sink.docs_written(), view(&sink));
-    let changed = event(Event::PlanChanged(PlanChanged {
-        from: Plan::free(),
-        to: Plan::pro(),
-        reason: "upgrade".into(),
-    }));
+    let changed = NewEvent {
+        event: Event::PlanChanged(PlanChanged {
+            from: Plan::free(),
+            to: Plan::pro(),
+            reason: "upgrade".into(),
+        }),
+        metadata: metadata(),
+    };
     store
-        .append(stream, StreamVersion(1), vec![changed], None)
+        .append(StreamId::for_org(org), StreamVersion(1), vec![changed], None)
         .await
         .unwrap();
     runner.catch_up().await.unwrap();
