@@ -14,7 +14,7 @@ use keyledger_domain::{CrossRead, GlobalPosition, authorize_cross_read};
 
 use crate::Shared;
 use crate::api::{EventsPage, EventsQuery};
-use crate::cloudevent::cloud_event;
+use crate::cloudevent::{cloud_event, write_sse_message};
 use crate::extract::{Caller, Query, cursor};
 use crate::problem::{FieldError, Problem};
 
@@ -183,7 +183,12 @@ fn render(state: Shared, chunk: Chunk) -> BoxFuture<'static, Messages> {
 
 /// The SSE messages of a chunk of the subscription, and whether the stream goes on: it ends at
 /// a store failure or at an event this build cannot publish, after the messages before it.
+///
+/// A live chunk holds what every live stream sends next, so its messages are rendered once for
+/// all of them, through the shared cache. A consumer catching up reads events that no live
+/// stream needs: they are written straight into its chunk, and the cache keeps the head's.
 fn sse_messages(state: &Shared, chunk: Chunk) -> Messages {
+    let live = chunk.len() < RENDER_APART_FROM;
     let mut out = Vec::with_capacity(chunk.len() * 512);
     for item in chunk {
         let stored = match item {
@@ -193,12 +198,17 @@ fn sse_messages(state: &Shared, chunk: Chunk) -> Messages {
                 return (out, false);
             }
         };
-        match state.rendered.message(&stored) {
-            Ok(message) => out.extend_from_slice(&message),
-            Err(e) => {
-                undecodable(&stored, &e);
-                return (out, false);
-            }
+        let written = if live {
+            state
+                .rendered
+                .message(&stored)
+                .map(|message| out.extend_from_slice(&message))
+        } else {
+            write_sse_message(&mut out, &stored)
+        };
+        if let Err(e) = written {
+            undecodable(&stored, &e);
+            return (out, false);
         }
         state.metrics.sse_event();
     }
