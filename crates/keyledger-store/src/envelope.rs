@@ -120,14 +120,14 @@ pub fn write_canonical(v: &Value, out: &mut Vec<u8>) {
 }
 
 /// Writes a replacement for an object and says so, or writes nothing and returns `false`.
-pub type ReplaceObject<'a> = &'a dyn Fn(&Map<String, Value>, &mut Vec<u8>) -> bool;
+pub(crate) type ReplaceObject<'a> = &'a dyn Fn(&Map<String, Value>, &mut Vec<u8>) -> bool;
 
 /// Writes one JSON value.
-pub type WriteValue<'a> = &'a dyn Fn(&mut Vec<u8>);
+pub(crate) type WriteValue<'a> = &'a dyn Fn(&mut Vec<u8>);
 
 /// [`write_canonical`], except that `replace` is offered every object first: when it returns
 /// `true` it has written that object's replacement itself, and the walk goes on after it.
-pub fn write_canonical_with(v: &Value, out: &mut Vec<u8>, replace: ReplaceObject<'_>) {
+pub(crate) fn write_canonical_with(v: &Value, out: &mut Vec<u8>, replace: ReplaceObject<'_>) {
     match v {
         Value::Object(map) => {
             if replace(map, out) {
@@ -167,7 +167,7 @@ pub fn write_canonical_with(v: &Value, out: &mut Vec<u8>, replace: ReplaceObject
 
 /// Writes the members of a canonical JSON object, given in key order: `{"k1":v1,"k2":v2}`.
 /// Each value is written by its function.
-pub fn write_canonical_members(members: &[(&str, WriteValue<'_>)], out: &mut Vec<u8>) {
+pub(crate) fn write_canonical_members(members: &[(&str, WriteValue<'_>)], out: &mut Vec<u8>) {
     debug_assert!(
         members.windows(2).all(|w| w[0].0 < w[1].0),
         "members out of key order"
@@ -188,7 +188,7 @@ pub fn write_canonical_members(members: &[(&str, WriteValue<'_>)], out: &mut Vec
 /// type, versions, time), and the members of `more` (the payload in some form, and whatever
 /// else the form holds). The chain's [`StoredEvent::canonical_bytes`] and the audit log's leaf
 /// input are the two forms.
-pub fn write_envelope(event: &StoredEvent, more: &[(&str, WriteValue<'_>)], out: &mut Vec<u8>) {
+pub(crate) fn write_envelope(event: &StoredEvent, more: &[(&str, WriteValue<'_>)], out: &mut Vec<u8>) {
     let actor = &event.actor;
     let write_actor = |out: &mut Vec<u8>| {
         write_canonical_members(
@@ -245,13 +245,13 @@ pub fn write_envelope(event: &StoredEvent, more: &[(&str, WriteValue<'_>)], out:
 }
 
 /// Writes a serializable value (an id, a number, a string) as canonical JSON.
-pub fn write_canonical_value(v: &impl Serialize, out: &mut Vec<u8>) {
+pub(crate) fn write_canonical_value(v: &impl Serialize, out: &mut Vec<u8>) {
     // Envelope fields are plain data: serializing them cannot fail.
     write_canonical(&serde_json::to_value(v).unwrap_or(Value::Null), out);
 }
 
 /// Writes `s` as a JSON string.
-pub fn write_string(s: &str, out: &mut Vec<u8>) {
+pub(crate) fn write_string(s: &str, out: &mut Vec<u8>) {
     // serde_json's string escaping is fixed (RFC 8259 minimal escapes), so reuse it.
     match serde_json::to_writer(&mut *out, s) {
         Ok(()) => {}
