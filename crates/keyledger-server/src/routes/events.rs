@@ -169,9 +169,9 @@ type Messages = (Vec<u8>, bool);
 /// task that fails ends the stream like an error).
 fn render(state: Shared, chunk: Chunk) -> BoxFuture<'static, Messages> {
     if chunk.len() < RENDER_APART_FROM {
-        return future::ready(sse_messages(&state, chunk)).boxed();
+        return future::ready(sse_messages(&state, chunk, Through::SharedCache)).boxed();
     }
-    let task = tokio::spawn(async move { sse_messages(&state, chunk) });
+    let task = tokio::spawn(async move { sse_messages(&state, chunk, Through::ChunkOnly) });
     async move {
         task.await.unwrap_or_else(|e| {
             tracing::error!(error = %e, "rendering SSE messages failed");
@@ -181,14 +181,20 @@ fn render(state: Shared, chunk: Chunk) -> BoxFuture<'static, Messages> {
     .boxed()
 }
 
+/// Where a chunk's messages are rendered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Through {
+    /// A live chunk holds what every live stream sends next: each message is rendered once for
+    /// all of them, through the shared cache.
+    SharedCache,
+    /// A consumer catching up reads events that no live stream needs: they are written straight
+    /// into its chunk, and the cache keeps the head's.
+    ChunkOnly,
+}
+
 /// The SSE messages of a chunk of the subscription, and whether the stream goes on: it ends at
 /// a store failure or at an event this build cannot publish, after the messages before it.
-///
-/// A live chunk holds what every live stream sends next, so its messages are rendered once for
-/// all of them, through the shared cache. A consumer catching up reads events that no live
-/// stream needs: they are written straight into its chunk, and the cache keeps the head's.
-fn sse_messages(state: &Shared, chunk: Chunk) -> Messages {
-    let live = chunk.len() < RENDER_APART_FROM;
+fn sse_messages(state: &Shared, chunk: Chunk, through: Through) -> Messages {
     let mut out = Vec::with_capacity(chunk.len() * 512);
     for item in chunk {
         let stored = match item {
@@ -198,13 +204,12 @@ fn sse_messages(state: &Shared, chunk: Chunk) -> Messages {
                 return (out, false);
             }
         };
-        let written = if live {
-            state
+        let written = match through {
+            Through::SharedCache => state
                 .rendered
                 .message(&stored)
-                .map(|message| out.extend_from_slice(&message))
-        } else {
-            write_sse_message(&mut out, &stored)
+                .map(|message| out.extend_from_slice(&message)),
+            Through::ChunkOnly => write_sse_message(&mut out, &stored),
         };
         if let Err(e) = written {
             undecodable(&stored, &e);
