@@ -8,8 +8,9 @@ use keyledger_store::StreamHead;
 /// The heads of streams the writer thread appended to, so that an append to a known stream skips
 /// the head query. It is emptied whenever another connection may have written (`PRAGMA
 /// data_version` changed, checked at the start of each group under the write lock), after an
-/// import and after a failed group. Should it still be stale, the `(stream_id, stream_version)` unique constraint refuses the insert and the
-/// group fails as a whole (retryable); it can never fork a stream.
+/// import and after a failed group. Should it still be stale, the `(stream_id, stream_version)`
+/// unique constraint refuses the insert and the group fails as a whole (retryable); it can never
+/// fork a stream.
 #[derive(Debug, Default)]
 pub(crate) struct HeadCache {
     pub(crate) heads: HashMap<StreamId, StreamHead>,
